@@ -1,0 +1,230 @@
+//! The gateway's configuration: the TOML file `sockgate serve --config`
+//! reads, and the same structure built in code by `sockgate run`.
+//!
+//! ```toml
+//! [gateway]
+//! cache_dir = "/var/cache/sockgate"   # optional
+//!
+//! [[app]]
+//! name = "echo"
+//! component = "echo.wasm"             # relative to this file
+//! listen = "127.0.0.1:7001"
+//! instances = 2                       # optional, default: one per core
+//! max_connections_per_instance = 10000  # optional
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Default cap on concurrent connections served by one instance. One
+/// instance multiplexes its connections on one thread, so this bounds the
+/// latency a connection can suffer from its neighbours and the guest memory
+/// they share.
+pub const DEFAULT_MAX_CONNECTIONS_PER_INSTANCE: usize = 10_000;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Settings for the gateway as a whole.
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    /// The apps to serve, in the file as `[[app]]` tables.
+    #[serde(default, rename = "app")]
+    pub apps: Vec<AppConfig>,
+}
+
+/// Settings that apply to the whole gateway.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Where compiled components are cached; default
+    /// `$XDG_CACHE_HOME/sockgate` or `~/.cache/sockgate`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One app: a component and where it is served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// The app's name: a DNS label, as it will become a subdomain.
+    pub name: String,
+    /// Path to the component (`.wasm`); relative paths are relative to the
+    /// configuration file.
+    pub component: PathBuf,
+    /// The TCP address to accept connections on (port 0 picks a free port,
+    /// which the gateway prints when it starts).
+    pub listen: SocketAddr,
+    /// How many instances serve the app; default one per core. Instance
+    /// state (a chat room, a cache) is per instance: set 1 to share it.
+    pub instances: Option<usize>,
+    /// Cap on concurrent connections per instance; over it, connections
+    /// go to another instance, or are refused when all are full.
+    #[serde(default = "default_max_connections_per_instance")]
+    pub max_connections_per_instance: usize,
+}
+
+fn default_max_connections_per_instance() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_INSTANCE
+}
+
+impl AppConfig {
+    /// An app with default settings.
+    pub fn new(name: &str, component: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            name: name.to_owned(),
+            component,
+            listen,
+            instances: None,
+            max_connections_per_instance: DEFAULT_MAX_CONNECTIONS_PER_INSTANCE,
+        }
+    }
+
+    /// The number of instances to run, resolving the default.
+    pub fn instance_count(&self) -> usize {
+        self.instances.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file. Errors name the file and,
+    /// where it applies, the app.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid configuration file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for app in &mut config.apps {
+            if app.component.is_relative() {
+                app.component = base.join(&app.component);
+            }
+        }
+        if let Some(dir) = &mut config.gateway.cache_dir
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
+        config
+            .validate()
+            .with_context(|| format!("invalid configuration file {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: names, duplicates, limits.
+    pub fn validate(&self) -> Result<()> {
+        if self.apps.is_empty() {
+            bail!("no apps configured: add an [[app]] table with name, component and listen");
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for app in &self.apps {
+            check_app_name(&app.name)?;
+            if !names.insert(app.name.as_str()) {
+                bail!("app `{}` is configured twice: app names must be unique", app.name);
+            }
+            if app.listen.port() != 0 && !addresses.insert(app.listen) {
+                bail!(
+                    "app `{}`: listen address {} is already used by another app",
+                    app.name,
+                    app.listen
+                );
+            }
+            if app.instances == Some(0) {
+                bail!("app `{}`: instances must be at least 1", app.name);
+            }
+            if app.max_connections_per_instance == 0 {
+                bail!(
+                    "app `{}`: max_connections_per_instance must be at least 1",
+                    app.name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The cache directory to use, resolving the default.
+    pub fn cache_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.gateway.cache_dir {
+            return dir.clone();
+        }
+        if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir).join("sockgate");
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(home).join(".cache").join("sockgate");
+        }
+        std::env::temp_dir().join("sockgate-cache")
+    }
+}
+
+/// App names become subdomains, so they must be DNS labels: 1 to 63
+/// characters of lowercase letters, digits and inner hyphens.
+pub fn check_app_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !valid {
+        bail!(
+            "invalid app name `{name}`: use 1-63 lowercase letters, digits and inner hyphens \
+             (it becomes a DNS label)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names_are_dns_labels() {
+        for good in ["echo", "a", "my-app-2", &"x".repeat(63)] {
+            check_app_name(good).unwrap();
+        }
+        for bad in ["", "-a", "a-", "Echo", "a.b", "../x", "a_b", &"x".repeat(64)] {
+            assert!(check_app_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn relative_component_paths_resolve_against_the_file() {
+        let dir = std::env::temp_dir().join(format!("sockgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sockgate.toml");
+        std::fs::write(
+            &file,
+            "[[app]]\nname = \"echo\"\ncomponent = \"echo.wasm\"\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&file).unwrap();
+        assert_eq!(config.apps[0].component, dir.join("echo.wasm"));
+        assert_eq!(
+            config.apps[0].max_connections_per_instance,
+            DEFAULT_MAX_CONNECTIONS_PER_INSTANCE
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn duplicate_apps_and_unknown_keys_are_refused() {
+        let dup = "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nlisten = \"127.0.0.1:1\"\n\
+                   [[app]]\nname = \"a\"\ncomponent = \"b.wasm\"\nlisten = \"127.0.0.1:2\"\n";
+        let config: Config = toml::from_str(dup).unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("twice"));
+        let unknown = "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nlisten = \"127.0.0.1:1\"\nport = 3\n";
+        assert!(toml::from_str::<Config>(unknown).is_err());
+    }
+}

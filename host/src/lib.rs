@@ -1,0 +1,20 @@
+//! sockgate: a gateway that serves network connections from WebAssembly
+//! components.
+//!
+//! The path of one connection: a listener ([`listen`]) accepts it and turns it
+//! into a transport-neutral [`conn::Connection`]; the [`app::App`] it belongs
+//! to picks one of its instances (shards); the [`runtime`] hands the bytes to
+//! the guest's `handle` export on that long-lived instance and pumps the
+//! guest's answer back. [`gateway::Gateway`] assembles all of it from a
+//! [`config::Config`].
+
+pub mod app;
+pub mod config;
+pub mod conn;
+pub mod gateway;
+pub mod listen;
+pub mod logs;
+pub mod runtime;
+
+pub use config::Config;
+pub use gateway::Gateway;

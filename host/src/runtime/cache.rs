@@ -1,0 +1,121 @@
+//! Compiled components cached on disk.
+//!
+//! The key hashes the *input* (the component's bytes) together with the
+//! wasmtime version and engine settings (wasmtime's compatibility hash covers both), so a lookup costs one SHA-256 of
+//! the file and never a compile; a changed engine simply misses.
+
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Whether a component came from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded a previously compiled artifact.
+    Hit,
+    /// Compiled now (and stored for next time).
+    Miss,
+}
+
+/// A directory of compiled components, `<key>.cwasm`.
+pub struct CompileCache {
+    dir: PathBuf,
+    /// Digest of everything besides the input that makes an artifact valid.
+    engine_digest: [u8; 32],
+}
+
+impl CompileCache {
+    /// Opens (creating it, owner-only) the cache directory.
+    pub fn open(dir: PathBuf, engine: &Engine) -> Result<Self> {
+        create_private_dir(&dir)
+            .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
+        let mut hasher = Sha256Hasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self {
+            dir,
+            engine_digest: hasher.0.finalize().into(),
+        })
+    }
+
+    /// The cache key of a component's bytes.
+    pub fn key(&self, bytes: &[u8]) -> String {
+        let mut digest = Sha256::new();
+        digest.update(b"sockgate-compile-cache-v1\0");
+        digest.update(self.engine_digest);
+        digest.update(bytes);
+        digest.finalize().iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+
+    /// Returns the compiled component for `bytes`, from the cache when it is
+    /// there, compiling and storing it otherwise. A cached artifact that
+    /// fails to load (truncated, from another build) is recompiled.
+    pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> Result<(Component, CacheOutcome)> {
+        let path = self.dir.join(format!("{}.cwasm", self.key(bytes)));
+        if path.exists() {
+            // SAFETY: the artifact was written by `store` below into a
+            // directory only this user can write, and wasmtime checks its
+            // header against this engine before using it.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                Err(err) => tracing::warn!(
+                    path = %path.display(),
+                    "ignoring unusable compile cache entry: {err:#}"
+                ),
+            }
+        }
+        let component = Component::new(engine, bytes)?;
+        if let Err(err) = store(&path, &component) {
+            // A cache that cannot be written only costs time on next start.
+            tracing::warn!(path = %path.display(), "cannot write compile cache entry: {err:#}");
+        }
+        Ok((component, CacheOutcome::Miss))
+    }
+}
+
+/// Writes the artifact atomically: a crash leaves either no entry or a
+/// complete one, never a torn file under the final name.
+fn store(path: &Path, component: &Component) -> Result<()> {
+    let bytes = component.serialize()?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    let result = write();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(result?)
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Feeds `Hash` output into SHA-256, so the key is stable across processes
+/// (unlike `DefaultHasher`).
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        unreachable!("only the digest is used")
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}

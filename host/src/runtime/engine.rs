@@ -1,0 +1,63 @@
+//! The process-wide wasmtime engine and linker.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine};
+
+use super::cache::CompileCache;
+use super::host_state::HostState;
+
+/// What every app shares: one engine (so compiled code and the epoch are
+/// shared), one linker with every import the gateway provides, and the
+/// compile cache.
+pub struct Runtime {
+    /// The engine all components are compiled for.
+    pub engine: Engine,
+    /// WASI 0.2 and 0.3 imports, ready to instantiate any app.
+    pub linker: Linker<HostState>,
+    /// Compiled components on disk.
+    pub cache: CompileCache,
+}
+
+impl Runtime {
+    /// Creates the engine and linker; `cache_dir` holds compiled components.
+    pub fn new(cache_dir: PathBuf) -> Result<Self> {
+        let engine = Engine::new(&engine_config())
+            .map_err(anyhow::Error::from)
+            .context("cannot create the wasmtime engine")?;
+        let mut linker = Linker::new(&engine);
+        // Guests built with today's toolchains import WASI 0.2 (their
+        // standard library) and WASI 0.3 (their async world) side by side.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add WASI 0.2 to the linker")?;
+        wasmtime_wasi::p3::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add WASI 0.3 to the linker")?;
+        // `handler` uses the types-only interface `types`, which guests
+        // therefore import; it has nothing to provide but must be present.
+        linker
+            .instance(super::bindings::TYPES_IMPORT)
+            .map_err(anyhow::Error::from)
+            .context("cannot add sockgate:gateway/types to the linker")?;
+        let cache = CompileCache::open(cache_dir, &engine)?;
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+        })
+    }
+}
+
+/// The engine settings. Anything changed here changes the compile cache key
+/// (through wasmtime's compatibility hash), so stale artifacts are never
+/// loaded.
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.wasm_component_model_async(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config
+}

@@ -1,0 +1,21 @@
+//! The WebAssembly side: one wasmtime [`Engine`](wasmtime::Engine) for the
+//! process, components compiled once and cached on disk, long-lived
+//! instances that serve many connections concurrently.
+//!
+//! - [`engine`]: the engine configuration every component is compiled for.
+//! - [`cache`]: compiled components on disk, keyed by a hash of the input.
+//! - [`load`]: reading a component file and checking it is a `conn-handler`.
+//! - [`bindings`]: the host side of the WIT world.
+//! - [`host_state`]: what each store holds (WASI context, guest output).
+//! - [`pump`]: moving bytes between a client connection and guest streams.
+//! - [`instance`]: one instance's task, serving the connections sent to it.
+
+pub mod bindings;
+pub mod cache;
+pub mod engine;
+pub mod host_state;
+pub mod instance;
+pub mod load;
+pub mod pump;
+
+pub use engine::Runtime;
