@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use sockgate_host::Gateway;
 use sockgate_host::config::{AppConfig, Config};
 use sockgate_host::gateway::ServedApp;
 use sockgate_host::runtime::cache::CacheOutcome;
-use sockgate_host::Gateway;
 
 /// Serve network connections from WebAssembly components.
 #[derive(Parser)]
@@ -50,7 +50,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => return fail(&err.into()),
     };
@@ -83,7 +86,10 @@ async fn run(command: Command) -> Result<()> {
     for served in gateway.apps() {
         println!("{}", describe(served));
     }
-    println!("sockgate ready: {} app(s); Ctrl-C stops", gateway.apps().len());
+    println!(
+        "sockgate ready: {} app(s); Ctrl-C stops",
+        gateway.apps().len()
+    );
     wait_for_shutdown().await;
     Ok(())
 }

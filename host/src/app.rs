@@ -61,7 +61,13 @@ impl App {
                 let (tx, rx) = mpsc::channel(max_connections_per_instance);
                 let active = Arc::new(AtomicUsize::new(0));
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
-                tokio::spawn(shard_loop(pre.clone(), log.clone(), index, rx, active.clone()));
+                tokio::spawn(shard_loop(
+                    pre.clone(),
+                    log.clone(),
+                    index,
+                    rx,
+                    active.clone(),
+                ));
                 Shard { tx, active }
             })
             .collect();

@@ -129,7 +129,10 @@ impl Config {
         for app in &self.apps {
             check_app_name(&app.name)?;
             if !names.insert(app.name.as_str()) {
-                bail!("app `{}` is configured twice: app names must be unique", app.name);
+                bail!(
+                    "app `{}` is configured twice: app names must be unique",
+                    app.name
+                );
             }
             if app.listen.port() != 0 && !addresses.insert(app.listen) {
                 bail!(
@@ -194,7 +197,16 @@ mod tests {
         for good in ["echo", "a", "my-app-2", &"x".repeat(63)] {
             check_app_name(good).unwrap();
         }
-        for bad in ["", "-a", "a-", "Echo", "a.b", "../x", "a_b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Echo",
+            "a.b",
+            "../x",
+            "a_b",
+            &"x".repeat(64),
+        ] {
             assert!(check_app_name(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -224,7 +236,8 @@ mod tests {
                    [[app]]\nname = \"a\"\ncomponent = \"b.wasm\"\nlisten = \"127.0.0.1:2\"\n";
         let config: Config = toml::from_str(dup).unwrap();
         assert!(config.validate().unwrap_err().to_string().contains("twice"));
-        let unknown = "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nlisten = \"127.0.0.1:1\"\nport = 3\n";
+        let unknown =
+            "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nlisten = \"127.0.0.1:1\"\nport = 3\n";
         assert!(toml::from_str::<Config>(unknown).is_err());
     }
 }

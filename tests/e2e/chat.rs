@@ -80,9 +80,7 @@ async fn a_line_reaches_every_other_client_and_not_the_sender() {
     // C leaves; A and B carry on undisturbed.
     drop(c);
     assert!(
-        gateway
-            .stderr
-            .wait_for(TIMEOUT, |t| t.contains("left")),
+        gateway.stderr.wait_for(TIMEOUT, |t| t.contains("left")),
         "the guest did not notice the client leaving"
     );
     a.say("after c left").await;

@@ -35,7 +35,11 @@ fn a_second_start_loads_from_the_cache() {
     let echo = guest("echo");
 
     let first = start(&echo, &cache);
-    assert!(first.stdout.text().contains("compiled in"), "{}", first.stdout.text());
+    assert!(
+        first.stdout.text().contains("compiled in"),
+        "{}",
+        first.stdout.text()
+    );
     drop(first);
     assert_eq!(cache_entries(&cache), 1);
 
@@ -50,7 +54,11 @@ fn a_second_start_loads_from_the_cache() {
     // Different input bytes, different key: compiled, not confused.
     let chat = guest("chat");
     let third = start(&chat, &cache);
-    assert!(third.stdout.text().contains("compiled in"), "{}", third.stdout.text());
+    assert!(
+        third.stdout.text().contains("compiled in"),
+        "{}",
+        third.stdout.text()
+    );
     drop(third);
     assert_eq!(cache_entries(&cache), 2);
 }
@@ -65,10 +73,16 @@ fn a_corrupt_cache_entry_is_recompiled() {
         std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
     }
     let gateway = start(&echo, &cache);
-    assert!(gateway.stdout.text().contains("compiled in"), "{}", gateway.stdout.text());
     assert!(
-        gateway.stderr.wait_for(std::time::Duration::from_secs(10), |t| t
-            .contains("ignoring unusable compile cache entry")),
+        gateway.stdout.text().contains("compiled in"),
+        "{}",
+        gateway.stdout.text()
+    );
+    assert!(
+        gateway
+            .stderr
+            .wait_for(std::time::Duration::from_secs(10), |t| t
+                .contains("ignoring unusable compile cache entry")),
         "{}",
         gateway.stderr.text()
     );

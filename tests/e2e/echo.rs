@@ -54,9 +54,10 @@ async fn echoes_exact_bytes_at_every_size() {
     let gateway = echo_gateway();
     for (seed, len) in [(1, 1), (2, 64 * 1024), (3, 16 * 1024 * 1024)] {
         let data = pattern(seed, len);
-        let received = tokio::time::timeout(TIMEOUT, round_trip(gateway.addr("echo"), data.clone()))
-            .await
-            .expect("echo timed out");
+        let received =
+            tokio::time::timeout(TIMEOUT, round_trip(gateway.addr("echo"), data.clone()))
+                .await
+                .expect("echo timed out");
         assert_eq!(received.len(), data.len(), "length for {len} bytes");
         assert!(received == data, "content differs for {len} bytes");
     }
@@ -130,7 +131,8 @@ async fn guest_half_close_reaches_the_client_which_can_still_send() {
     // ...while our side stays open and the guest still reads it.
     stream.write_all(b"still here\n").await.unwrap();
     assert!(
-        gateway.stderr.wait_for(TIMEOUT, |t| t.contains("received after close-write: still here")),
+        gateway.stderr.wait_for(TIMEOUT, |t| t
+            .contains("received after close-write: still here")),
         "the guest did not receive data sent after its half-close:\n{}",
         gateway.stderr.text()
     );

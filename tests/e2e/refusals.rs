@@ -32,8 +32,16 @@ fn refuse_component(component: &Path, dir: &ScratchDir) -> String {
 }
 
 fn assert_common_shape(stderr: &str) {
-    assert!(stderr.starts_with("error: "), "not an error message:\n{stderr}");
-    for noise in ["panicked", "stack backtrace", "RUST_BACKTRACE", "wasm backtrace"] {
+    assert!(
+        stderr.starts_with("error: "),
+        "not an error message:\n{stderr}"
+    );
+    for noise in [
+        "panicked",
+        "stack backtrace",
+        "RUST_BACKTRACE",
+        "wasm backtrace",
+    ] {
         assert!(!stderr.contains(noise), "{noise:?} in refusal:\n{stderr}");
     }
 }
@@ -45,7 +53,10 @@ fn a_core_module_is_refused_as_not_a_component() {
     // The smallest valid core module: magic and version 1.
     std::fs::write(&file, b"\0asm\x01\0\0\0").unwrap();
     let stderr = refuse_component(&file, &dir);
-    assert!(stderr.contains("core WebAssembly module, not a component"), "{stderr}");
+    assert!(
+        stderr.contains("core WebAssembly module, not a component"),
+        "{stderr}"
+    );
     assert!(stderr.contains("wasm32-wasip2"), "no advice:\n{stderr}");
 }
 
@@ -134,7 +145,10 @@ fn a_port_in_use_is_refused() {
     assert_eq!(code, 1, "{stderr}");
     assert_common_shape(&stderr);
     assert!(stderr.contains("app `echo`"), "{stderr}");
-    assert!(stderr.contains(&format!("cannot listen on tcp {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on tcp {addr}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("already in use"), "{stderr}");
     drop(holder);
 }
@@ -143,9 +157,21 @@ fn a_port_in_use_is_refused() {
 fn a_bad_configuration_file_is_refused_with_its_name() {
     let dir = ScratchDir::new("refuse-config");
     let cases = [
-        ("typo.toml", "[[app]]\nname = \"echo\"\ncomponent = \"e.wasm\"\nlisten = \"127.0.0.1:0\"\nlisten_port = 3\n", "unknown field `listen_port`"),
-        ("syntax.toml", "[[app]\nname = \"echo\"\n", "invalid configuration file"),
-        ("name.toml", "[[app]]\nname = \"../x\"\ncomponent = \"e.wasm\"\nlisten = \"127.0.0.1:0\"\n", "invalid app name `../x`"),
+        (
+            "typo.toml",
+            "[[app]]\nname = \"echo\"\ncomponent = \"e.wasm\"\nlisten = \"127.0.0.1:0\"\nlisten_port = 3\n",
+            "unknown field `listen_port`",
+        ),
+        (
+            "syntax.toml",
+            "[[app]\nname = \"echo\"\n",
+            "invalid configuration file",
+        ),
+        (
+            "name.toml",
+            "[[app]]\nname = \"../x\"\ncomponent = \"e.wasm\"\nlisten = \"127.0.0.1:0\"\n",
+            "invalid app name `../x`",
+        ),
         ("empty.toml", "", "no apps configured"),
     ];
     for (name, text, reason) in cases {
@@ -158,8 +184,14 @@ fn a_bad_configuration_file_is_refused_with_its_name() {
         ]);
         assert_eq!(code, 1, "{name}: {stderr}");
         assert_common_shape(&stderr);
-        assert!(stderr.contains(&config.display().to_string()), "{name}: file not named:\n{stderr}");
-        assert!(stderr.contains(reason), "{name}: expected {reason:?}:\n{stderr}");
+        assert!(
+            stderr.contains(&config.display().to_string()),
+            "{name}: file not named:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(reason),
+            "{name}: expected {reason:?}:\n{stderr}"
+        );
     }
     // A component refusal through a configuration names the app too.
     let config = dir.0.join("missing-component.toml");
@@ -171,8 +203,15 @@ fn a_bad_configuration_file_is_refused_with_its_name() {
         ),
     )
     .unwrap();
-    let (code, stderr) = run_expecting_failure(&[OsStr::new("serve"), OsStr::new("--config"), config.as_os_str()]);
+    let (code, stderr) = run_expecting_failure(&[
+        OsStr::new("serve"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("app `ghost`"), "{stderr}");
-    assert!(stderr.contains(&dir.0.join("ghost.wasm").display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&dir.0.join("ghost.wasm").display().to_string()),
+        "{stderr}"
+    );
 }

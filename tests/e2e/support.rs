@@ -35,7 +35,11 @@ pub fn guest(name: &str) -> PathBuf {
     let path = root()
         .join("guests/target/wasm32-wasip2/release")
         .join(format!("{}.wasm", name.replace('-', "_")));
-    assert!(path.exists(), "guest {name} not built at {}", path.display());
+    assert!(
+        path.exists(),
+        "guest {name} not built at {}",
+        path.display()
+    );
     path
 }
 
@@ -53,10 +57,9 @@ impl ScratchDir {
     pub fn new(label: &str) -> Self {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = root().join("target/sockgate-test-tmp").join(format!(
-            "{label}-{}-{n}",
-            std::process::id()
-        ));
+        let dir = root()
+            .join("target/sockgate-test-tmp")
+            .join(format!("{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -69,10 +72,17 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The lines printed so far, and whether the stream has ended.
+#[derive(Default)]
+struct Printed {
+    lines: Vec<String>,
+    ended: bool,
+}
+
 /// Lines a child process printed, with a way to wait for one.
 #[derive(Clone, Default)]
 pub struct Output {
-    inner: Arc<(Mutex<(Vec<String>, bool)>, Condvar)>,
+    inner: Arc<(Mutex<Printed>, Condvar)>,
 }
 
 impl Output {
@@ -82,18 +92,18 @@ impl Output {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 let (lock, cvar) = &*this.inner;
-                lock.lock().unwrap().0.push(line);
+                lock.lock().unwrap().lines.push(line);
                 cvar.notify_all();
             }
             let (lock, cvar) = &*this.inner;
-            lock.lock().unwrap().1 = true;
+            lock.lock().unwrap().ended = true;
             cvar.notify_all();
         });
     }
 
     /// Everything printed so far.
     pub fn text(&self) -> String {
-        self.inner.0.lock().unwrap().0.join("\n")
+        self.inner.0.lock().unwrap().lines.join("\n")
     }
 
     /// Waits until `pred` holds for the text printed so far, or the stream
@@ -103,11 +113,11 @@ impl Output {
         let (lock, cvar) = &*self.inner;
         let mut state = lock.lock().unwrap();
         loop {
-            if pred(&state.0.join("\n")) {
+            if pred(&state.lines.join("\n")) {
                 return true;
             }
             let now = Instant::now();
-            if state.1 || now >= deadline {
+            if state.ended || now >= deadline {
                 return false;
             }
             state = cvar.wait_timeout(state, deadline - now).unwrap().0;

@@ -52,8 +52,14 @@ async fn a_trapped_instance_is_replaced_and_the_log_says_why() {
     attacker.write_all(b"panic\n").await.unwrap();
 
     // The whole instance went down: both its connections are closed.
-    assert!(closed_by_gateway(&mut attacker).await, "attacker not closed");
-    assert!(closed_by_gateway(&mut bystander).await, "bystander not closed");
+    assert!(
+        closed_by_gateway(&mut attacker).await,
+        "attacker not closed"
+    );
+    assert!(
+        closed_by_gateway(&mut bystander).await,
+        "bystander not closed"
+    );
 
     // The event names the trap, the guest's own stderr says why.
     let stderr = &gateway.stderr;
@@ -95,9 +101,8 @@ async fn repeated_traps_back_off_instead_of_spinning() {
         assert!(closed_by_gateway(&mut attacker).await);
     }
     assert!(
-        gateway
-            .stderr
-            .wait_for(TIMEOUT, |t| t.contains("crash loop: restarting instance in")),
+        gateway.stderr.wait_for(TIMEOUT, |t| t
+            .contains("crash loop: restarting instance in")),
         "no crash-loop back-off recorded:\n{}",
         gateway.stderr.text()
     );

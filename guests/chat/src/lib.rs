@@ -98,7 +98,7 @@ impl Guest for Chat {
                 }
                 if pending.len() >= MAX_LINE {
                     let mut line = prefix.clone().into_bytes();
-                    line.extend(pending.drain(..));
+                    line.append(&mut pending);
                     line.push(b'\n');
                     broadcast(id, &line);
                 }

@@ -24,7 +24,12 @@ const PAGE: &str = "<!doctype html>\n<html><head><title>Hello from sockgate</tit
 /// What to do with one parsed request.
 enum Parsed {
     /// A full request head of `head_len` bytes with a body of `body_len`.
-    Request { head_len: usize, body_len: usize, close: bool, method_head: bool },
+    Request {
+        head_len: usize,
+        body_len: usize,
+        close: bool,
+        method_head: bool,
+    },
     /// Not enough bytes yet.
     Incomplete,
     /// A request we refuse, with the status line to send before closing.
@@ -78,7 +83,12 @@ fn parse(buf: &[u8]) -> Parsed {
             }
         }
     }
-    Parsed::Request { head_len, body_len, close, method_head: method == "HEAD" }
+    Parsed::Request {
+        head_len,
+        body_len,
+        close,
+        method_head: method == "HEAD",
+    }
 }
 
 fn response(status: &str, body: &str, close: bool, include_body: bool) -> Vec<u8> {
@@ -122,7 +132,12 @@ impl Guest for HttpHello {
                             close = true;
                             break;
                         }
-                        Parsed::Request { head_len, body_len, close: c, method_head } => {
+                        Parsed::Request {
+                            head_len,
+                            body_len,
+                            close: c,
+                            method_head,
+                        } => {
                             if pending.len() < head_len + body_len {
                                 break;
                             }

@@ -57,7 +57,11 @@ impl CompileCache {
     /// Returns the compiled component for `bytes`, from the cache when it is
     /// there, compiling and storing it otherwise. A cached artifact that
     /// fails to load (truncated, from another build) is recompiled.
-    pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> Result<(Component, CacheOutcome)> {
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+    ) -> Result<(Component, CacheOutcome)> {
         let path = self.dir.join(format!("{}.cwasm", self.key(bytes)));
         if path.exists() {
             // SAFETY: the artifact was written by `store` below into a

@@ -172,13 +172,12 @@ pub fn load_component_bytes(
             imports: unsupported.join(", "),
         });
     }
-    let instance_pre = runtime
-        .linker
-        .instantiate_pre(&component)
-        .map_err(|err| LoadError::UnsupportedImports {
+    let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|err| {
+        LoadError::UnsupportedImports {
             path: path.clone(),
             imports: format!("{err:#}"),
-        })?;
+        }
+    })?;
     let pre = ConnHandlerPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
         path: path.clone(),
         reason: format!("{err:#}"),
