@@ -4,21 +4,20 @@
 //! Each shard is a task that runs one instance at a time
 //! ([`run_instance`]); when the instance traps, the shard records why and
 //! starts a fresh one, after a delay if it keeps crashing ([`Backoff`]).
-//! New connections go to the shard with the fewest active connections, and
-//! are refused when every shard is at its cap.
+//! A new connection is admitted against the gateway's, the app's and the
+//! per-IP caps ([`crate::conns`]), then goes to the shard with the fewest
+//! active connections, or is refused when every shard is at its cap.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::conn::Connection;
+use crate::conns::{AppAccount, ConnTracker, Refused, ShardLoad, admit};
 use crate::logs::{AppLog, EventKind};
-use crate::runtime::bindings::ConnHandlerPre;
-use crate::runtime::host_state::HostState;
-use crate::runtime::instance::{Assigned, InstanceError, run_instance};
+use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings, run_instance};
 
 /// A running app.
 pub struct App {
@@ -26,8 +25,8 @@ pub struct App {
     log: Arc<AppLog>,
     shards: Vec<Shard>,
     max_connections_per_instance: usize,
-    accepted: AtomicU64,
-    refused: AtomicU64,
+    tracker: Arc<ConnTracker>,
+    account: Arc<AppAccount>,
 }
 
 /// The dispatching side of one shard.
@@ -35,39 +34,25 @@ struct Shard {
     tx: mpsc::Sender<Assigned>,
     /// Connections assigned to this shard and not yet finished (including
     /// those still queued for it).
-    active: Arc<AtomicUsize>,
-}
-
-/// Why a connection was not handed to the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    /// Every instance serves `max_connections_per_instance` connections.
-    #[error("every instance is at max_connections_per_instance")]
-    AllInstancesFull,
+    active: Arc<ShardLoad>,
 }
 
 impl App {
-    /// Starts `instances` shards of the component `pre` and returns the app,
-    /// ready to take connections. Must be called within a tokio runtime.
-    pub fn start(
-        name: &str,
-        pre: ConnHandlerPre<HostState>,
-        instances: usize,
-        max_connections_per_instance: usize,
-    ) -> Arc<Self> {
-        let log = Arc::new(AppLog::new(name));
+    /// Starts `instances` shards of the app described by `settings` and
+    /// returns it, ready to take connections. Must be called within a tokio
+    /// runtime.
+    pub fn start(name: &str, settings: InstanceSettings, instances: usize) -> Arc<Self> {
+        let log = settings.log.clone();
+        let account = settings.account.clone();
+        let tracker = settings.tracker.clone();
+        let max_connections_per_instance = settings.limits.max_connections_per_instance;
+        let settings = Arc::new(settings);
         let shards = (0..instances)
             .map(|index| {
                 let (tx, rx) = mpsc::channel(max_connections_per_instance);
-                let active = Arc::new(AtomicUsize::new(0));
+                let active = Arc::new(ShardLoad::default());
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
-                tokio::spawn(shard_loop(
-                    pre.clone(),
-                    log.clone(),
-                    index,
-                    rx,
-                    active.clone(),
-                ));
+                tokio::spawn(shard_loop(settings.clone(), index, rx, active.clone()));
                 Shard { tx, active }
             })
             .collect();
@@ -76,8 +61,8 @@ impl App {
             log,
             shards,
             max_connections_per_instance,
-            accepted: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
+            tracker,
+            account,
         })
     }
 
@@ -91,85 +76,82 @@ impl App {
         &self.log
     }
 
-    /// Connections currently active across all instances.
-    pub fn active_connections(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.active.load(Ordering::Relaxed))
-            .sum()
+    /// The app's connection counts and counters.
+    pub fn account(&self) -> &Arc<AppAccount> {
+        &self.account
     }
 
-    /// Connections handed to the app so far, and refused so far.
-    pub fn connection_totals(&self) -> (u64, u64) {
-        (
-            self.accepted.load(Ordering::Relaxed),
-            self.refused.load(Ordering::Relaxed),
-        )
+    /// How many instances (shards) the app runs.
+    pub fn instance_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Connections active on the app.
+    pub fn active_connections(&self) -> usize {
+        self.shards.iter().map(|s| s.active.active()).sum()
     }
 
     /// Hands a connection to the least busy instance, or refuses it (the
     /// connection is then dropped, which closes it).
     pub fn dispatch(&self, conn: Connection) -> Result<(), Refused> {
+        let peer = conn.info.peer.ip();
+        let admission = admit(&self.tracker, &self.account, peer)?;
         let shard = self
             .shards
             .iter()
-            .min_by_key(|s| s.active.load(Ordering::Relaxed))
-            .filter(|s| s.active.load(Ordering::Relaxed) < self.max_connections_per_instance);
+            .min_by_key(|s| s.active.active())
+            .filter(|s| s.active.active() < self.max_connections_per_instance);
         let Some(shard) = shard else {
-            return Err(self.refuse(Refused::AllInstancesFull));
+            drop(admission);
+            return Err(self.account.refuse(Refused::InstancesFull, peer));
         };
-        shard.active.fetch_add(1, Ordering::Relaxed);
-        let guard = Arc::new(ActiveGuard(shard.active.clone()));
-        match shard.tx.try_send(Assigned { conn, guard }) {
-            Ok(()) => {
-                self.accepted.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            // The channel holds as many entries as the cap allows, so it is
-            // full or closed only while the app is shutting down.
-            Err(_) => Err(self.refuse(Refused::AllInstancesFull)),
-        }
-    }
-
-    fn refuse(&self, why: Refused) -> Refused {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        self.log.event(
-            None,
-            EventKind::ConnectionRefused {
-                limit: "max_connections_per_instance on every instance",
-            },
-        );
-        why
-    }
-}
-
-/// Counts a connection as active on its shard while it lives.
-struct ActiveGuard(Arc<AtomicUsize>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        shard.active.acquire();
+        let Connection {
+            info,
+            reader,
+            writer,
+            closer,
+        } = conn;
+        let guard = admission.finish(info.clone(), shard.active.clone(), closer);
+        let assigned = Assigned {
+            info,
+            reader,
+            writer,
+            guard,
+        };
+        // The channel holds as many entries as the instance cap allows, so
+        // it is full or closed only while the app is shutting down; the
+        // connection is then dropped (closed) and its counts released.
+        shard
+            .tx
+            .try_send(assigned)
+            .map_err(|_| self.account.refuse(Refused::InstancesFull, peer))
     }
 }
 
 /// Runs instance after instance for one shard until the app is dropped.
 async fn shard_loop(
-    pre: ConnHandlerPre<HostState>,
-    log: Arc<AppLog>,
+    settings: Arc<InstanceSettings>,
     index: u32,
     mut rx: mpsc::Receiver<Assigned>,
-    active: Arc<AtomicUsize>,
+    active: Arc<ShardLoad>,
 ) {
+    let log = settings.log.clone();
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        let kind = match run_instance(&pre, &log, index, &mut rx, &active).await {
+        let kind = match run_instance(&settings, index, &mut rx, &active).await {
             Ok(()) => return,
             Err(InstanceError::Instantiate(err)) => EventKind::InstanceFailed {
                 reason: format!("{err:#}"),
             },
-            Err(InstanceError::Trap { error, connections }) => EventKind::InstanceTrapped {
-                reason: describe_trap(&error),
+            Err(InstanceError::Trap {
+                cause,
+                reason,
+                connections,
+            }) => EventKind::InstanceTrapped {
+                cause: cause.as_str(),
+                reason,
                 connections,
             },
         };
@@ -183,20 +165,6 @@ async fn shard_loop(
             );
             tokio::time::sleep(delay).await;
         }
-    }
-}
-
-/// A trap as an operator wants to read it: what happened first, then where
-/// in the guest (the wasm backtrace, with function names when the guest
-/// kept its name section).
-fn describe_trap(error: &wasmtime::Error) -> String {
-    let what = match error.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
-        None => error.root_cause().to_string(),
-    };
-    match error.downcast_ref::<wasmtime::WasmBacktrace>() {
-        Some(backtrace) => format!("{what}\n{backtrace}"),
-        None => what,
     }
 }
 

@@ -10,7 +10,10 @@
 //! component = "echo.wasm"             # relative to this file
 //! listen = "127.0.0.1:7001"
 //! instances = 2                       # optional, default: one per core
-//! max_connections_per_instance = 10000  # optional
+//! outbound = ["api.example.com:443"]  # optional, default: no outbound access
+//!
+//! [app.limits]                         # optional, see `AppLimits`
+//! cpu_budget_ms = 50
 //! ```
 
 use std::collections::HashSet;
@@ -20,11 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-/// Default cap on concurrent connections served by one instance. One
-/// instance multiplexes its connections on one thread, so this bounds the
-/// latency a connection can suffer from its neighbours and the guest memory
-/// they share.
-pub const DEFAULT_MAX_CONNECTIONS_PER_INSTANCE: usize = 10_000;
+use crate::limits::{AppLimits, GatewayLimits};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -39,12 +38,28 @@ pub struct Config {
 }
 
 /// Settings that apply to the whole gateway.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySettings {
     /// Where compiled components are cached; default
     /// `$XDG_CACHE_HOME/sockgate` or `~/.cache/sockgate`.
     pub cache_dir: Option<PathBuf>,
+    /// Concurrent connections over all apps.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    GatewayLimits::default().max_connections
 }
 
 /// One app: a component and where it is served.
@@ -62,14 +77,13 @@ pub struct AppConfig {
     /// How many instances serve the app; default one per core. Instance
     /// state (a chat room, a cache) is per instance: set 1 to share it.
     pub instances: Option<usize>,
-    /// Cap on concurrent connections per instance; over it, connections
-    /// go to another instance, or are refused when all are full.
-    #[serde(default = "default_max_connections_per_instance")]
-    pub max_connections_per_instance: usize,
-}
-
-fn default_max_connections_per_instance() -> usize {
-    DEFAULT_MAX_CONNECTIONS_PER_INSTANCE
+    /// Outbound destinations the guest may reach through `wasi:sockets`, as
+    /// `host:port` patterns (see [`crate::outbound`]); empty: none.
+    #[serde(default)]
+    pub outbound: Vec<String>,
+    /// CPU, memory and connection limits.
+    #[serde(default)]
+    pub limits: AppLimits,
 }
 
 impl AppConfig {
@@ -80,7 +94,8 @@ impl AppConfig {
             component,
             listen,
             instances: None,
-            max_connections_per_instance: DEFAULT_MAX_CONNECTIONS_PER_INSTANCE,
+            outbound: Vec::new(),
+            limits: AppLimits::default(),
         }
     }
 
@@ -121,6 +136,9 @@ impl Config {
 
     /// Checks what serde cannot: names, duplicates, limits.
     pub fn validate(&self) -> Result<()> {
+        if self.gateway.max_connections == 0 {
+            bail!("gateway.max_connections must be at least 1");
+        }
         if self.apps.is_empty() {
             bail!("no apps configured: add an [[app]] table with name, component and listen");
         }
@@ -144,12 +162,11 @@ impl Config {
             if app.instances == Some(0) {
                 bail!("app `{}`: instances must be at least 1", app.name);
             }
-            if app.max_connections_per_instance == 0 {
-                bail!(
-                    "app `{}`: max_connections_per_instance must be at least 1",
-                    app.name
-                );
-            }
+            app.limits
+                .validate()
+                .with_context(|| format!("app `{}`", app.name))?;
+            crate::outbound::OutboundPolicy::parse(&app.outbound)
+                .with_context(|| format!("app `{}`: invalid outbound rule", app.name))?;
         }
         Ok(())
     }
@@ -224,8 +241,8 @@ mod tests {
         let config = Config::load(&file).unwrap();
         assert_eq!(config.apps[0].component, dir.join("echo.wasm"));
         assert_eq!(
-            config.apps[0].max_connections_per_instance,
-            DEFAULT_MAX_CONNECTIONS_PER_INSTANCE
+            config.apps[0].limits.cpu_budget_ms,
+            AppLimits::default().cpu_budget_ms
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

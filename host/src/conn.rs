@@ -68,28 +68,6 @@ pub struct Connection {
     pub reader: ByteReader,
     /// Bytes to the client.
     pub writer: ByteWriter,
-}
-
-impl Connection {
-    /// A plain TCP connection accepted by a listener.
-    pub fn from_tcp(stream: tokio::net::TcpStream) -> std::io::Result<Self> {
-        let peer = stream.peer_addr()?;
-        let local = stream.local_addr()?;
-        // Small request/response exchanges must not wait for Nagle's timer.
-        stream.set_nodelay(true)?;
-        let (reader, writer) = stream.into_split();
-        Ok(Self {
-            info: ConnInfo {
-                id: next_conn_id(),
-                transport: Transport::Tcp,
-                peer,
-                local,
-                server_name: None,
-                alpn: None,
-                quic: None,
-            },
-            reader: Box::pin(reader),
-            writer: Box::pin(writer),
-        })
-    }
+    /// Aborts the transport in both directions, from outside (limits).
+    pub closer: crate::conns::Closer,
 }

@@ -12,14 +12,20 @@ use anyhow::{Context, Result};
 
 use crate::app::App;
 use crate::config::Config;
+use crate::conns::ConnTracker;
 use crate::listen;
+use crate::outbound::OutboundPolicy;
+use crate::route::Router;
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
+use crate::runtime::instance::InstanceSettings;
 use crate::runtime::load::load_component;
 
 /// A running gateway.
 pub struct Gateway {
     apps: Vec<ServedApp>,
+    tracker: Arc<ConnTracker>,
+    router: Arc<Router>,
 }
 
 /// An app the gateway serves, with what an operator wants to know about it.
@@ -45,7 +51,12 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Self> {
         config.validate()?;
         let runtime = Arc::new(Runtime::new(config.cache_dir())?);
-        let mut apps = Vec::new();
+        let tracker = ConnTracker::new(config.gateway.max_connections);
+        tokio::spawn(tracker.clone().run_sweeper());
+
+        // Load every component and bind every listener before serving
+        // anything: a mistake anywhere refuses the whole start.
+        let mut prepared = Vec::new();
         for app_config in &config.apps {
             let name = &app_config.name;
             let loaded = {
@@ -59,14 +70,33 @@ impl Gateway {
             let listener = listen::tcp::bind(app_config.listen)
                 .await
                 .with_context(|| format!("app `{name}`"))?;
-            let tcp = listener.local_addr()?;
-            let app = App::start(
+            prepared.push((app_config, loaded, listener));
+        }
+        let own_ports: Vec<u16> = prepared
+            .iter()
+            .filter_map(|(_, _, listener)| listener.local_addr().ok())
+            .map(|addr| addr.port())
+            .collect();
+
+        let router = Router::new();
+        let mut apps = Vec::new();
+        for (app_config, loaded, listener) in prepared {
+            let name = &app_config.name;
+            let mut policy = OutboundPolicy::parse(&app_config.outbound)
+                .with_context(|| format!("app `{name}`: invalid outbound rule"))?;
+            policy.protect_ports(own_ports.iter().copied());
+            let settings = InstanceSettings::new(
                 name,
                 loaded.pre,
-                app_config.instance_count(),
-                app_config.max_connections_per_instance,
+                app_config.limits.clone(),
+                policy,
+                runtime.supervision,
+                tracker.clone(),
             );
+            let tcp = listener.local_addr()?;
+            let app = App::start(name, settings, app_config.instance_count());
             tokio::spawn(listen::tcp::serve(listener, app.clone()));
+            router.insert(name, app.clone());
             apps.push(ServedApp {
                 app,
                 component: app_config.component.clone(),
@@ -76,7 +106,21 @@ impl Gateway {
                 size: loaded.size,
             });
         }
-        Ok(Self { apps })
+        Ok(Self {
+            apps,
+            tracker,
+            router,
+        })
+    }
+
+    /// The apps by name, for listeners that route by server name.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Gateway-wide connection accounting.
+    pub fn tracker(&self) -> &Arc<ConnTracker> {
+        &self.tracker
     }
 
     /// The apps being served, in configuration order.

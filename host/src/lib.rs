@@ -11,9 +11,13 @@
 pub mod app;
 pub mod config;
 pub mod conn;
+pub mod conns;
 pub mod gateway;
+pub mod limits;
 pub mod listen;
 pub mod logs;
+pub mod outbound;
+pub mod route;
 pub mod runtime;
 
 pub use config::Config;

@@ -53,7 +53,9 @@ pub enum EventKind {
     InstanceStarted,
     /// An instance trapped; its connections were closed.
     InstanceTrapped {
-        /// The trap, as wasmtime describes it (with the guest backtrace).
+        /// The category (`cpu-budget`, `wall-clock`, `memory-limit`, `guest`).
+        cause: &'static str,
+        /// What happened, with the guest's wasm backtrace.
         reason: String,
         /// How many connections it was serving.
         connections: usize,
@@ -69,10 +71,35 @@ pub enum EventKind {
         /// The delay.
         delay_ms: u64,
     },
-    /// A connection was refused because every instance was at its cap.
-    ConnectionRefused {
-        /// The limit that was hit.
+    /// A connection was refused or closed by a limit.
+    LimitHit {
+        /// The limit, as named in the configuration.
         limit: &'static str,
+        /// What happened to whom.
+        detail: String,
+    },
+    /// A replaced or removed version still had connections when its drain
+    /// deadline passed; they were closed.
+    DrainDeadline {
+        /// How many.
+        closed: usize,
+    },
+    /// A new version of the app now takes new connections.
+    Deployed {
+        /// The version's number and component digest.
+        version: String,
+    },
+    /// A memory growth was refused at the app's limit.
+    MemoryRefused {
+        /// The size the guest asked for, in bytes.
+        requested: usize,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The guest tried to reach a destination its policy does not allow.
+    OutboundDenied {
+        /// What it tried (`TcpConnect 10.0.0.1:5432`, or a name lookup).
+        target: String,
     },
 }
 
@@ -81,28 +108,53 @@ impl std::fmt::Display for EventKind {
         match self {
             EventKind::InstanceStarted => write!(f, "instance started"),
             EventKind::InstanceTrapped {
+                cause,
                 reason,
                 connections,
             } => write!(
                 f,
-                "instance trapped, closing {connections} connection(s): {reason}"
+                "instance trapped ({cause}), closing {connections} connection(s): {reason}"
             ),
             EventKind::InstanceFailed { reason } => write!(f, "instantiation failed: {reason}"),
             EventKind::Backoff { delay_ms } => {
                 write!(f, "crash loop: restarting instance in {delay_ms} ms")
             }
-            EventKind::ConnectionRefused { limit } => {
-                write!(f, "connection refused: {limit} reached")
+            EventKind::LimitHit { limit, detail } => {
+                write!(f, "limit {limit} hit: {detail}")
             }
+            EventKind::DrainDeadline { closed } => write!(
+                f,
+                "drain deadline passed: closed {closed} connection(s) of a replaced version"
+            ),
+            EventKind::Deployed { version } => write!(f, "deployed {version}"),
+            EventKind::MemoryRefused { requested, limit } => write!(
+                f,
+                "limit memory_limit_mb hit: memory growth to {} MiB refused (limit {} MiB)",
+                requested >> 20,
+                limit >> 20
+            ),
+            EventKind::OutboundDenied { target } => write!(
+                f,
+                "outbound access denied: {target} (not in the app's `outbound` list)"
+            ),
         }
     }
 }
+
+/// Events forwarded to `tracing` per second and app, so that a flood
+/// (connections refused by the thousand, a guest hammering a denied
+/// address) cannot flood the gateway's own log; the ring still keeps the
+/// latest events and counts every one.
+const TRACED_EVENTS_PER_SECOND: u32 = 20;
 
 /// The log and events of one app.
 pub struct AppLog {
     app: String,
     lines: Mutex<VecDeque<LogLine>>,
     events: Mutex<VecDeque<Event>>,
+    /// (second, events traced in it, events suppressed in it).
+    trace_budget: Mutex<(u64, u32, u64)>,
+    events_total: std::sync::atomic::AtomicU64,
 }
 
 impl AppLog {
@@ -112,6 +164,8 @@ impl AppLog {
             app: app.to_owned(),
             lines: Mutex::new(VecDeque::new()),
             events: Mutex::new(VecDeque::new()),
+            trace_budget: Mutex::new((0, 0, 0)),
+            events_total: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -136,11 +190,15 @@ impl AppLog {
 
     /// Records an event.
     pub fn event(&self, instance: Option<u32>, kind: EventKind) {
-        match &kind {
-            EventKind::InstanceStarted => {
-                tracing::info!(app = %self.app, instance, "{kind}")
+        self.events_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.may_trace() {
+            match &kind {
+                EventKind::InstanceStarted => {
+                    tracing::info!(app = %self.app, instance, "{kind}")
+                }
+                _ => tracing::warn!(app = %self.app, instance, "{kind}"),
             }
-            _ => tracing::warn!(app = %self.app, instance, "{kind}"),
         }
         let event = Event {
             at: SystemTime::now(),
@@ -148,6 +206,34 @@ impl AppLog {
             kind,
         };
         push_bounded(&self.events, event, EVENTS_KEPT);
+    }
+
+    /// Whether another event may go to `tracing` this second; reports how
+    /// many were suppressed in the previous second.
+    fn may_trace(&self) -> bool {
+        let second = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut budget = lock(&self.trace_budget);
+        if budget.0 != second {
+            if budget.2 > 0 {
+                tracing::warn!(app = %self.app, "{} more events not logged", budget.2);
+            }
+            *budget = (second, 0, 0);
+        }
+        if budget.1 < TRACED_EVENTS_PER_SECOND {
+            budget.1 += 1;
+            true
+        } else {
+            budget.2 += 1;
+            false
+        }
+    }
+
+    /// How many events were recorded in total (the ring keeps the latest).
+    pub fn events_total(&self) -> u64 {
+        self.events_total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The lines kept so far, oldest first.

@@ -1,4 +1,5 @@
 //! The chat guest: one instance holds the room, shared by every connection.
+//! The same test runs against the chat guest of every language that has one.
 
 use std::time::Duration;
 
@@ -6,9 +7,15 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::languages::{Lang, language_tests};
 use crate::support::{Gateway, TestApp};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+language_tests! {
+    languages: [rust: Rust, python: Python, js: Js],
+    tests: [a_line_reaches_every_other_client_and_not_the_sender],
+}
 
 struct Client {
     lines: BufReader<OwnedReadHalf>,
@@ -54,11 +61,10 @@ impl Client {
     }
 }
 
-#[tokio::test]
-async fn a_line_reaches_every_other_client_and_not_the_sender() {
+async fn a_line_reaches_every_other_client_and_not_the_sender(lang: Lang) {
     let gateway = Gateway::start(&[TestApp {
         name: "chat",
-        guest: "chat",
+        guest: &lang.guest("chat"),
         extra: "instances = 1",
     }]);
     let addr = gateway.addr("chat");

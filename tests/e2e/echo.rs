@@ -1,19 +1,30 @@
 //! The echo guest: exact bytes back at every size, many connections at
-//! once, and half-close in both directions.
+//! once, and half-close in both directions. The same tests run against the
+//! echo guest of every language.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::languages::{Lang, language_tests};
 use crate::support::{Gateway, TestApp};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn echo_gateway() -> Gateway {
+language_tests! {
+    languages: [rust: Rust, python: Python, js: Js, c: C],
+    tests: [
+        echoes_exact_bytes_at_every_size,
+        serves_200_concurrent_connections_each_with_its_own_data,
+        client_half_close_ends_the_guests_stream_and_the_reply_completes,
+    ],
+}
+
+fn echo_gateway(lang: Lang) -> Gateway {
     Gateway::start(&[TestApp {
         name: "echo",
-        guest: "echo",
+        guest: &lang.guest("echo"),
         extra: "",
     }])
 }
@@ -49,9 +60,8 @@ async fn round_trip(addr: std::net::SocketAddr, data: Vec<u8>) -> Vec<u8> {
     received
 }
 
-#[tokio::test]
-async fn echoes_exact_bytes_at_every_size() {
-    let gateway = echo_gateway();
+async fn echoes_exact_bytes_at_every_size(lang: Lang) {
+    let gateway = echo_gateway(lang);
     for (seed, len) in [(1, 1), (2, 64 * 1024), (3, 16 * 1024 * 1024)] {
         let data = pattern(seed, len);
         let received =
@@ -63,9 +73,8 @@ async fn echoes_exact_bytes_at_every_size() {
     }
 }
 
-#[tokio::test]
-async fn serves_200_concurrent_connections_each_with_its_own_data() {
-    let gateway = echo_gateway();
+async fn serves_200_concurrent_connections_each_with_its_own_data(lang: Lang) {
+    let gateway = echo_gateway(lang);
     let addr = gateway.addr("echo");
     let clients: Vec<_> = (0..200u64)
         .map(|i| {
@@ -95,9 +104,8 @@ async fn serves_200_concurrent_connections_each_with_its_own_data() {
     assert_eq!(streams.len(), 200);
 }
 
-#[tokio::test]
-async fn client_half_close_ends_the_guests_stream_and_the_reply_completes() {
-    let gateway = echo_gateway();
+async fn client_half_close_ends_the_guests_stream_and_the_reply_completes(lang: Lang) {
+    let gateway = echo_gateway(lang);
     let mut stream = TcpStream::connect(gateway.addr("echo")).await.unwrap();
     stream.write_all(b"last words").await.unwrap();
     // Shut down our sending side only: the guest must see end of stream,

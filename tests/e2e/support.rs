@@ -43,6 +43,40 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// Path of `guests/target/lang/<lang>-<name>.wasm`, the guest
+/// `guests/<lang>/<name>` in a language other than Rust, running
+/// `guests/build-lang.sh` once per test process (quick when up to date; it
+/// installs a missing toolchain first).
+pub fn lang_guest(lang: &str, name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(root().join("guests/build-lang.sh"))
+            .env("CARGO", env!("CARGO"))
+            .status()
+            .expect("cannot run guests/build-lang.sh");
+        assert!(status.success(), "guests/build-lang.sh failed");
+    });
+    let path = root()
+        .join("guests/target/lang")
+        .join(format!("{lang}-{name}.wasm"));
+    assert!(
+        path.exists(),
+        "guest {lang}/{name} not built at {}",
+        path.display()
+    );
+    path
+}
+
+/// Path of the component a [`TestApp::guest`] names: `<lang>/<name>` for
+/// [`lang_guest`], otherwise a Rust guest crate for [`guest`].
+pub fn guest_component(spec: &str) -> PathBuf {
+    match spec.split_once('/') {
+        Some((lang, name)) => lang_guest(lang, name),
+        None => guest(spec),
+    }
+}
+
 /// A compile cache shared by the tests of one run, so each component is
 /// compiled once.
 pub fn shared_cache_dir() -> PathBuf {
@@ -134,7 +168,8 @@ impl Output {
 pub struct TestApp<'a> {
     /// App name.
     pub name: &'a str,
-    /// Guest crate under `guests/`.
+    /// Guest crate under `guests/`, or `<lang>/<name>` for a guest in
+    /// another language (`guests/<lang>/<name>`, see [`lang_guest`]).
     pub guest: &'a str,
     /// Extra TOML lines for the app table.
     pub extra: &'a str,
@@ -164,7 +199,7 @@ impl Gateway {
             config.push_str(&format!(
                 "\n[[app]]\nname = {:?}\ncomponent = {:?}\nlisten = \"127.0.0.1:0\"\n{}\n",
                 app.name,
-                guest(app.guest).display().to_string(),
+                guest_component(app.guest).display().to_string(),
                 app.extra
             ));
         }
@@ -212,6 +247,21 @@ impl Gateway {
             stderr,
             _dir: dir,
         }
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The gateway's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("no VmRSS")
     }
 
     /// The TCP address app `name` listens on.

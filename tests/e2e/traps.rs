@@ -110,3 +110,49 @@ async fn repeated_traps_back_off_instead_of_spinning() {
     let mut next = TcpStream::connect(addr).await.unwrap();
     echo_line(&mut next, "alive\n").await;
 }
+
+#[tokio::test]
+async fn a_guest_that_traps_on_every_connection_does_not_disturb_its_neighbours() {
+    let gateway = Gateway::start(&[
+        TestApp {
+            name: "crasher",
+            guest: "crash-on-connect",
+            extra: "instances = 1",
+        },
+        TestApp {
+            name: "neighbour",
+            guest: "hostile",
+            extra: "instances = 1",
+        },
+    ]);
+    let mut neighbour = TcpStream::connect(gateway.addr("neighbour")).await.unwrap();
+    echo_line(&mut neighbour, "before\n").await;
+    // A burst of connections, each one crashing the crasher's instance:
+    // every one is closed (none hangs), the shard backs off, and the
+    // neighbour keeps answering throughout.
+    for round in 0..5 {
+        let mut victim = TcpStream::connect(gateway.addr("crasher")).await.unwrap();
+        assert!(
+            closed_by_gateway(&mut victim).await,
+            "connection {round} hung"
+        );
+        echo_line(&mut neighbour, &format!("during {round}\n")).await;
+    }
+    let stderr = &gateway.stderr;
+    assert!(
+        stderr.wait_for(TIMEOUT, |t| t
+            .contains("crash-on-connect: refusing connection")
+            && t.contains("crash loop: restarting instance in")),
+        "{}",
+        stderr.text()
+    );
+    assert!(
+        stderr
+            .text()
+            .matches("instance started app=neighbour")
+            .count()
+            == 1,
+        "the neighbour's instance was restarted:\n{}",
+        stderr.text()
+    );
+}

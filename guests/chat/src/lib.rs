@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use exports::sockgate::gateway::handler::Guest;
 use futures::StreamExt;
 use futures::channel::mpsc;
-use sockgate::gateway::types::ConnInfo;
 use wasi::sockets::types::IpSocketAddress;
 use wit_bindgen::{StreamReader, StreamResult};
 
@@ -60,16 +59,19 @@ fn format_addr(addr: &IpSocketAddress) -> String {
 struct Chat;
 
 impl Guest for Chat {
-    async fn handle(info: ConnInfo, mut rx: StreamReader<u8>) -> StreamReader<u8> {
+    async fn handle(id: u64, mut rx: StreamReader<u8>) -> StreamReader<u8> {
         let (mut tx, out) = wit_stream::new();
         let (mut queue, mut lines) = mpsc::channel(QUEUE_PER_CLIENT);
-        let peer = format_addr(&info.peer);
+        let peer = match sockgate::gateway::connection::info(id) {
+            Some(info) => format_addr(&info.peer),
+            None => format!("connection {id}"),
+        };
         let online = ROOM.with(|room| room.borrow().len()) + 1;
         // The welcome line also tells the client it is in the room now.
         let _ = queue.try_send(format!("* welcome {peer}, {online} in the room\n").into_bytes());
-        ROOM.with(|room| room.borrow_mut().insert(info.id, queue));
+        ROOM.with(|room| room.borrow_mut().insert(id, queue));
         let prefix = format!("{peer}: ");
-        println!("{prefix}joined (connection {})", info.id);
+        println!("{prefix}joined (connection {id})");
 
         // Writer: deliver queued lines until the client goes away.
         wit_bindgen::spawn_local(async move {
@@ -81,7 +83,6 @@ impl Guest for Chat {
         });
 
         // Reader: split the client's bytes into lines and broadcast them.
-        let id = info.id;
         wit_bindgen::spawn_local(async move {
             let mut pending: Vec<u8> = Vec::new();
             let mut buf = Vec::with_capacity(MAX_LINE);

@@ -8,7 +8,6 @@ wit_bindgen::generate!({
 });
 
 use exports::sockgate::gateway::handler::Guest;
-use sockgate::gateway::types::ConnInfo;
 use wit_bindgen::{StreamReader, StreamResult};
 
 /// Bytes read per `read` call: large enough for bulk transfers, small enough
@@ -19,7 +18,7 @@ const READ_CHUNK: usize = 16 * 1024;
 struct Echo;
 
 impl Guest for Echo {
-    async fn handle(_info: ConnInfo, mut rx: StreamReader<u8>) -> StreamReader<u8> {
+    async fn handle(_id: u64, mut rx: StreamReader<u8>) -> StreamReader<u8> {
         let (mut tx, out) = wit_stream::new();
         wit_bindgen::spawn_local(async move {
             let mut buf = Vec::with_capacity(READ_CHUNK);

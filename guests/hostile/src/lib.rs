@@ -5,6 +5,19 @@
 //! - `close-write` — closes the guest's sending side (the client sees end of
 //!   stream) but keeps reading, logging `received after close-write: <line>`
 //!   for every further line.
+//! - `spin` — computes forever without yielding.
+//! - `spin-clock` — loops forever reading the clock (an import), never
+//!   waiting for I/O.
+//! - `compute <n>` — runs `n` rounds of a hash and answers `computed <hash>`.
+//! - `alloc <step-kib>` — allocates (and touches) memory step by step until
+//!   the allocator is refused, answers `refused after <n> MiB`, and frees it.
+//! - `alloc-abort` — allocates until refused, the Rust way: abort (trap).
+//! - `connect <ip:port>` — opens an outbound TCP connection, sends `ping\n`,
+//!   answers `connected: <first line received>` or `error: <code>`.
+//! - `lookup <name>` — resolves a name, answers `resolved: <ips>` or
+//!   `error: <code>`.
+//! - `flood` — writes to the client forever without reading, logging
+//!   `flood: <n> MiB written` after every MiB the client has taken.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -12,19 +25,23 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+use std::net::SocketAddr;
+
 use exports::sockgate::gateway::handler::Guest;
-use sockgate::gateway::types::ConnInfo;
-use wit_bindgen::{StreamReader, StreamResult};
+use wasi::sockets::types::{
+    IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, TcpSocket,
+};
+use wit_bindgen::{StreamReader, StreamResult, StreamWriter};
 
 struct Hostile;
 
 impl Guest for Hostile {
-    async fn handle(info: ConnInfo, mut rx: StreamReader<u8>) -> StreamReader<u8> {
+    async fn handle(id: u64, mut rx: StreamReader<u8>) -> StreamReader<u8> {
         let (tx, out) = wit_stream::new();
         wit_bindgen::spawn_local(async move {
             let mut line: Vec<u8> = Vec::new();
-            let mut tx = Some(tx);
             let mut buf = Vec::with_capacity(4096);
+            let mut tx = Some(tx);
             loop {
                 let (result, data) = rx.read(buf).await;
                 if !matches!(result, StreamResult::Complete(_)) {
@@ -33,25 +50,22 @@ impl Guest for Hostile {
                 line.extend_from_slice(&data);
                 while let Some(end) = line.iter().position(|&b| b == b'\n') {
                     let command: Vec<u8> = line.drain(..=end).collect();
-                    let text = String::from_utf8_lossy(&command);
-                    let text = text.trim_end();
-                    if text == "panic" {
-                        panic!("hostile guest asked to panic on connection {}", info.id);
-                    } else if let Some(message) = text.strip_prefix("log ") {
-                        println!("{message}");
-                        eprintln!("{message}");
-                    }
+                    let text = String::from_utf8_lossy(&command).trim_end().to_owned();
                     let Some(writer) = tx.as_mut() else {
                         println!("received after close-write: {text}");
                         continue;
                     };
-                    if text == "close-write" {
-                        // Dropping the writer shuts down our sending side.
-                        let _ = writer.write_all(command).await;
-                        tx = None;
-                        continue;
-                    }
-                    if !writer.write_all(command).await.is_empty() {
+                    let reply = match run(&text, id, writer).await {
+                        Reply::Echo => command,
+                        Reply::Line(reply) => format!("{reply}\n").into_bytes(),
+                        Reply::CloseWrite => {
+                            let _ = writer.write_all(command).await;
+                            // Dropping the writer shuts down our sending side.
+                            tx = None;
+                            continue;
+                        }
+                    };
+                    if !writer.write_all(reply).await.is_empty() {
                         return;
                     }
                 }
@@ -60,6 +74,155 @@ impl Guest for Hostile {
             }
         });
         out
+    }
+}
+
+enum Reply {
+    Echo,
+    Line(String),
+    CloseWrite,
+}
+
+async fn run(command: &str, conn: u64, tx: &mut StreamWriter<u8>) -> Reply {
+    let (verb, arg) = command.split_once(' ').unwrap_or((command, ""));
+    match verb {
+        "panic" => panic!("hostile guest asked to panic on connection {conn}"),
+        "log" => {
+            println!("{arg}");
+            eprintln!("{arg}");
+            Reply::Echo
+        }
+        "close-write" => Reply::CloseWrite,
+        "spin" => {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "spin-clock" => loop {
+            std::hint::black_box(wasi::clocks::monotonic_clock::now());
+        },
+        "compute" => Reply::Line(format!("computed {}", compute(arg.parse().unwrap_or(0)))),
+        "alloc" => Reply::Line(alloc_until_refused(arg.parse().unwrap_or(1024))),
+        "alloc-abort" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+            }
+        }
+        "connect" => Reply::Line(connect(arg).await),
+        "lookup" => Reply::Line(
+            match wasi::sockets::ip_name_lookup::resolve_addresses(arg.to_owned()).await {
+                Ok(ips) => {
+                    let ips: Vec<String> = ips.iter().map(format_ip).collect();
+                    format!("resolved: {}", ips.join(" "))
+                }
+                Err(code) => format!("error: {code:?}"),
+            },
+        ),
+        "flood" => {
+            let chunk = vec![b'x'; 1 << 20];
+            let mut mib = 0u64;
+            loop {
+                if !tx.write_all(chunk.clone()).await.is_empty() {
+                    return Reply::Line(String::new());
+                }
+                mib += 1;
+                println!("flood: {mib} MiB written");
+            }
+        }
+        _ => Reply::Echo,
+    }
+}
+
+/// A CPU-bound loop whose result depends on every round.
+fn compute(rounds: u64) -> u64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_add(i);
+    }
+    x
+}
+
+fn alloc_until_refused(step_kib: usize) -> String {
+    let step = step_kib.max(1) * 1024;
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let mut block: Vec<u8> = Vec::new();
+        if block.try_reserve_exact(step).is_err() {
+            break;
+        }
+        // Touch every page so the memory is really used.
+        block.resize(step, 1);
+        total += step;
+        hoard.push(block);
+    }
+    format!("refused after {} MiB", total >> 20)
+}
+
+async fn connect(target: &str) -> String {
+    let Ok(addr) = target.parse::<SocketAddr>() else {
+        return format!("error: cannot parse {target:?}");
+    };
+    let (family, remote) = match addr {
+        SocketAddr::V4(a) => {
+            let [b0, b1, b2, b3] = a.ip().octets();
+            (
+                IpAddressFamily::Ipv4,
+                IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                    port: a.port(),
+                    address: (b0, b1, b2, b3),
+                }),
+            )
+        }
+        SocketAddr::V6(a) => {
+            let s = a.ip().segments();
+            (
+                IpAddressFamily::Ipv6,
+                IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                    port: a.port(),
+                    address: (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
+                    flow_info: 0,
+                    scope_id: 0,
+                }),
+            )
+        }
+    };
+    let socket = match TcpSocket::create(family) {
+        Ok(socket) => socket,
+        Err(code) => return format!("error: {code:?}"),
+    };
+    if let Err(code) = socket.connect(remote).await {
+        return format!("error: {code:?}");
+    }
+    let (mut send_tx, send_rx) = wit_stream::new();
+    let _sent = socket.send(send_rx);
+    let (mut incoming, _received) = socket.receive();
+    if !send_tx.write_all(b"ping\n".to_vec()).await.is_empty() {
+        return "error: peer closed".into();
+    }
+    let mut reply = Vec::new();
+    while !reply.contains(&b'\n') {
+        let (result, data) = incoming.read(Vec::with_capacity(256)).await;
+        if !matches!(result, StreamResult::Complete(_)) {
+            break;
+        }
+        reply.extend_from_slice(&data);
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    format!("connected: {}", reply.trim_end())
+}
+
+fn format_ip(ip: &IpAddress) -> String {
+    match ip {
+        IpAddress::Ipv4((a, b, c, d)) => format!("{a}.{b}.{c}.{d}"),
+        IpAddress::Ipv6(s) => {
+            std::net::Ipv6Addr::new(s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7).to_string()
+        }
     }
 }
 

@@ -9,7 +9,6 @@ wit_bindgen::generate!({
 });
 
 use exports::sockgate::gateway::handler::Guest;
-use sockgate::gateway::types::ConnInfo;
 use wit_bindgen::{StreamReader, StreamResult};
 
 /// Largest request head (request line plus headers) accepted; a client that
@@ -108,7 +107,7 @@ fn response(status: &str, body: &str, close: bool, include_body: bool) -> Vec<u8
 struct HttpHello;
 
 impl Guest for HttpHello {
-    async fn handle(_info: ConnInfo, mut rx: StreamReader<u8>) -> StreamReader<u8> {
+    async fn handle(_id: u64, mut rx: StreamReader<u8>) -> StreamReader<u8> {
         let (mut tx, out) = wit_stream::new();
         wit_bindgen::spawn_local(async move {
             let mut pending: Vec<u8> = Vec::new();

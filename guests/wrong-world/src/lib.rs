@@ -8,13 +8,12 @@ wit_bindgen::generate!({
 });
 
 use exports::sockgate::gateway::handler::Guest;
-use sockgate::gateway::types::ConnInfo;
 use wit_bindgen::StreamReader;
 
 struct WrongWorld;
 
 impl Guest for WrongWorld {
-    async fn handle(_info: ConnInfo, _rx: StreamReader<u8>) -> StreamReader<u8> {
+    async fn handle(_id: u64, _rx: StreamReader<u8>) -> StreamReader<u8> {
         let rows = test::wrong_world::database::query("select 1");
         let (mut tx, out) = wit_stream::new();
         wit_bindgen::spawn_local(async move {

@@ -2,15 +2,18 @@
 //! goes to that app.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::App;
-use crate::conn::Connection;
+use crate::conn::{ConnInfo, Connection, Transport, next_conn_id};
 
 /// Pause after the process ran out of file descriptors, so the accept loop
 /// does not spin while connections are closed and descriptors come back.
@@ -41,7 +44,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => match Connection::from_tcp(stream) {
+            Ok((stream, _)) => match tcp_connection(stream) {
                 Ok(conn) => {
                     // A refused connection is dropped here, which closes it;
                     // the app counted it and recorded the event.
@@ -65,4 +68,82 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
 fn is_fd_exhaustion(err: &io::Error) -> bool {
     // EMFILE (per-process) and ENFILE (system-wide) descriptor limits.
     matches!(err.raw_os_error(), Some(24) | Some(23))
+}
+
+/// Turns an accepted TCP stream into a transport-neutral connection whose
+/// halves and closer share the socket.
+pub fn tcp_connection(stream: TcpStream) -> io::Result<Connection> {
+    let peer = stream.peer_addr()?;
+    let local = stream.local_addr()?;
+    // Small request/response exchanges must not wait for Nagle's timer.
+    stream.set_nodelay(true)?;
+    let stream = Arc::new(stream);
+    let closer_stream = stream.clone();
+    Ok(Connection {
+        info: ConnInfo {
+            id: next_conn_id(),
+            transport: Transport::Tcp,
+            peer,
+            local,
+            server_name: None,
+            alpn: None,
+            quic: None,
+        },
+        reader: Box::pin(SharedTcp(stream.clone())),
+        writer: Box::pin(SharedTcp(stream)),
+        closer: Box::new(move || {
+            let _ = socket2::SockRef::from(&*closer_stream).shutdown(Shutdown::Both);
+        }),
+    })
+}
+
+/// One half of a TCP stream shared with the other half and the closer, so
+/// the connection can be shut down from outside while the socket stays
+/// valid until every holder is gone.
+pub struct SharedTcp(pub Arc<TcpStream>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; `try_read` cleared it, poll again.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends FIN: the client sees end of stream and may still send.
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(Shutdown::Write))
+    }
 }

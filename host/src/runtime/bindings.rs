@@ -23,3 +23,5 @@ pub const HANDLER_EXPORT: &str = "sockgate:gateway/handler@0.1.0";
 
 /// The types-only interface guests import along with the handler.
 pub const TYPES_IMPORT: &str = "sockgate:gateway/types@0.1.0";
+/// The interface answering `connection.info`.
+pub const CONNECTION_IMPORT: &str = "sockgate:gateway/connection@0.1.0";

@@ -1,16 +1,24 @@
 //! What each store holds: the guest's WASI context and resource table, with
-//! its stdout and stderr wired into the app's log.
+//! its stdout and stderr wired into the app's log, its network access bound
+//! to the app's outbound policy, and its memory limiter.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
+use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::logs::{AppLog, Stream};
+use super::bindings::sockgate::gateway::types as wit;
+use super::instance::{InstanceSettings, wit_info};
+use super::supervisor::GuestLimiter;
+use crate::conns::{AppAccount, ConnTracker};
+use crate::logs::{AppLog, EventKind, Stream};
+use crate::outbound::OutboundPolicy;
 
 /// Longest line kept whole; a guest that prints without newlines has its
 /// output cut into entries of this size so it cannot grow host memory.
@@ -20,28 +28,96 @@ const MAX_LOG_LINE: usize = 8 * 1024;
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    limiter: GuestLimiter,
+    /// The app's outbound policy (also consulted by name lookups).
+    pub policy: Arc<OutboundPolicy>,
+    /// The app's log, for events the host records on the guest's behalf.
+    pub log: Arc<AppLog>,
+    /// This instance's index within the app.
+    pub instance: u32,
+    account: Arc<AppAccount>,
+    tracker: Arc<ConnTracker>,
 }
 
 impl HostState {
-    /// State for instance `instance` of the app logging to `log`. The guest
-    /// gets no environment, arguments, files or network access.
-    pub fn new(log: Arc<AppLog>, instance: u32) -> Self {
-        let wasi = WasiCtx::builder()
+    /// State for instance `instance` of the app `settings` describe. The
+    /// guest gets no environment, arguments or files; its network access is
+    /// what the app's outbound policy allows.
+    pub fn new(settings: &InstanceSettings, instance: u32) -> Self {
+        let log = settings.log.clone();
+        let policy = settings.policy.clone();
+        let limits = &settings.limits;
+        let mut builder = WasiCtx::builder();
+        builder
             .stdout(GuestOutput {
                 log: log.clone(),
                 instance,
                 stream: Stream::Stdout,
             })
             .stderr(GuestOutput {
-                log,
+                log: log.clone(),
                 instance,
                 stream: Stream::Stderr,
             })
-            .build();
+            // WASI 0.2 lookups cannot be checked name by name: denied. WASI
+            // 0.3 lookups go through the policy (see `engine.rs`).
+            .allow_ip_name_lookup(false)
+            .allow_tcp(policy.allows_anything())
+            .allow_udp(policy.allows_anything());
+        let check_policy = policy.clone();
+        let check_log = log.clone();
+        builder.socket_addr_check(move |addr, usage| {
+            let allowed = match usage {
+                // Binding is only the implicit "any address, any port" bind
+                // that precedes a connect or a datagram: guests do not
+                // accept connections or pick local ports.
+                SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+                    addr.ip().is_unspecified() && addr.port() == 0
+                }
+                SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
+                SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
+                    check_policy.allows_connect(addr)
+                }
+            };
+            if !allowed {
+                check_log.event(
+                    Some(instance),
+                    EventKind::OutboundDenied {
+                        target: format!("{usage:?} {addr}"),
+                    },
+                );
+            }
+            Box::pin(async move { allowed })
+        });
         Self {
-            wasi,
+            wasi: builder.build(),
             table: ResourceTable::new(),
+            limiter: GuestLimiter::new(limits, log.clone(), instance),
+            policy,
+            log,
+            instance,
+            account: settings.account.clone(),
+            tracker: settings.tracker.clone(),
         }
+    }
+
+    /// The store's resource limiter.
+    pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limiter
+    }
+
+    /// The size of the last memory growth refused at the limit, if any.
+    pub fn refused_memory(&self) -> Option<usize> {
+        self.limiter.refused_memory
+    }
+}
+
+impl super::bindings::sockgate::gateway::connection::Host for HostState {
+    fn info(&mut self, id: u64) -> wasmtime::Result<Option<wit::ConnInfo>> {
+        Ok(self
+            .tracker
+            .info(id, &self.account)
+            .map(|info| wit_info(&info)))
     }
 }
 

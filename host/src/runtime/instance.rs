@@ -8,7 +8,6 @@
 //! still queued in the channel are not lost: the next instance takes them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -21,16 +20,74 @@ use super::bindings::sockgate::gateway::types as wit;
 use super::bindings::{ConnHandler, ConnHandlerPre};
 use super::host_state::HostState;
 use super::pump::{ClientReader, ClientWriter, ConnGuard};
-use crate::conn::{ConnInfo, Connection, Transport};
+use super::supervisor::{CpuBudget, Supervision, TrapCause, explain_trap, supervise};
+use crate::conn::{ByteReader, ByteWriter, ConnInfo, Transport};
+use crate::conns::{AppAccount, ConnTracker, ShardLoad};
+use crate::limits::AppLimits;
 use crate::logs::{AppLog, EventKind};
+use crate::outbound::OutboundPolicy;
 
-/// A connection assigned to an instance, with the guard that counts it as
-/// active there.
+/// A connection assigned to an instance, with the record that counts it
+/// as active.
 pub struct Assigned {
-    /// The connection.
-    pub conn: Connection,
+    /// What is known about the connection.
+    pub info: ConnInfo,
+    /// Bytes from the client.
+    pub reader: ByteReader,
+    /// Bytes to the client.
+    pub writer: ByteWriter,
     /// Dropped when the connection is done.
     pub guard: ConnGuard,
+}
+
+/// How long connections of a replaced or removed app version may go on,
+/// unless configured otherwise.
+pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What every instance of an app is created with.
+pub struct InstanceSettings {
+    /// The component, pre-linked.
+    pub pre: ConnHandlerPre<HostState>,
+    /// The app's log and events.
+    pub log: Arc<AppLog>,
+    /// The app's limits.
+    pub limits: AppLimits,
+    /// The app's outbound policy.
+    pub policy: Arc<OutboundPolicy>,
+    /// The CPU supervision the engine was built with.
+    pub supervision: Supervision,
+    /// The app's connection accounting.
+    pub account: Arc<AppAccount>,
+    /// The gateway's connection accounting.
+    pub tracker: Arc<ConnTracker>,
+    /// How long connections may go on once the app is replaced or removed.
+    pub drain: std::time::Duration,
+}
+
+impl InstanceSettings {
+    /// Settings for app `name` with `limits` and `policy`, its log and
+    /// accounting created fresh.
+    pub fn new(
+        name: &str,
+        pre: ConnHandlerPre<HostState>,
+        limits: AppLimits,
+        policy: OutboundPolicy,
+        supervision: Supervision,
+        tracker: Arc<ConnTracker>,
+    ) -> Self {
+        let log = Arc::new(AppLog::new(name));
+        let account = AppAccount::new(log.clone(), &limits);
+        Self {
+            pre,
+            log,
+            limits,
+            policy: Arc::new(policy),
+            supervision,
+            account,
+            tracker,
+            drain: DEFAULT_DRAIN,
+        }
+    }
 }
 
 /// Why an instance stopped serving.
@@ -40,30 +97,40 @@ pub enum InstanceError {
     #[error("instantiation failed: {0:#}")]
     Instantiate(wasmtime::Error),
     /// The instance trapped while serving.
-    #[error("{error:#}")]
+    #[error("{reason}")]
     Trap {
-        /// The trap.
-        error: wasmtime::Error,
+        /// The category of the trap.
+        cause: TrapCause,
+        /// The explanation, with the wasm backtrace.
+        reason: String,
         /// Connections the instance was serving when it trapped.
         connections: usize,
     },
 }
 
 /// Creates instance `index` and serves connections from `rx` on it until
-/// the channel closes (`Ok`) or the instance traps.
+/// the channel closes (`Ok`) or the instance traps. `active` counts the
+/// connections assigned to this shard.
 pub async fn run_instance(
-    pre: &ConnHandlerPre<HostState>,
-    log: &Arc<AppLog>,
+    settings: &InstanceSettings,
     index: u32,
     rx: &mut mpsc::Receiver<Assigned>,
-    active: &AtomicUsize,
+    active: &ShardLoad,
 ) -> Result<(), InstanceError> {
-    let mut store = Store::new(pre.engine(), HostState::new(log.clone(), index));
-    let handler = pre
+    let state = HostState::new(settings, index);
+    let mut store = Store::new(settings.pre.engine(), state);
+    supervise(
+        &mut store,
+        settings.supervision,
+        CpuBudget::new(&settings.limits),
+    )
+    .map_err(InstanceError::Instantiate)?;
+    let handler = settings
+        .pre
         .instantiate_async(&mut store)
         .await
         .map_err(InstanceError::Instantiate)?;
-    log.event(Some(index), EventKind::InstanceStarted);
+    settings.log.event(Some(index), EventKind::InstanceStarted);
 
     let served = store
         .run_concurrent(async |accessor| -> wasmtime::Result<()> {
@@ -77,21 +144,46 @@ pub async fn run_instance(
                     },
                 }
             }
-            // Never drop a call in flight: that would poison the store.
-            while let Some(result) = calls.next().await {
-                result?;
+            // The app was replaced or removed: no new connections come. The
+            // ones this instance serves go on (its event loop keeps
+            // running here) until they finish or the drain deadline
+            // passes. Never drop a call in flight: that would poison the
+            // store.
+            let drained = async {
+                while let Some(result) = calls.next().await {
+                    result?;
+                }
+                active.wait_idle().await;
+                wasmtime::Result::<()>::Ok(())
+            };
+            match tokio::time::timeout(settings.drain, drained).await {
+                Ok(result) => result,
+                Err(_) => {
+                    settings.log.event(
+                        Some(index),
+                        EventKind::DrainDeadline {
+                            closed: active.active(),
+                        },
+                    );
+                    Ok(())
+                }
             }
-            Ok(())
         })
         .await;
     match served {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) | Err(error) => Err(InstanceError::Trap {
-            // Read before the store (and so every connection) is dropped;
-            // connections still queued are not lost and not counted.
-            connections: active.load(Ordering::Relaxed).saturating_sub(rx.len()),
-            error,
-        }),
+        Ok(Err(error)) | Err(error) => {
+            let (cause, reason) =
+                explain_trap(&error, store.data().refused_memory(), &settings.limits);
+            Err(InstanceError::Trap {
+                cause,
+                reason,
+                // Read before the store (and so every connection) is
+                // dropped; connections still queued are not lost and not
+                // counted.
+                connections: active.active().saturating_sub(rx.len()),
+            })
+        }
     }
 }
 
@@ -102,21 +194,26 @@ async fn serve(
     handler: &ConnHandler,
     assigned: Assigned,
 ) -> wasmtime::Result<()> {
-    let Assigned { conn, guard } = assigned;
-    let info = wit_info(&conn.info);
-    let reader = ClientReader::new(conn.reader, guard.clone());
+    let Assigned {
+        info,
+        reader,
+        writer,
+        guard,
+    } = assigned;
+    let id = info.id;
+    let reader = ClientReader::new(reader, guard.clone());
     let rx = accessor.with(|mut store| StreamReader::new(&mut store, reader))?;
     let tx = handler
         .sockgate_gateway_handler()
-        .call_handle(accessor, info, rx)
+        .call_handle(accessor, id, rx)
         .await?;
-    let writer = ClientWriter::new(conn.writer, guard);
+    let writer = ClientWriter::new(writer, guard);
     accessor.with(|mut store| tx.pipe(&mut store, writer))?;
     Ok(())
 }
 
 /// The WIT view of a connection's info.
-fn wit_info(info: &ConnInfo) -> wit::ConnInfo {
+pub fn wit_info(info: &ConnInfo) -> wit::ConnInfo {
     wit::ConnInfo {
         id: info.id,
         transport: match info.transport {

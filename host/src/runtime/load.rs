@@ -10,7 +10,7 @@ use thiserror::Error;
 use wasmtime::component::Component;
 
 use super::Runtime;
-use super::bindings::{ConnHandlerPre, HANDLER_EXPORT, TYPES_IMPORT};
+use super::bindings::{CONNECTION_IMPORT, ConnHandlerPre, HANDLER_EXPORT, TYPES_IMPORT};
 use super::cache::CacheOutcome;
 use super::host_state::HostState;
 
@@ -25,7 +25,7 @@ const PROVIDED_PACKAGES: &[&str] = &[
 ];
 
 /// Non-WASI interfaces the gateway provides, by full name.
-const PROVIDED_INTERFACES: &[&str] = &[TYPES_IMPORT];
+const PROVIDED_INTERFACES: &[&str] = &[TYPES_IMPORT, CONNECTION_IMPORT];
 
 /// Why a component was refused.
 #[derive(Debug, Error)]

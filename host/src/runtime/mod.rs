@@ -9,6 +9,8 @@
 //! - [`host_state`]: what each store holds (WASI context, guest output).
 //! - [`pump`]: moving bytes between a client connection and guest streams.
 //! - [`instance`]: one instance's task, serving the connections sent to it.
+//! - [`supervisor`]: CPU (fuel, epoch) and memory limits, trap explanations.
+//! - [`name_lookup`]: name lookups checked against the outbound policy.
 
 pub mod bindings;
 pub mod cache;
@@ -16,6 +18,8 @@ pub mod engine;
 pub mod host_state;
 pub mod instance;
 pub mod load;
+pub mod name_lookup;
 pub mod pump;
+pub mod supervisor;
 
 pub use engine::Runtime;

@@ -18,6 +18,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Destination, Source, StreamConsumer, StreamProducer, StreamResult};
 
 use crate::conn::{ByteReader, ByteWriter};
+use crate::conns::ActiveConn;
 
 /// Most bytes moved per guest read when the reader is the host itself
 /// (guest reads use the guest's own buffer size).
@@ -29,20 +30,20 @@ const READINESS_CHUNK: usize = 4 * 1024;
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Held by everything that keeps a connection alive (its reader, its
-/// writer, the pending `handle` call); the connection counts as active on
-/// its instance until the last holder is gone.
-pub type ConnGuard = Arc<dyn Send + Sync>;
+/// writer, the pending `handle` call); the connection counts as active
+/// until the last holder is gone, and every transfer marks it as busy.
+pub type ConnGuard = Arc<ActiveConn>;
 
 /// The host end of the guest's `rx` stream: bytes from the client.
 pub struct ClientReader {
     io: ByteReader,
-    _guard: ConnGuard,
+    guard: ConnGuard,
 }
 
 impl ClientReader {
     /// Reads from `io` on behalf of the guest.
     pub fn new(io: ByteReader, guard: ConnGuard) -> Self {
-        Self { io, _guard: guard }
+        Self { io, guard }
     }
 }
 
@@ -88,7 +89,10 @@ impl<D> StreamProducer<D> for ClientReader {
         };
         Poll::Ready(Ok(match result {
             Poll::Ready(Ok(0)) => StreamResult::Dropped,
-            Poll::Ready(Ok(_)) => StreamResult::Completed,
+            Poll::Ready(Ok(_)) => {
+                self.guard.touch();
+                StreamResult::Completed
+            }
             Poll::Ready(Err(err)) => {
                 tracing::debug!("client read failed: {err}");
                 StreamResult::Dropped
@@ -104,7 +108,7 @@ pub struct ClientWriter {
     io: Option<ByteWriter>,
     /// A write went out but its flush did not finish yet.
     flushing: bool,
-    _guard: ConnGuard,
+    guard: ConnGuard,
 }
 
 impl ClientWriter {
@@ -113,7 +117,7 @@ impl ClientWriter {
         Self {
             io: Some(io),
             flushing: false,
-            _guard: guard,
+            guard,
         }
     }
 }
@@ -152,6 +156,7 @@ impl<D> StreamConsumer<D> for ClientWriter {
             Poll::Ready(Ok(0)) => Poll::Ready(Ok(StreamResult::Dropped)),
             Poll::Ready(Ok(n)) => {
                 src.mark_read(n);
+                this.guard.touch();
                 match io.as_mut().poll_flush(cx) {
                     Poll::Ready(Ok(())) => Poll::Ready(Ok(StreamResult::Completed)),
                     Poll::Ready(Err(err)) => Poll::Ready(Ok(this.fail(err))),
@@ -184,6 +189,12 @@ impl Drop for ClientWriter {
         let Some(mut io) = self.io.take() else {
             return;
         };
+        // Most transports (TCP) shut down at once; only those that must
+        // send something first (TLS close_notify) need a task.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if io.as_mut().poll_shutdown(&mut cx).is_ready() {
+            return;
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, io.shutdown()).await;

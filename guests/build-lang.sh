@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Builds the example guests written in languages other than Rust, each from
+# source with its real toolchain, into guests/target/lang/<lang>-<name>.wasm:
+#
+#   python/echo, python/chat   componentize-py (PyPI)
+#   js/echo, js/chat           componentize-qjs (npm; guests/js/package-lock.json)
+#   c/echo                     clang-16 + wasi-libc (Debian), with C bindings and the
+#                              component encoding done by guests/c/tool (a Rust helper
+#                              around the `wit-bindgen c` and `wit-component` libraries)
+#
+# A missing toolchain is installed first: componentize-py with pip into
+# guests/target/lang/python-toolchain, componentize-qjs with npm into
+# guests/js/node_modules, clang with apt-get (as root; otherwise it says what
+# to install). Idempotent and quick when nothing changed: a guest is rebuilt
+# only when its sources, the WIT, this script or its toolchain changed.
+#
+#   guests/build-lang.sh              # every language
+#   guests/build-lang.sh python c     # only these
+set -euo pipefail
+cd "$(dirname "$0")"
+GUESTS=$PWD
+
+OUT=target/lang
+WORLD=sockgate:gateway/conn-handler
+PY_VERSION=0.25.1
+C_PACKAGES=(clang-16 lld-16 wasi-libc libclang-rt-16-dev-wasm32)
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build-lang.sh: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$OUT"
+# Test processes run this concurrently: one at a time.
+exec 9>"$OUT/.lock"
+flock 9
+
+# Everything every guest depends on besides its own sources.
+WIT_FILES=(../wit/*.wit ../wit/deps/*.wit)
+
+# fresh NAME TOOL FILE...: whether $OUT/NAME.wasm was built from exactly these
+# files (by content) with toolchain TOOL; `record NAME` after the build.
+fresh() {
+    local name=$1 tool=$2
+    shift 2
+    HASH=$({ echo "$tool"; sha256sum "$@" "${WIT_FILES[@]}" build-lang.sh; } | sha256sum | cut -c1-64)
+    [[ -f $OUT/$name.wasm && -f $OUT/$name.stamp && $(<"$OUT/$name.stamp") == "$HASH" ]]
+}
+record() {
+    mv "$OUT/$1.wasm.tmp" "$OUT/$1.wasm"
+    echo "$HASH" >"$OUT/$1.stamp"
+    say "built guests/$OUT/$1.wasm ($(stat -c %s "$OUT/$1.wasm") bytes)"
+}
+
+# --- Python: componentize-py -------------------------------------------------
+
+PY_DIR=$OUT/python-toolchain
+
+python_toolchain() {
+    command -v python3 >/dev/null || die "python3 is needed for the Python guests"
+    if [[ ! -f $PY_DIR/.componentize-py-$PY_VERSION ]]; then
+        say "installing componentize-py $PY_VERSION (pip, into guests/$PY_DIR)"
+        rm -rf "$PY_DIR"
+        # --target installs beside the system's packages, not into them.
+        PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+            --no-warn-script-location --target "$PY_DIR" "componentize-py==$PY_VERSION"
+        touch "$PY_DIR/.componentize-py-$PY_VERSION"
+    fi
+}
+
+componentize_py() {
+    PYTHONPATH="$GUESTS/$PY_DIR" python3 -c \
+        'import sys; from componentize_py import script; sys.argv[0] = "componentize-py"; sys.exit(script())' \
+        "$@"
+}
+
+build_python() {
+    local name=python-$1 src=python/$1
+    fresh "$name" "componentize-py $PY_VERSION" "$src"/*.py && return
+    # Build from a copy, so that Python's caches stay out of the sources.
+    local build=$OUT/build/$name
+    rm -rf "$build"
+    mkdir -p "$build"
+    cp "$src"/*.py "$build"/
+    (cd "$build" && componentize_py -q -d "$GUESTS/../wit" -w "$WORLD" \
+        componentize app -o "$GUESTS/$OUT/$name.wasm.tmp")
+    record "$name"
+}
+
+# --- JavaScript: componentize-qjs ---------------------------------------------
+
+js_toolchain() {
+    command -v npm >/dev/null || die "node and npm are needed for the JavaScript guests"
+    local stamp=js/node_modules/.sockgate-lock-hash want
+    want=$(sha256sum js/package-lock.json | cut -c1-64)
+    if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then
+        say "installing componentize-qjs (npm, into guests/js/node_modules)"
+        # Not `npm ci`: componentize-qjs 0.4.5 names native-binding packages
+        # for some platforms that were never published at that version, which
+        # `npm ci` takes for a stale lock file. `npm install` follows the lock
+        # file (and its integrity hashes) and skips them; --no-save keeps the
+        # committed package.json and package-lock.json as they are.
+        (cd js && npm install --no-save --no-audit --no-fund --loglevel=error >/dev/null)
+        echo "$want" >"$stamp"
+    fi
+}
+
+build_js() {
+    local name=js-$1 src=js/$1
+    local tool
+    tool="componentize-qjs $(sha256sum js/package-lock.json | cut -c1-64)"
+    fresh "$name" "$tool" "$src"/*.js && return
+    node js/node_modules/componentize-qjs/cli.mjs --wit ../wit -n "$WORLD" \
+        --js "$src/app.js" --module-root "$src" -o "$OUT/$name.wasm.tmp" >/dev/null
+    record "$name"
+}
+
+# --- C: clang + wasi-libc, bindings and component by guests/c/tool ------------
+
+C_TOOL_DIR=$OUT/tool
+
+c_toolchain_present() {
+    command -v clang-16 >/dev/null && command -v wasm-ld-16 >/dev/null &&
+        [[ -f /usr/lib/wasm32-wasi/libc.a ]] &&
+        [[ -f /usr/lib/llvm-16/lib/clang/16/lib/wasi/libclang_rt.builtins-wasm32.a ]]
+}
+
+c_toolchain() {
+    if ! c_toolchain_present; then
+        if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+            say "installing ${C_PACKAGES[*]} (apt-get)"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${C_PACKAGES[@]}" >/dev/null
+        fi
+        c_toolchain_present ||
+            die "the C guests need Debian's ${C_PACKAGES[*]}: sudo apt-get install ${C_PACKAGES[*]}"
+    fi
+    # The helper runs on the build machine: build it for the host, not for
+    # guests/'s default wasm32-wasip2 target.
+    local host
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    "${CARGO:-cargo}" build --release --quiet --locked --manifest-path c/tool/Cargo.toml \
+        --target-dir "$C_TOOL_DIR" --target "$host"
+    C_TOOL=$C_TOOL_DIR/$host/release/sockgate-c-tool
+}
+
+build_c() {
+    local name=c-$1 src=c/$1
+    fresh "$name" "clang-16 $(sha256sum "$C_TOOL" | cut -c1-64)" "$src"/*.c && return
+    local build=$OUT/build/$name
+    rm -rf "$build"
+    mkdir -p "$build"
+    "$C_TOOL" bindings ../wit "$WORLD" "$build"
+    clang-16 --target=wasm32-wasi -mexec-model=reactor -Os -Wall -Wextra -Werror \
+        -I "$build" "$src"/*.c "$build"/conn_handler.c "$build"/conn_handler_component_type.o \
+        -Wl,--strip-all -o "$build/$name.core.wasm"
+    "$C_TOOL" component "$build/$name.core.wasm" "$OUT/$name.wasm.tmp"
+    record "$name"
+}
+
+# --- main -----------------------------------------------------------------------
+
+langs=("$@")
+[[ ${#langs[@]} -gt 0 ]] || langs=(python js c)
+for lang in "${langs[@]}"; do
+    case $lang in
+        python)
+            python_toolchain
+            build_python echo
+            build_python chat
+            ;;
+        js)
+            js_toolchain
+            build_js echo
+            build_js chat
+            ;;
+        c)
+            c_toolchain
+            build_c echo
+            ;;
+        *) die "unknown language $lang (python, js or c)" ;;
+    esac
+done

@@ -1,0 +1,121 @@
+//! Every bound a guest or a client is held to, with the threat each one
+//! bounds. Apps set them in their `[app.limits]` table; the gateway-wide
+//! ones live in `[gateway]`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Per-app limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppLimits {
+    /// CPU a guest may compute for without calling the host, in
+    /// milliseconds (as fuel: `FUEL_PER_MS` wasm operators per ms). Threat:
+    /// a guest that computes forever (a bug, or a tenant mining coins)
+    /// would hold a gateway thread and starve every app scheduled on it.
+    /// The guest traps when it is spent.
+    pub cpu_budget_ms: u64,
+    /// Wall-clock time a guest may run before handing control back to the
+    /// gateway's event loop, in milliseconds, even while it calls imports.
+    /// Threat: a guest spinning on a cheap import (a clock, a zero-length
+    /// read), which keeps refilling its fuel. Enforced by epoch deadlines;
+    /// the guest traps when it is spent.
+    pub wall_budget_ms: u64,
+    /// Linear memory one instance may grow to, in MiB. Threat: a guest
+    /// allocating without bound would exhaust the host's memory; past the
+    /// limit `memory.grow` fails (most languages then abort, trapping the
+    /// instance).
+    pub memory_limit_mb: u64,
+    /// Concurrent connections to the app over all its instances. Threat: one
+    /// app's flood taking every file descriptor of the gateway.
+    pub max_connections: usize,
+    /// Concurrent connections served by one instance. Bounds the latency
+    /// and guest memory that connections sharing an instance impose on
+    /// each other.
+    pub max_connections_per_instance: usize,
+    /// Concurrent connections to the app from one client IP address.
+    /// Threat: a single client holding all of the app's connections.
+    pub max_connections_per_ip: usize,
+    /// A connection with no bytes in either direction for this long is
+    /// closed (0: never). Threat: idle or abandoned connections pinning
+    /// descriptors and memory forever.
+    pub idle_timeout_secs: u64,
+    /// A connection is closed this long after it was accepted, busy or not
+    /// (0: never). Threat: slow-drip clients (slowloris) that stay just
+    /// active enough to dodge the idle timeout.
+    pub max_connection_secs: u64,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        Self {
+            cpu_budget_ms: 50,
+            wall_budget_ms: 1000,
+            memory_limit_mb: 128,
+            max_connections: 20_000,
+            max_connections_per_instance: 10_000,
+            max_connections_per_ip: 512,
+            idle_timeout_secs: 300,
+            max_connection_secs: 24 * 3600,
+        }
+    }
+}
+
+impl AppLimits {
+    /// The idle timeout, if any.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+
+    /// The maximum connection lifetime, if any.
+    pub fn max_connection_time(&self) -> Option<Duration> {
+        (self.max_connection_secs > 0).then(|| Duration::from_secs(self.max_connection_secs))
+    }
+
+    /// Checks that every limit is usable; the error names the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("cpu_budget_ms", self.cpu_budget_ms as usize),
+            ("wall_budget_ms", self.wall_budget_ms as usize),
+            ("memory_limit_mb", self.memory_limit_mb as usize),
+            ("max_connections", self.max_connections),
+            (
+                "max_connections_per_instance",
+                self.max_connections_per_instance,
+            ),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                anyhow::bail!("limits.{name} must be at least 1");
+            }
+        }
+        if self.cpu_budget_ms > 60_000 || self.wall_budget_ms > 60_000 {
+            anyhow::bail!(
+                "limits.cpu_budget_ms and limits.wall_budget_ms must be at most 60000 (one minute)"
+            );
+        }
+        if self.memory_limit_mb > 4096 {
+            anyhow::bail!("limits.memory_limit_mb must be at most 4096 (wasm32 addresses 4 GiB)");
+        }
+        Ok(())
+    }
+}
+
+/// Gateway-wide limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayLimits {
+    /// Concurrent connections over all apps. Threat: the process running
+    /// out of file descriptors or memory under a flood spread over apps.
+    pub max_connections: usize,
+}
+
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 50_000,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The languages the example guests are written in, so that one behavioural
+//! test runs against every language's version of a guest.
+//!
+//! A test suite is a set of `async fn(Lang)`; [`language_tests!`] turns it
+//! into one `#[tokio::test]` per language and test, named
+//! `<module>::<language>::<test>` (for example `echo::python::…`).
+
+/// A language with example guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    /// Crates in `guests/`, built with cargo for `wasm32-wasip2`.
+    Rust,
+    /// `guests/python/<name>`, built with componentize-py.
+    Python,
+    /// `guests/js/<name>`, built with componentize-qjs.
+    Js,
+    /// `guests/c/<name>`, built with clang, wasi-libc and `wit-bindgen c`.
+    C,
+}
+
+impl Lang {
+    /// The [`TestApp::guest`](crate::support::TestApp::guest) that names
+    /// example `name` in this language.
+    pub fn guest(self, name: &str) -> String {
+        match self {
+            Lang::Rust => name.to_owned(),
+            Lang::Python => format!("python/{name}"),
+            Lang::Js => format!("js/{name}"),
+            Lang::C => format!("c/{name}"),
+        }
+    }
+}
+
+/// One test per language and suite function:
+///
+/// ```ignore
+/// language_tests! {
+///     languages: [rust: Rust, python: Python],
+///     tests: [echoes_bytes, survives_half_close],
+/// }
+/// ```
+///
+/// generates `mod rust { #[tokio::test] async fn echoes_bytes() { … } … }`
+/// and `mod python { … }`, each calling `super::echoes_bytes(Lang::Rust)` and
+/// so on: the same test code for every language.
+macro_rules! language_tests {
+    (languages: [$($module:ident: $lang:ident),* $(,)?], tests: $tests:tt $(,)?) => {
+        $( $crate::languages::language_tests!(@one $module $lang $tests); )*
+    };
+    (@one $module:ident $lang:ident [$($test:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($crate::languages::Lang::$lang).await
+                }
+            )*
+        }
+    };
+}
+
+pub(crate) use language_tests;
