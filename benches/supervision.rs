@@ -12,9 +12,13 @@
 //! Run: `cargo bench --bench supervision` (`SOCKGATE_BENCH_QUICK=1` for a
 //! short run). Results also go to `target/bench-results/supervision.{md,json}`.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{build_guest, root};
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sockgate_host::app::App;
@@ -247,37 +251,5 @@ fn report(rows: &[Row]) {
                 .unwrap_or_else(|| "null".into())
         ));
     }
-    println!("\n{md}");
-    let dir = root().join("target/bench-results");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("supervision.md"), &md).unwrap();
-    std::fs::write(
-        dir.join("supervision.json"),
-        format!("[{}]\n", json.join(",\n")),
-    )
-    .unwrap();
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn build_guest(name: &str) -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root().join("guests"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            name,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the {name} guest failed");
-    root()
-        .join("guests/target/wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")))
+    common::publish("supervision", &md, &json);
 }

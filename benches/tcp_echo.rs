@@ -12,9 +12,14 @@
 //! `SOCKGATE_BENCH_QUICK=1 cargo bench --bench tcp_echo` (1 s per row).
 //! Results are printed and written to `target/bench-results/tcp_echo.{md,json}`.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{build_guest, root};
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,7 +48,7 @@ fn main() {
         pin(std::process::id(), "0");
     }
 
-    let echo = build_echo_guest();
+    let echo = build_guest("echo");
     let cache = root().join("target/bench-cache");
     let mut rows = Vec::new();
     for &connections in connection_counts {
@@ -97,15 +102,7 @@ fn report(rows: &[(usize, Measured, Measured)], duration: Duration, pinned: bool
             native.server_cpu_us_per_round_trip,
         ));
     }
-    println!("\n{md}");
-    let dir = root().join("target/bench-results");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("tcp_echo.md"), &md).unwrap();
-    std::fs::write(
-        dir.join("tcp_echo.json"),
-        format!("[{}]\n", json.join(",\n")),
-    )
-    .unwrap();
+    common::publish("tcp_echo", &md, &json);
 }
 
 /// Drives `connections` ping-pong connections against `server` for
@@ -273,26 +270,4 @@ fn pin(pid: u32, cpus: &str) {
         .args(["-a", "-p", "-c", cpus, &pid.to_string()])
         .stdout(Stdio::null())
         .status();
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn build_echo_guest() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root().join("guests"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "echo",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the echo guest failed");
-    root().join("guests/target/wasm32-wasip2/release/echo.wasm")
 }

@@ -1,15 +1,16 @@
-//! The `sockgate` command: serve WebAssembly components as network apps.
+//! The `sockgate` command: serve WebAssembly components as network apps,
+//! and operate a running gateway.
+
+mod client;
+mod dev_ca;
+mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
-use sockgate_host::Gateway;
 use sockgate_host::config::{AppConfig, Config};
-use sockgate_host::gateway::ServedApp;
-use sockgate_host::runtime::cache::CacheOutcome;
 
 /// Serve network connections from WebAssembly components.
 #[derive(Parser)]
@@ -39,11 +40,74 @@ enum Command {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
-    /// Serve the apps a configuration file names.
+    /// Serve the apps a configuration file names, and those deployed
+    /// through the admin API.
     Serve {
-        /// The TOML configuration file.
+        /// The TOML configuration file (optional with --admin).
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Serve the admin API and dashboard on this address (overrides
+        /// gateway.admin).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// The state directory for deployed apps (overrides
+        /// gateway.state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Print the development CA's root certificate (PEM), creating the CA
+    /// if needed: clients trust it to reach apps served with
+    /// `certificates = "dev-ca"`.
+    DevCa {
+        /// Take the state directory from this configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The state directory (overrides the configuration's).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Deploy a component as a new version of an app (created if new).
+    Deploy {
+        #[command(flatten)]
+        args: client::DeployArgs,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// List the apps of a running gateway.
+    Ls {
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// Print an app's log; with -f, keep printing new lines.
+    Logs {
+        /// The app.
+        name: String,
+        /// Follow: print new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// Print an app's events (deploys, traps, limits hit).
+    Events {
+        /// The app.
+        name: String,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// Remove an app (open connections drain).
+    Rm {
+        /// The app.
+        name: String,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// Switch an app back to its previous version.
+    Rollback {
+        /// The app.
+        name: String,
+        #[command(flatten)]
+        admin: client::AdminArgs,
     },
 }
 
@@ -57,14 +121,12 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail(&err.into()),
     };
-    match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(&err),
-    }
+    runtime.block_on(run(cli.command))
 }
 
-async fn run(command: Command) -> Result<()> {
-    let config = match command {
+async fn run(command: Command) -> ExitCode {
+    let client = |admin| client::Client::new(admin);
+    let outcome = match command {
         Command::Run {
             component,
             listen,
@@ -72,69 +134,78 @@ async fn run(command: Command) -> Result<()> {
             instances,
             cache_dir,
         } => {
-            let name = name.unwrap_or_else(|| default_app_name(&component));
+            let name = name.unwrap_or_else(|| serve::default_app_name(&component));
             let mut app = AppConfig::new(&name, component, listen);
             app.instances = instances;
             let mut config = Config::default();
             config.gateway.cache_dir = cache_dir;
             config.apps.push(app);
-            config
+            return result(serve::serve(config).await);
         }
-        Command::Serve { config } => Config::load(&config)?,
-    };
-    let gateway = Gateway::start(config).await?;
-    for served in gateway.apps() {
-        println!("{}", describe(served));
-    }
-    println!(
-        "sockgate ready: {} app(s); Ctrl-C stops",
-        gateway.apps().len()
-    );
-    wait_for_shutdown().await;
-    Ok(())
-}
-
-/// The line printed for each app at start: how to reach it, and what was
-/// loaded. Tests parse its start: `app NAME listening on tcp ADDR`.
-fn describe(served: &ServedApp) -> String {
-    let how = match served.cache {
-        CacheOutcome::Hit => "loaded from compile cache",
-        CacheOutcome::Miss => "compiled",
-    };
-    format!(
-        "app {} listening on tcp {}  (try: nc {} {})  [{}, {} KiB, {how} in {} ms]",
-        served.app.name(),
-        served.tcp,
-        served.tcp.ip(),
-        served.tcp.port(),
-        served.component.display(),
-        served.size.div_ceil(1024),
-        served.load_time.as_millis(),
-    )
-}
-
-/// `echo.wasm` → `echo`, lowercased, with `_` turned into `-`.
-fn default_app_name(component: &std::path::Path) -> String {
-    component
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_lowercase().replace('_', "-"))
-        .unwrap_or_else(|| "app".to_owned())
-}
-
-async fn wait_for_shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        Command::Serve {
+            config,
+            admin,
+            state_dir,
+        } => {
+            let loaded = match config {
+                Some(path) => Config::load(&path),
+                None => Ok(Config::default()),
+            };
+            let mut config = match loaded {
+                Ok(config) => config,
+                Err(err) => return fail(&err),
+            };
+            if admin.is_some() {
+                config.gateway.admin = admin;
             }
+            if state_dir.is_some() {
+                config.gateway.state_dir = state_dir;
+            }
+            return result(serve::serve(config).await);
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        Command::DevCa { config, state_dir } => {
+            return result(dev_ca::print_root(config, state_dir));
         }
+        Command::Deploy { args, admin } => match client(admin) {
+            Ok(client) => client.deploy(args).await,
+            Err(failure) => Err(failure),
+        },
+        Command::Ls { admin } => match client(admin) {
+            Ok(client) => client.ls().await,
+            Err(failure) => Err(failure),
+        },
+        Command::Logs {
+            name,
+            follow,
+            admin,
+        } => match client(admin) {
+            Ok(client) => client.logs(&name, follow).await,
+            Err(failure) => Err(failure),
+        },
+        Command::Events { name, admin } => match client(admin) {
+            Ok(client) => client.events(&name).await,
+            Err(failure) => Err(failure),
+        },
+        Command::Rm { name, admin } => match client(admin) {
+            Ok(client) => client.rm(&name).await,
+            Err(failure) => Err(failure),
+        },
+        Command::Rollback { name, admin } => match client(admin) {
+            Ok(client) => client.rollback(&name).await,
+            Err(failure) => Err(failure),
+        },
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
     }
-    tracing::info!("shutting down");
+}
+
+fn result(outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
 }
 
 fn init_tracing() {

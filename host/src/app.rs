@@ -149,11 +149,15 @@ async fn shard_loop(
                 cause,
                 reason,
                 connections,
-            }) => EventKind::InstanceTrapped {
-                cause: cause.as_str(),
-                reason,
-                connections,
-            },
+            }) => {
+                settings.account.counters.traps[cause.index()]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                EventKind::InstanceTrapped {
+                    cause: cause.as_str(),
+                    reason,
+                    connections,
+                }
+            }
         };
         log.event(Some(index), kind);
         if let Some(delay) = backoff.after_exit(started.elapsed()) {

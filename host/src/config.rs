@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::limits::{AppLimits, GatewayLimits};
 
@@ -35,10 +35,16 @@ pub struct Config {
     /// The apps to serve, in the file as `[[app]]` tables.
     #[serde(default, rename = "app")]
     pub apps: Vec<AppConfig>,
+    /// TLS termination, base domains and certificates (`[tls]`); no TLS
+    /// listener when absent. See [`crate::listen::tls`].
+    pub tls: Option<crate::listen::tls::TlsSettings>,
+    /// The plain-HTTP port (`[http]`), with `[tls]` only: ACME HTTP-01
+    /// challenges and redirects to https. See [`crate::listen::http`].
+    pub http: Option<crate::listen::http::HttpSettings>,
 }
 
 /// Settings that apply to the whole gateway.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySettings {
     /// Where compiled components are cached; default
@@ -47,6 +53,20 @@ pub struct GatewaySettings {
     /// Concurrent connections over all apps.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Where deployed apps are kept (see [`crate::store`]); default
+    /// `$XDG_DATA_HOME/sockgate` or `~/.local/share/sockgate`.
+    pub state_dir: Option<PathBuf>,
+    /// Address of the admin API and dashboard (loopback recommended: the
+    /// API deploys code). No admin API when unset.
+    pub admin: Option<SocketAddr>,
+    /// How long connections of a replaced or removed version may go on
+    /// before they are closed, in seconds.
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
+}
+
+fn default_drain_secs() -> u64 {
+    30
 }
 
 impl Default for GatewaySettings {
@@ -54,6 +74,9 @@ impl Default for GatewaySettings {
         Self {
             cache_dir: None,
             max_connections: default_max_connections(),
+            state_dir: None,
+            admin: None,
+            drain_secs: default_drain_secs(),
         }
     }
 }
@@ -63,7 +86,7 @@ fn default_max_connections() -> usize {
 }
 
 /// One app: a component and where it is served.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// The app's name: a DNS label, as it will become a subdomain.
@@ -84,6 +107,14 @@ pub struct AppConfig {
     /// CPU, memory and connection limits.
     #[serde(default)]
     pub limits: AppLimits,
+    /// Extra names the app is served at over TLS (custom domains), besides
+    /// `<name>.<domain>` for each of `[tls]`'s base domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    /// ALPN protocols the app speaks over TLS, preferred first (e.g.
+    /// `["h2", "http/1.1"]`); empty: no ALPN negotiation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
 }
 
 impl AppConfig {
@@ -96,6 +127,8 @@ impl AppConfig {
             instances: None,
             outbound: Vec::new(),
             limits: AppLimits::default(),
+            domains: Vec::new(),
+            alpn: Vec::new(),
         }
     }
 
@@ -123,10 +156,16 @@ impl Config {
                 app.component = base.join(&app.component);
             }
         }
-        if let Some(dir) = &mut config.gateway.cache_dir
-            && dir.is_relative()
+        for dir in [&mut config.gateway.cache_dir, &mut config.gateway.state_dir]
+            .into_iter()
+            .flatten()
         {
-            *dir = base.join(&*dir);
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        if let Some(tls) = &mut config.tls {
+            tls.resolve_paths(base);
         }
         config
             .validate()
@@ -139,8 +178,11 @@ impl Config {
         if self.gateway.max_connections == 0 {
             bail!("gateway.max_connections must be at least 1");
         }
-        if self.apps.is_empty() {
-            bail!("no apps configured: add an [[app]] table with name, component and listen");
+        if self.apps.is_empty() && self.gateway.admin.is_none() {
+            bail!(
+                "no apps configured and no admin API to deploy any: add an [[app]] table with \
+                 name, component and listen, or set gateway.admin"
+            );
         }
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
@@ -168,7 +210,22 @@ impl Config {
             crate::outbound::OutboundPolicy::parse(&app.outbound)
                 .with_context(|| format!("app `{}`: invalid outbound rule", app.name))?;
         }
+        crate::listen::tls::validate(self)?;
         Ok(())
+    }
+
+    /// The state directory to use, resolving the default.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.gateway.state_dir {
+            return dir.clone();
+        }
+        if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir).join("sockgate");
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(home).join(".local/share/sockgate");
+        }
+        PathBuf::from("sockgate-state")
     }
 
     /// The cache directory to use, resolving the default.

@@ -63,6 +63,13 @@ pub struct AppCounters {
     pub closed_idle: AtomicU64,
     /// Closed at the maximum lifetime.
     pub closed_lifetime: AtomicU64,
+    /// Bytes received from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to clients.
+    pub bytes_out: AtomicU64,
+    /// Instance traps, by cause: CPU budget, wall-clock budget, memory
+    /// limit, anything else.
+    pub traps: [AtomicU64; 4],
 }
 
 impl AppCounters {
@@ -378,8 +385,25 @@ pub struct ActiveConn {
 }
 
 impl ActiveConn {
-    /// Records that bytes moved (either direction).
-    pub fn touch(&self) {
+    /// Records `n` bytes received from the client.
+    pub fn received(&self, n: usize) {
+        self.touch();
+        self.app
+            .counters
+            .bytes_in
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Records `n` bytes sent to the client.
+    pub fn sent(&self, n: usize) {
+        self.touch();
+        self.app
+            .counters
+            .bytes_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn touch(&self) {
         self.last_activity_ms
             .store(coarse_now_ms(), Ordering::Relaxed);
     }

@@ -1,130 +1,597 @@
-//! The gateway as a whole: loads every configured app, binds its listener
-//! and starts serving. Everything that can be wrong with the configuration
-//! is found here, before anything is served, and reported with the app's
-//! name and the file concerned.
+//! The gateway as a whole: the apps it serves, how they get there (the
+//! configuration file at start, the admin API at any time), and how one
+//! version replaces another without dropping a connection.
+//!
+//! Every app goes through [`Gateway::deploy`]: load and check the component
+//! (compile included) while the old version keeps serving, bind the
+//! listener, persist (for deployed apps), then switch: the router points
+//! new connections at the new version, and the old one drains (its
+//! connections go on until they close or the drain deadline passes).
+//! Nothing changes when any step before the switch fails.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::config::Config;
+use crate::config::{AppConfig, Config, check_app_name};
 use crate::conns::ConnTracker;
 use crate::listen;
+use crate::logs::{AppLog, EventKind};
 use crate::outbound::OutboundPolicy;
 use crate::route::Router;
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
 use crate::runtime::instance::InstanceSettings;
-use crate::runtime::load::load_component;
+use crate::runtime::load::{LoadedComponent, load_component_bytes};
+use crate::store::{AppRecord, StateStore, VersionRecord};
 
-/// A running gateway.
+/// Largest component accepted (a Python guest is about 22 MB).
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
+/// A running gateway. Cheap to clone: the admin API holds one.
+#[derive(Clone)]
 pub struct Gateway {
-    apps: Vec<ServedApp>,
-    tracker: Arc<ConnTracker>,
-    router: Arc<Router>,
+    inner: Arc<Inner>,
 }
 
-/// An app the gateway serves, with what an operator wants to know about it.
-pub struct ServedApp {
-    /// The running app.
-    pub app: Arc<App>,
-    /// The component file it was loaded from.
-    pub component: PathBuf,
-    /// The address its TCP listener is bound to (the real port when the
-    /// configuration said 0).
-    pub tcp: SocketAddr,
+struct Inner {
+    runtime: Arc<Runtime>,
+    tracker: Arc<ConnTracker>,
+    router: Arc<Router>,
+    store: Option<StateStore>,
+    drain: Duration,
+    /// Serializes deploys and holds what each app is.
+    slots: Mutex<BTreeMap<String, Slot>>,
+    /// Ports the gateway listens on (apps and admin), protected from guests.
+    admin_port: std::sync::Mutex<Option<u16>>,
+    /// The TLS and plain-HTTP listeners' ports, protected from guests too.
+    tls_ports: Vec<u16>,
+    /// TLS termination and SNI routing, once started (`[tls]`).
+    https: std::sync::OnceLock<Arc<listen::tls::Https>>,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+}
+
+/// Persists a deploy or rollback once the new version is known to load
+/// and its listener is bound (at the given address, recorded so that a
+/// restart binds the same port); returns the version number now current.
+type Persist = Box<dyn FnOnce(SocketAddr) -> Result<u64> + Send>;
+
+/// Where an app comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The configuration file; changed by editing it and restarting.
+    Config,
+    /// The admin API; persisted in the state directory.
+    Deployed,
+}
+
+struct Slot {
+    app: Arc<App>,
+    config: AppConfig,
+    source: Source,
+    tcp: SocketAddr,
+    accept_task: JoinHandle<()>,
+    version: u64,
+    digest: String,
+    deployed_at: u64,
+    load: LoadFacts,
+}
+
+/// What loading a component found out.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct LoadFacts {
     /// Whether the compiled component came from the cache.
-    pub cache: CacheOutcome,
-    /// Compile (or cache load) time.
-    pub load_time: Duration,
+    pub cache_hit: bool,
+    /// Compile (or cache load) time in milliseconds.
+    pub load_ms: u64,
     /// Component size in bytes.
     pub size: usize,
 }
 
+/// An app as operators see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AppStatus {
+    /// Name.
+    pub name: String,
+    /// Where it comes from.
+    pub source: Source,
+    /// The version serving (1, 2, …).
+    pub version: u64,
+    /// SHA-256 of its component.
+    pub digest: String,
+    /// The component file (a blob in the state directory for deployed apps).
+    pub component: PathBuf,
+    /// The TCP address it is served on.
+    pub tcp: SocketAddr,
+    /// When the serving version was deployed (Unix seconds).
+    pub deployed_at: u64,
+    /// Instances running.
+    pub instances: usize,
+    /// Connections active now.
+    pub active_connections: usize,
+    /// Connections accepted since the version started.
+    pub accepted: u64,
+    /// Connections refused by a limit since the version started.
+    pub refused: u64,
+    /// Loading facts of the serving version.
+    pub load: LoadFacts,
+    /// Versions available for rollback (deployed apps only).
+    pub versions: Vec<u64>,
+    /// The app's settings.
+    pub config: AppConfig,
+}
+
 impl Gateway {
-    /// Loads and checks every app, binds every listener, and starts serving.
-    /// Fails without serving anything if any app is wrong.
+    /// Starts the gateway: restores deployed apps from the state directory
+    /// (when there is an admin API), then deploys every app of the
+    /// configuration. A configured app that is wrong fails the whole start,
+    /// before anything is served; a persisted app that cannot be restored is
+    /// reported and skipped.
     pub async fn start(config: Config) -> Result<Self> {
         config.validate()?;
         let runtime = Arc::new(Runtime::new(config.cache_dir())?);
         let tracker = ConnTracker::new(config.gateway.max_connections);
         tokio::spawn(tracker.clone().run_sweeper());
-
-        // Load every component and bind every listener before serving
-        // anything: a mistake anywhere refuses the whole start.
-        let mut prepared = Vec::new();
-        for app_config in &config.apps {
-            let name = &app_config.name;
-            let loaded = {
-                let runtime = runtime.clone();
-                let path = app_config.component.clone();
-                tokio::task::spawn_blocking(move || load_component(&runtime, &path))
-                    .await
-                    .context("component loader panicked")?
-                    .with_context(|| format!("app `{name}`"))?
-            };
-            let listener = listen::tcp::bind(app_config.listen)
-                .await
-                .with_context(|| format!("app `{name}`"))?;
-            prepared.push((app_config, loaded, listener));
+        let store = match config.gateway.admin {
+            Some(_) => Some(StateStore::open(&config.state_dir())?),
+            None => None,
+        };
+        // TLS: bound and certificates loaded before any app serves, started
+        // once the configured apps are in the router.
+        let tls = listen::tls::prepare(&config).await?;
+        let tls_ports = tls.as_ref().map(|t| t.ports()).unwrap_or_default();
+        let gateway = Self {
+            inner: Arc::new(Inner {
+                runtime,
+                tracker,
+                router: Router::new(),
+                store,
+                drain: Duration::from_secs(config.gateway.drain_secs),
+                slots: Mutex::new(BTreeMap::new()),
+                admin_port: std::sync::Mutex::new(None),
+                tls_ports,
+                https: std::sync::OnceLock::new(),
+                cache_hits: AtomicU64::new(0),
+                cache_misses: AtomicU64::new(0),
+            }),
+        };
+        for app in &config.apps {
+            let bytes = std::fs::read(&app.component).map_err(|source| {
+                anyhow::Error::new(crate::runtime::load::LoadError::Unreadable {
+                    path: app.component.clone(),
+                    source,
+                })
+                .context(format!("app `{}`", app.name))
+            })?;
+            gateway
+                .switch(app.clone(), Source::Config, bytes, 0, None)
+                .await?;
         }
-        let own_ports: Vec<u16> = prepared
-            .iter()
-            .filter_map(|(_, _, listener)| listener.local_addr().ok())
-            .map(|addr| addr.port())
-            .collect();
-
-        let router = Router::new();
-        let mut apps = Vec::new();
-        for (app_config, loaded, listener) in prepared {
-            let name = &app_config.name;
-            let mut policy = OutboundPolicy::parse(&app_config.outbound)
-                .with_context(|| format!("app `{name}`: invalid outbound rule"))?;
-            policy.protect_ports(own_ports.iter().copied());
-            let settings = InstanceSettings::new(
-                name,
-                loaded.pre,
-                app_config.limits.clone(),
-                policy,
-                runtime.supervision,
-                tracker.clone(),
-            );
-            let tcp = listener.local_addr()?;
-            let app = App::start(name, settings, app_config.instance_count());
-            tokio::spawn(listen::tcp::serve(listener, app.clone()));
-            router.insert(name, app.clone());
-            apps.push(ServedApp {
-                app,
-                component: app_config.component.clone(),
-                tcp,
-                cache: loaded.cache,
-                load_time: loaded.load_time,
-                size: loaded.size,
-            });
+        if let Some(tls) = tls {
+            let https = tls.start(&gateway.inner.router, &config.apps)?;
+            let _ = gateway.inner.https.set(https);
         }
-        Ok(Self {
-            apps,
-            tracker,
-            router,
-        })
+        gateway.restore().await;
+        Ok(gateway)
     }
 
-    /// The apps by name, for listeners that route by server name.
-    pub fn router(&self) -> &Arc<Router> {
-        &self.router
+    /// Brings back every app persisted in the state directory.
+    async fn restore(&self) {
+        let Some(store) = &self.inner.store else {
+            return;
+        };
+        let (records, problems) = match store.load_apps() {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::error!("cannot read deployed apps: {err:#}");
+                return;
+            }
+        };
+        for problem in problems {
+            tracing::error!("skipping a damaged app record: {problem}");
+        }
+        for record in records {
+            if self.inner.slots.lock().await.contains_key(&record.name) {
+                tracing::warn!(
+                    app = %record.name,
+                    "a deployed app has the name of a configured app; the configured one serves"
+                );
+                continue;
+            }
+            let Some(version) = record.current_version().cloned() else {
+                tracing::error!(app = %record.name, "app record names no current version");
+                continue;
+            };
+            let restored = async {
+                let bytes = std::fs::read(&version.config.component).with_context(|| {
+                    format!("cannot read {}", version.config.component.display())
+                })?;
+                self.switch(
+                    version.config.clone(),
+                    Source::Deployed,
+                    bytes,
+                    version.number,
+                    None,
+                )
+                .await
+            };
+            if let Err(err) = restored.await {
+                tracing::error!(app = %record.name, "cannot restore app: {err:#}");
+            }
+        }
+    }
+
+    /// Deploys `bytes` as a new version of app `config.name` (creating the
+    /// app), persisting it; see the module documentation for the steps.
+    pub async fn deploy(&self, mut config: AppConfig, bytes: Vec<u8>) -> Result<AppStatus> {
+        check_app_name(&config.name)?;
+        if bytes.len() > MAX_COMPONENT_BYTES {
+            bail!(
+                "the component is {} MiB, over the {} MiB limit",
+                bytes.len() >> 20,
+                MAX_COMPONENT_BYTES >> 20
+            );
+        }
+        let store = self
+            .inner
+            .store
+            .as_ref()
+            .ok_or_else(|| anyhow!("this gateway has no state directory to deploy into"))?;
+        if let Some(slot) = self.inner.slots.lock().await.get(&config.name)
+            && slot.source == Source::Config
+        {
+            bail!(
+                "app `{}` is defined in the configuration file; change it there (or pick \
+                 another name)",
+                config.name
+            );
+        }
+        // Check the component before anything is stored: a refused upload
+        // leaves no trace. (The compile lands in the compile cache, so the
+        // switch below loads it at once.)
+        config.component = PathBuf::from(format!("the uploaded component of `{}`", config.name));
+        self.load(&config, bytes.clone()).await?;
+        let digest = store.put_blob(&bytes)?;
+        crate::failpoint::hit("deploy-after-blob");
+        config.component = store.blob_path(&digest);
+        let version = VersionRecord {
+            number: 0,
+            digest,
+            deployed_at: unix_now(),
+            config: config.clone(),
+        };
+        let inner = self.inner.clone();
+        let mut version = version;
+        let persist = move |bound: SocketAddr| -> Result<u64> {
+            crate::failpoint::hit("deploy-before-record");
+            let store = inner.store.as_ref().context("no state directory")?;
+            let mut record = store.load_app(&version.config.name)?.unwrap_or(AppRecord {
+                name: version.config.name.clone(),
+                current: 0,
+                versions: Vec::new(),
+            });
+            version.config.listen = bound;
+            record.push(version);
+            store.save_app(&record)?;
+            crate::failpoint::hit("deploy-after-record");
+            Ok(record.current)
+        };
+        let name = config.name.clone();
+        self.switch(config, Source::Deployed, bytes, 0, Some(Box::new(persist)))
+            .await?;
+        self.status(&name)
+            .await
+            .ok_or_else(|| anyhow!("the app vanished during its deploy"))
+    }
+
+    /// Switches app `name` back to its previous version.
+    pub async fn rollback(&self, name: &str) -> Result<AppStatus> {
+        let store = self
+            .inner
+            .store
+            .as_ref()
+            .ok_or_else(|| anyhow!("this gateway has no state directory"))?;
+        let record = store
+            .load_app(name)?
+            .ok_or_else(|| anyhow!("no deployed app `{name}`"))?;
+        let previous = record.previous().cloned().ok_or_else(|| {
+            anyhow!(
+                "app `{name}` has no version before version {}",
+                record.current
+            )
+        })?;
+        let bytes = std::fs::read(&previous.config.component)
+            .with_context(|| format!("cannot read {}", previous.config.component.display()))?;
+        let inner = self.inner.clone();
+        let number = previous.number;
+        let persist = move |_bound: SocketAddr| -> Result<u64> {
+            let store = inner.store.as_ref().context("no state directory")?;
+            let mut record = record;
+            record.current = number;
+            store.save_app(&record)?;
+            Ok(number)
+        };
+        self.switch(
+            previous.config.clone(),
+            Source::Deployed,
+            bytes,
+            number,
+            Some(Box::new(persist)),
+        )
+        .await?;
+        self.status(name)
+            .await
+            .ok_or_else(|| anyhow!("the app vanished during its rollback"))
+    }
+
+    /// Stops serving app `name` (its connections drain) and forgets it.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        let mut slots = self.inner.slots.lock().await;
+        match slots.get(name) {
+            None => bail!("no app `{name}`"),
+            Some(slot) if slot.source == Source::Config => bail!(
+                "app `{name}` is defined in the configuration file; remove it there and restart"
+            ),
+            Some(_) => {}
+        }
+        if let Some(store) = &self.inner.store {
+            store.remove_app(name)?;
+        }
+        if let Some(slot) = slots.remove(name) {
+            slot.accept_task.abort();
+            self.inner.router.remove(name);
+            slot.app.log().event(None, EventKind::Removed);
+        }
+        Ok(())
+    }
+
+    /// Loads, binds, persists (via `persist`) and switches. The slot lock
+    /// is held throughout, so deploys of the gateway are serialized.
+    async fn switch(
+        &self,
+        config: AppConfig,
+        source: Source,
+        bytes: Vec<u8>,
+        mut version: u64,
+        persist: Option<Persist>,
+    ) -> Result<()> {
+        let name = config.name.clone();
+        let mut slots = self.inner.slots.lock().await;
+        let digest = {
+            use sha2::Digest;
+            crate::store::hex(&sha2::Sha256::digest(&bytes))
+        };
+        let loaded = self.load(&config, bytes).await?;
+
+        // The listener: kept when the address is unchanged, else bound anew.
+        let existing = slots.get(&name);
+        let reuse = existing.filter(|slot| {
+            slot.config.listen == config.listen
+                || slot.tcp == config.listen
+                || (config.listen.port() == 0 && slot.tcp.ip() == config.listen.ip())
+        });
+        let new_listener = match reuse {
+            Some(_) => None,
+            None => Some(
+                listen::tcp::bind(config.listen)
+                    .await
+                    .with_context(|| format!("app `{name}`"))?,
+            ),
+        };
+
+        let bound = match (&new_listener, existing) {
+            (Some(listener), _) => listener.local_addr()?,
+            (None, Some(slot)) => slot.tcp,
+            (None, None) => config.listen,
+        };
+        if let Some(persist) = persist {
+            version = persist(bound)?;
+        }
+
+        let mut policy = OutboundPolicy::parse(&config.outbound)
+            .with_context(|| format!("app `{name}`: invalid outbound rule"))?;
+        policy.protect_ports(self.own_ports(&slots, new_listener.as_ref()));
+        let log = existing
+            .map(|slot| slot.app.log().clone())
+            .unwrap_or_else(|| Arc::new(AppLog::new(&name)));
+        let mut settings = InstanceSettings::with_log(
+            log.clone(),
+            loaded.pre,
+            config.limits.clone(),
+            policy,
+            self.inner.runtime.supervision,
+            self.inner.tracker.clone(),
+        );
+        settings.drain = self.inner.drain;
+        let app = App::start(&name, settings, config.instance_count());
+        // The switch: from here on new connections get the new version.
+        self.inner.router.insert(&name, app.clone());
+        if let Some(https) = self.inner.https.get()
+            && let Err(err) = https.add_app(&config)
+        {
+            tracing::error!(app = %name, "cannot serve the app over TLS: {err:#}");
+        }
+        let (tcp, accept_task) = match (new_listener, slots.remove(&name)) {
+            (Some(listener), old) => {
+                if let Some(old) = old {
+                    old.accept_task.abort();
+                }
+                let tcp = listener.local_addr()?;
+                let task = tokio::spawn(listen::tcp::serve(
+                    listener,
+                    name.clone(),
+                    self.inner.router.clone(),
+                ));
+                (tcp, task)
+            }
+            (None, Some(old)) => (old.tcp, old.accept_task),
+            (None, None) => unreachable!("a reused listener implies an existing slot"),
+        };
+        if version > 0 {
+            log.event(
+                None,
+                EventKind::Deployed {
+                    version: format!("version {version} ({})", short(&digest)),
+                },
+            );
+        }
+        slots.insert(
+            name,
+            Slot {
+                app,
+                config,
+                source,
+                tcp,
+                accept_task,
+                version,
+                digest,
+                deployed_at: unix_now(),
+                load: LoadFacts {
+                    cache_hit: loaded.cache == CacheOutcome::Hit,
+                    load_ms: loaded.load_time.as_millis() as u64,
+                    size: loaded.size,
+                },
+            },
+        );
+        Ok(())
+    }
+
+    async fn load(&self, config: &AppConfig, bytes: Vec<u8>) -> Result<LoadedComponent> {
+        let runtime = self.inner.runtime.clone();
+        let path = config.component.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || load_component_bytes(&runtime, &path, &bytes))
+                .await
+                .context("component loader panicked")?
+                .with_context(|| format!("app `{}`", config.name))?;
+        match loaded.cache {
+            CacheOutcome::Hit => &self.inner.cache_hits,
+            CacheOutcome::Miss => &self.inner.cache_misses,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        Ok(loaded)
+    }
+
+    fn own_ports(&self, slots: &BTreeMap<String, Slot>, extra: Option<&TcpListener>) -> Vec<u16> {
+        let mut ports: Vec<u16> = slots.values().map(|s| s.tcp.port()).collect();
+        ports.extend(extra.and_then(|l| l.local_addr().ok()).map(|a| a.port()));
+        ports.extend(
+            *self
+                .inner
+                .admin_port
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        ports.extend(self.inner.tls_ports.iter().copied());
+        ports
+    }
+
+    /// Records the admin API's port, which guests may then never reach.
+    pub fn set_admin_port(&self, port: u16) {
+        *self
+            .inner
+            .admin_port
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(port);
+    }
+
+    /// The status of every app, by name.
+    pub async fn apps(&self) -> Vec<AppStatus> {
+        let slots = self.inner.slots.lock().await;
+        let mut out = Vec::new();
+        for (name, slot) in slots.iter() {
+            out.push(self.describe(name, slot));
+        }
+        out
+    }
+
+    /// The status of app `name`.
+    pub async fn status(&self, name: &str) -> Option<AppStatus> {
+        let slots = self.inner.slots.lock().await;
+        slots.get(name).map(|slot| self.describe(name, slot))
+    }
+
+    /// The running app `name` (its log, events and counters).
+    pub fn app(&self, name: &str) -> Option<Arc<App>> {
+        self.inner.router.get(name)
+    }
+
+    fn describe(&self, name: &str, slot: &Slot) -> AppStatus {
+        let counters = &slot.app.account().counters;
+        let versions = self
+            .inner
+            .store
+            .as_ref()
+            .filter(|_| slot.source == Source::Deployed)
+            .and_then(|s| s.load_app(name).ok().flatten())
+            .map(|r| r.versions.iter().map(|v| v.number).collect())
+            .unwrap_or_default();
+        AppStatus {
+            name: name.to_owned(),
+            source: slot.source,
+            version: slot.version,
+            digest: slot.digest.clone(),
+            component: slot.config.component.clone(),
+            tcp: slot.tcp,
+            deployed_at: slot.deployed_at,
+            instances: slot.app.instance_count(),
+            active_connections: slot.app.account().active(),
+            accepted: counters.accepted.load(Ordering::Relaxed),
+            refused: counters.refused(),
+            load: slot.load,
+            versions,
+            config: slot.config.clone(),
+        }
+    }
+
+    /// The admin API token (generated into the state directory on first
+    /// use), when the gateway has a state directory.
+    pub fn admin_token(&self) -> Option<Result<String>> {
+        self.inner.store.as_ref().map(StateStore::admin_token)
+    }
+
+    /// Compile cache hits and misses since start.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.inner.cache_hits.load(Ordering::Relaxed),
+            self.inner.cache_misses.load(Ordering::Relaxed),
+        )
     }
 
     /// Gateway-wide connection accounting.
     pub fn tracker(&self) -> &Arc<ConnTracker> {
-        &self.tracker
+        &self.inner.tracker
     }
 
-    /// The apps being served, in configuration order.
-    pub fn apps(&self) -> &[ServedApp] {
-        &self.apps
+    /// The apps by name, for listeners that route by server name.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.inner.router
     }
+
+    /// TLS termination (listener addresses, certificates), if configured.
+    pub fn https(&self) -> Option<&Arc<listen::tls::Https>> {
+        self.inner.https.get()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }

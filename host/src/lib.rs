@@ -8,10 +8,14 @@
 //! guest's answer back. [`gateway::Gateway`] assembles all of it from a
 //! [`config::Config`].
 
+pub mod admin;
 pub mod app;
+pub mod certs;
 pub mod config;
 pub mod conn;
 pub mod conns;
+pub mod failpoint;
+pub mod fsutil;
 pub mod gateway;
 pub mod limits;
 pub mod listen;
@@ -19,6 +23,7 @@ pub mod logs;
 pub mod outbound;
 pub mod route;
 pub mod runtime;
+pub mod store;
 
 pub use config::Config;
 pub use gateway::Gateway;

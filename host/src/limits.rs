@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Per-app limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppLimits {
     /// CPU a guest may compute for without calling the host, in
@@ -104,7 +104,7 @@ impl AppLimits {
 }
 
 /// Gateway-wide limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayLimits {
     /// Concurrent connections over all apps. Threat: the process running

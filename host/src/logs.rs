@@ -84,6 +84,8 @@ pub enum EventKind {
         /// How many.
         closed: usize,
     },
+    /// The app was removed; its connections drain.
+    Removed,
     /// A new version of the app now takes new connections.
     Deployed {
         /// The version's number and component digest.
@@ -127,6 +129,7 @@ impl std::fmt::Display for EventKind {
                 "drain deadline passed: closed {closed} connection(s) of a replaced version"
             ),
             EventKind::Deployed { version } => write!(f, "deployed {version}"),
+            EventKind::Removed => write!(f, "removed; open connections drain"),
             EventKind::MemoryRefused { requested, limit } => write!(
                 f,
                 "limit memory_limit_mb hit: memory growth to {} MiB refused (limit {} MiB)",
@@ -155,6 +158,9 @@ pub struct AppLog {
     /// (second, events traced in it, events suppressed in it).
     trace_budget: Mutex<(u64, u32, u64)>,
     events_total: std::sync::atomic::AtomicU64,
+    /// New lines, for followers (`sockgate logs -f`); a follower that
+    /// falls behind by more than the channel holds skips lines.
+    live: tokio::sync::broadcast::Sender<LogLine>,
 }
 
 impl AppLog {
@@ -166,6 +172,7 @@ impl AppLog {
             events: Mutex::new(VecDeque::new()),
             trace_budget: Mutex::new((0, 0, 0)),
             events_total: std::sync::atomic::AtomicU64::new(0),
+            live: tokio::sync::broadcast::channel(256).0,
         }
     }
 
@@ -185,7 +192,15 @@ impl AppLog {
             stream,
             text,
         };
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(line.clone());
+        }
         push_bounded(&self.lines, line, LOG_LINES_KEPT);
+    }
+
+    /// Lines printed from now on.
+    pub fn follow(&self) -> tokio::sync::broadcast::Receiver<LogLine> {
+        self.live.subscribe()
     }
 
     /// Records an event.

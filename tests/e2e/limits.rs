@@ -6,27 +6,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::support::{Gateway, TestApp};
+use crate::support::{Gateway, TestApp, ask};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Sends one command line and returns the reply line.
-async fn ask(stream: &mut TcpStream, line: &str) -> String {
-    stream
-        .write_all(format!("{line}\n").as_bytes())
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    let mut reader = tokio::io::BufReader::new(&mut *stream);
-    tokio::time::timeout(TIMEOUT, reader.read_line(&mut reply))
-        .await
-        .expect("no reply")
-        .unwrap();
-    reply.trim_end().to_owned()
-}
 
 /// Waits until the gateway closes `stream`; returns how long that took, or
 /// `None` if it stayed open for `within`.

@@ -3,11 +3,17 @@
 
 mod languages;
 mod support;
+mod tls_support;
 
 mod chat;
 mod compile_cache;
+mod deploy;
 mod echo;
 mod http_hello;
 mod limits;
 mod refusals;
 mod traps;
+
+// TLS termination, SNI routing and certificates (dev CA, files, ACME).
+mod acme;
+mod tls;

@@ -120,6 +120,11 @@ pub struct Output {
 }
 
 impl Output {
+    /// Collects the lines of `pipe` (a child's stdout or stderr).
+    pub fn collect_from(&self, pipe: impl std::io::Read + Send + 'static) {
+        self.collect(pipe)
+    }
+
     fn collect(&self, pipe: impl std::io::Read + Send + 'static) {
         let this = self.clone();
         std::thread::spawn(move || {
@@ -309,4 +314,21 @@ pub fn run_expecting_failure(args: &[&std::ffi::OsStr]) -> (i32, String) {
             panic!("sockgate {args:?} did not exit: it should have refused to start");
         }
     }
+}
+
+/// Sends one line on `stream` and returns the reply line (without its
+/// newline), failing the test after a minute without one.
+pub async fn ask(stream: &mut tokio::net::TcpStream, line: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    let mut reader = tokio::io::BufReader::new(&mut *stream);
+    tokio::time::timeout(Duration::from_secs(60), reader.read_line(&mut reply))
+        .await
+        .expect("no reply within a minute")
+        .unwrap();
+    reply.trim_end().to_owned()
 }

@@ -120,6 +120,15 @@ async fn run(command: &str, conn: u64, tx: &mut StreamWriter<u8>) -> Reply {
                 Err(code) => format!("error: {code:?}"),
             },
         ),
+        "info" => Reply::Line(match sockgate::gateway::connection::info(conn) {
+            Some(info) => format!(
+                "info transport={:?} server-name={} alpn={}",
+                info.transport,
+                info.server_name.as_deref().unwrap_or("-"),
+                info.alpn.as_deref().unwrap_or("-")
+            ),
+            None => "info none".to_owned(),
+        }),
         "flood" => {
             let chunk = vec![b'x'; 1 << 20];
             let mut mib = 0u64;

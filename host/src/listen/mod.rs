@@ -2,4 +2,6 @@
 //! them into [`Connection`](crate::conn::Connection)s for an app. They know
 //! nothing about WebAssembly.
 
+pub mod http;
 pub mod tcp;
+pub mod tls;

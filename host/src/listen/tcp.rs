@@ -12,8 +12,8 @@ use anyhow::{Result, anyhow};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::app::App;
 use crate::conn::{ConnInfo, Connection, Transport, next_conn_id};
+use crate::route::Router;
 
 /// Pause after the process ran out of file descriptors, so the accept loop
 /// does not spin while connections are closed and descriptors come back.
@@ -40,27 +40,30 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
-/// Accepts connections forever and dispatches each to `app`.
-pub async fn serve(listener: TcpListener, app: Arc<App>) {
+/// Accepts connections forever and dispatches each to the version of app
+/// `name` that `router` holds at that moment (so a deploy switches new
+/// connections at once).
+pub async fn serve(listener: TcpListener, name: String, router: Arc<Router>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => match tcp_connection(stream) {
-                Ok(conn) => {
+            Ok((stream, _)) => match (tcp_connection(stream), router.get(&name)) {
+                (Ok(conn), Some(app)) => {
                     // A refused connection is dropped here, which closes it;
                     // the app counted it and recorded the event.
                     let _ = app.dispatch(conn);
                 }
-                Err(err) => tracing::debug!(app = app.name(), "dropping connection: {err}"),
+                (Ok(_), None) => tracing::debug!(app = %name, "app removed: closing connection"),
+                (Err(err), _) => tracing::debug!(app = %name, "dropping connection: {err}"),
             },
             Err(err) if is_fd_exhaustion(&err) => {
                 tracing::warn!(
-                    app = app.name(),
+                    app = %name,
                     "cannot accept: {err}; pausing accepts for {FD_EXHAUSTED_PAUSE:?}"
                 );
                 tokio::time::sleep(FD_EXHAUSTED_PAUSE).await;
             }
             // Per-connection failures (reset before accept) are the client's.
-            Err(err) => tracing::debug!(app = app.name(), "accept failed: {err}"),
+            Err(err) => tracing::debug!(app = %name, "accept failed: {err}"),
         }
     }
 }

@@ -76,6 +76,19 @@ impl InstanceSettings {
         tracker: Arc<ConnTracker>,
     ) -> Self {
         let log = Arc::new(AppLog::new(name));
+        Self::with_log(log, pre, limits, policy, supervision, tracker)
+    }
+
+    /// Like [`InstanceSettings::new`], keeping an existing log (a new
+    /// version of an app continues its log and events).
+    pub fn with_log(
+        log: Arc<AppLog>,
+        pre: ConnHandlerPre<HostState>,
+        limits: AppLimits,
+        policy: OutboundPolicy,
+        supervision: Supervision,
+        tracker: Arc<ConnTracker>,
+    ) -> Self {
         let account = AppAccount::new(log.clone(), &limits);
         Self {
             pre,

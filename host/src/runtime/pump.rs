@@ -89,8 +89,8 @@ impl<D> StreamProducer<D> for ClientReader {
         };
         Poll::Ready(Ok(match result {
             Poll::Ready(Ok(0)) => StreamResult::Dropped,
-            Poll::Ready(Ok(_)) => {
-                self.guard.touch();
+            Poll::Ready(Ok(n)) => {
+                self.guard.received(n);
                 StreamResult::Completed
             }
             Poll::Ready(Err(err)) => {
@@ -156,7 +156,7 @@ impl<D> StreamConsumer<D> for ClientWriter {
             Poll::Ready(Ok(0)) => Poll::Ready(Ok(StreamResult::Dropped)),
             Poll::Ready(Ok(n)) => {
                 src.mark_read(n);
-                this.guard.touch();
+                this.guard.sent(n);
                 match io.as_mut().poll_flush(cx) {
                     Poll::Ready(Ok(())) => Poll::Ready(Ok(StreamResult::Completed)),
                     Poll::Ready(Err(err)) => Poll::Ready(Ok(this.fail(err))),

@@ -268,6 +268,19 @@ pub enum TrapCause {
 }
 
 impl TrapCause {
+    /// Every cause, in the order of [`crate::conns::AppCounters::traps`].
+    pub const ALL: [TrapCause; 4] = [
+        TrapCause::CpuBudget,
+        TrapCause::WallClock,
+        TrapCause::Memory,
+        TrapCause::Guest,
+    ];
+
+    /// This cause's index in [`TrapCause::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// A short name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

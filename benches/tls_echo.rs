@@ -1,0 +1,616 @@
+//! TLS termination: sockgate terminating TLS in front of the Rust `echo`
+//! guest, next to nginx (stream module) terminating TLS in front of the
+//! same echo app (sockgate's plain TCP port), measured in one run with the
+//! same load generator, certificate (ECDSA P-256) and client.
+//!
+//! - Handshakes/s: 32 clients each loop: connect, full handshake (no
+//!   resumption), one byte echoed through the app, close.
+//! - Bulk MB/s: 1 and 4 connections each send a payload while reading the
+//!   echo back; MB/s counts the payload in one direction.
+//!
+//! The client skips certificate verification (it is not under test, and
+//! it would make the load generator the bottleneck); the servers do all of
+//! their usual work. When `taskset` is available the servers (sockgate,
+//! nginx master and worker) are pinned to CPU 1 and the load generator to
+//! CPU 0, so each row compares one server core; server CPU comes from
+//! /proc and includes the echo app (sockgate) in the nginx rows. nginx runs
+//! one worker. Rows for nginx are skipped, saying why, if nginx or its
+//! stream module is missing (Debian: `nginx`, `libnginx-mod-stream`).
+//!
+//! Run: `cargo bench --bench tls_echo` (5 s per row) or
+//! `SOCKGATE_BENCH_QUICK=1 cargo bench --bench tls_echo` (1 s per row).
+//! Results are printed and written to `target/bench-results/tls_echo.{md,json}`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustls::client::Resumption;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const SERVER_NAME: &str = "echo.bench.test";
+const HANDSHAKE_CLIENTS: usize = 32;
+const CHUNK: usize = 64 * 1024;
+
+fn main() {
+    let quick = std::env::var_os("SOCKGATE_BENCH_QUICK").is_some();
+    let duration = Duration::from_secs(if quick { 1 } else { 5 });
+    let bulk_bytes: u64 = if quick { 32 << 20 } else { 256 << 20 };
+    let pinned = has_taskset();
+    if pinned {
+        pin(std::process::id(), "0");
+    }
+    let dir = root().join("target/bench-tls");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = make_certificate(&dir);
+    let echo = build_echo_guest();
+
+    let sockgate = Sockgate::start(&dir, &echo, &cert, &key, pinned);
+    let client = client_config();
+    let mut rows = Vec::new();
+    rows.push(Row::measure(
+        "sockgate",
+        sockgate.tls,
+        &[sockgate.pid()],
+        &client,
+        duration,
+        bulk_bytes,
+    ));
+    match Nginx::start(&dir, sockgate.tcp, &cert, &key, pinned) {
+        Ok(nginx) => {
+            let mut pids = nginx.pids();
+            pids.push(sockgate.pid());
+            rows.push(Row::measure(
+                "nginx (stream, 1 worker)",
+                nginx.addr,
+                &pids,
+                &client,
+                duration,
+                bulk_bytes,
+            ));
+        }
+        Err(why) => println!("\nnginx rows skipped: {why}\n"),
+    }
+    report(&rows, duration, bulk_bytes, pinned);
+}
+
+/// One server's figures.
+struct Row {
+    server: &'static str,
+    protocol: String,
+    handshakes_per_sec: f64,
+    cpu_us_per_handshake: f64,
+    bulk: Vec<(usize, f64, f64)>,
+}
+
+impl Row {
+    fn measure(
+        server: &'static str,
+        addr: SocketAddr,
+        pids: &[u32],
+        client: &Arc<ClientConfig>,
+        duration: Duration,
+        bulk_bytes: u64,
+    ) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let protocol = negotiated(addr, client).await;
+            let (handshakes_per_sec, cpu_us_per_handshake) =
+                handshakes(addr, client, pids, duration).await;
+            let mut bulk = Vec::new();
+            for connections in [1, 4] {
+                let (mb_per_sec, cpu_ms_per_gb) =
+                    bulk_echo(addr, client, pids, connections, bulk_bytes).await;
+                bulk.push((connections, mb_per_sec, cpu_ms_per_gb));
+            }
+            Row {
+                server,
+                protocol,
+                handshakes_per_sec,
+                cpu_us_per_handshake,
+                bulk,
+            }
+        })
+    }
+}
+
+async fn connect(
+    addr: SocketAddr,
+    client: &Arc<ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    TlsConnector::from(client.clone())
+        .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+        .await
+        .expect("TLS handshake failed")
+}
+
+/// The protocol version and cipher suite a connection negotiates.
+async fn negotiated(addr: SocketAddr, client: &Arc<ClientConfig>) -> String {
+    let stream = connect(addr, client).await;
+    let conn = stream.get_ref().1;
+    format!(
+        "{:?} {:?}",
+        conn.protocol_version().unwrap(),
+        conn.negotiated_cipher_suite().unwrap().suite()
+    )
+}
+
+/// Handshakes per second and server CPU microseconds per handshake.
+async fn handshakes(
+    addr: SocketAddr,
+    client: &Arc<ClientConfig>,
+    pids: &[u32],
+    duration: Duration,
+) -> (f64, f64) {
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..HANDSHAKE_CLIENTS)
+        .map(|_| {
+            let (count, stop, client) = (count.clone(), stop.clone(), client.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut stream = connect(addr, &client).await;
+                    stream.write_all(b"x").await.unwrap();
+                    let mut back = [0u8; 1];
+                    stream.read_exact(&mut back).await.unwrap();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await; // warm-up
+    let cpu_before = cpu(pids);
+    let count_before = count.load(Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    let done = count.load(Ordering::Relaxed) - count_before;
+    let elapsed = started.elapsed();
+    let cpu_used = cpu(pids) - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (
+        done as f64 / elapsed.as_secs_f64(),
+        cpu_used.as_secs_f64() * 1e6 / done as f64,
+    )
+}
+
+/// MB/s of payload (one direction) over `connections` connections each
+/// echoing `bytes`, and server CPU milliseconds per GB.
+async fn bulk_echo(
+    addr: SocketAddr,
+    client: &Arc<ClientConfig>,
+    pids: &[u32],
+    connections: usize,
+    bytes: u64,
+) -> (f64, f64) {
+    let mut streams = Vec::new();
+    for _ in 0..connections {
+        streams.push(connect(addr, client).await);
+    }
+    let cpu_before = cpu(pids);
+    let started = Instant::now();
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = tokio::io::split(stream);
+                let writer = tokio::spawn(async move {
+                    let chunk = vec![0x5au8; CHUNK];
+                    let mut left = bytes;
+                    while left > 0 {
+                        let n = left.min(CHUNK as u64) as usize;
+                        wr.write_all(&chunk[..n]).await.unwrap();
+                        left -= n as u64;
+                    }
+                    wr
+                });
+                let mut buf = vec![0u8; CHUNK];
+                let mut got = 0u64;
+                while got < bytes {
+                    let n = rd.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "echo ended early");
+                    got += n as u64;
+                }
+                drop(writer.await.unwrap());
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let cpu_used = cpu(pids) - cpu_before;
+    let total = bytes * connections as u64;
+    (
+        total as f64 / 1e6 / elapsed.as_secs_f64(),
+        cpu_used.as_secs_f64() * 1e3 / (total as f64 / 1e9),
+    )
+}
+
+fn report(rows: &[Row], duration: Duration, bulk_bytes: u64, pinned: bool) {
+    let mut md = format!(
+        "TLS termination in front of the echo guest; ECDSA P-256 certificate, full handshakes \
+         ({HANDSHAKE_CLIENTS} clients, {} s), bulk echo of {} MiB per connection; {}\n\n",
+        duration.as_secs(),
+        bulk_bytes >> 20,
+        if pinned {
+            "servers pinned to CPU 1, load generator to CPU 0"
+        } else {
+            "not pinned (taskset missing)"
+        }
+    );
+    md.push_str("| server | negotiated | handshakes/s | server CPU µs/handshake | bulk MB/s, 1 conn | bulk MB/s, 4 conns | server CPU ms/GB (1 conn) |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    let mut json = Vec::new();
+    for row in rows {
+        md.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+            row.server,
+            row.protocol,
+            row.handshakes_per_sec,
+            row.cpu_us_per_handshake,
+            row.bulk[0].1,
+            row.bulk[1].1,
+            row.bulk[0].2,
+        ));
+        json.push(format!(
+            "{{\"server\":{:?},\"negotiated\":{:?},\"handshakes_per_s\":{:.1},\
+             \"cpu_us_per_handshake\":{:.1},\"bulk_mb_per_s_1\":{:.1},\"bulk_mb_per_s_4\":{:.1},\
+             \"cpu_ms_per_gb_1\":{:.1}}}",
+            row.server,
+            row.protocol,
+            row.handshakes_per_sec,
+            row.cpu_us_per_handshake,
+            row.bulk[0].1,
+            row.bulk[1].1,
+            row.bulk[0].2,
+        ));
+    }
+    println!("\n{md}");
+    let dir = root().join("target/bench-results");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tls_echo.md"), &md).unwrap();
+    std::fs::write(
+        dir.join("tls_echo.json"),
+        format!("[{}]\n", json.join(",\n")),
+    )
+    .unwrap();
+}
+
+/// sockgate serving the echo guest over TLS and plain TCP.
+struct Sockgate {
+    child: Child,
+    tls: SocketAddr,
+    tcp: SocketAddr,
+}
+
+impl Sockgate {
+    fn start(dir: &Path, echo: &Path, cert: &Path, key: &Path, pinned: bool) -> Self {
+        let config = dir.join("sockgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\ncache_dir = {:?}\nstate_dir = {:?}\n\n\
+                 [tls]\nlisten = \"127.0.0.1:0\"\ndomain = \"bench.test\"\ncertificates = \"files\"\n\
+                 [[tls.certificate]]\ncert = {:?}\nkey = {:?}\n\n[http]\nenabled = false\n\n\
+                 [[app]]\nname = \"echo\"\ncomponent = {:?}\nlisten = \"127.0.0.1:0\"\n",
+                root().join("target/bench-cache").display().to_string(),
+                dir.join("state").display().to_string(),
+                cert.display().to_string(),
+                key.display().to_string(),
+                echo.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sockgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start sockgate");
+        if pinned {
+            pin(child.id(), "1");
+        }
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut tls, mut tcp) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let word = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            };
+            tls = tls.or(word("tls listening on "));
+            tcp = tcp.or(word("app echo listening on tcp "));
+            if line.starts_with("sockgate ready") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            tls: tls.expect("sockgate printed no TLS address"),
+            tcp: tcp.expect("sockgate printed no TCP address"),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Sockgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx terminating TLS (stream module) and proxying to `backend`.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start(
+        dir: &Path,
+        backend: SocketAddr,
+        cert: &Path,
+        key: &Path,
+        pinned: bool,
+    ) -> Result<Self, String> {
+        let version = Command::new("nginx").arg("-v").output();
+        if version.is_err() {
+            return Err(
+                "nginx is not installed (Debian: apt-get install nginx libnginx-mod-stream)".into(),
+            );
+        }
+        // Debian builds the stream module as a dynamic module.
+        let module = [
+            "/usr/lib/nginx/modules/ngx_stream_module.so",
+            "/usr/lib64/nginx/modules/ngx_stream_module.so",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+        let load = module
+            .map(|m| format!("load_module {m};\n"))
+            .unwrap_or_default();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let prefix = dir.join("nginx");
+        std::fs::create_dir_all(&prefix).unwrap();
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "{load}worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {log} warn;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 stream {{\n  server {{\n    listen {addr} ssl;\n    ssl_certificate {cert};\n\
+                 ssl_certificate_key {key};\n    ssl_protocols TLSv1.2 TLSv1.3;\n\
+                 proxy_pass {backend};\n  }}\n}}\n",
+                pid = prefix.join("nginx.pid").display(),
+                log = prefix.join("error.log").display(),
+                cert = cert.display(),
+                key = key.display(),
+            ),
+        )
+        .unwrap();
+        let test = Command::new("nginx")
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-t")
+            .output()
+            .map_err(|err| format!("cannot run nginx: {err}"))?;
+        if !test.status.success() {
+            return Err(format!(
+                "nginx rejects the stream configuration (is libnginx-mod-stream installed?): {}",
+                String::from_utf8_lossy(&test.stderr).trim()
+            ));
+        }
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|err| format!("cannot start nginx: {err}"))?;
+        let nginx = Self { child, addr };
+        // nginx prints nothing when ready: wait until it accepts.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                return Err("nginx did not start listening".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if pinned {
+            for pid in nginx.pids() {
+                pin(pid, "1");
+            }
+        }
+        Ok(nginx)
+    }
+
+    /// The master and its workers.
+    fn pids(&self) -> Vec<u32> {
+        let master = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        std::iter::once(master)
+            .chain(children.split_whitespace().filter_map(|p| p.parse().ok()))
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CA and a certificate for `SERVER_NAME` (ECDSA P-256), as PEM files.
+fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "sockgate bench CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, SERVER_NAME);
+    let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    // The chain both servers send: leaf and CA.
+    std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+/// The load generator's TLS client: no resumption, no verification.
+fn client_config() -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    Arc::new(config)
+}
+
+/// Accepts any certificate: the benchmark measures the servers.
+#[derive(Debug)]
+struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// User plus system CPU time of processes so far.
+fn cpu(pids: &[u32]) -> Duration {
+    pids.iter()
+        .map(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return Duration::ZERO;
+            };
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let ticks: u64 =
+                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+            // USER_HZ is 100 on Linux.
+            Duration::from_millis(ticks * 10)
+        })
+        .sum()
+}
+
+fn has_taskset() -> bool {
+    Command::new("taskset")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+}
+
+fn pin(pid: u32, cpus: &str) {
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status();
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn build_echo_guest() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root().join("guests"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "echo",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the echo guest failed");
+    root().join("guests/target/wasm32-wasip2/release/echo.wasm")
+}

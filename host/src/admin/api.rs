@@ -1,0 +1,277 @@
+//! The JSON API.
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `GET /v1/apps` | list apps |
+//! | `GET /v1/apps/{name}` | inspect one |
+//! | `PUT /v1/apps/{name}` | deploy: body = the component, header `sockgate-settings` = JSON settings |
+//! | `DELETE /v1/apps/{name}` | remove (connections drain) |
+//! | `POST /v1/apps/{name}/rollback` | back to the previous version |
+//! | `GET /v1/apps/{name}/logs[?follow=true]` | log lines as JSON lines, following if asked |
+//! | `GET /v1/apps/{name}/events` | events as JSON |
+//!
+//! Errors are `{"error": "..."}` with 400 (bad input), 401, 404, 409 (an
+//! app owned by the configuration file), 413 (too large).
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::{Body, error, json};
+use crate::config::AppConfig;
+use crate::gateway::{Gateway, MAX_COMPONENT_BYTES};
+use crate::limits::AppLimits;
+use crate::logs::{Event, LogLine, Stream};
+
+/// The settings a deploy carries (everything of an app but its name and
+/// component), as JSON in the `sockgate-settings` header.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySettings {
+    /// TCP address to serve on.
+    pub listen: SocketAddr,
+    /// Instances (default: one per core).
+    #[serde(default)]
+    pub instances: Option<usize>,
+    /// Outbound rules.
+    #[serde(default)]
+    pub outbound: Vec<String>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: AppLimits,
+}
+
+/// A log line as the API returns it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogLineJson {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// Instance index.
+    pub instance: u32,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line.
+    pub text: String,
+}
+
+/// An event as the API returns it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventJson {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// Instance index, when it concerns one.
+    pub instance: Option<u32>,
+    /// What happened.
+    pub text: String,
+}
+
+pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path
+        .trim_start_matches("/v1/")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let method = request.method().clone();
+    if let Some(name) = segments.get(1)
+        && segments.first() == Some(&"apps")
+        && let Err(err) = crate::config::check_app_name(name)
+    {
+        return error(StatusCode::BAD_REQUEST, &format!("{err:#}"));
+    }
+    match (method, segments.as_slice()) {
+        (Method::GET, ["apps"]) => json(StatusCode::OK, &gateway.apps().await),
+        (Method::GET, ["apps", name]) => match gateway.status(name).await {
+            Some(status) => json(StatusCode::OK, &status),
+            None => not_found(name),
+        },
+        (Method::PUT, ["apps", name]) => deploy(gateway, name, request).await,
+        (Method::DELETE, ["apps", name]) => match gateway.remove(name).await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
+            Err(err) => refusal(&err),
+        },
+        (Method::POST, ["apps", name, "rollback"]) => match gateway.rollback(name).await {
+            Ok(status) => json(StatusCode::OK, &status),
+            Err(err) => refusal(&err),
+        },
+        (Method::GET, ["apps", name, "logs"]) => {
+            let follow = request
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "follow=true" || p == "follow=1"));
+            logs(gateway, name, follow)
+        }
+        (Method::GET, ["apps", name, "events"]) => match gateway.app(name) {
+            Some(app) => {
+                let events: Vec<EventJson> = app.log().events().iter().map(event_json).collect();
+                json(StatusCode::OK, &events)
+            }
+            None => not_found(name),
+        },
+        _ => error(StatusCode::NOT_FOUND, &format!("no endpoint {path}")),
+    }
+}
+
+async fn deploy(gateway: &Gateway, name: &str, request: Request<Incoming>) -> Response<Body> {
+    let settings = match request
+        .headers()
+        .get("sockgate-settings")
+        .map(|v| v.to_str().map(str::to_owned))
+    {
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "missing `sockgate-settings` header (JSON: listen, instances, outbound, limits)",
+            );
+        }
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "sockgate-settings is not ASCII"),
+        Some(Ok(text)) => match serde_json::from_str::<DeploySettings>(&text) {
+            Ok(settings) => settings,
+            Err(err) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid sockgate-settings: {err}"),
+                );
+            }
+        },
+    };
+    // Bound the upload before reading it, so a huge body costs nothing.
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_COMPONENT_BYTES) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the component is larger than {} MiB",
+                MAX_COMPONENT_BYTES >> 20
+            ),
+        );
+    }
+    let body = match Limited::new(request.into_body(), MAX_COMPONENT_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "the component is larger than {} MiB",
+                    MAX_COMPONENT_BYTES >> 20
+                ),
+            );
+        }
+    };
+    let mut config = AppConfig::new(name, Default::default(), settings.listen);
+    config.instances = settings.instances;
+    config.outbound = settings.outbound;
+    config.limits = settings.limits;
+    if let Err(err) = config.limits.validate() {
+        return error(StatusCode::BAD_REQUEST, &format!("{err:#}"));
+    }
+    match gateway.deploy(config, body.to_vec()).await {
+        Ok(status) => json(StatusCode::OK, &status),
+        Err(err) => refusal(&err),
+    }
+}
+
+fn logs(gateway: &Gateway, name: &str, follow: bool) -> Response<Body> {
+    let Some(app) = gateway.app(name) else {
+        return not_found(name);
+    };
+    let log = app.log().clone();
+    // Subscribe before reading the backlog, so no line falls in between.
+    let live = follow.then(|| log.follow());
+    let mut backlog = String::new();
+    for line in log.lines() {
+        backlog.push_str(&line_json(&line));
+    }
+    let body: Body = match live {
+        None => super::full(backlog),
+        Some(receiver) => {
+            let backlog = futures::stream::once(async move { Bytes::from(backlog) });
+            let lines = tokio_stream_from(receiver).map(|line| Bytes::from(line_json(&line)));
+            let frames = backlog
+                .chain(lines)
+                .map(|bytes| Ok::<_, std::convert::Infallible>(Frame::data(bytes)));
+            BodyExt::boxed(StreamBody::new(frames))
+        }
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(body)
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// The lines of a broadcast receiver as a stream; lagging skips lines.
+fn tokio_stream_from(
+    receiver: tokio::sync::broadcast::Receiver<LogLine>,
+) -> impl futures::Stream<Item = LogLine> {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(line) => return Some((line, receiver)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+fn line_json(line: &LogLine) -> String {
+    let value = LogLineJson {
+        at_ms: millis(line.at),
+        instance: line.instance,
+        stream: match line.stream {
+            Stream::Stdout => "stdout".into(),
+            Stream::Stderr => "stderr".into(),
+        },
+        text: line.text.clone(),
+    };
+    let mut text = serde_json::to_string(&value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// An event in its JSON form.
+pub fn event_json(event: &Event) -> EventJson {
+    EventJson {
+        at_ms: millis(event.at),
+        instance: event.instance,
+        text: event.kind.to_string(),
+    }
+}
+
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn not_found(name: &str) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, &format!("no app `{name}`"))
+}
+
+/// Maps a refused operation to its status: configuration-owned apps are a
+/// conflict, unknown apps not found, anything else bad input.
+fn refusal(err: &anyhow::Error) -> Response<Body> {
+    let message = format!("{err:#}");
+    let status = if message.contains("defined in the configuration file") {
+        StatusCode::CONFLICT
+    } else if message.starts_with("no app") || message.starts_with("no deployed app") {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    error(status, &message)
+}

@@ -1,0 +1,111 @@
+//! The dashboard: one server-rendered HTML page (no script), readable in
+//! any browser and in a terminal browser alike.
+
+use std::fmt::Write;
+
+use hyper::{Response, StatusCode};
+
+use super::{Body, respond};
+use crate::gateway::Gateway;
+
+/// Events and log lines shown per app.
+const RECENT: usize = 8;
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}\
+table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;\
+text-align:left}th{background:#f3f3f3}h2{margin-top:2rem}pre{background:#f7f7f7;padding:.5rem;\
+overflow-x:auto;max-height:14rem}.muted{color:#777}";
+
+/// The page for a visitor without the token: a form that logs in.
+pub fn login_page() -> Response<Body> {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sockgate: log in</title>\
+         <style>{STYLE}</style></head><body><h1>sockgate</h1><p>Paste the admin token (the \
+         <code>admin-token</code> file in the gateway's state directory).</p>\
+         <form method=\"get\" action=\"/login\"><input name=\"token\" type=\"password\" size=\"70\">\
+         <button type=\"submit\">Log in</button></form></body></html>"
+    );
+    respond(StatusCode::UNAUTHORIZED, "text/html; charset=utf-8", html)
+}
+
+/// The dashboard.
+pub async fn page(gateway: &Gateway) -> Response<Body> {
+    let apps = gateway.apps().await;
+    let (hits, misses) = gateway.cache_stats();
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sockgate</title>\
+         <style>{STYLE}</style></head><body><h1>sockgate</h1>\
+         <p>{} app(s), {} connection(s) open; compile cache: {hits} hit(s), {misses} miss(es). \
+         <span class=\"muted\">TLS certificates: see the TLS section of the configuration.</span></p>\
+         <table><tr><th>app</th><th>version</th><th>source</th><th>address</th><th>instances</th>\
+         <th>open</th><th>accepted</th><th>refused</th><th>component</th></tr>",
+        apps.len(),
+        gateway.tracker().active(),
+    );
+    for app in &apps {
+        let _ = write!(
+            html,
+            "<tr><td><a href=\"#{name}\">{name}</a></td><td>{version}</td><td>{source:?}</td>\
+             <td>tcp://{tcp}</td><td>{instances}</td><td>{open}</td><td>{accepted}</td>\
+             <td>{refused}</td><td><code>{digest}</code> ({kib} KiB)</td></tr>",
+            name = escape(&app.name),
+            version = app.version,
+            source = app.source,
+            tcp = app.tcp,
+            instances = app.instances,
+            open = app.active_connections,
+            accepted = app.accepted,
+            refused = app.refused,
+            digest = escape(app.digest.get(..12).unwrap_or(&app.digest)),
+            kib = app.load.size.div_ceil(1024),
+        );
+    }
+    html.push_str("</table>");
+    for app in &apps {
+        let Some(running) = gateway.app(&app.name) else {
+            continue;
+        };
+        let log = running.log();
+        let _ = write!(
+            html,
+            "<h2 id=\"{name}\">{name}</h2><h3>Recent events</h3><pre>",
+            name = escape(&app.name)
+        );
+        let events = log.events();
+        for event in events.iter().rev().take(RECENT) {
+            let _ = writeln!(html, "{}", escape(&event.kind.to_string()));
+        }
+        if events.is_empty() {
+            html.push_str("(none)");
+        }
+        html.push_str("</pre><h3>Recent log</h3><pre>");
+        let lines = log.lines();
+        for line in lines.iter().skip(lines.len().saturating_sub(RECENT)) {
+            let _ = writeln!(html, "[{}] {}", line.instance, escape(&line.text));
+        }
+        if lines.is_empty() {
+            html.push_str("(empty)");
+        }
+        html.push_str("</pre>");
+    }
+    html.push_str("</body></html>");
+    respond(StatusCode::OK, "text/html; charset=utf-8", html)
+}
+
+/// Escapes text for HTML.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -1,0 +1,140 @@
+//! Prometheus metrics, in the text exposition format.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use hyper::{Response, StatusCode};
+
+use super::{Body, respond};
+use crate::gateway::Gateway;
+use crate::runtime::supervisor::TrapCause;
+
+/// Renders every metric.
+pub async fn render(gateway: &Gateway) -> Response<Body> {
+    let apps = gateway.apps().await;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        name.to_owned()
+    };
+    let mut lines: Vec<String> = Vec::new();
+
+    let _ = family(
+        "sockgate_connections_active",
+        "gauge",
+        "Connections open now.",
+    );
+    let mut body = std::mem::take(&mut out);
+    for app in &apps {
+        let _ = writeln!(
+            body,
+            "sockgate_connections_active{{app=\"{}\"}} {}",
+            app.name, app.active_connections
+        );
+    }
+    lines.push(body);
+
+    let mut section = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
+        let mut text = format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for (labels, value) in rows {
+            let _ = writeln!(text, "{name}{{{labels}}} {value}");
+        }
+        lines.push(text);
+    };
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    let mut closed = Vec::new();
+    let mut bytes = Vec::new();
+    let mut traps = Vec::new();
+    let mut instances = Vec::new();
+    for app in &apps {
+        let Some(running) = gateway.app(&app.name) else {
+            continue;
+        };
+        let c = &running.account().counters;
+        let label = format!("app=\"{}\"", app.name);
+        accepted.push((label.clone(), c.accepted.load(Ordering::Relaxed)));
+        for (limit, counter) in [
+            ("gateway.max_connections", &c.refused_gateway_full),
+            ("max_connections", &c.refused_app_full),
+            ("max_connections_per_ip", &c.refused_per_ip),
+            ("max_connections_per_instance", &c.refused_instances_full),
+        ] {
+            refused.push((
+                format!("{label},limit=\"{limit}\""),
+                counter.load(Ordering::Relaxed),
+            ));
+        }
+        for (limit, counter) in [
+            ("idle_timeout_secs", &c.closed_idle),
+            ("max_connection_secs", &c.closed_lifetime),
+        ] {
+            closed.push((
+                format!("{label},limit=\"{limit}\""),
+                counter.load(Ordering::Relaxed),
+            ));
+        }
+        bytes.push((
+            format!("{label},direction=\"in\""),
+            c.bytes_in.load(Ordering::Relaxed),
+        ));
+        bytes.push((
+            format!("{label},direction=\"out\""),
+            c.bytes_out.load(Ordering::Relaxed),
+        ));
+        for cause in TrapCause::ALL {
+            traps.push((
+                format!("{label},cause=\"{}\"", cause.as_str()),
+                c.traps[cause.index()].load(Ordering::Relaxed),
+            ));
+        }
+        instances.push((label, app.instances as u64));
+    }
+    section(
+        "sockgate_connections_total",
+        "counter",
+        "Connections handed to the app's current version.",
+        accepted,
+    );
+    section(
+        "sockgate_connections_refused_total",
+        "counter",
+        "Connections refused, by the limit that refused them.",
+        refused,
+    );
+    section(
+        "sockgate_connections_closed_by_limit_total",
+        "counter",
+        "Connections closed by a time limit.",
+        closed,
+    );
+    section(
+        "sockgate_bytes_total",
+        "counter",
+        "Bytes between clients and the app.",
+        bytes,
+    );
+    section(
+        "sockgate_traps_total",
+        "counter",
+        "Instance traps, by cause.",
+        traps,
+    );
+    section(
+        "sockgate_instances",
+        "gauge",
+        "Instances serving the app.",
+        instances,
+    );
+    let (hits, misses) = gateway.cache_stats();
+    section(
+        "sockgate_compile_cache_total",
+        "counter",
+        "Component loads, by compile cache result.",
+        vec![
+            ("result=\"hit\"".into(), hits),
+            ("result=\"miss\"".into(), misses),
+        ],
+    );
+    respond(StatusCode::OK, "text/plain; version=0.0.4", lines.concat())
+}

@@ -1,0 +1,230 @@
+//! When to order a certificate: renewal well before expiry, and exponential
+//! back-off after failed orders. A plain state machine without I/O, driven
+//! by the ACME task in [`super::acme`] and by the tests below.
+
+use std::time::{Duration, SystemTime};
+
+/// The validity period of a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Not valid before this time.
+    pub not_before: SystemTime,
+    /// Not valid after this time.
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// Whether the certificate is valid at `now`.
+    pub fn contains(&self, now: SystemTime) -> bool {
+        self.not_before <= now && now <= self.not_after
+    }
+}
+
+/// How early to renew and how to back off after failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalPolicy {
+    /// Renew this long before expiry; `None`: once a third of the
+    /// certificate's lifetime remains (30 days for Let's Encrypt's 90).
+    pub renew_before: Option<Duration>,
+    /// Delay before the first retry after a failed order.
+    pub backoff_initial: Duration,
+    /// Longest delay between retries. Bounds how long a name stays without
+    /// a fresh certificate once the CA (or DNS) is fixed; large enough not
+    /// to hammer the CA (Let's Encrypt limits failed validations per hour).
+    pub backoff_max: Duration,
+}
+
+impl Default for RenewalPolicy {
+    fn default() -> Self {
+        Self {
+            renew_before: None,
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// What the ACME task should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Order a certificate now.
+    Order,
+    /// Nothing to do for this long.
+    Wait(Duration),
+}
+
+/// The renewal state of one name.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    policy: RenewalPolicy,
+    /// Consecutive failed orders.
+    failures: u32,
+    /// No order before this time (set after a failure).
+    retry_at: Option<SystemTime>,
+}
+
+impl Renewal {
+    /// A name with no failed orders yet.
+    pub fn new(policy: RenewalPolicy) -> Self {
+        Self {
+            policy,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    /// When a certificate with validity `v` is due for renewal.
+    pub fn renew_at(&self, v: &Validity) -> SystemTime {
+        let lifetime = v.not_after.duration_since(v.not_before).unwrap_or_default();
+        // A window longer than the lifetime: due from the start.
+        let before = self
+            .policy
+            .renew_before
+            .unwrap_or(lifetime / 3)
+            .min(lifetime);
+        v.not_after.checked_sub(before).unwrap_or(v.not_before)
+    }
+
+    /// The next step at `now`, given the certificate currently served.
+    pub fn next(&self, now: SystemTime, current: Option<&Validity>) -> Step {
+        if let Some(retry_at) = self.retry_at
+            && let Ok(left) = retry_at.duration_since(now)
+            && !left.is_zero()
+        {
+            return Step::Wait(left);
+        }
+        match current {
+            None => Step::Order,
+            Some(v) => match self.renew_at(v).duration_since(now) {
+                Ok(left) if !left.is_zero() => Step::Wait(left),
+                _ => Step::Order,
+            },
+        }
+    }
+
+    /// Records a failed order at `now`; returns the delay before the next
+    /// attempt (doubling from `backoff_initial` up to `backoff_max`).
+    pub fn failed(&mut self, now: SystemTime) -> Duration {
+        let factor = 1u32.checked_shl(self.failures.min(30)).unwrap_or(u32::MAX);
+        let delay = self
+            .policy
+            .backoff_initial
+            .saturating_mul(factor)
+            .min(self.policy.backoff_max);
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(now + delay);
+        delay
+    }
+
+    /// Records a successful order: back-off starts over.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    /// Consecutive failed orders so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn at(days: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + DAY * 1000 + DAY * days as u32
+    }
+
+    fn validity(from: u64, to: u64) -> Validity {
+        Validity {
+            not_before: at(from),
+            not_after: at(to),
+        }
+    }
+
+    #[test]
+    fn orders_at_once_without_a_certificate() {
+        let renewal = Renewal::new(RenewalPolicy::default());
+        assert_eq!(renewal.next(at(0), None), Step::Order);
+    }
+
+    #[test]
+    fn renews_when_a_third_of_the_lifetime_remains() {
+        let renewal = Renewal::new(RenewalPolicy::default());
+        let cert = validity(0, 90);
+        assert_eq!(renewal.renew_at(&cert), at(60));
+        assert_eq!(renewal.next(at(10), Some(&cert)), Step::Wait(DAY * 50));
+        assert_eq!(renewal.next(at(60), Some(&cert)), Step::Order);
+        assert_eq!(renewal.next(at(95), Some(&cert)), Step::Order);
+    }
+
+    #[test]
+    fn an_explicit_renewal_window_wins() {
+        let renewal = Renewal::new(RenewalPolicy {
+            renew_before: Some(DAY * 10),
+            ..RenewalPolicy::default()
+        });
+        let cert = validity(0, 90);
+        assert_eq!(renewal.renew_at(&cert), at(80));
+        // A window longer than the lifetime: due at once.
+        let eager = Renewal::new(RenewalPolicy {
+            renew_before: Some(DAY * 100_000),
+            ..RenewalPolicy::default()
+        });
+        assert_eq!(eager.renew_at(&cert), at(0));
+        assert_eq!(eager.next(at(1), Some(&cert)), Step::Order);
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_the_cap_and_reset_on_success() {
+        let policy = RenewalPolicy {
+            renew_before: None,
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(600),
+        };
+        let mut renewal = Renewal::new(policy);
+        let now = at(0);
+        let delays: Vec<u64> = (0..6).map(|_| renewal.failed(now).as_secs()).collect();
+        assert_eq!(delays, [60, 120, 240, 480, 600, 600]);
+        assert_eq!(renewal.failures(), 6);
+        // While backing off, even a missing certificate waits.
+        assert_eq!(
+            renewal.next(now, None),
+            Step::Wait(Duration::from_secs(600))
+        );
+        assert_eq!(
+            renewal.next(now + Duration::from_secs(600), None),
+            Step::Order
+        );
+        renewal.succeeded();
+        assert_eq!(renewal.failures(), 0);
+        assert_eq!(renewal.next(now, None), Step::Order);
+        assert_eq!(renewal.failed(now).as_secs(), 60);
+    }
+
+    #[test]
+    fn backing_off_keeps_the_current_certificate_in_service() {
+        // A renewal that fails waits for the back-off, not for the
+        // renewal date (which has passed), and orders again after it.
+        let mut renewal = Renewal::new(RenewalPolicy::default());
+        let cert = validity(0, 90);
+        let now = at(70);
+        assert_eq!(renewal.next(now, Some(&cert)), Step::Order);
+        let delay = renewal.failed(now);
+        assert_eq!(renewal.next(now, Some(&cert)), Step::Wait(delay));
+        assert_eq!(renewal.next(now + delay, Some(&cert)), Step::Order);
+        assert!(cert.contains(now));
+    }
+
+    #[test]
+    fn huge_failure_counts_do_not_overflow() {
+        let mut renewal = Renewal::new(RenewalPolicy::default());
+        for _ in 0..100 {
+            renewal.failed(at(0));
+        }
+        assert_eq!(renewal.failed(at(0)), RenewalPolicy::default().backoff_max);
+    }
+}

@@ -1,0 +1,342 @@
+//! The plain-HTTP port (80): answers ACME HTTP-01 challenges and sends
+//! every other request to `https://` (308 Permanent Redirect, as Caddy
+//! does), for names that select an app. One request per connection, read
+//! with a deadline and a size cap; nothing else is served here.
+//!
+//! ```toml
+//! [http]
+//! listen = "0.0.0.0:80"   # default
+//! enabled = true          # default when [tls] is configured
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::certs::{Certificates, normalize_name};
+use crate::route::Router;
+
+/// The longest request head accepted; real requests to this port are a few
+/// hundred bytes. Bounds memory per connection.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// A client must send its request head within this time (slowloris).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; beyond it new ones are closed at once.
+/// Bounds what a flood of idle connections can hold.
+const MAX_CONNECTIONS: usize = 4096;
+/// Headers parsed per request.
+const MAX_HEADERS: usize = 64;
+/// The path prefix of HTTP-01 challenges (RFC 8555, section 8.3).
+const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// `[http]`: the plain-HTTP port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Whether to listen at all (default: yes, when `[tls]` is configured).
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// The address to listen on (default `0.0.0.0:80`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 80))
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_listen(),
+        }
+    }
+}
+
+/// What the plain-HTTP listener needs.
+pub struct HttpContext {
+    router: Arc<Router>,
+    certs: Arc<Certificates>,
+    /// The TLS port redirects point to (omitted from URLs when 443).
+    https_port: u16,
+    connections: Arc<Semaphore>,
+}
+
+impl HttpContext {
+    /// The context for a listener redirecting to TLS port `https_port`.
+    pub fn new(router: Arc<Router>, certs: Arc<Certificates>, https_port: u16) -> Arc<Self> {
+        Arc::new(Self {
+            router,
+            certs,
+            https_port,
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        })
+    }
+}
+
+/// Serves the plain-HTTP port forever.
+pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = handle(&ctx, stream).await {
+                        tracing::debug!("http: {peer}: {err}");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(err) if matches!(err.raw_os_error(), Some(23) | Some(24)) => {
+                tracing::warn!("http: cannot accept: {err}; pausing accepts");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => tracing::debug!("http: accept failed: {err}"),
+        }
+    }
+}
+
+/// A response: status, extra headers, body.
+#[derive(Debug, PartialEq, Eq)]
+struct Response {
+    status: u16,
+    location: Option<String>,
+    body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            location: None,
+            body: body.into(),
+        }
+    }
+
+    fn to_bytes(&self, head_only: bool) -> Vec<u8> {
+        let reason = match self.status {
+            200 => "OK",
+            308 => "Permanent Redirect",
+            400 => "Bad Request",
+            404 => "Not Found",
+            431 => "Request Header Fields Too Large",
+            _ => "",
+        };
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            self.body.len()
+        );
+        if let Some(location) = &self.location {
+            out.push_str(&format!("Location: {location}\r\n"));
+        }
+        out.push_str("\r\n");
+        if !head_only {
+            out.push_str(&self.body);
+        }
+        out.into_bytes()
+    }
+}
+
+async fn handle(ctx: &HttpContext, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; MAX_REQUEST_HEAD];
+    let mut filled = 0;
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        loop {
+            if filled == buf.len() {
+                return Ok::<_, std::io::Error>(Some(Response::text(
+                    431,
+                    "request head too large\n",
+                )));
+            }
+            let n = stream.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            filled += n;
+            if let Some(response) = respond(ctx, &buf[..filled]) {
+                return Ok(Some(response));
+            }
+        }
+    })
+    .await;
+    let (response, head_only) = match read {
+        Ok(Ok(Some(response))) => {
+            let head_only = buf[..filled].starts_with(b"HEAD ");
+            (response, head_only)
+        }
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(err)) => return Err(err),
+        Err(_) => return Err(std::io::Error::other("no request within the deadline")),
+    };
+    stream.write_all(&response.to_bytes(head_only)).await?;
+    stream.shutdown().await
+}
+
+/// The response to a request head, or `None` if it is incomplete.
+fn respond(ctx: &HttpContext, head: &[u8]) -> Option<Response> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Partial) => return None,
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(_) => return Some(Response::text(400, "bad request\n")),
+    }
+    let path = request.path.unwrap_or("/");
+    let host = request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::to_owned);
+    Some(route(
+        path,
+        host.as_deref(),
+        |token| ctx.certs.http01_key_authorization(token),
+        |host| ctx.router.app_for_server_name(host).is_some(),
+        ctx.https_port,
+    ))
+}
+
+/// Decides the response to a request for `path` at `host`.
+fn route(
+    path: &str,
+    host: Option<&str>,
+    key_authorization: impl Fn(&str) -> Option<String>,
+    serves: impl Fn(&str) -> bool,
+    https_port: u16,
+) -> Response {
+    if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
+        return match key_authorization(token) {
+            Some(answer) => {
+                tracing::info!(
+                    "http: answered an http-01 challenge for {}",
+                    host.unwrap_or("(no Host)")
+                );
+                Response::text(200, answer)
+            }
+            None => Response::text(404, "no such ACME challenge\n"),
+        };
+    }
+    // Absolute-form targets (`http://host/path`) carry the path after the
+    // authority.
+    let path = match path.strip_prefix("http://") {
+        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => path,
+    };
+    if !path.starts_with('/') {
+        return Response::text(400, "bad request target\n");
+    }
+    let Some(host) = host.and_then(host_name) else {
+        return Response::text(400, "missing or invalid Host header\n");
+    };
+    if !serves(&host) {
+        return Response::text(404, format!("no app is served at {host}\n"));
+    }
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let location = format!("https://{host}{port}{path}");
+    Response {
+        status: 308,
+        body: format!("moved to {location}\n"),
+        location: Some(location),
+    }
+}
+
+/// The DNS name of a Host header value (its port dropped), if it is one.
+fn host_name(value: &str) -> Option<String> {
+    let name = match value.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => value,
+    };
+    let name = normalize_name(name);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    valid.then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(path: &str, host: Option<&str>, port: u16) -> Response {
+        route(
+            path,
+            host,
+            |token| (token == "tok").then(|| "tok.thumbprint".to_owned()),
+            |host| host == "echo.example.org",
+            port,
+        )
+    }
+
+    #[test]
+    fn challenges_are_answered_for_known_tokens_only() {
+        let ok = answer("/.well-known/acme-challenge/tok", Some("whatever"), 443);
+        assert_eq!(ok, Response::text(200, "tok.thumbprint"));
+        let unknown = answer(
+            "/.well-known/acme-challenge/other",
+            Some("echo.example.org"),
+            443,
+        );
+        assert_eq!(unknown.status, 404);
+    }
+
+    #[test]
+    fn requests_for_apps_are_redirected_to_https() {
+        let r = answer("/a/b?c=d", Some("Echo.Example.org:80"), 443);
+        assert_eq!(r.status, 308);
+        assert_eq!(
+            r.location.as_deref(),
+            Some("https://echo.example.org/a/b?c=d")
+        );
+        let r = answer("/", Some("echo.example.org"), 8443);
+        assert_eq!(
+            r.location.as_deref(),
+            Some("https://echo.example.org:8443/")
+        );
+        let r = answer("http://echo.example.org/x", Some("echo.example.org"), 443);
+        assert_eq!(r.location.as_deref(), Some("https://echo.example.org/x"));
+    }
+
+    #[test]
+    fn other_hosts_and_bad_requests_are_refused() {
+        assert_eq!(answer("/", Some("other.example.org"), 443).status, 404);
+        assert_eq!(answer("/", None, 443).status, 400);
+        assert_eq!(answer("/", Some("evil.org/\r\nX: y"), 443).status, 400);
+        assert_eq!(answer("*", Some("echo.example.org"), 443).status, 400);
+    }
+
+    #[test]
+    fn responses_are_complete_http() {
+        let r = answer("/", Some("echo.example.org"), 443);
+        let text = String::from_utf8(r.to_bytes(false)).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 308 Permanent Redirect\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nLocation: https://echo.example.org/\r\n"));
+        assert!(text.contains("\r\nConnection: close\r\n"));
+        let head = String::from_utf8(r.to_bytes(true)).unwrap();
+        assert!(head.ends_with("\r\n\r\n"));
+    }
+}

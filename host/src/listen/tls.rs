@@ -1,0 +1,637 @@
+//! The TLS listener: terminates TLS (1.2 and 1.3, rustls) on one address
+//! for every app, and routes each connection by its server name (SNI):
+//! `<app>.<domain>` for every base domain, plus each app's custom domains.
+//!
+//! The ClientHello is read before any certificate is chosen, so a client
+//! asking for a name that selects no app (or for no name) gets an
+//! `unrecognized_name` alert and never sees a certificate. Each handshake
+//! has a deadline, and the number of handshakes in progress is capped.
+//! Apps may declare the ALPN protocols they speak; the negotiated one and
+//! the server name reach the guest in its connection info.
+//!
+//! ```toml
+//! [tls]
+//! listen = "0.0.0.0:443"              # default
+//! domain = "example.org"              # or domains = ["example.org", ...]
+//! certificates = "acme"               # "acme" (default), "dev-ca" or "files"
+//!
+//! [tls.acme]                          # see certs::acme::AcmeSettings
+//! directory = "letsencrypt-staging"
+//!
+//! [[tls.certificate]]                 # static files, see certs::files
+//! cert = "wildcard.pem"
+//! key = "wildcard.key"
+//!
+//! [[app]]
+//! name = "chat"                       # served at chat.example.org
+//! domains = ["chat.acme.com"]         # and at these names
+//! alpn = ["x-chat", "http/1.1"]       # protocols it speaks, preferred first
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rustls::ServerConfig;
+use rustls::server::{Acceptor, ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
+use serde::{Deserialize, Deserializer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::app::App;
+use crate::certs::acme::{AcmeSettings, Challenge, PreparedAcme};
+use crate::certs::dev_ca::DevCa;
+use crate::certs::files::{CertFileSettings, StaticCerts};
+use crate::certs::store::StateDir;
+use crate::certs::{CertSource, Certificates, check_dns_name, crypto_provider, normalize_name};
+use crate::config::{AppConfig, Config};
+use crate::conn::{ConnInfo, Connection, Transport, next_conn_id};
+use crate::listen::http;
+use crate::listen::tcp::SharedTcp;
+use crate::route::Router;
+
+/// Handshakes in progress at once, over all clients. Bounds the memory and
+/// CPU that clients which connect and then stall (or flood) can tie up;
+/// beyond it new connections are closed at once.
+const MAX_PENDING_HANDSHAKES: usize = 4096;
+/// TLS sessions remembered for resumption by session id (TLS 1.2).
+const SESSION_CACHE_SIZE: usize = 4096;
+/// Pause after the process ran out of file descriptors.
+const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+/// TLS alert descriptions (RFC 8446, section 6).
+const ALERT_INTERNAL_ERROR: u8 = 80;
+const ALERT_UNRECOGNIZED_NAME: u8 = 112;
+/// The ALPN protocol of TLS-ALPN-01 challenges, which apps cannot declare.
+const ACME_TLS_ALPN: &str = "acme-tls/1";
+
+/// `[tls]`: the TLS listener, the base domains and the certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The address to accept TLS connections on (default `0.0.0.0:443`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Base domains: app `chat` is served at `chat.<domain>` for each.
+    /// `domain = "example.org"` is the same as `domains = ["example.org"]`.
+    #[serde(default, alias = "domain", deserialize_with = "one_or_many")]
+    pub domains: Vec<String>,
+    /// Where certificates come from for names no static file covers.
+    #[serde(default)]
+    pub certificates: CertSource,
+    /// A client must complete its handshake within this time (ms).
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// ACME settings, for `certificates = "acme"`.
+    #[serde(default)]
+    pub acme: AcmeSettings,
+    /// Static certificate files (`[[tls.certificate]]`).
+    #[serde(default, rename = "certificate")]
+    pub files: Vec<CertFileSettings>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 443))
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
+impl TlsSettings {
+    /// Resolves relative file names against the configuration file's
+    /// directory.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for file in &mut self.files {
+            file.cert = base.join(&file.cert);
+            file.key = base.join(&file.key);
+        }
+        if let Some(ca) = &mut self.acme.directory_ca {
+            *ca = base.join(&*ca);
+        }
+    }
+}
+
+/// Checks the TLS-related parts of a configuration: `[tls]`, `[http]` and
+/// the apps' `domains` and `alpn`.
+pub fn validate(config: &Config) -> Result<()> {
+    let Some(tls) = &config.tls else {
+        if config.http.is_some() {
+            bail!(
+                "[http] needs a [tls] section: the plain-HTTP port redirects to https and \
+                 answers ACME challenges"
+            );
+        }
+        if let Some(app) = config
+            .apps
+            .iter()
+            .find(|a| !a.domains.is_empty() || !a.alpn.is_empty())
+        {
+            bail!(
+                "app `{}`: `domains` and `alpn` apply to TLS: add a [tls] section",
+                app.name
+            );
+        }
+        return Ok(());
+    };
+    let mut base = HashSet::new();
+    for domain in &tls.domains {
+        check_dns_name(domain).context("tls.domains")?;
+        if !base.insert(normalize_name(domain)) {
+            bail!("tls.domains: `{domain}` is listed twice");
+        }
+    }
+    if !(100..=600_000).contains(&tls.handshake_timeout_ms) {
+        bail!("tls.handshake_timeout_ms must be between 100 and 600000");
+    }
+    let http = config.http.clone().unwrap_or_default();
+    if tls.certificates == CertSource::Acme {
+        tls.acme.validate()?;
+        if tls.acme.challenge == Challenge::Http01 && !http.enabled {
+            bail!("tls.acme.challenge = \"http-01\" needs the plain-HTTP port: enable [http]");
+        }
+    }
+    let mut custom: HashMap<String, &str> = HashMap::new();
+    for app in &config.apps {
+        for domain in &app.domains {
+            check_dns_name(domain).with_context(|| format!("app `{}`: domains", app.name))?;
+            let domain = normalize_name(domain);
+            if let Some(other) = custom.insert(domain.clone(), &app.name) {
+                bail!(
+                    "app `{}`: domain `{domain}` is already app `{other}`'s",
+                    app.name
+                );
+            }
+            if let Some((label, parent)) = domain.split_once('.')
+                && base.contains(parent)
+                && label != app.name
+                && config.apps.iter().any(|a| a.name == label)
+            {
+                bail!(
+                    "app `{}`: domain `{domain}` already names app `{label}`",
+                    app.name
+                );
+            }
+        }
+        let mut seen = HashSet::new();
+        for protocol in &app.alpn {
+            if protocol.is_empty() || protocol.len() > 255 {
+                bail!(
+                    "app `{}`: ALPN protocol names are 1 to 255 bytes, got {protocol:?}",
+                    app.name
+                );
+            }
+            if protocol == ACME_TLS_ALPN {
+                bail!(
+                    "app `{}`: `{ACME_TLS_ALPN}` is reserved for ACME challenges",
+                    app.name
+                );
+            }
+            if !seen.insert(protocol) {
+                bail!(
+                    "app `{}`: ALPN protocol `{protocol}` is listed twice",
+                    app.name
+                );
+            }
+        }
+    }
+    if tls.domains.is_empty() && custom.is_empty() {
+        bail!(
+            "[tls] serves no name: set tls.domain (apps are served at <app>.<domain>) or \
+             give apps `domains`"
+        );
+    }
+    Ok(())
+}
+
+/// The TLS side of the gateway, bound and with its certificates loaded but
+/// not serving yet: made before the apps start, so that a bad certificate
+/// file or a busy port refuses the whole start.
+pub struct PreparedTls {
+    settings: TlsSettings,
+    tls: TcpListener,
+    http: Option<TcpListener>,
+    files: Arc<StaticCerts>,
+    dev_ca: Option<Arc<DevCa>>,
+    acme: Option<PreparedAcme>,
+}
+
+/// Prepares TLS if the configuration has a `[tls]` section.
+pub async fn prepare(config: &Config) -> Result<Option<PreparedTls>> {
+    let Some(settings) = &config.tls else {
+        return Ok(None);
+    };
+    let state = StateDir::new(config.state_dir());
+    let files = Arc::new(StaticCerts::load(&settings.files).context("tls.certificate")?);
+    let (dev_ca, acme) = match settings.certificates {
+        CertSource::DevCa => (
+            Some(Arc::new(
+                DevCa::load_or_create(&state).context("tls: development CA")?,
+            )),
+            None,
+        ),
+        CertSource::Acme => (
+            None,
+            Some(PreparedAcme::new(&settings.acme, &state).context("tls.acme")?),
+        ),
+        CertSource::Files => (None, None),
+    };
+    let tls = super::tcp::bind(settings.listen)
+        .await
+        .context("tls.listen")?;
+    let http_settings = config.http.clone().unwrap_or_default();
+    let http = if http_settings.enabled {
+        Some(
+            super::tcp::bind(http_settings.listen)
+                .await
+                .context("http.listen")?,
+        )
+    } else {
+        None
+    };
+    Ok(Some(PreparedTls {
+        settings: settings.clone(),
+        tls,
+        http,
+        files,
+        dev_ca,
+        acme,
+    }))
+}
+
+impl PreparedTls {
+    /// The ports of the TLS and plain-HTTP listeners.
+    pub fn ports(&self) -> Vec<u16> {
+        [Some(&self.tls), self.http.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.port())
+            .collect()
+    }
+
+    /// Starts serving TLS (and plain HTTP) for the apps in `router`,
+    /// configured as `apps` say. Must be called within a tokio runtime.
+    pub fn start(self, router: &Arc<Router>, apps: &[AppConfig]) -> Result<Arc<Https>> {
+        router.set_domains(&self.settings.domains);
+        let acme = self.acme.map(|acme| acme.start(router.clone()));
+        let certs = Certificates::new(
+            router.clone(),
+            self.settings.certificates,
+            self.files.clone(),
+            acme,
+            self.dev_ca,
+        );
+        let ticketer =
+            rustls::crypto::ring::Ticketer::new().context("cannot set up TLS session tickets")?;
+        let sessions: Arc<dyn StoresServerSessions> =
+            ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+        let base = Configs {
+            certs: certs.clone(),
+            ticketer,
+            sessions,
+        };
+        let ctx = Arc::new(TlsContext {
+            router: router.clone(),
+            default_config: base.build(Vec::new())?,
+            challenge_config: base.build(vec![ACME_TLS_ALPN.as_bytes().to_vec()])?,
+            app_configs: RwLock::new(HashMap::new()),
+            base,
+            certs: certs.clone(),
+            handshake_timeout: Duration::from_millis(self.settings.handshake_timeout_ms),
+            pending: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+        });
+        let tls_addr = self.tls.local_addr()?;
+        let http_addr = match &self.http {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let https = Arc::new(Https {
+            ctx: ctx.clone(),
+            tls_addr,
+            http_addr,
+            domains: router.domains(),
+            served: RwLock::new(BTreeMap::new()),
+        });
+        for app in apps {
+            https.add_app(app)?;
+        }
+        tokio::spawn(serve(self.tls, ctx));
+        if let Some(listener) = self.http {
+            tokio::spawn(http::serve(
+                listener,
+                http::HttpContext::new(router.clone(), certs, tls_addr.port()),
+            ));
+        }
+        if !self.settings.files.is_empty() {
+            tokio::spawn(self.files.watch());
+        }
+        Ok(https)
+    }
+}
+
+/// Builds the server configurations, which differ only in ALPN and share
+/// the certificate resolver, session cache and ticket keys (so sessions
+/// resume across apps' configurations).
+struct Configs {
+    certs: Arc<Certificates>,
+    ticketer: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions>,
+}
+
+impl Configs {
+    fn build(&self, alpn: Vec<Vec<u8>>) -> Result<Arc<ServerConfig>> {
+        let mut config = ServerConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .context("TLS server configuration")?
+            .with_no_client_auth()
+            .with_cert_resolver(self.certs.clone());
+        config.alpn_protocols = alpn;
+        config.ticketer = self.ticketer.clone();
+        config.session_storage = self.sessions.clone();
+        Ok(Arc::new(config))
+    }
+}
+
+/// What the accept loop and the handshakes share.
+struct TlsContext {
+    router: Arc<Router>,
+    certs: Arc<Certificates>,
+    base: Configs,
+    /// For apps without ALPN protocols.
+    default_config: Arc<ServerConfig>,
+    /// For TLS-ALPN-01 validation connections.
+    challenge_config: Arc<ServerConfig>,
+    /// For apps with ALPN protocols, by app name.
+    app_configs: RwLock<HashMap<String, Arc<ServerConfig>>>,
+    handshake_timeout: Duration,
+    pending: Arc<Semaphore>,
+}
+
+impl TlsContext {
+    fn config_for(&self, app: &str) -> Arc<ServerConfig> {
+        self.app_configs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(app)
+            .cloned()
+            .unwrap_or_else(|| self.default_config.clone())
+    }
+}
+
+/// The running TLS side: what `sockgate serve` prints, and the way to add
+/// apps that appear while the gateway runs.
+pub struct Https {
+    ctx: Arc<TlsContext>,
+    tls_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    domains: Vec<String>,
+    /// The names each app is served at, for the start-up report.
+    served: RwLock<BTreeMap<String, Vec<String>>>,
+}
+
+impl Https {
+    /// The address the TLS listener is bound to.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr
+    }
+
+    /// The address the plain-HTTP listener is bound to, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The certificate resolver.
+    pub fn certificates(&self) -> &Arc<Certificates> {
+        &self.ctx.certs
+    }
+
+    /// The names app `app` is served at: `<app>.<domain>` for every base
+    /// domain, then its custom domains.
+    pub fn names_of(&self, app: &AppConfig) -> Vec<String> {
+        self.domains
+            .iter()
+            .map(|domain| format!("{}.{domain}", app.name))
+            .chain(app.domains.iter().map(|d| normalize_name(d)))
+            .collect()
+    }
+
+    /// Serves `app` over TLS: routes its custom domains, sets its ALPN
+    /// protocols, and gets certificates for its names (ordering them from
+    /// ACME). Call it for an app added while the gateway runs, after
+    /// inserting it into the router.
+    pub fn add_app(&self, app: &AppConfig) -> Result<()> {
+        for domain in &app.domains {
+            self.ctx.router.add_custom_domain(domain, &app.name);
+        }
+        let mut configs = self
+            .ctx
+            .app_configs
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if app.alpn.is_empty() {
+            configs.remove(&app.name);
+        } else {
+            let alpn = app.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+            configs.insert(app.name.clone(), self.ctx.base.build(alpn)?);
+        }
+        drop(configs);
+        let names = self.names_of(app);
+        for name in &names {
+            self.ctx.certs.prepare(name);
+        }
+        self.served
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(app.name.clone(), names);
+        Ok(())
+    }
+
+    /// What `sockgate serve` prints at start: the listeners, where the
+    /// certificates come from, and the URL of each app. Tests parse the
+    /// starts `tls listening on ADDR` and `http listening on ADDR`.
+    pub fn describe(&self) -> Vec<String> {
+        let certs = &self.ctx.certs;
+        let source = match (certs.acme(), certs.dev_ca()) {
+            (Some(acme), _) => format!(
+                "certificates: acme from {} via {}, kept in {}",
+                acme.directory_url(),
+                acme.challenge().as_str(),
+                acme.dir().display()
+            ),
+            (None, Some(dev_ca)) => format!(
+                "certificates: dev CA; clients trust {} (`sockgate dev-ca` prints it)",
+                dev_ca.root_path().display()
+            ),
+            (None, None) => "certificates: files".to_owned(),
+        };
+        let mut lines = vec![format!("tls listening on {}  ({source})", self.tls_addr)];
+        let port = match self.tls_addr.port() {
+            443 => String::new(),
+            port => format!(":{port}"),
+        };
+        let served = self.served.read().unwrap_or_else(|p| p.into_inner());
+        for (app, names) in served.iter() {
+            let urls: Vec<String> = names
+                .iter()
+                .map(|n| format!("https://{n}{port}/"))
+                .collect();
+            lines.push(format!("app {app} at {}", urls.join(" ")));
+        }
+        if let Some(http) = self.http_addr {
+            lines.push(format!(
+                "http listening on {http}  (redirects to https; answers ACME HTTP-01 challenges)"
+            ));
+        }
+        lines
+    }
+}
+
+/// Accepts TLS connections forever; each handshake runs in its own task.
+async fn serve(listener: TcpListener, ctx: Arc<TlsContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let Ok(permit) = ctx.pending.clone().try_acquire_owned() else {
+                    tracing::debug!(
+                        "tls: {MAX_PENDING_HANDSHAKES} handshakes in progress; closing {peer}"
+                    );
+                    continue;
+                };
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let outcome =
+                        tokio::time::timeout(ctx.handshake_timeout, handshake(&ctx, stream)).await;
+                    drop(permit);
+                    match outcome {
+                        Ok(Ok(Some((app, conn)))) => {
+                            // A refused connection is dropped, which closes
+                            // it; the app counted it.
+                            let _ = app.dispatch(conn);
+                        }
+                        Ok(Ok(None)) => {}
+                        Ok(Err(err)) => tracing::debug!("tls: {peer}: {err:#}"),
+                        Err(_) => tracing::debug!(
+                            "tls: {peer}: no handshake within {:?}; closed",
+                            ctx.handshake_timeout
+                        ),
+                    }
+                });
+            }
+            // EMFILE / ENFILE: wait for descriptors to come back.
+            Err(err) if matches!(err.raw_os_error(), Some(23) | Some(24)) => {
+                tracing::warn!(
+                    "tls: cannot accept: {err}; pausing accepts for {FD_EXHAUSTED_PAUSE:?}"
+                );
+                tokio::time::sleep(FD_EXHAUSTED_PAUSE).await;
+            }
+            Err(err) => tracing::debug!("tls: accept failed: {err}"),
+        }
+    }
+}
+
+/// Runs the handshake of one connection. `Ok(None)`: the connection was
+/// not for an app (an ACME validation) and is done.
+async fn handshake(ctx: &TlsContext, stream: TcpStream) -> Result<Option<(Arc<App>, Connection)>> {
+    let peer = stream.peer_addr()?;
+    let local = stream.local_addr()?;
+    stream.set_nodelay(true)?;
+    let stream = Arc::new(stream);
+    let start = LazyConfigAcceptor::new(Acceptor::default(), SharedTcp(stream.clone()))
+        .await
+        .context("no valid ClientHello")?;
+    let (server_name, challenge) = {
+        let hello = start.client_hello();
+        (
+            hello.server_name().map(normalize_name),
+            rustls_acme::is_tls_alpn_challenge(&hello),
+        )
+    };
+    if challenge {
+        let name = server_name.unwrap_or_default();
+        if ctx.certs.challenge_certificate(&name).is_none() {
+            send_alert(start.io, ALERT_UNRECOGNIZED_NAME).await;
+            bail!("ACME challenge connection for `{name}`, which has no challenge under way");
+        }
+        let mut tls = start
+            .into_stream(ctx.challenge_config.clone())
+            .await
+            .context("ACME challenge handshake")?;
+        let _ = tls.shutdown().await;
+        tracing::info!("tls: answered a tls-alpn-01 challenge for {name}");
+        return Ok(None);
+    }
+    let Some(name) = server_name else {
+        send_alert(start.io, ALERT_UNRECOGNIZED_NAME).await;
+        bail!("no server name (SNI): refused");
+    };
+    let Some(app) = ctx.router.app_for_server_name(&name) else {
+        send_alert(start.io, ALERT_UNRECOGNIZED_NAME).await;
+        bail!("server name `{name}` selects no app: refused");
+    };
+    if ctx.certs.certificate_for(&name).is_none() {
+        send_alert(start.io, ALERT_INTERNAL_ERROR).await;
+        bail!("no certificate for `{name}` yet: refused");
+    }
+    let tls = start
+        .into_stream(ctx.config_for(app.name()))
+        .await
+        .with_context(|| format!("handshake for `{name}`"))?;
+    let alpn = tls
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let (reader, writer) = tokio::io::split(tls);
+    let closer_stream = stream;
+    let conn = Connection {
+        info: ConnInfo {
+            id: next_conn_id(),
+            transport: Transport::Tls,
+            peer,
+            local,
+            server_name: Some(name),
+            alpn,
+            quic: None,
+        },
+        reader: Box::pin(reader),
+        writer: Box::pin(writer),
+        closer: Box::new(move || {
+            let _ = socket2::SockRef::from(&*closer_stream).shutdown(Shutdown::Both);
+        }),
+    };
+    Ok(Some((app, conn)))
+}
+
+/// Sends a fatal TLS alert in a plaintext record (what a server says before
+/// any key is agreed) and closes the sending side.
+async fn send_alert(mut io: SharedTcp, description: u8) {
+    // ContentType alert (21), legacy version TLS 1.2, length 2, level fatal.
+    let record = [21, 3, 3, 0, 2, 2, description];
+    let result: io::Result<()> = async {
+        io.write_all(&record).await?;
+        io.shutdown().await
+    }
+    .await;
+    if let Err(err) = result {
+        tracing::debug!("tls: cannot send an alert: {err}");
+    }
+}

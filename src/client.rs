@@ -1,0 +1,519 @@
+//! The operator commands (`deploy`, `ls`, `logs`, `events`, `rm`,
+//! `rollback`): clients of a running gateway's admin API.
+//!
+//! Exit codes scripts can rely on: 0 done; 1 the gateway refused (bad
+//! component, bad settings, conflict); 2 usage error; 3 the admin API could
+//! not be reached; 4 authentication failed; 5 no such app.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use sockgate_host::admin::api::{DeploySettings, EventJson, LogLineJson};
+use sockgate_host::limits::AppLimits;
+use tokio::net::TcpStream;
+
+/// Where the admin API is and how to authenticate.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Admin API address.
+    #[arg(
+        long,
+        env = "SOCKGATE_ADMIN",
+        default_value = "127.0.0.1:9900",
+        global = true
+    )]
+    pub admin: SocketAddr,
+    /// Admin token; default: read from the state directory.
+    #[arg(long, env = "SOCKGATE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// The gateway's state directory (to find the token).
+    #[arg(long, env = "SOCKGATE_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Settings of `sockgate deploy`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeployArgs {
+    /// App name (a DNS label).
+    pub name: String,
+    /// The component to deploy.
+    pub component: PathBuf,
+    /// TCP port to serve on, on all addresses (0.0.0.0).
+    #[arg(long, conflicts_with = "listen")]
+    pub port: Option<u16>,
+    /// TCP address to serve on (default: the app's current one).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Instances (default: one per core).
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// Outbound rule `host:port` the guest may reach (repeatable).
+    #[arg(long)]
+    pub outbound: Vec<String>,
+    /// limits.cpu_budget_ms
+    #[arg(long)]
+    pub cpu_budget_ms: Option<u64>,
+    /// limits.wall_budget_ms
+    #[arg(long)]
+    pub wall_budget_ms: Option<u64>,
+    /// limits.memory_limit_mb
+    #[arg(long)]
+    pub memory_limit_mb: Option<u64>,
+    /// limits.max_connections
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// limits.max_connections_per_ip
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// limits.idle_timeout_secs
+    #[arg(long)]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// A failed operation, with the exit code that says what kind.
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    fn new(code: u8, error: anyhow::Error) -> Self {
+        Self { code, error }
+    }
+
+    /// Prints the error and returns the exit code.
+    pub fn report(self) -> ExitCode {
+        eprintln!("error: {}", self.error);
+        for cause in self.error.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        ExitCode::from(self.code)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self::new(1, error)
+    }
+}
+
+/// A connected admin API client.
+pub struct Client {
+    args: AdminArgs,
+    token: String,
+}
+
+impl Client {
+    /// Resolves the token and checks nothing else yet.
+    pub fn new(args: AdminArgs) -> Result<Self, Failure> {
+        let token = match &args.token {
+            Some(token) => token.clone(),
+            None => {
+                let dir = args.state_dir.clone().unwrap_or_else(|| {
+                    let mut config = sockgate_host::Config::default();
+                    config.gateway.state_dir = None;
+                    config.state_dir()
+                });
+                let path = dir.join("admin-token");
+                std::fs::read_to_string(&path)
+                    .map(|t| t.trim().to_owned())
+                    .with_context(|| {
+                        format!(
+                            "cannot read the admin token from {} (pass --token or \
+                             --state-dir)",
+                            path.display()
+                        )
+                    })
+                    .map_err(|e| Failure::new(4, e))?
+            }
+        };
+        Ok(Self { args, token })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: http_body_util::combinators::BoxBody<Bytes, std::io::Error>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
+        let addr = self.args.admin;
+        let stream = TcpStream::connect(addr).await.map_err(|err| {
+            Failure::new(
+                3,
+                anyhow!("cannot reach the admin API at {addr}: {err} (is the gateway running with gateway.admin set?)"),
+            )
+        })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| Failure::new(3, anyhow!("admin API handshake failed: {err}")))?;
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string())
+            .header("authorization", format!("Bearer {}", self.token));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request
+            .body(body)
+            .map_err(|err| Failure::new(2, anyhow!("bad request: {err}")))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|err| Failure::new(3, anyhow!("admin API request failed: {err}")))?;
+        match response.status() {
+            status if status.is_success() => Ok(response),
+            status => {
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let message = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+                let code = match status {
+                    StatusCode::UNAUTHORIZED => 4,
+                    StatusCode::NOT_FOUND => 5,
+                    _ => 1,
+                };
+                Err(Failure::new(code, anyhow!("{message}")))
+            }
+        }
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Value, Failure> {
+        let response = self.send(Method::GET, path, &[], empty()).await?;
+        read_json(response).await
+    }
+
+    /// `sockgate ls`.
+    pub async fn ls(&self) -> Result<(), Failure> {
+        let apps = self.get_json("/v1/apps").await?;
+        if self.args.json {
+            return print_json(&apps);
+        }
+        let mut rows = vec![
+            [
+                "NAME",
+                "VERSION",
+                "SOURCE",
+                "ADDRESS",
+                "INSTANCES",
+                "OPEN",
+                "ACCEPTED",
+                "REFUSED",
+                "DIGEST",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for app in apps.as_array().into_iter().flatten() {
+            rows.push(vec![
+                text(&app["name"]),
+                text(&app["version"]),
+                text(&app["source"]),
+                text(&app["tcp"]),
+                text(&app["instances"]),
+                text(&app["active_connections"]),
+                text(&app["accepted"]),
+                text(&app["refused"]),
+                text(&app["digest"]).chars().take(12).collect(),
+            ]);
+        }
+        print_table(&rows);
+        Ok(())
+    }
+
+    /// `sockgate deploy`.
+    pub async fn deploy(&self, args: DeployArgs) -> Result<(), Failure> {
+        sockgate_host::config::check_app_name(&args.name).map_err(|e| Failure::new(2, e))?;
+        let bytes = std::fs::read(&args.component)
+            .with_context(|| format!("cannot read {}", args.component.display()))
+            .map_err(|e| Failure::new(1, e))?;
+        let listen = match (args.listen, args.port) {
+            (Some(addr), _) => addr,
+            (None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
+            (None, None) => match self.get_json(&format!("/v1/apps/{}", args.name)).await {
+                Ok(app) => text(&app["tcp"]).parse().map_err(|_| {
+                    Failure::new(1, anyhow!("cannot read the app's current address"))
+                })?,
+                Err(_) => {
+                    return Err(Failure::new(
+                        2,
+                        anyhow!("a new app needs --port or --listen"),
+                    ));
+                }
+            },
+        };
+        let mut limits = AppLimits::default();
+        set(&mut limits.cpu_budget_ms, args.cpu_budget_ms);
+        set(&mut limits.wall_budget_ms, args.wall_budget_ms);
+        set(&mut limits.memory_limit_mb, args.memory_limit_mb);
+        set(&mut limits.max_connections, args.max_connections);
+        set(
+            &mut limits.max_connections_per_ip,
+            args.max_connections_per_ip,
+        );
+        set(&mut limits.idle_timeout_secs, args.idle_timeout_secs);
+        let settings = DeploySettings {
+            listen,
+            instances: args.instances,
+            outbound: args.outbound,
+            limits,
+        };
+        let settings = serde_json::to_string(&settings).map_err(|e| Failure::new(2, e.into()))?;
+        let total = bytes.len();
+        let progress = Progress::new(total, !self.args.json);
+        let chunks: Vec<Bytes> = Bytes::from(bytes)
+            .chunks(256 * 1024)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let body = StreamBody::new(futures::stream::iter(chunks).map(move |chunk| {
+            progress.advance(chunk.len());
+            Ok::<_, std::io::Error>(Frame::data(chunk))
+        }));
+        let response = self
+            .send(
+                Method::PUT,
+                &format!("/v1/apps/{}", args.name),
+                &[
+                    ("sockgate-settings", settings),
+                    ("content-length", total.to_string()),
+                ],
+                BodyExt::boxed(body),
+            )
+            .await?;
+        let app = read_json(response).await?;
+        if self.args.json {
+            return print_json(&app);
+        }
+        println!(
+            "deployed {} version {} ({}) on tcp {} — {}",
+            text(&app["name"]),
+            text(&app["version"]),
+            text(&app["digest"]).chars().take(12).collect::<String>(),
+            text(&app["tcp"]),
+            if app["load"]["cache_hit"].as_bool() == Some(true) {
+                format!(
+                    "compiled code from cache in {} ms",
+                    text(&app["load"]["load_ms"])
+                )
+            } else {
+                format!("compiled in {} ms", text(&app["load"]["load_ms"]))
+            }
+        );
+        Ok(())
+    }
+
+    /// `sockgate rm`.
+    pub async fn rm(&self, name: &str) -> Result<(), Failure> {
+        let response = self
+            .send(Method::DELETE, &format!("/v1/apps/{name}"), &[], empty())
+            .await?;
+        let value = read_json(response).await?;
+        if self.args.json {
+            return print_json(&value);
+        }
+        println!("removed {name}; its open connections drain");
+        Ok(())
+    }
+
+    /// `sockgate rollback`.
+    pub async fn rollback(&self, name: &str) -> Result<(), Failure> {
+        let response = self
+            .send(
+                Method::POST,
+                &format!("/v1/apps/{name}/rollback"),
+                &[],
+                empty(),
+            )
+            .await?;
+        let app = read_json(response).await?;
+        if self.args.json {
+            return print_json(&app);
+        }
+        println!("{name} is back at version {}", text(&app["version"]));
+        Ok(())
+    }
+
+    /// `sockgate events`.
+    pub async fn events(&self, name: &str) -> Result<(), Failure> {
+        let value = self.get_json(&format!("/v1/apps/{name}/events")).await?;
+        if self.args.json {
+            return print_json(&value);
+        }
+        let events: Vec<EventJson> =
+            serde_json::from_value(value).map_err(|e| Failure::new(1, e.into()))?;
+        for event in events {
+            let instance = event
+                .instance
+                .map(|i| format!("instance {i}"))
+                .unwrap_or_else(|| "app".into());
+            println!("{}  {instance:<10}  {}", clock(event.at_ms), event.text);
+        }
+        Ok(())
+    }
+
+    /// `sockgate logs [-f]`.
+    pub async fn logs(&self, name: &str, follow: bool) -> Result<(), Failure> {
+        let path = format!(
+            "/v1/apps/{name}/logs{}",
+            if follow { "?follow=true" } else { "" }
+        );
+        let response = self.send(Method::GET, &path, &[], empty()).await?;
+        let mut body = response.into_body();
+        let mut pending = Vec::new();
+        let stdout = std::io::stdout();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Failure::new(3, anyhow!("log stream broke: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let mut out = stdout.lock();
+                if self.args.json {
+                    let _ = out.write_all(&line);
+                } else if let Ok(entry) = serde_json::from_slice::<LogLineJson>(&line) {
+                    let _ = writeln!(
+                        out,
+                        "{}  [{}] {:<6} {}",
+                        clock(entry.at_ms),
+                        entry.instance,
+                        entry.stream,
+                        entry.text
+                    );
+                }
+                let _ = out.flush();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+fn empty() -> http_body_util::combinators::BoxBody<Bytes, std::io::Error> {
+    BodyExt::boxed(Empty::<Bytes>::new().map_err(|never| match never {}))
+}
+
+async fn read_json(response: hyper::Response<hyper::body::Incoming>) -> Result<Value, Failure> {
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Failure::new(3, anyhow!("reading the response failed: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| Failure::new(1, anyhow!("invalid JSON reply: {e}")))
+}
+
+fn print_json(value: &Value) -> Result<(), Failure> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// `HH:MM:SS.mmm` (UTC) of Unix milliseconds.
+fn clock(at_ms: u64) -> String {
+    let secs = at_ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        at_ms % 1000
+    )
+}
+
+/// Upload progress on stderr: redrawn in place on a terminal, in quarters
+/// otherwise; then "compiling…" until the gateway answers.
+struct Progress {
+    total: usize,
+    sent: std::sync::atomic::AtomicUsize,
+    enabled: bool,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize, enabled: bool) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            total,
+            sent: std::sync::atomic::AtomicUsize::new(0),
+            enabled,
+            tty: std::io::stderr().is_terminal(),
+        })
+    }
+}
+
+impl Progress {
+    fn advance(&self, n: usize) {
+        if !self.enabled {
+            return;
+        }
+        let before = self.sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let after = before + n;
+        let percent = |x: usize| (x * 100).checked_div(self.total).unwrap_or(100);
+        let done = after >= self.total;
+        if self.tty {
+            eprint!(
+                "\ruploading {} KiB: {:3}%{}",
+                self.total / 1024,
+                percent(after),
+                if done { ", compiling…\n" } else { "" }
+            );
+        } else if percent(before) / 25 != percent(after) / 25 || done {
+            eprintln!("uploading {} KiB: {}%", self.total / 1024, percent(after));
+            if done {
+                eprintln!("compiling…");
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `sockgate run` and `sockgate serve`: start a gateway and keep it running.
+
+use std::path::Path;
+
+use anyhow::Result;
+use sockgate_host::Gateway;
+use sockgate_host::config::Config;
+use sockgate_host::gateway::AppStatus;
+
+/// Starts a gateway for `config`, prints how to reach each app, and serves
+/// until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<()> {
+    let admin = config.gateway.admin;
+    let state_dir = config.state_dir();
+    let gateway = Gateway::start(config).await?;
+    let apps = gateway.apps().await;
+    for app in &apps {
+        println!("{}", describe(app));
+    }
+    if let Some(https) = gateway.https() {
+        for line in https.describe() {
+            println!("{line}");
+        }
+    }
+    if let Some(addr) = admin {
+        let bound = sockgate_host::admin::start(gateway.clone(), addr).await?;
+        println!(
+            "admin API and dashboard on http://{bound}/  (token in {})",
+            state_dir.join("admin-token").display()
+        );
+    }
+    println!("sockgate ready: {} app(s); Ctrl-C stops", apps.len());
+    wait_for_shutdown().await;
+    Ok(())
+}
+
+/// The line printed for each app at start: how to reach it, and what was
+/// loaded. Tests parse its start: `app NAME listening on tcp ADDR`.
+fn describe(app: &AppStatus) -> String {
+    let how = if app.load.cache_hit {
+        "loaded from compile cache"
+    } else {
+        "compiled"
+    };
+    format!(
+        "app {} listening on tcp {}  (try: nc {} {})  [{}, {} KiB, {how} in {} ms]",
+        app.name,
+        app.tcp,
+        app.tcp.ip(),
+        app.tcp.port(),
+        app.component.display(),
+        app.load.size.div_ceil(1024),
+        app.load.load_ms,
+    )
+}
+
+/// `echo.wasm` → `echo`, lowercased, with `_` turned into `-`.
+pub fn default_app_name(component: &Path) -> String {
+    component
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase().replace('_', "-"))
+        .unwrap_or_else(|| "app".to_owned())
+}
+
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}
