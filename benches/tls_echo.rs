@@ -29,6 +29,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::root;
 use rustls::client::Resumption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -53,7 +56,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = make_certificate(&dir);
-    let echo = build_echo_guest();
+    let echo = common::build_guest("echo");
 
     let sockgate = Sockgate::start(&dir, &echo, &cert, &key, pinned);
     let client = client_config();
@@ -219,6 +222,8 @@ async fn bulk_echo(
                         wr.write_all(&chunk[..n]).await.unwrap();
                         left -= n as u64;
                     }
+                    // TLS buffers: the tail must be flushed out.
+                    wr.flush().await.unwrap();
                     wr
                 });
                 let mut buf = vec![0u8; CHUNK];
@@ -283,15 +288,7 @@ fn report(rows: &[Row], duration: Duration, bulk_bytes: u64, pinned: bool) {
             row.bulk[0].2,
         ));
     }
-    println!("\n{md}");
-    let dir = root().join("target/bench-results");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("tls_echo.md"), &md).unwrap();
-    std::fs::write(
-        dir.join("tls_echo.json"),
-        format!("[{}]\n", json.join(",\n")),
-    )
-    .unwrap();
+    common::publish("tls_echo", &md, &json);
 }
 
 /// sockgate serving the echo guest over TLS and plain TCP.
@@ -591,26 +588,4 @@ fn pin(pid: u32, cpus: &str) {
         .args(["-a", "-p", "-c", cpus, &pid.to_string()])
         .stdout(Stdio::null())
         .status();
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn build_echo_guest() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root().join("guests"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "echo",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the echo guest failed");
-    root().join("guests/target/wasm32-wasip2/release/echo.wasm")
 }

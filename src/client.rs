@@ -63,6 +63,12 @@ pub struct DeployArgs {
     /// Outbound rule `host:port` the guest may reach (repeatable).
     #[arg(long)]
     pub outbound: Vec<String>,
+    /// A custom domain to serve the app at over TLS (repeatable).
+    #[arg(long = "domain")]
+    pub domains: Vec<String>,
+    /// An ALPN protocol the app speaks (repeatable).
+    #[arg(long)]
+    pub alpn: Vec<String>,
     /// limits.cpu_budget_ms
     #[arg(long)]
     pub cpu_budget_ms: Option<u64>,
@@ -278,6 +284,8 @@ impl Client {
             instances: args.instances,
             outbound: args.outbound,
             limits,
+            domains: args.domains,
+            alpn: args.alpn,
         };
         let settings = serde_json::to_string(&settings).map_err(|e| Failure::new(2, e.into()))?;
         let total = bytes.len();

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use crate::support::{ScratchDir, TestApp};
 use crate::tls_support::{
-    Pebble, TlsGateway, WAIT, client_config, connect, echo_through, free_port, served_certificate,
+    Pebble, TlsGateway, WAIT, client_config, connect, echo_through, free_port, received_alert,
+    served_certificate,
 };
 
 const NAME: &str = "echo.sockgate.test";
@@ -96,9 +97,17 @@ async fn obtains_a_certificate_through_tls_alpn_01_and_serves_echo() {
     );
 
     let config = client_config(&[pebble.root().await], &[]);
-    let mut stream = connect(gw.tls, NAME, config).await.unwrap();
+    let mut stream = connect(gw.tls, NAME, config.clone()).await.unwrap();
     echo_through(&mut stream, b"hello over a Pebble certificate\n").await;
     assert_private_state(&state.0);
+    // Names of no app are refused, and ordered for by no one.
+    let err = connect(gw.tls, "nope.sockgate.test", config)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        received_alert(&err),
+        Some(rustls::AlertDescription::UnrecognisedName)
+    );
     assert_eq!(pebble.orders(), 1);
 }
 

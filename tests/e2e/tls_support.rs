@@ -213,9 +213,12 @@ pub fn make_test_ca(dir: &Path, names: &[&str], ips: &[IpAddr]) -> (PathBuf, Pat
     paths
 }
 
+/// The lines printed so far, and whether the output has ended.
+type Printed = Mutex<(Vec<String>, bool)>;
+
 /// Lines a child process printed, with a way to wait for one.
 #[derive(Clone, Default)]
-pub struct Lines(Arc<(Mutex<(Vec<String>, bool)>, Condvar)>);
+pub struct Lines(Arc<(Printed, Condvar)>);
 
 impl Lines {
     fn collect(&self, pipe: impl Read + Send + 'static) {
@@ -361,13 +364,27 @@ impl Pebble {
     /// one at every start).
     pub async fn root(&self) -> CertificateDer<'static> {
         let https_ca = CertificateDer::from_pem_file(&self.https_ca).unwrap();
-        let mut stream = connect(
-            self.management,
-            "localhost",
-            client_config(&[https_ca], &[]),
-        )
-        .await
-        .expect("cannot reach Pebble's management API");
+        // Pebble logs its management address before its goroutine has
+        // bound it, and prints nothing once it has: poll the port briefly.
+        let deadline = Instant::now() + WAIT;
+        let mut stream = loop {
+            match connect(
+                self.management,
+                "localhost",
+                client_config(std::slice::from_ref(&https_ca), &[]),
+            )
+            .await
+            {
+                Ok(stream) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => panic!(
+                    "cannot reach Pebble's management API: {err}\n{}",
+                    self.output.text()
+                ),
+            }
+        };
         stream
             .write_all(b"GET /roots/0 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await

@@ -45,6 +45,12 @@ pub struct DeploySettings {
     /// Limits.
     #[serde(default)]
     pub limits: AppLimits,
+    /// Custom domains served over TLS, besides `<name>.<base domain>`.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// ALPN protocols the app speaks.
+    #[serde(default)]
+    pub alpn: Vec<String>,
 }
 
 /// A log line as the API returns it.
@@ -175,6 +181,8 @@ async fn deploy(gateway: &Gateway, name: &str, request: Request<Incoming>) -> Re
     config.instances = settings.instances;
     config.outbound = settings.outbound;
     config.limits = settings.limits;
+    config.domains = settings.domains;
+    config.alpn = settings.alpn;
     if let Err(err) = config.limits.validate() {
         return error(StatusCode::BAD_REQUEST, &format!("{err:#}"));
     }

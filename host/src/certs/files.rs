@@ -78,9 +78,7 @@ impl StaticCerts {
         let found = exact.or_else(|| {
             let (_, parent) = name.split_once('.')?;
             let wildcard = format!("*.{parent}");
-            loaded
-                .iter()
-                .find(|l| l.names.contains(&wildcard))
+            loaded.iter().find(|l| l.names.contains(&wildcard))
         });
         found.map(|l| l.key.clone())
     }

@@ -75,8 +75,9 @@ pub fn normalize_name(name: &str) -> String {
 
 /// Checks that `name` is a DNS name a certificate can be ordered for:
 /// dot-separated labels of letters, digits and inner hyphens, at most 253
-/// characters, at least two labels.
+/// characters; a trailing dot (a fully qualified name) is allowed.
 pub fn check_dns_name(name: &str) -> Result<()> {
+    let name = name.strip_suffix('.').unwrap_or(name);
     let valid = name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()

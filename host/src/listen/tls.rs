@@ -191,33 +191,40 @@ pub fn validate(config: &Config) -> Result<()> {
                 );
             }
         }
-        let mut seen = HashSet::new();
-        for protocol in &app.alpn {
-            if protocol.is_empty() || protocol.len() > 255 {
-                bail!(
-                    "app `{}`: ALPN protocol names are 1 to 255 bytes, got {protocol:?}",
-                    app.name
-                );
-            }
-            if protocol == ACME_TLS_ALPN {
-                bail!(
-                    "app `{}`: `{ACME_TLS_ALPN}` is reserved for ACME challenges",
-                    app.name
-                );
-            }
-            if !seen.insert(protocol) {
-                bail!(
-                    "app `{}`: ALPN protocol `{protocol}` is listed twice",
-                    app.name
-                );
-            }
-        }
+        check_alpn(app)?;
     }
     if tls.domains.is_empty() && custom.is_empty() {
         bail!(
             "[tls] serves no name: set tls.domain (apps are served at <app>.<domain>) or \
              give apps `domains`"
         );
+    }
+    Ok(())
+}
+
+/// Checks an app's ALPN protocol names: 1 to 255 bytes, not ACME's,
+/// each listed once.
+fn check_alpn(app: &AppConfig) -> Result<()> {
+    let mut seen = HashSet::new();
+    for protocol in &app.alpn {
+        if protocol.is_empty() || protocol.len() > 255 {
+            bail!(
+                "app `{}`: ALPN protocol names are 1 to 255 bytes, got {protocol:?}",
+                app.name
+            );
+        }
+        if protocol == ACME_TLS_ALPN {
+            bail!(
+                "app `{}`: `{ACME_TLS_ALPN}` is reserved for ACME challenges",
+                app.name
+            );
+        }
+        if !seen.insert(protocol) {
+            bail!(
+                "app `{}`: ALPN protocol `{protocol}` is listed twice",
+                app.name
+            );
+        }
     }
     Ok(())
 }
@@ -439,6 +446,10 @@ impl Https {
     /// ACME). Call it for an app added while the gateway runs, after
     /// inserting it into the router.
     pub fn add_app(&self, app: &AppConfig) -> Result<()> {
+        check_alpn(app)?;
+        for domain in &app.domains {
+            check_dns_name(domain).with_context(|| format!("app `{}`: domains", app.name))?;
+        }
         for domain in &app.domains {
             self.ctx.router.add_custom_domain(domain, &app.name);
         }
@@ -633,5 +644,73 @@ async fn send_alert(mut io: SharedTcp, description: u8) {
     .await;
     if let Err(err) = result {
         tracing::debug!("tls: cannot send an alert: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const APP: &str =
+        "[[app]]\nname = \"echo\"\ncomponent = \"e.wasm\"\nlisten = \"127.0.0.1:0\"\n";
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn one_domain_or_several() {
+        let one = parse(&format!("[tls]\ndomain = \"Example.org\"\n{APP}")).unwrap();
+        let tls = one.tls.unwrap();
+        assert_eq!(tls.domains, ["Example.org"]);
+        assert_eq!(tls.listen.port(), 443);
+        assert_eq!(tls.certificates, crate::certs::CertSource::Acme);
+        let many = parse(&format!("[tls]\ndomains = [\"a.org\", \"b.org\"]\n{APP}")).unwrap();
+        assert_eq!(many.tls.unwrap().domains, ["a.org", "b.org"]);
+        // A custom domain alone is enough.
+        parse(&format!("[tls]\n{APP}domains = [\"echo.example.com\"]\n")).unwrap();
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_reason() {
+        let err = |text: String| format!("{:#}", parse(&text).unwrap_err());
+        assert!(err(format!("[tls]\n{APP}")).contains("serves no name"));
+        assert!(err(format!("[tls]\ndomain = \"bad_name.org\"\n{APP}")).contains("valid DNS name"));
+        assert!(
+            err(format!(
+                "[tls]\ndomain = \"x.org\"\n{APP}alpn = [\"acme-tls/1\"]\n"
+            ))
+            .contains("reserved")
+        );
+        assert!(
+            err(format!(
+                "[tls]\ndomain = \"x.org\"\n{APP}alpn = [\"h2\", \"h2\"]\n"
+            ))
+            .contains("twice")
+        );
+        assert!(err(format!("[http]\n{APP}")).contains("needs a [tls] section"));
+        assert!(err(format!("{APP}domains = [\"a.org\"]\n")).contains("add a [tls] section"));
+        assert!(
+            err(format!(
+                "[tls]\ndomain = \"x.org\"\n[tls.acme]\nchallenge = \"http-01\"\n\
+                 [http]\nenabled = false\n{APP}"
+            ))
+            .contains("needs the plain-HTTP port")
+        );
+        assert!(
+            err(format!(
+                "[tls]\ndomain = \"x.org\"\n[tls.acme]\ndirectory = \"lets-encrypt\"\n{APP}"
+            ))
+            .contains("letsencrypt-staging")
+        );
+        let two = format!(
+            "[tls]\ndomain = \"x.org\"\n{APP}domains = [\"a.org\"]\n\
+             [[app]]\nname = \"other\"\ncomponent = \"o.wasm\"\nlisten = \"127.0.0.1:0\"\n\
+             domains = [\"A.org.\"]\n"
+        );
+        assert!(err(two).contains("already app `echo`'s"));
+        assert!(toml::from_str::<Config>("[tls]\nport = 1\n").is_err());
     }
 }
