@@ -65,18 +65,18 @@ fn main() {
         "sockgate",
         sockgate.tls,
         &[sockgate.pid()],
+        &[],
         &client,
         duration,
         bulk_bytes,
     ));
     match Nginx::start(&dir, sockgate.tcp, &cert, &key, pinned) {
         Ok(nginx) => {
-            let mut pids = nginx.pids();
-            pids.push(sockgate.pid());
             rows.push(Row::measure(
                 "nginx (stream, 1 worker)",
                 nginx.addr,
-                &pids,
+                &nginx.pids(),
+                &[sockgate.pid()],
                 &client,
                 duration,
                 bulk_bytes,
@@ -91,16 +91,29 @@ fn main() {
 struct Row {
     server: &'static str,
     protocol: String,
-    handshakes_per_sec: f64,
-    cpu_us_per_handshake: f64,
+    handshakes: Handshakes,
+    /// (connections, MB/s, server CPU ms per GB).
     bulk: Vec<(usize, f64, f64)>,
+}
+
+/// The handshake figures.
+struct Handshakes {
+    per_sec: f64,
+    /// CPU of the process(es) terminating TLS, per handshake.
+    front_cpu_us: f64,
+    /// CPU of a separate echo backend (nginx rows), per handshake.
+    backend_cpu_us: f64,
+    /// CPU of the load generator, per handshake (near 1 s per second of
+    /// run means the client was the limit, not the server).
+    client_cpu_us: f64,
 }
 
 impl Row {
     fn measure(
         server: &'static str,
         addr: SocketAddr,
-        pids: &[u32],
+        front: &[u32],
+        backend: &[u32],
         client: &Arc<ClientConfig>,
         duration: Duration,
         bulk_bytes: u64,
@@ -111,19 +124,18 @@ impl Row {
             .unwrap();
         runtime.block_on(async {
             let protocol = negotiated(addr, client).await;
-            let (handshakes_per_sec, cpu_us_per_handshake) =
-                handshakes(addr, client, pids, duration).await;
+            let handshakes = handshakes(addr, client, front, backend, duration).await;
+            let pids: Vec<u32> = front.iter().chain(backend).copied().collect();
             let mut bulk = Vec::new();
             for connections in [1, 4] {
                 let (mb_per_sec, cpu_ms_per_gb) =
-                    bulk_echo(addr, client, pids, connections, bulk_bytes).await;
+                    bulk_echo(addr, client, &pids, connections, bulk_bytes).await;
                 bulk.push((connections, mb_per_sec, cpu_ms_per_gb));
             }
             Row {
                 server,
                 protocol,
-                handshakes_per_sec,
-                cpu_us_per_handshake,
+                handshakes,
                 bulk,
             }
         })
@@ -153,13 +165,15 @@ async fn negotiated(addr: SocketAddr, client: &Arc<ClientConfig>) -> String {
     )
 }
 
-/// Handshakes per second and server CPU microseconds per handshake.
+/// Handshakes per second, and CPU per handshake of the TLS front, the
+/// backend and the load generator.
 async fn handshakes(
     addr: SocketAddr,
     client: &Arc<ClientConfig>,
-    pids: &[u32],
+    front: &[u32],
+    backend: &[u32],
     duration: Duration,
-) -> (f64, f64) {
+) -> Handshakes {
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..HANDSHAKE_CLIENTS)
@@ -177,21 +191,25 @@ async fn handshakes(
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await; // warm-up
-    let cpu_before = cpu(pids);
+    let me = [std::process::id()];
+    let before = (cpu(front), cpu(backend), cpu(&me));
     let count_before = count.load(Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(duration).await;
-    let done = count.load(Ordering::Relaxed) - count_before;
+    let done = (count.load(Ordering::Relaxed) - count_before) as f64;
     let elapsed = started.elapsed();
-    let cpu_used = cpu(pids) - cpu_before;
+    let per = |now: Duration, then: Duration| (now - then).as_secs_f64() * 1e6 / done;
+    let result = Handshakes {
+        per_sec: done / elapsed.as_secs_f64(),
+        front_cpu_us: per(cpu(front), before.0),
+        backend_cpu_us: per(cpu(backend), before.1),
+        client_cpu_us: per(cpu(&me), before.2),
+    };
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
     }
-    (
-        done as f64 / elapsed.as_secs_f64(),
-        cpu_used.as_secs_f64() * 1e6 / done as f64,
-    )
+    result
 }
 
 /// MB/s of payload (one direction) over `connections` connections each
@@ -261,28 +279,42 @@ fn report(rows: &[Row], duration: Duration, bulk_bytes: u64, pinned: bool) {
             "not pinned (taskset missing)"
         }
     );
-    md.push_str("| server | negotiated | handshakes/s | server CPU µs/handshake | bulk MB/s, 1 conn | bulk MB/s, 4 conns | server CPU ms/GB (1 conn) |\n");
-    md.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    md.push_str(
+        "| TLS terminated by | negotiated | handshakes/s | TLS front CPU µs/handshake | \
+         echo backend CPU µs/handshake | client CPU µs/handshake | bulk MB/s, 1 conn | \
+         bulk MB/s, 4 conns | server CPU ms/GB, 1 conn |\n",
+    );
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut json = Vec::new();
     for row in rows {
+        let h = &row.handshakes;
+        let backend = if h.backend_cpu_us > 0.0 {
+            format!("{:.0}", h.backend_cpu_us)
+        } else {
+            "(in front)".to_owned()
+        };
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+            "| {} | {} | {:.0} | {:.0} | {backend} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
             row.server,
             row.protocol,
-            row.handshakes_per_sec,
-            row.cpu_us_per_handshake,
+            h.per_sec,
+            h.front_cpu_us,
+            h.client_cpu_us,
             row.bulk[0].1,
             row.bulk[1].1,
             row.bulk[0].2,
         ));
         json.push(format!(
             "{{\"server\":{:?},\"negotiated\":{:?},\"handshakes_per_s\":{:.1},\
-             \"cpu_us_per_handshake\":{:.1},\"bulk_mb_per_s_1\":{:.1},\"bulk_mb_per_s_4\":{:.1},\
-             \"cpu_ms_per_gb_1\":{:.1}}}",
+             \"front_cpu_us_per_handshake\":{:.1},\"backend_cpu_us_per_handshake\":{:.1},\
+             \"client_cpu_us_per_handshake\":{:.1},\"bulk_mb_per_s_1\":{:.1},\
+             \"bulk_mb_per_s_4\":{:.1},\"cpu_ms_per_gb_1\":{:.1}}}",
             row.server,
             row.protocol,
-            row.handshakes_per_sec,
-            row.cpu_us_per_handshake,
+            h.per_sec,
+            h.front_cpu_us,
+            h.backend_cpu_us,
+            h.client_cpu_us,
             row.bulk[0].1,
             row.bulk[1].1,
             row.bulk[0].2,
@@ -378,12 +410,15 @@ impl Nginx {
         key: &Path,
         pinned: bool,
     ) -> Result<Self, String> {
-        let version = Command::new("nginx").arg("-v").output();
-        if version.is_err() {
+        // Debian installs it in /usr/sbin, which a user's PATH may lack.
+        let Some(nginx) = ["nginx", "/usr/sbin/nginx"]
+            .into_iter()
+            .find(|exe| Command::new(exe).arg("-v").output().is_ok())
+        else {
             return Err(
                 "nginx is not installed (Debian: apt-get install nginx libnginx-mod-stream)".into(),
             );
-        }
+        };
         // Debian builds the stream module as a dynamic module.
         let module = [
             "/usr/lib/nginx/modules/ngx_stream_module.so",
@@ -418,7 +453,7 @@ impl Nginx {
             ),
         )
         .unwrap();
-        let test = Command::new("nginx")
+        let test = Command::new(nginx)
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -432,7 +467,7 @@ impl Nginx {
                 String::from_utf8_lossy(&test.stderr).trim()
             ));
         }
-        let child = Command::new("nginx")
+        let child = Command::new(nginx)
             .arg("-p")
             .arg(&prefix)
             .arg("-c")

@@ -395,3 +395,62 @@ async fn a_bad_certificate_file_refuses_the_start() {
     assert_ne!(code, 0);
     assert!(stderr.contains("does not hold the private key"), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_app_deployed_while_running_is_served_over_tls_with_its_domains_and_alpn() {
+    let state = ScratchDir::new("tls-state");
+    // An admin API (to deploy through) and no configured app.
+    let gw = TlsGateway::start(
+        &state.0,
+        "admin = \"127.0.0.1:0\"\n\n[tls]\nlisten = \"127.0.0.1:0\"\ndomain = \"localhost\"\n\
+         certificates = \"dev-ca\"\n\n[http]\nenabled = false\n",
+        &[],
+    );
+    let admin = gw
+        .gateway
+        .stdout
+        .text()
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("admin API and dashboard on http://")?;
+            rest.split('/').next()?.parse::<std::net::SocketAddr>().ok()
+        })
+        .expect("no admin address printed");
+    let config = client_config(&[dev_ca_root(&state.0)], &["x-test"]);
+    let err = connect(gw.tls, "late.localhost", config.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        received_alert(&err),
+        Some(AlertDescription::UnrecognisedName)
+    );
+
+    let hostile = crate::support::guest("hostile");
+    let deployed = Command::new(env!("CARGO_BIN_EXE_sockgate"))
+        .arg("deploy")
+        .arg("late")
+        .arg(&hostile)
+        .args(["--listen", "127.0.0.1:0", "--domain", "late.custom.test"])
+        .args([
+            "--alpn",
+            "x-test",
+            "--admin",
+            &admin.to_string(),
+            "--state-dir",
+        ])
+        .arg(&state.0)
+        .output()
+        .unwrap();
+    assert!(
+        deployed.status.success(),
+        "deploy failed: {}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    for name in ["late.localhost", "late.custom.test"] {
+        let mut stream = connect(gw.tls, name, config.clone()).await.unwrap();
+        assert_eq!(
+            ask_info(&mut stream).await,
+            format!("info transport=Transport::Tls server-name={name} alpn=x-test")
+        );
+    }
+}

@@ -37,8 +37,7 @@ pub async fn page(gateway: &Gateway) -> Response<Body> {
         html,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>sockgate</title>\
          <style>{STYLE}</style></head><body><h1>sockgate</h1>\
-         <p>{} app(s), {} connection(s) open; compile cache: {hits} hit(s), {misses} miss(es). \
-         <span class=\"muted\">TLS certificates: see the TLS section of the configuration.</span></p>\
+         <p>{} app(s), {} connection(s) open; compile cache: {hits} hit(s), {misses} miss(es).</p>\
          <table><tr><th>app</th><th>version</th><th>source</th><th>address</th><th>instances</th>\
          <th>open</th><th>accepted</th><th>refused</th><th>component</th></tr>",
         apps.len(),
@@ -62,7 +61,31 @@ pub async fn page(gateway: &Gateway) -> Response<Body> {
             kib = app.load.size.div_ceil(1024),
         );
     }
-    html.push_str("</table>");
+    html.push_str("</table><h2>TLS certificates</h2>");
+    let certificates = super::certificate_status(gateway, &apps);
+    if certificates.is_empty() {
+        html.push_str("<p class=\"muted\">TLS is not configured (no [tls] section).</p>");
+    } else {
+        html.push_str("<table><tr><th>app</th><th>name</th><th>certificate</th></tr>");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for (app, name, expiry) in certificates {
+            let state = match expiry {
+                Some(at) if at > now => format!("valid, expires in {} days", (at - now) / 86_400),
+                Some(_) => "expired".to_owned(),
+                None => "none yet (being obtained)".to_owned(),
+            };
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{state}</td></tr>",
+                escape(&app),
+                escape(&name)
+            );
+        }
+        html.push_str("</table>");
+    }
     for app in &apps {
         let Some(running) = gateway.app(&app.name) else {
             continue;
@@ -70,7 +93,7 @@ pub async fn page(gateway: &Gateway) -> Response<Body> {
         let log = running.log();
         let _ = write!(
             html,
-            "<h2 id=\"{name}\">{name}</h2><h3>Recent events</h3><pre>",
+            "<h2 id=\"{name}\">{name}</h2><h3>Recent events (newest first)</h3><pre>",
             name = escape(&app.name)
         );
         let events = log.events();

@@ -126,6 +126,18 @@ pub async fn render(gateway: &Gateway) -> Response<Body> {
         "Instances serving the app.",
         instances,
     );
+    let expiries = super::certificate_status(gateway, &apps)
+        .into_iter()
+        .filter_map(|(app, name, expiry)| {
+            expiry.map(|at| (format!("app=\"{app}\",name=\"{name}\""), at))
+        })
+        .collect();
+    section(
+        "sockgate_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When each served TLS name's certificate expires (Unix seconds).",
+        expiries,
+    );
     let (hits, misses) = gateway.cache_stats();
     section(
         "sockgate_compile_cache_total",

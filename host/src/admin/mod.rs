@@ -135,6 +135,31 @@ impl Admin {
     }
 }
 
+/// One served TLS name and its certificate's expiry (Unix seconds), if it
+/// has a certificate now: what the dashboard and the metrics report.
+pub fn certificate_status(
+    gateway: &Gateway,
+    apps: &[crate::gateway::AppStatus],
+) -> Vec<(String, String, Option<u64>)> {
+    let Some(https) = gateway.https() else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    for app in apps {
+        for name in https.names_of(&app.config) {
+            let expiry = https
+                .certificates()
+                .certificate_for(&name)
+                .and_then(|key| key.cert.first().cloned())
+                .and_then(|der| crate::certs::validity_of(&der).ok())
+                .and_then(|v| v.not_after.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            rows.push((app.name.clone(), name, expiry));
+        }
+    }
+    rows
+}
+
 /// Compares secrets without leaking where they differ through timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

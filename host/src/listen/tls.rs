@@ -449,6 +449,13 @@ impl Https {
         check_alpn(app)?;
         for domain in &app.domains {
             check_dns_name(domain).with_context(|| format!("app `{}`: domains", app.name))?;
+            // A name another running app answers at stays that app's.
+            if let Some(owner) = self.ctx.router.app_name_for_server_name(domain)
+                && owner != app.name
+                && self.ctx.router.get(&owner).is_some()
+            {
+                bail!("app `{}`: domain `{domain}` is app `{owner}`'s", app.name);
+            }
         }
         for domain in &app.domains {
             self.ctx.router.add_custom_domain(domain, &app.name);
