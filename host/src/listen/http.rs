@@ -115,6 +115,7 @@ struct Response {
     status: u16,
     location: Option<String>,
     body: String,
+    html: bool,
 }
 
 impl Response {
@@ -123,6 +124,7 @@ impl Response {
             status,
             location: None,
             body: body.into(),
+            html: false,
         }
     }
 
@@ -136,9 +138,10 @@ impl Response {
             _ => "",
         };
         let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}; charset=utf-8\r\n\
              Content-Length: {}\r\nConnection: close\r\n",
             self.status,
+            if self.html { "text/html" } else { "text/plain" },
             self.body.len()
         );
         if let Some(location) = &self.location {
@@ -203,6 +206,19 @@ fn respond(ctx: &HttpContext, head: &[u8]) -> Option<Response> {
         .find(|h| h.name.eq_ignore_ascii_case("host"))
         .and_then(|h| std::str::from_utf8(h.value).ok())
         .map(str::to_owned);
+    // The bare base domain gets the public info page: which apps are
+    // served here, and where.
+    if let Some(domain) = host.as_deref().and_then(host_name)
+        && ctx.router.domains().contains(&domain)
+        && (path == "/" || path.starts_with("/?"))
+    {
+        return Some(Response {
+            status: 200,
+            location: None,
+            body: info_page(&domain, &ctx.router.names(), ctx.https_port),
+            html: true,
+        });
+    }
     Some(route(
         path,
         host.as_deref(),
@@ -210,6 +226,32 @@ fn respond(ctx: &HttpContext, head: &[u8]) -> Option<Response> {
         |host| ctx.router.app_for_server_name(host).is_some(),
         ctx.https_port,
     ))
+}
+
+/// The public page of base domain `domain`: the apps served under it, with
+/// their HTTPS addresses. Names and addresses only — logs, events and
+/// settings stay on the authenticated admin dashboard.
+fn info_page(domain: &str, apps: &[String], https_port: u16) -> String {
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let mut items = String::new();
+    for app in apps {
+        items.push_str(&format!(
+            "<li><a href=\"https://{app}.{domain}{port}/\">{app}.{domain}</a></li>"
+        ));
+    }
+    if items.is_empty() {
+        items.push_str("<li>none yet</li>");
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{domain}</title></head>\
+         <body style=\"font-family:system-ui,sans-serif;margin:2rem\"><h1>{domain}</h1>\
+         <p>Apps served here by sockgate (TCP, TLS and QUIC on port {https_port}):</p>\
+         <ul>{items}</ul></body></html>"
+    )
 }
 
 /// Decides the response to a request for `path` at `host`.
@@ -257,6 +299,7 @@ fn route(
         status: 308,
         body: format!("moved to {location}\n"),
         location: Some(location),
+        html: false,
     }
 }
 
@@ -338,5 +381,14 @@ mod tests {
         assert!(text.contains("\r\nConnection: close\r\n"));
         let head = String::from_utf8(r.to_bytes(true)).unwrap();
         assert!(head.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn the_bare_domain_lists_its_apps() {
+        let page = info_page("example.org", &["chat".into(), "echo".into()], 8443);
+        assert!(page.contains("<h1>example.org</h1>"));
+        assert!(page.contains("href=\"https://chat.example.org:8443/\""));
+        assert!(page.contains("echo.example.org"));
+        assert!(info_page("example.org", &[], 443).contains("none yet"));
     }
 }
