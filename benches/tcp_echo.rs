@@ -15,7 +15,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{build_guest, root};
+use common::{build_guest, has_taskset, pin, process_cpu, root};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -242,32 +242,4 @@ fn native_echo_server() {
             });
         }
     });
-}
-
-/// User plus system CPU time of a process so far.
-fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may contain spaces).
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
-}
-
-fn has_taskset() -> bool {
-    Command::new("taskset")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-        && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
-}
-
-fn pin(pid: u32, cpus: &str) {
-    let _ = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
-        .stdout(Stdio::null())
-        .status();
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::root;
+use common::{has_taskset, pin, root};
 use rustls::client::Resumption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -593,34 +593,5 @@ impl ServerCertVerifier for AcceptAnything {
 
 /// User plus system CPU time of processes so far.
 fn cpu(pids: &[u32]) -> Duration {
-    pids.iter()
-        .map(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return Duration::ZERO;
-            };
-            let after = &stat[stat.rfind(')').unwrap() + 2..];
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let ticks: u64 =
-                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-            // USER_HZ is 100 on Linux.
-            Duration::from_millis(ticks * 10)
-        })
-        .sum()
-}
-
-fn has_taskset() -> bool {
-    Command::new("taskset")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-        && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
-}
-
-fn pin(pid: u32, cpus: &str) {
-    let _ = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
-        .stdout(Stdio::null())
-        .status();
+    pids.iter().map(|&pid| common::process_cpu(pid)).sum()
 }

@@ -235,17 +235,7 @@ fn parse_rule(rule: &str) -> Result<Rule> {
             None => (host, false),
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let valid = !name.is_empty()
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid {
-            bail!("invalid host name");
-        }
+        crate::certs::check_dns_name(&name).context("invalid host name")?;
         HostPattern::Name { name, wildcard }
     };
     Ok(Rule { host, ports })

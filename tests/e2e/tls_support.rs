@@ -2,11 +2,10 @@
 //! rustls client, raw ClientHellos, and Pebble (Let's Encrypt's test CA)
 //! with its mock DNS server, each on free loopback ports.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -213,49 +212,8 @@ pub fn make_test_ca(dir: &Path, names: &[&str], ips: &[IpAddr]) -> (PathBuf, Pat
     paths
 }
 
-/// The lines printed so far, and whether the output has ended.
-type Printed = Mutex<(Vec<String>, bool)>;
-
-/// Lines a child process printed, with a way to wait for one.
-#[derive(Clone, Default)]
-pub struct Lines(Arc<(Printed, Condvar)>);
-
-impl Lines {
-    fn collect(&self, pipe: impl Read + Send + 'static) {
-        let this = self.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                this.0.0.lock().unwrap().0.push(line);
-                this.0.1.notify_all();
-            }
-            this.0.0.lock().unwrap().1 = true;
-            this.0.1.notify_all();
-        });
-    }
-
-    /// Everything printed so far.
-    pub fn text(&self) -> String {
-        self.0.0.lock().unwrap().0.join("\n")
-    }
-
-    /// Waits until some line contains `needle`; false if the process ended
-    /// or `timeout` passed first.
-    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.0.0.lock().unwrap();
-        loop {
-            if state.0.iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            let now = Instant::now();
-            if state.1 || now >= deadline {
-                return false;
-            }
-            state = self.0.1.wait_timeout(state, deadline - now).unwrap().0;
-        }
-    }
-}
+/// Lines a child process printed (the harness's collector).
+pub type Lines = crate::support::Output;
 
 /// Spawns `command` with its stdout and stderr collected into one `Lines`.
 fn spawn_collected(mut command: Command) -> (Child, Lines) {
@@ -272,8 +230,8 @@ fn spawn_collected(mut command: Command) -> (Child, Lines) {
             )
         });
     let lines = Lines::default();
-    lines.collect(child.stdout.take().unwrap());
-    lines.collect(child.stderr.take().unwrap());
+    lines.collect_from(child.stdout.take().unwrap());
+    lines.collect_from(child.stderr.take().unwrap());
     (child, lines)
 }
 
@@ -308,7 +266,7 @@ impl Pebble {
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]);
         let (dns, dns_output) = spawn_collected(dns);
         assert!(
-            dns_output.wait_for("Starting challenge servers", WAIT),
+            dns_output.wait_for(WAIT, |t| t.contains("Starting challenge servers")),
             "pebble-challtestsrv did not start:\n{}",
             dns_output.text()
         );
@@ -335,7 +293,7 @@ impl Pebble {
             .env("PEBBLE_AUTHZREUSE", "0");
         let (pebble, output) = spawn_collected(pebble);
         assert!(
-            output.wait_for("ACME directory available at", WAIT),
+            output.wait_for(WAIT, |t| t.contains("ACME directory available at")),
             "pebble did not start:\n{}",
             output.text()
         );
