@@ -4,6 +4,8 @@
 // Each benchmark uses part of this module.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;

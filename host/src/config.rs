@@ -41,6 +41,9 @@ pub struct Config {
     /// The plain-HTTP port (`[http]`), with `[tls]` only: ACME HTTP-01
     /// challenges and redirects to https. See [`crate::listen::http`].
     pub http: Option<crate::listen::http::HttpSettings>,
+    /// The QUIC endpoint (`[quic]`), with `[tls]` only; on by default when
+    /// `[tls]` is there. See [`crate::listen::quic`].
+    pub quic: Option<crate::listen::quic::QuicSettings>,
 }
 
 /// Settings that apply to the whole gateway.

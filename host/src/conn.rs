@@ -46,6 +46,43 @@ pub struct ConnInfo {
     pub quic: Option<QuicStream>,
 }
 
+/// Why the bytes from a client stopped before a clean end of stream
+/// (mirrors the WIT `receive-error` variant, which guests query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiveError {
+    /// A QUIC client reset its sending side with this error code.
+    Reset(u64),
+    /// The connection was lost or aborted; the text says how.
+    Aborted(String),
+}
+
+impl ReceiveError {
+    /// Classifies a read error from a transport: transports that can say
+    /// "the peer reset this stream" wrap a [`StreamReset`] in the error.
+    pub fn from_io(err: &std::io::Error) -> Self {
+        match err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<StreamReset>())
+        {
+            Some(reset) => ReceiveError::Reset(reset.0),
+            None => ReceiveError::Aborted(err.to_string()),
+        }
+    }
+}
+
+/// The error a transport's reader returns when the peer reset the stream
+/// (QUIC `RESET_STREAM`), carrying the peer's application error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamReset(pub u64);
+
+impl std::fmt::Display for StreamReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the peer reset the stream with error code {}", self.0)
+    }
+}
+
+impl std::error::Error for StreamReset {}
+
 /// Hands out connection ids; process-wide so ids never repeat across apps.
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::conn::ConnInfo;
+use crate::conn::{ConnInfo, ReceiveError};
 use crate::logs::{AppLog, EventKind};
 use crate::runtime::supervisor::coarse_now_ms;
 
@@ -40,6 +40,9 @@ pub struct AppAccount {
     max_per_ip: usize,
     idle_timeout_ms: u64,
     max_lifetime_ms: u64,
+    /// Concurrent QUIC streams per QUIC connection, and the connection's
+    /// receive window in KiB (applied once a QUIC connection is routed).
+    quic_limits: (u32, u64),
     active: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Counters for operators and metrics.
@@ -150,6 +153,15 @@ impl ConnTracker {
         Arc::ptr_eq(&conn.app, app).then(|| conn.info.clone())
     }
 
+    /// Why live connection `id` of `app` stopped receiving early, if it did.
+    pub fn receive_error(&self, id: u64, app: &Arc<AppAccount>) -> Option<ReceiveError> {
+        let conn = lock(&self.live).get(&id).and_then(Weak::upgrade)?;
+        if !Arc::ptr_eq(&conn.app, app) {
+            return None;
+        }
+        conn.receive_error().cloned()
+    }
+
     fn register(&self, conn: &Arc<ActiveConn>) {
         lock(&self.live).insert(conn.info.id, Arc::downgrade(conn));
     }
@@ -169,10 +181,20 @@ impl AppAccount {
             max_per_ip: limits.max_connections_per_ip,
             idle_timeout_ms: ms(limits.idle_timeout()),
             max_lifetime_ms: ms(limits.max_connection_time()),
+            quic_limits: (
+                limits.quic_streams_per_connection,
+                limits.quic_receive_window_kb,
+            ),
             active: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             counters: AppCounters::default(),
         })
+    }
+
+    /// The app's QUIC limits: concurrent bidirectional streams per QUIC
+    /// connection, and the connection's receive window in KiB.
+    pub fn quic_limits(&self) -> (u32, u64) {
+        self.quic_limits
     }
 
     /// Connections active in the app.
@@ -287,6 +309,7 @@ impl Admission {
             info,
             closer,
             closed: std::sync::atomic::AtomicBool::new(false),
+            receive_error: std::sync::OnceLock::new(),
         });
         self.tracker.register(&conn);
         conn
@@ -382,6 +405,8 @@ pub struct ActiveConn {
     info: ConnInfo,
     closer: Closer,
     closed: std::sync::atomic::AtomicBool,
+    /// Why the client's bytes stopped early, once they did.
+    receive_error: std::sync::OnceLock<ReceiveError>,
 }
 
 impl ActiveConn {
@@ -401,6 +426,17 @@ impl ActiveConn {
             .counters
             .bytes_out
             .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Records why the client's bytes stopped before a clean end of
+    /// stream; the first reason sticks.
+    pub fn set_receive_error(&self, error: ReceiveError) {
+        let _ = self.receive_error.set(error);
+    }
+
+    /// Why the client's bytes stopped early, if they did.
+    pub fn receive_error(&self) -> Option<&ReceiveError> {
+        self.receive_error.get()
     }
 
     fn touch(&self) {
@@ -449,6 +485,9 @@ impl ActiveConn {
                 ),
             },
         );
+        self.set_receive_error(ReceiveError::Aborted(format!(
+            "closed by the gateway: {limit} reached"
+        )));
         (self.closer)();
     }
 }

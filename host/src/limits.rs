@@ -45,6 +45,15 @@ pub struct AppLimits {
     /// (0: never). Threat: slow-drip clients (slowloris) that stay just
     /// active enough to dodge the idle timeout.
     pub max_connection_secs: u64,
+    /// Bidirectional streams one QUIC connection may have open to the app
+    /// at once (each is a guest `handle` call). Threat: one client
+    /// multiplexing thousands of streams over a single connection, which
+    /// the per-IP connection count alone would see only as they open.
+    pub quic_streams_per_connection: u32,
+    /// Bytes a QUIC connection may have in flight to the app over all its
+    /// streams, unread by the guest, in KiB. Threat: a client filling the
+    /// gateway's memory with data the guest does not read.
+    pub quic_receive_window_kb: u64,
 }
 
 impl Default for AppLimits {
@@ -58,6 +67,8 @@ impl Default for AppLimits {
             max_connections_per_ip: 512,
             idle_timeout_secs: 300,
             max_connection_secs: 24 * 3600,
+            quic_streams_per_connection: 100,
+            quic_receive_window_kb: 8 * 1024,
         }
     }
 }
@@ -85,6 +96,14 @@ impl AppLimits {
                 self.max_connections_per_instance,
             ),
             ("max_connections_per_ip", self.max_connections_per_ip),
+            (
+                "quic_streams_per_connection",
+                self.quic_streams_per_connection as usize,
+            ),
+            (
+                "quic_receive_window_kb",
+                self.quic_receive_window_kb as usize,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {

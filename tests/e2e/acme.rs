@@ -6,6 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use crate::quic::{connect_quic, echo_stream, quic_client};
 use crate::support::{ScratchDir, TestApp};
 use crate::tls_support::{
     Pebble, TlsGateway, WAIT, client_config, connect, echo_through, free_port, received_alert,
@@ -96,10 +97,28 @@ async fn obtains_a_certificate_through_tls_alpn_01_and_serves_echo() {
         "{log}"
     );
 
-    let config = client_config(&[pebble.root().await], &[]);
+    let root = pebble.root().await;
+    let config = client_config(std::slice::from_ref(&root), &[]);
     let mut stream = connect(gw.tls, NAME, config.clone()).await.unwrap();
     echo_through(&mut stream, b"hello over a Pebble certificate\n").await;
     assert_private_state(&state.0);
+
+    // QUIC, on the same port over UDP, serves the same certificate (the
+    // client verifies it against Pebble's root) and the same app.
+    let quic = gw.quic.expect("QUIC is on by default with [tls]");
+    assert_eq!(quic.port(), tls_port);
+    let client = quic_client(&[root], &["sockgate"]);
+    let conn = connect_quic(&client, quic, NAME).await.unwrap();
+    let chain = conn
+        .peer_identity()
+        .unwrap()
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .unwrap();
+    assert_eq!(chain[0], served_certificate(&stream));
+    assert_eq!(
+        echo_stream(&conn, b"hello over QUIC".to_vec()).await,
+        b"hello over QUIC"
+    );
     // Names of no app are refused, and ordered for by no one.
     let err = connect(gw.tls, "nope.sockgate.test", config)
         .await

@@ -17,3 +17,6 @@ mod traps;
 // TLS termination, SNI routing and certificates (dev CA, files, ACME).
 mod acme;
 mod tls;
+
+// QUIC with the same certificates; quinn and aioquic clients.
+mod quic;

@@ -29,6 +29,8 @@ pub struct TlsGateway {
     pub tls: SocketAddr,
     /// Where the plain-HTTP listener is bound, if enabled.
     pub http: Option<SocketAddr>,
+    /// Where the QUIC endpoint is bound (UDP), if enabled.
+    pub quic: Option<SocketAddr>,
 }
 
 impl TlsGateway {
@@ -64,7 +66,13 @@ impl TlsGateway {
         let tls = printed("tls listening on ")
             .unwrap_or_else(|| panic!("no TLS listener printed:\n{}", gateway.stdout.text()));
         let http = printed("http listening on ");
-        Self { gateway, tls, http }
+        let quic = printed("quic listening on ");
+        Self {
+            gateway,
+            tls,
+            http,
+            quic,
+        }
     }
 }
 

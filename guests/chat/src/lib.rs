@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use exports::sockgate::gateway::handler::Guest;
 use futures::StreamExt;
 use futures::channel::mpsc;
+use sockgate::gateway::types::RxError;
 use wasi::sockets::types::IpSocketAddress;
 use wit_bindgen::{StreamReader, StreamResult};
 
@@ -108,7 +109,19 @@ impl Guest for Chat {
             }
             // Leaving closes this client's queue, which ends its writer.
             ROOM.with(|room| room.borrow_mut().remove(&id));
-            println!("{prefix}left");
+            // A client whose bytes stopped early (a QUIC stream reset, a
+            // lost connection) may have been cut off mid-line: say so.
+            match sockgate::gateway::connection::receive_error(id) {
+                Some(error) => {
+                    let why = match error {
+                        RxError::Reset(code) => format!("stream reset, code {code}"),
+                        RxError::Aborted(what) => what,
+                    };
+                    broadcast(id, format!("* {peer} left: {why}\n").as_bytes());
+                    println!("{prefix}left: {why}");
+                }
+                None => println!("{prefix}left"),
+            }
         });
         out
     }

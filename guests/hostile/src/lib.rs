@@ -121,12 +121,18 @@ async fn run(command: &str, conn: u64, tx: &mut StreamWriter<u8>) -> Reply {
             },
         ),
         "info" => Reply::Line(match sockgate::gateway::connection::info(conn) {
-            Some(info) => format!(
-                "info transport={:?} server-name={} alpn={}",
-                info.transport,
-                info.server_name.as_deref().unwrap_or("-"),
-                info.alpn.as_deref().unwrap_or("-")
-            ),
+            Some(info) => {
+                let quic = info
+                    .quic
+                    .map(|q| format!(" quic={}/{}", q.connection_id, q.stream_id))
+                    .unwrap_or_default();
+                format!(
+                    "info transport={:?} server-name={} alpn={}{quic}",
+                    info.transport,
+                    info.server_name.as_deref().unwrap_or("-"),
+                    info.alpn.as_deref().unwrap_or("-")
+                )
+            }
             None => "info none".to_owned(),
         }),
         "flood" => {

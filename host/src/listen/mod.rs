@@ -3,5 +3,6 @@
 //! nothing about WebAssembly.
 
 pub mod http;
+pub mod quic;
 pub mod tcp;
 pub mod tls;

@@ -21,23 +21,27 @@ const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
 /// Binds `addr`, explaining the usual failures in the user's terms.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|err| {
-        let hint = match err.kind() {
-            io::ErrorKind::AddrInUse => {
-                "the address is already in use: stop the process that holds it or choose \
-                 another `listen` address"
-            }
-            io::ErrorKind::PermissionDenied => {
-                "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE"
-            }
-            io::ErrorKind::AddrNotAvailable => {
-                "the address is not available on this machine: listen on one of its own \
-                 addresses (or 0.0.0.0)"
-            }
-            _ => "",
-        };
-        anyhow!("cannot listen on tcp {addr}: {err}; {hint}")
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow!("cannot listen on tcp {addr}: {err}; {}", bind_hint(&err)))
+}
+
+/// What to do about a failed bind, for the error message.
+pub fn bind_hint(err: &io::Error) -> &'static str {
+    match err.kind() {
+        io::ErrorKind::AddrInUse => {
+            "the address is already in use: stop the process that holds it or choose \
+             another `listen` address"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "the address is not available on this machine: listen on one of its own \
+             addresses (or 0.0.0.0)"
+        }
+        _ => "",
+    }
 }
 
 /// Accepts connections forever and dispatches each to the version of app

@@ -53,6 +53,7 @@ use crate::certs::{CertSource, Certificates, check_dns_name, crypto_provider, no
 use crate::config::{AppConfig, Config};
 use crate::conn::{ConnInfo, Connection, Transport, next_conn_id};
 use crate::listen::http;
+use crate::listen::quic::{PreparedQuic, Quic};
 use crate::listen::tcp::SharedTcp;
 use crate::route::Router;
 
@@ -133,7 +134,16 @@ impl TlsSettings {
 /// Checks the TLS-related parts of a configuration: `[tls]`, `[http]` and
 /// the apps' `domains` and `alpn`.
 pub fn validate(config: &Config) -> Result<()> {
+    if let Some(quic) = &config.quic {
+        quic.validate()?;
+    }
     let Some(tls) = &config.tls else {
+        if config.quic.is_some() {
+            bail!(
+                "[quic] needs a [tls] section: QUIC serves the same names with the same \
+                 certificates"
+            );
+        }
         if config.http.is_some() {
             bail!(
                 "[http] needs a [tls] section: the plain-HTTP port redirects to https and \
@@ -239,6 +249,7 @@ pub struct PreparedTls {
     files: Arc<StaticCerts>,
     dev_ca: Option<Arc<DevCa>>,
     acme: Option<PreparedAcme>,
+    quic: Option<PreparedQuic>,
 }
 
 /// Prepares TLS if the configuration has a `[tls]` section.
@@ -264,6 +275,11 @@ pub async fn prepare(config: &Config) -> Result<Option<PreparedTls>> {
     let tls = super::tcp::bind(settings.listen)
         .await
         .context("tls.listen")?;
+    let quic = super::quic::prepare(
+        config.quic.as_ref(),
+        tls.local_addr()?,
+        settings.handshake_timeout_ms,
+    )?;
     let http_settings = config.http.clone().unwrap_or_default();
     let http = if http_settings.enabled {
         Some(
@@ -281,17 +297,19 @@ pub async fn prepare(config: &Config) -> Result<Option<PreparedTls>> {
         files,
         dev_ca,
         acme,
+        quic,
     }))
 }
 
 impl PreparedTls {
-    /// The ports of the TLS and plain-HTTP listeners.
+    /// The ports of the TLS, plain-HTTP and QUIC listeners.
     pub fn ports(&self) -> Vec<u16> {
         [Some(&self.tls), self.http.as_ref()]
             .into_iter()
             .flatten()
             .filter_map(|l| l.local_addr().ok())
             .map(|a| a.port())
+            .chain(self.quic.as_ref().and_then(PreparedQuic::port))
             .collect()
     }
 
@@ -326,6 +344,10 @@ impl PreparedTls {
             handshake_timeout: Duration::from_millis(self.settings.handshake_timeout_ms),
             pending: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
         });
+        let quic = match self.quic {
+            Some(quic) => Some(quic.start(router, certs.clone())?),
+            None => None,
+        };
         let tls_addr = self.tls.local_addr()?;
         let http_addr = match &self.http {
             Some(listener) => Some(listener.local_addr()?),
@@ -337,6 +359,7 @@ impl PreparedTls {
             http_addr,
             domains: router.domains(),
             served: RwLock::new(BTreeMap::new()),
+            quic,
         });
         for app in apps {
             https.add_app(app)?;
@@ -413,6 +436,9 @@ pub struct Https {
     domains: Vec<String>,
     /// The names each app is served at, for the start-up report.
     served: RwLock<BTreeMap<String, Vec<String>>>,
+    /// The QUIC endpoint, serving the same names with the same
+    /// certificates (`[quic]`, on by default).
+    quic: Option<Arc<Quic>>,
 }
 
 impl Https {
@@ -424,6 +450,11 @@ impl Https {
     /// The address the plain-HTTP listener is bound to, if enabled.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The QUIC endpoint, when QUIC is enabled.
+    pub fn quic(&self) -> Option<&Arc<Quic>> {
+        self.quic.as_ref()
     }
 
     /// The certificate resolver.
@@ -472,6 +503,9 @@ impl Https {
             configs.insert(app.name.clone(), self.ctx.base.build(alpn)?);
         }
         drop(configs);
+        if let Some(quic) = &self.quic {
+            quic.add_app(app)?;
+        }
         let names = self.names_of(app);
         for name in &names {
             self.ctx.certs.prepare(name);
@@ -513,6 +547,9 @@ impl Https {
                 .map(|n| format!("https://{n}{port}/"))
                 .collect();
             lines.push(format!("app {app} at {}", urls.join(" ")));
+        }
+        if let Some(quic) = &self.quic {
+            lines.push(quic.describe());
         }
         if let Some(http) = self.http_addr {
             lines.push(format!(

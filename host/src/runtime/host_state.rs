@@ -16,6 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::sockgate::gateway::types as wit;
 use super::instance::{InstanceSettings, wit_info};
 use super::supervisor::GuestLimiter;
+use crate::conn::ReceiveError;
 use crate::conns::{AppAccount, ConnTracker};
 use crate::logs::{AppLog, EventKind, Stream};
 use crate::outbound::OutboundPolicy;
@@ -118,6 +119,16 @@ impl super::bindings::sockgate::gateway::connection::Host for HostState {
             .tracker
             .info(id, &self.account)
             .map(|info| wit_info(&info)))
+    }
+
+    fn receive_error(&mut self, id: u64) -> wasmtime::Result<Option<wit::RxError>> {
+        Ok(self
+            .tracker
+            .receive_error(id, &self.account)
+            .map(|error| match error {
+                ReceiveError::Reset(code) => wit::RxError::Reset(code),
+                ReceiveError::Aborted(why) => wit::RxError::Aborted(why),
+            }))
     }
 }
 

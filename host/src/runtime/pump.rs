@@ -95,6 +95,8 @@ impl<D> StreamProducer<D> for ClientReader {
             }
             Poll::Ready(Err(err)) => {
                 tracing::debug!("client read failed: {err}");
+                self.guard
+                    .set_receive_error(crate::conn::ReceiveError::from_io(&err));
                 StreamResult::Dropped
             }
             Poll::Pending if finish => StreamResult::Cancelled,

@@ -1,0 +1,368 @@
+//! The QUIC handshake's TLS side: rustls through quinn, with the TLS
+//! listener's certificates, and refusals that say what was wrong.
+//!
+//! quinn starts a TLS session before the ClientHello is seen, so the app
+//! cannot be chosen first as the TLS listener does. Instead the certificate
+//! resolver ([`QuicCertResolver`]) is where a connection is routed: it sees
+//! the server name and the client's ALPN protocols, and refuses names that
+//! select no app and clients that speak none of the app's protocols. rustls
+//! reports every resolver refusal as `access_denied`; [`RoutedSession`]
+//! turns that into the alert the refusal deserves (`unrecognized_name`,
+//! `no_application_protocol`), with a reason the client's library shows.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, Result};
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::crypto::{
+    ExportKeyingMaterialError, HeaderKey, KeyPair, Keys, PacketKey, ServerConfig, Session,
+    UnsupportedVersion,
+};
+use quinn::{ConnectionId, Side, TransportErrorCode};
+use quinn_proto::TransportError;
+use quinn_proto::transport_parameters::TransportParameters;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::certs::{Certificates, crypto_provider, normalize_name};
+use crate::route::Router;
+
+/// The ALPN protocol an app that declares none accepts over QUIC, where
+/// ALPN is mandatory (RFC 9001, section 8.1). Clients of such apps offer it.
+pub const DEFAULT_ALPN: &str = "sockgate";
+
+/// TLS alert descriptions (RFC 8446, section 6) the refusals use.
+const ALERT_ACCESS_DENIED: u8 = 49;
+const ALERT_INTERNAL_ERROR: u8 = 80;
+const ALERT_UNRECOGNIZED_NAME: u8 = 112;
+const ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
+
+/// Why the resolver refused a handshake.
+#[derive(Debug, Clone)]
+enum Refusal {
+    NoServerName,
+    UnknownName(String),
+    NoCommonProtocol { app: String, accepted: Vec<String> },
+    NoCertificate(String),
+}
+
+impl Refusal {
+    fn alert(&self) -> u8 {
+        match self {
+            Refusal::NoServerName | Refusal::UnknownName(_) => ALERT_UNRECOGNIZED_NAME,
+            Refusal::NoCommonProtocol { .. } => ALERT_NO_APPLICATION_PROTOCOL,
+            Refusal::NoCertificate(_) => ALERT_INTERNAL_ERROR,
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Refusal::NoServerName => "no server name (SNI): name the app to reach".to_owned(),
+            Refusal::UnknownName(name) => format!("server name `{name}` selects no app"),
+            Refusal::NoCommonProtocol { app, accepted } => format!(
+                "app `{app}` speaks ALPN {}; the client offered none of them",
+                accepted.join(", ")
+            ),
+            Refusal::NoCertificate(name) => format!("no certificate for `{name}` yet"),
+        }
+    }
+}
+
+thread_local! {
+    /// The resolver's refusal during the `read_handshake` call running on
+    /// this thread: rustls calls the resolver synchronously from there.
+    static REFUSAL: RefCell<Option<Refusal>> = const { RefCell::new(None) };
+}
+
+/// The ALPN protocols each app accepts over QUIC, kept in step with the
+/// apps the gateway serves.
+#[derive(Default)]
+pub struct AppProtocols {
+    by_app: RwLock<HashMap<String, Vec<String>>>,
+}
+
+impl AppProtocols {
+    /// Records the protocols of `app` (its `alpn`, or [`DEFAULT_ALPN`]).
+    pub fn set(&self, app: &str, alpn: &[String]) {
+        let protocols = if alpn.is_empty() {
+            vec![DEFAULT_ALPN.to_owned()]
+        } else {
+            alpn.to_vec()
+        };
+        write(&self.by_app).insert(app.to_owned(), protocols);
+    }
+
+    /// The protocols `app` accepts.
+    pub fn of(&self, app: &str) -> Vec<String> {
+        read(&self.by_app)
+            .get(app)
+            .cloned()
+            .unwrap_or_else(|| vec![DEFAULT_ALPN.to_owned()])
+    }
+
+    /// Every app's protocols, each once: what the endpoint offers. rustls
+    /// picks the first of these the client offers, so the default comes
+    /// first and then apps in name order, for a stable choice.
+    fn union(&self) -> Vec<Vec<u8>> {
+        let by_app = read(&self.by_app);
+        let mut names: Vec<&String> = by_app.keys().collect();
+        names.sort();
+        let mut all = vec![DEFAULT_ALPN.as_bytes().to_vec()];
+        for name in names {
+            for protocol in &by_app[name] {
+                if !all.iter().any(|p| p == protocol.as_bytes()) {
+                    all.push(protocol.as_bytes().to_vec());
+                }
+            }
+        }
+        all
+    }
+}
+
+/// The certificate resolver of the QUIC endpoint: routes by server name
+/// and checks ALPN before handing out the certificate the TLS listener
+/// would serve for that name.
+struct QuicCertResolver {
+    router: Arc<Router>,
+    certs: Arc<Certificates>,
+    protocols: Arc<AppProtocols>,
+}
+
+impl std::fmt::Debug for QuicCertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuicCertResolver")
+    }
+}
+
+impl QuicCertResolver {
+    fn check(&self, hello: &ClientHello<'_>) -> Result<Arc<CertifiedKey>, Refusal> {
+        let name = hello
+            .server_name()
+            .map(normalize_name)
+            .ok_or(Refusal::NoServerName)?;
+        let app = self
+            .router
+            .app_name_for_server_name(&name)
+            .filter(|app| self.router.get(app).is_some())
+            .ok_or_else(|| Refusal::UnknownName(name.clone()))?;
+        let accepted = self.protocols.of(&app);
+        let offered: Vec<&[u8]> = hello.alpn().map(|p| p.collect()).unwrap_or_default();
+        if !accepted.iter().any(|a| offered.contains(&a.as_bytes())) {
+            return Err(Refusal::NoCommonProtocol { app, accepted });
+        }
+        self.certs
+            .certificate_for(&name)
+            .ok_or(Refusal::NoCertificate(name))
+    }
+}
+
+impl ResolvesServerCert for QuicCertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match self.check(&hello) {
+            Ok(cert) => Some(cert),
+            Err(refusal) => {
+                REFUSAL.with(|slot| *slot.borrow_mut() = Some(refusal));
+                None
+            }
+        }
+    }
+}
+
+/// The endpoint's crypto configuration: rebuilt when the set of ALPN
+/// protocols changes (an app is deployed), swapped in for new handshakes.
+pub struct RoutedCrypto {
+    resolver: Arc<QuicCertResolver>,
+    protocols: Arc<AppProtocols>,
+    current: RwLock<Arc<QuicServerConfig>>,
+}
+
+impl RoutedCrypto {
+    /// Crypto for an endpoint serving the apps in `router` with `certs`.
+    pub fn new(
+        router: Arc<Router>,
+        certs: Arc<Certificates>,
+        protocols: Arc<AppProtocols>,
+    ) -> Result<Arc<Self>> {
+        let resolver = Arc::new(QuicCertResolver {
+            router,
+            certs,
+            protocols: protocols.clone(),
+        });
+        let current = RwLock::new(build(&resolver, protocols.union())?);
+        Ok(Arc::new(Self {
+            resolver,
+            protocols,
+            current,
+        }))
+    }
+
+    /// Offers the current union of the apps' protocols to new handshakes.
+    pub fn refresh(&self) -> Result<()> {
+        let config = build(&self.resolver, self.protocols.union())?;
+        *write(&self.current) = config;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<QuicServerConfig> {
+        read(&self.current).clone()
+    }
+}
+
+fn build(resolver: &Arc<QuicCertResolver>, alpn: Vec<Vec<u8>>) -> Result<Arc<QuicServerConfig>> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("QUIC TLS configuration")?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    tls.alpn_protocols = alpn;
+    // No 0-RTT: early data could be replayed, and guests cannot tell.
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|err| anyhow::anyhow!("QUIC TLS configuration: {err}"))?;
+    Ok(Arc::new(quic))
+}
+
+impl ServerConfig for RoutedCrypto {
+    fn initial_keys(
+        &self,
+        version: u32,
+        dst_cid: &ConnectionId,
+    ) -> Result<Keys, UnsupportedVersion> {
+        self.current().initial_keys(version, dst_cid)
+    }
+
+    fn retry_tag(&self, version: u32, orig_dst_cid: &ConnectionId, packet: &[u8]) -> [u8; 16] {
+        self.current().retry_tag(version, orig_dst_cid, packet)
+    }
+
+    fn start_session(
+        self: Arc<Self>,
+        version: u32,
+        params: &TransportParameters,
+    ) -> Box<dyn Session> {
+        Box::new(RoutedSession {
+            inner: self.current().start_session(version, params),
+        })
+    }
+}
+
+/// A rustls session whose resolver refusals become precise TLS alerts.
+struct RoutedSession {
+    inner: Box<dyn Session>,
+}
+
+impl Session for RoutedSession {
+    fn initial_keys(&self, dst_cid: &ConnectionId, side: Side) -> Keys {
+        self.inner.initial_keys(dst_cid, side)
+    }
+
+    fn handshake_data(&self) -> Option<Box<dyn Any>> {
+        self.inner.handshake_data()
+    }
+
+    fn peer_identity(&self) -> Option<Box<dyn Any>> {
+        self.inner.peer_identity()
+    }
+
+    fn early_crypto(&self) -> Option<(Box<dyn HeaderKey>, Box<dyn PacketKey>)> {
+        self.inner.early_crypto()
+    }
+
+    fn early_data_accepted(&self) -> Option<bool> {
+        self.inner.early_data_accepted()
+    }
+
+    fn is_handshaking(&self) -> bool {
+        self.inner.is_handshaking()
+    }
+
+    fn read_handshake(&mut self, buf: &[u8]) -> Result<bool, TransportError> {
+        REFUSAL.with(|slot| slot.borrow_mut().take());
+        let result = self.inner.read_handshake(buf);
+        let refusal = REFUSAL.with(|slot| slot.borrow_mut().take());
+        match (result, refusal) {
+            (Err(err), Some(refusal))
+                if err.code == TransportErrorCode::crypto(ALERT_ACCESS_DENIED) =>
+            {
+                tracing::debug!("quic: refused a handshake: {}", refusal.reason());
+                Err(TransportError {
+                    code: TransportErrorCode::crypto(refusal.alert()),
+                    frame: None,
+                    reason: refusal.reason(),
+                })
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn transport_parameters(&self) -> Result<Option<TransportParameters>, TransportError> {
+        self.inner.transport_parameters()
+    }
+
+    fn write_handshake(&mut self, buf: &mut Vec<u8>) -> Option<Keys> {
+        self.inner.write_handshake(buf)
+    }
+
+    fn next_1rtt_keys(&mut self) -> Option<KeyPair<Box<dyn PacketKey>>> {
+        self.inner.next_1rtt_keys()
+    }
+
+    fn is_valid_retry(&self, orig_dst_cid: &ConnectionId, header: &[u8], payload: &[u8]) -> bool {
+        self.inner.is_valid_retry(orig_dst_cid, header, payload)
+    }
+
+    fn export_keying_material(
+        &self,
+        output: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), ExportKeyingMaterialError> {
+        self.inner.export_keying_material(output, label, context)
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_offers_the_default_first_then_each_protocol_once() {
+        let protocols = AppProtocols::default();
+        protocols.set("web", &["h3".into(), "x-chat".into()]);
+        protocols.set("chat", &["x-chat".into()]);
+        protocols.set("echo", &[]);
+        let union: Vec<String> = protocols
+            .union()
+            .into_iter()
+            .map(|p| String::from_utf8(p).unwrap())
+            .collect();
+        assert_eq!(union, ["sockgate", "x-chat", "h3"]);
+        assert_eq!(protocols.of("echo"), ["sockgate"]);
+        assert_eq!(protocols.of("web"), ["h3", "x-chat"]);
+    }
+
+    #[test]
+    fn refusals_map_to_the_alert_rfc_9001_expects() {
+        let unknown = Refusal::UnknownName("nope.example.org".into());
+        assert_eq!(unknown.alert(), ALERT_UNRECOGNIZED_NAME);
+        assert!(unknown.reason().contains("nope.example.org"));
+        let alpn = Refusal::NoCommonProtocol {
+            app: "chat".into(),
+            accepted: vec!["x-chat".into()],
+        };
+        assert_eq!(alpn.alert(), ALERT_NO_APPLICATION_PROTOCOL);
+        assert!(alpn.reason().contains("x-chat"));
+    }
+}
