@@ -256,7 +256,11 @@ async fn bulk_echo(conn: &quinn::Connection, pid: &[u32], bytes: u64) -> (f64, f
 async fn streams(conn: &quinn::Connection, pid: &[u32], duration: Duration) -> (f64, f64) {
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..STREAM_CLIENTS)
+    let clients = std::env::var("SOCKGATE_BENCH_STREAM_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(STREAM_CLIENTS);
+    let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (conn, count, stop) = (conn.clone(), count.clone(), stop.clone());
             tokio::spawn(async move {
