@@ -178,15 +178,15 @@ fn report(rows: &[Row], duration: Duration, cached_runs: usize, pinned: bool) {
     let mut json = Vec::new();
     for row in rows {
         md.push_str(&format!(
-            "| {} | {} ({:.0}×) | {} ms | {:.0} ms | {} ms | {:.0} ms ({:.1}×) | {:.0} | {:.2}× | {:.2} |\n",
+            "| {} | {} ({}) | {} ms | {:.0} ms | {} ms | {:.0} ms ({}) | {:.0} | {:.2}× | {:.2} |\n",
             row.language,
             human_size(row.size),
-            row.size as f64 / rust.size as f64,
+            ratio(row.size as f64 / rust.size as f64),
             row.cold_compile_ms,
             row.cold_first_echo_ms,
             row.cached_load_ms,
             row.cached_first_echo_ms,
-            row.cached_first_echo_ms / rust.cached_first_echo_ms,
+            ratio(row.cached_first_echo_ms / rust.cached_first_echo_ms),
             row.echo.round_trips_per_sec,
             row.echo.round_trips_per_sec / rust.echo.round_trips_per_sec,
             row.echo.server_cpu_us_per_round_trip,
@@ -208,6 +208,17 @@ fn report(rows: &[Row], duration: Duration, cached_runs: usize, pinned: bool) {
         ));
     }
     common::publish("languages", &md, &json);
+}
+
+/// `0.18×`, `2.5×`, `223×`: two significant digits or so.
+fn ratio(x: f64) -> String {
+    if x < 1.0 {
+        format!("{x:.2}×")
+    } else if x < 10.0 {
+        format!("{x:.1}×")
+    } else {
+        format!("{x:.0}×")
+    }
 }
 
 /// `74 KiB`, `21.9 MiB`.
