@@ -18,17 +18,16 @@
 //! `SOCKGATE_BENCH_QUICK=1 cargo bench --bench quic_echo` (1 s, 16 MiB).
 //! Results are printed and written to `target/bench-results/quic_echo.{md,json}`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{has_taskset, pin, process_cpu, root};
+use common::{Server, has_taskset, pin, process_cpu, root};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, TransportConfig, VarInt};
 use rustls::pki_types::pem::PemObject;
@@ -64,7 +63,7 @@ fn main() {
         .unwrap();
     let mut rows = Vec::new();
     {
-        let sockgate = Server::sockgate(&dir, &echo, &cert, &key, pinned);
+        let sockgate = sockgate(&dir, &echo, &cert, &key, pinned);
         rows.push(runtime.block_on(Row::measure(
             "sockgate + echo guest",
             &sockgate,
@@ -73,7 +72,7 @@ fn main() {
         )));
     }
     {
-        let quinn = Server::quinn(&cert, &key, pinned);
+        let quinn = quinn(&cert, &key, pinned);
         rows.push(runtime.block_on(Row::measure(
             "plain quinn echo",
             &quinn,
@@ -84,81 +83,39 @@ fn main() {
     report(&rows, duration, bulk_bytes, pinned);
 }
 
-/// A server process under test and its QUIC address.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
+/// sockgate serving the echo guest over QUIC (and TLS) with `cert`.
+fn sockgate(dir: &Path, echo: &Path, cert: &Path, key: &Path, pinned: bool) -> Server {
+    let config = dir.join("sockgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\ncache_dir = {:?}\nstate_dir = {:?}\n\n\
+             [tls]\nlisten = \"127.0.0.1:0\"\ndomain = \"bench.test\"\ncertificates = \"files\"\n\
+             [[tls.certificate]]\ncert = {:?}\nkey = {:?}\n\n[http]\nenabled = false\n\n\
+             [quic]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[app]]\nname = \"echo\"\ncomponent = {:?}\nlisten = \"127.0.0.1:0\"\n",
+            root().join("target/bench-cache").display().to_string(),
+            dir.join("state").display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            echo.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn");
+    Server::spawn(command, pinned, "quic listening on ")
 }
 
-impl Server {
-    fn sockgate(dir: &Path, echo: &Path, cert: &Path, key: &Path, pinned: bool) -> Self {
-        let config = dir.join("sockgate.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\ncache_dir = {:?}\nstate_dir = {:?}\n\n\
-                 [tls]\nlisten = \"127.0.0.1:0\"\ndomain = \"bench.test\"\ncertificates = \"files\"\n\
-                 [[tls.certificate]]\ncert = {:?}\nkey = {:?}\n\n[http]\nenabled = false\n\n\
-                 [quic]\nlisten = \"127.0.0.1:0\"\n\n\
-                 [[app]]\nname = \"echo\"\ncomponent = {:?}\nlisten = \"127.0.0.1:0\"\n",
-                root().join("target/bench-cache").display().to_string(),
-                dir.join("state").display().to_string(),
-                cert.display().to_string(),
-                key.display().to_string(),
-                echo.display().to_string(),
-            ),
-        )
-        .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
-        command.arg("serve").arg("--config").arg(&config);
-        Self::spawn(command, "quic listening on ", "sockgate ready", pinned)
-    }
-
-    fn quinn(cert: &Path, key: &Path, pinned: bool) -> Self {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command.arg("--quinn-echo-server").arg(cert).arg(key);
-        Self::spawn(command, "listening on ", "listening on ", pinned)
-    }
-
-    /// Starts `command`, reads its address from the line starting with
-    /// `prefix`, and waits for the line starting with `ready`.
-    fn spawn(mut command: Command, prefix: &str, ready: &str, pinned: bool) -> Self {
-        let mut child = command
-            .env("RUST_LOG", "warn")
-            .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start the server");
-        if pinned {
-            pin(child.id(), "1");
-        }
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut addr = None;
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            addr = addr.or_else(|| {
-                line.strip_prefix(prefix)
-                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            });
-            if line.starts_with(ready) {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            addr: addr.expect("the server printed no QUIC address"),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The baseline: this binary as a plain quinn echo server.
+fn quinn(cert: &Path, key: &Path, pinned: bool) -> Server {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.arg("--quinn-echo-server").arg(cert).arg(key);
+    Server::spawn(command, pinned, "listening on ")
 }
 
 /// One server's figures.
@@ -183,7 +140,7 @@ impl Row {
             .unwrap()
             .await
             .expect("QUIC handshake failed");
-        let pid = [under_test.child.id()];
+        let pid = [under_test.pid()];
         let (bulk_mb_per_s, bulk_cpu_ms_per_gb) = bulk_echo(&conn, &pid, bulk).await;
         let (streams_per_s, stream_cpu_us) = streams(&conn, &pid, duration).await;
         conn.close(VarInt::from_u32(0), b"done");

@@ -15,20 +15,21 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{build_guest, has_taskset, pin, process_cpu, root};
+use common::{MESSAGE, Measured, Server, build_guest, has_taskset, measure, pin, root};
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-const MESSAGE: usize = 64;
+/// Starts the native tokio echo server (this executable, as a child).
+fn native_server(pinned: bool) -> Server {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = Command::new(exe);
+    command.arg("native-echo-server");
+    Server::spawn(command, pinned, "native echo listening on ")
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -52,7 +53,7 @@ fn main() {
     let cache = root().join("target/bench-cache");
     let mut rows = Vec::new();
     for &connections in connection_counts {
-        let native = Server::native(pinned);
+        let native = native_server(pinned);
         let native_result = measure(&native, connections, duration);
         drop(native);
         let gateway = Server::sockgate(&echo, &cache, pinned);
@@ -61,13 +62,6 @@ fn main() {
         rows.push((connections, gateway_result, native_result));
     }
     report(&rows, duration, pinned);
-}
-
-/// Round trips per second and server CPU microseconds per round trip.
-#[derive(Debug, Clone, Copy)]
-struct Measured {
-    round_trips_per_sec: f64,
-    server_cpu_us_per_round_trip: f64,
 }
 
 fn report(rows: &[(usize, Measured, Measured)], duration: Duration, pinned: bool) {
@@ -103,113 +97,6 @@ fn report(rows: &[(usize, Measured, Measured)], duration: Duration, pinned: bool
         ));
     }
     common::publish("tcp_echo", &md, &json);
-}
-
-/// Drives `connections` ping-pong connections against `server` for
-/// `duration` (after a warm-up) and measures.
-fn measure(server: &Server, connections: usize, duration: Duration) -> Measured {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let count = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for _ in 0..connections {
-            let stream = TcpStream::connect(server.addr).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            let (count, stop) = (count.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut stream = stream;
-                let message = [7u8; MESSAGE];
-                let mut back = [0u8; MESSAGE];
-                while !stop.load(Ordering::Relaxed) {
-                    stream.write_all(&message).await.unwrap();
-                    stream.read_exact(&mut back).await.unwrap();
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await; // warm-up
-        let cpu_before = process_cpu(server.pid());
-        let count_before = count.load(Ordering::Relaxed);
-        let started = Instant::now();
-        tokio::time::sleep(duration).await;
-        let round_trips = count.load(Ordering::Relaxed) - count_before;
-        let elapsed = started.elapsed();
-        let cpu = process_cpu(server.pid()) - cpu_before;
-        stop.store(true, Ordering::Relaxed);
-        for task in tasks {
-            task.await.unwrap();
-        }
-        Measured {
-            round_trips_per_sec: round_trips as f64 / elapsed.as_secs_f64(),
-            server_cpu_us_per_round_trip: cpu.as_secs_f64() * 1e6 / round_trips as f64,
-        }
-    })
-}
-
-/// A server process under test.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn native(pinned: bool) -> Self {
-        let exe = std::env::current_exe().unwrap();
-        let mut command = Command::new(exe);
-        command.arg("native-echo-server");
-        Self::spawn(command, pinned, "native echo listening on ")
-    }
-
-    fn sockgate(component: &Path, cache: &Path, pinned: bool) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
-        command
-            .arg("run")
-            .arg(component)
-            .args(["--listen", "127.0.0.1:0", "--cache-dir"])
-            .arg(cache)
-            .env("RUST_LOG", "warn");
-        Self::spawn(command, pinned, "app echo listening on tcp ")
-    }
-
-    fn spawn(mut command: Command, pinned: bool, ready_prefix: &str) -> Self {
-        command
-            .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command.spawn().expect("cannot start server");
-        if pinned {
-            pin(child.id(), "1");
-        }
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("server exited before it was ready")
-                .unwrap();
-            if let Some(rest) = line.strip_prefix(ready_prefix) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        };
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The baseline: the straightforward tokio echo server, default runtime.

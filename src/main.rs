@@ -3,6 +3,7 @@
 
 mod client;
 mod dev_ca;
+mod new;
 mod serve;
 
 use std::net::SocketAddr;
@@ -111,6 +112,45 @@ enum Command {
         #[command(flatten)]
         admin: client::AdminArgs,
     },
+    /// Create a ready-to-build guest project: the WIT, an echo body to
+    /// edit, and a README with the build command.
+    New {
+        /// The app's name (a DNS label: it becomes the app name and
+        /// subdomain).
+        name: String,
+        /// The language to write the guest in.
+        #[arg(long, value_enum)]
+        lang: new::Lang,
+        /// Where to create it (default: ./NAME); must be new or empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build steps of a C guest (run by the build.sh of `sockgate new
+    /// --lang c` projects).
+    #[command(subcommand)]
+    CGuest(CGuestStep),
+}
+
+/// The steps `sockgate c-guest` performs.
+#[derive(Subcommand)]
+enum CGuestStep {
+    /// Write the C bindings of the `conn-handler` world (like
+    /// `wit-bindgen c`).
+    Bindings {
+        /// The WIT directory (the project's `wit/`).
+        wit: PathBuf,
+        /// Where to write `conn_handler.{h,c}` and
+        /// `conn_handler_component_type.o`.
+        out: PathBuf,
+    },
+    /// Make a component of a core module built by clang, adapting its WASI
+    /// preview1 imports (like `wasm-tools component new --adapt`).
+    Component {
+        /// The core module (.wasm).
+        core: PathBuf,
+        /// The component to write.
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -167,6 +207,13 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::DevCa { config, state_dir } => {
             return result(dev_ca::print_root(config, state_dir));
+        }
+        Command::New { name, lang, dir } => return result(new::create(&name, lang, dir)),
+        Command::CGuest(CGuestStep::Bindings { wit, out }) => {
+            return result(new::c_bindings(&wit, &out));
+        }
+        Command::CGuest(CGuestStep::Component { core, out }) => {
+            return result(new::c_component(&core, &out));
         }
         Command::Deploy { args, admin } => match client(admin) {
             Ok(client) => client.deploy(args).await,

@@ -1,14 +1,22 @@
 //! What every benchmark shares: where the repository is, building a guest,
-//! and writing a result table next to the printed one.
+//! starting a server process, the echo load generator, and writing a result
+//! table next to the printed one.
 
 // Each benchmark uses part of this module.
 #![allow(dead_code)]
 
 pub mod tls;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -34,6 +42,22 @@ pub fn build_guest(name: &str) -> PathBuf {
     root()
         .join("guests/target/wasm32-wasip2/release")
         .join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// Builds `guests/<lang>/<name>` with guests/build-lang.sh (its real
+/// toolchain, installed if missing) and returns the component
+/// `guests/target/lang/<lang>-<name>.wasm`.
+pub fn build_lang_guest(lang: &str, name: &str) -> PathBuf {
+    let status = Command::new("bash")
+        .arg(root().join("guests/build-lang.sh"))
+        .arg(lang)
+        .env("CARGO", env!("CARGO"))
+        .status()
+        .expect("cannot run guests/build-lang.sh");
+    assert!(status.success(), "building the {lang} guests failed");
+    root()
+        .join("guests/target/lang")
+        .join(format!("{lang}-{name}.wasm"))
 }
 
 /// Prints the markdown table and writes it, with the JSON rows, to
@@ -85,4 +109,137 @@ pub fn pin(pid: u32, cpus: &str) {
         .args(["-a", "-p", "-c", cpus, &pid.to_string()])
         .stdout(Stdio::null())
         .status();
+}
+
+/// Bytes per echo message in the round-trip benchmarks.
+pub const MESSAGE: usize = 64;
+
+/// Round trips per second and server CPU microseconds per round trip.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    /// Completed request/response pairs per second, over all connections.
+    pub round_trips_per_sec: f64,
+    /// The server process's CPU time (user + system) per round trip.
+    pub server_cpu_us_per_round_trip: f64,
+}
+
+/// Drives `connections` ping-pong connections (each sends a
+/// [`MESSAGE`]-byte message and waits for it to come back, as fast as it
+/// can) against `server` for `duration`, after a warm-up, and measures.
+/// The one load generator of the TCP echo benchmarks, so their figures
+/// compare.
+pub fn measure(server: &Server, connections: usize, duration: Duration) -> Measured {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let count = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let stream = TcpStream::connect(server.addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (count, stop) = (count.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut stream = stream;
+                let message = [7u8; MESSAGE];
+                let mut back = [0u8; MESSAGE];
+                while !stop.load(Ordering::Relaxed) {
+                    stream.write_all(&message).await.unwrap();
+                    stream.read_exact(&mut back).await.unwrap();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // warm-up
+        let cpu_before = process_cpu(server.pid());
+        let count_before = count.load(Ordering::Relaxed);
+        let started = Instant::now();
+        tokio::time::sleep(duration).await;
+        let round_trips = count.load(Ordering::Relaxed) - count_before;
+        let elapsed = started.elapsed();
+        let cpu = process_cpu(server.pid()) - cpu_before;
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        Measured {
+            round_trips_per_sec: round_trips as f64 / elapsed.as_secs_f64(),
+            server_cpu_us_per_round_trip: cpu.as_secs_f64() * 1e6 / round_trips as f64,
+        }
+    })
+}
+
+/// A server process under test, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// Where it accepts connections.
+    pub addr: SocketAddr,
+    /// The line it printed when ready (for sockgate: the app's line, with
+    /// its size and compile or cache-load time).
+    pub ready_line: String,
+    /// When the process was started.
+    pub started: Instant,
+}
+
+impl Server {
+    /// `sockgate run COMPONENT` on a free loopback port with compile cache
+    /// `cache`, ready when it prints the app's `listening` line.
+    pub fn sockgate(component: &Path, cache: &Path, pinned: bool) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+        command
+            .arg("run")
+            .arg(component)
+            .args(["--listen", "127.0.0.1:0", "--cache-dir"])
+            .arg(cache)
+            .env("RUST_LOG", "warn");
+        Self::spawn(command, pinned, "listening on tcp ")
+    }
+
+    /// Starts `command` (pinned to CPU 1 if `pinned`) and waits for the
+    /// stdout line containing `ready_marker` followed by its address.
+    pub fn spawn(mut command: Command, pinned: bool, ready_marker: &str) -> Self {
+        command
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let started = Instant::now();
+        let mut child = command.spawn().expect("cannot start server");
+        if pinned {
+            pin(child.id(), "1");
+        }
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (addr, ready_line) = loop {
+            let line = lines
+                .next()
+                .expect("server exited before it was ready")
+                .unwrap();
+            if let Some((_, rest)) = line.split_once(ready_marker) {
+                let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                break (addr, line);
+            }
+        };
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            addr,
+            ready_line,
+            started,
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

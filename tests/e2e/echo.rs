@@ -31,7 +31,7 @@ fn echo_gateway(lang: Lang) -> Gateway {
 
 /// Deterministic bytes that differ per connection, so a mixed-up stream
 /// cannot pass.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -47,7 +47,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// until the gateway closes its side. Writing and reading run
 /// concurrently, so payloads larger than the socket buffers cannot
 /// deadlock.
-async fn round_trip(addr: std::net::SocketAddr, data: Vec<u8>) -> Vec<u8> {
+pub(crate) async fn round_trip(addr: std::net::SocketAddr, data: Vec<u8>) -> Vec<u8> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut rd, mut wr) = stream.into_split();
     let writer = tokio::spawn(async move {

@@ -29,6 +29,16 @@ impl Lang {
             Lang::C => format!("c/{name}"),
         }
     }
+
+    /// The language's name on the command line (`sockgate new --lang`).
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            Lang::Rust => "rust",
+            Lang::Python => "python",
+            Lang::Js => "js",
+            Lang::C => "c",
+        }
+    }
 }
 
 /// One test per language and suite function:

@@ -11,6 +11,7 @@ mod deploy;
 mod echo;
 mod http_hello;
 mod limits;
+mod new_project;
 mod refusals;
 mod traps;
 

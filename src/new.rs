@@ -1,0 +1,318 @@
+//! `sockgate new`: create a ready-to-build guest project, and
+//! `sockgate c-guest`: the build steps of a C guest project.
+//!
+//! The project templates (`templates/<lang>/`) and the WIT (`wit/`) are
+//! embedded in the binary, so a project always gets the contract of the
+//! gateway that created it, and the binary needs no files beside it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use sockgate_host::config::check_app_name;
+
+/// The world every guest implements, as the template projects name it.
+pub const WORLD: &str = "sockgate:gateway/conn-handler";
+
+/// The languages `sockgate new` has templates for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    /// Rust with wit-bindgen, built by cargo for wasm32-wasip2.
+    Rust,
+    /// Python, built by componentize-py.
+    Python,
+    /// JavaScript, built by componentize-qjs (QuickJS).
+    Js,
+    /// C, built by clang with wasi-libc and `sockgate c-guest`.
+    C,
+}
+
+/// One file of a project: its path inside the project and its contents.
+struct File {
+    path: &'static str,
+    contents: &'static str,
+    executable: bool,
+}
+
+/// A file of the repository, embedded at build time, written at `path`.
+macro_rules! embed {
+    ($source:literal => $path:literal) => {
+        embed!($source => $path, false)
+    };
+    ($source:literal => $path:literal, $executable:literal) => {
+        File {
+            path: $path,
+            contents: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $source)),
+            executable: $executable,
+        }
+    };
+}
+
+/// The gateway's WIT, copied into every project as `wit/`.
+const WIT: &[File] = &[
+    embed!("wit/gateway.wit" => "wit/gateway.wit"),
+    embed!("wit/deps/cli.wit" => "wit/deps/cli.wit"),
+    embed!("wit/deps/clocks.wit" => "wit/deps/clocks.wit"),
+    embed!("wit/deps/filesystem.wit" => "wit/deps/filesystem.wit"),
+    embed!("wit/deps/random.wit" => "wit/deps/random.wit"),
+    embed!("wit/deps/sockets.wit" => "wit/deps/sockets.wit"),
+];
+
+const RUST: &[File] = &[
+    embed!("templates/rust/Cargo.toml.in" => "Cargo.toml"),
+    embed!("templates/rust/Cargo.lock.in" => "Cargo.lock"),
+    embed!("templates/rust/.cargo/config.toml" => ".cargo/config.toml"),
+    embed!("templates/rust/.gitignore" => ".gitignore"),
+    embed!("templates/rust/README.md" => "README.md"),
+    embed!("templates/rust/src/lib.rs" => "src/lib.rs"),
+];
+
+const PYTHON: &[File] = &[
+    embed!("templates/python/.gitignore" => ".gitignore"),
+    embed!("templates/python/README.md" => "README.md"),
+    embed!("templates/python/app.py" => "app.py"),
+];
+
+const JS: &[File] = &[
+    embed!("templates/js/.gitignore" => ".gitignore"),
+    embed!("templates/js/README.md" => "README.md"),
+    embed!("templates/js/app.js" => "app.js"),
+    embed!("templates/js/package.json" => "package.json"),
+];
+
+const C: &[File] = &[
+    embed!("templates/c/.gitignore" => ".gitignore"),
+    embed!("templates/c/README.md" => "README.md"),
+    embed!("templates/c/app.c" => "app.c"),
+    embed!("templates/c/build.sh" => "build.sh", true),
+];
+
+impl Lang {
+    fn files(self) -> &'static [File] {
+        match self {
+            Lang::Rust => RUST,
+            Lang::Python => PYTHON,
+            Lang::Js => JS,
+            Lang::C => C,
+        }
+    }
+
+    fn display(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+            Lang::C => "C",
+        }
+    }
+}
+
+/// Creates the project for app `name` in `lang` in `dir` (default
+/// `./<name>`), and prints what to do next.
+///
+/// Refuses an invalid app name (it becomes a subdomain) and an existing
+/// directory that is not empty, so it never overwrites anyone's work.
+pub fn create(name: &str, lang: Lang, dir: Option<PathBuf>) -> Result<()> {
+    check_app_name(name).context("the project name becomes the app's name")?;
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let existed = match std::fs::read_dir(&dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "{} exists and is not empty: choose another --dir, or remove it first",
+                    dir.display()
+                );
+            }
+            true
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!(
+                    "cannot create the project in {}: it is not a usable directory",
+                    dir.display()
+                )
+            });
+        }
+    };
+    let written = write_project(name, lang, &dir);
+    if written.is_err() && !existed {
+        // Leave nothing half-made behind.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    written?;
+    let readme = render(
+        lang.files()
+            .iter()
+            .find(|f| f.path == "README.md")
+            .map_or("", |f| f.contents),
+        name,
+    );
+    println!(
+        "created {} guest `{name}` in {}",
+        lang.display(),
+        dir.display()
+    );
+    println!("next, in {} (see its README.md):", dir.display());
+    for section in ["Build", "Run"] {
+        for line in section_commands(&readme, section) {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+/// Writes every file of the project into `dir`.
+fn write_project(name: &str, lang: Lang, dir: &Path) -> Result<()> {
+    for file in WIT.iter().chain(lang.files()) {
+        let path = dir.join(file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        // WIT is copied as it is: it must stay identical to the gateway's.
+        let contents = if file.path.starts_with("wit/") {
+            file.contents.to_owned()
+        } else {
+            render(file.contents, name)
+        };
+        write_new(&path, &contents, file.executable)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` (never overwriting) with `contents`.
+fn write_new(path: &Path, contents: &str, executable: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = if executable { 0o755 } else { 0o644 };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+/// Fills in a template: `{{name}}` is the app name, `{{name_snake}}` the
+/// same with `_` for `-` (what cargo names a crate's `.wasm`).
+fn render(template: &str, name: &str) -> String {
+    template
+        .replace("{{name_snake}}", &name.replace('-', "_"))
+        .replace("{{name}}", name)
+}
+
+/// The lines of the first ```` ```sh ```` block under the markdown heading
+/// `## <section>`: the commands a project's README gives for that step.
+pub fn section_commands(readme: &str, section: &str) -> Vec<String> {
+    let heading = format!("## {section}");
+    let mut lines = readme.lines().skip_while(|l| l.trim() != heading).skip(1);
+    let mut commands = Vec::new();
+    if lines.by_ref().any(|l| l.trim() == "```sh") {
+        commands.extend(lines.take_while(|l| l.trim() != "```").map(str::to_owned));
+    }
+    commands
+}
+
+/// `sockgate c-guest bindings WIT_DIR OUT_DIR`: writes the C bindings of
+/// the `conn-handler` world (what `wit-bindgen c` does), with the same
+/// library guests/build-lang.sh uses, so C projects need only clang.
+pub fn c_bindings(wit: &Path, out: &Path) -> Result<()> {
+    sockgate_c_tool::bindings(wit, WORLD, out)
+}
+
+/// `sockgate c-guest component CORE OUT`: makes a component of the core
+/// module clang built, adapting its WASI preview1 imports with the adapter
+/// of the gateway's own wasmtime release.
+pub fn c_component(core: &Path, out: &Path) -> Result<()> {
+    sockgate_c_tool::component(core, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file under `dir`, relative to it, sorted.
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(next) = stack.pop() {
+            for entry in std::fs::read_dir(&next).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let rel = path.strip_prefix(dir).unwrap();
+                    found.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    fn root() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn every_wit_file_is_embedded() {
+        let mut embedded: Vec<String> = WIT
+            .iter()
+            .map(|f| f.path.trim_start_matches("wit/").to_owned())
+            .collect();
+        embedded.sort();
+        assert_eq!(embedded, files_under(&root().join("wit")));
+    }
+
+    #[test]
+    fn every_template_file_is_embedded() {
+        for (dir, lang) in [
+            ("rust", Lang::Rust),
+            ("python", Lang::Python),
+            ("js", Lang::Js),
+            ("c", Lang::C),
+        ] {
+            let on_disk = files_under(&root().join("templates").join(dir));
+            let mut embedded: Vec<String> = lang
+                .files()
+                .iter()
+                .map(|f| match f.path {
+                    "Cargo.toml" => "Cargo.toml.in".to_owned(),
+                    "Cargo.lock" => "Cargo.lock.in".to_owned(),
+                    other => other.to_owned(),
+                })
+                .collect();
+            embedded.sort();
+            assert_eq!(embedded, on_disk, "templates/{dir}");
+        }
+    }
+
+    #[test]
+    fn every_readme_says_how_to_build_and_run() {
+        for lang in [Lang::Rust, Lang::Python, Lang::Js, Lang::C] {
+            let readme = render(
+                lang.files()
+                    .iter()
+                    .find(|f| f.path == "README.md")
+                    .unwrap()
+                    .contents,
+                "my-app",
+            );
+            assert!(!section_commands(&readme, "Build").is_empty(), "{lang:?}");
+            let run = section_commands(&readme, "Run");
+            assert!(run[0].starts_with("sockgate run "), "{lang:?}: {run:?}");
+            assert!(!readme.contains("{{"), "{lang:?}: unfilled placeholder");
+        }
+    }
+
+    #[test]
+    fn section_commands_takes_the_block_under_its_heading() {
+        let readme =
+            "# x\n\n## Set up\n\n```sh\nsetup\n```\n\n## Build\n\ntext\n\n```sh\none\ntwo\n```\n";
+        assert_eq!(section_commands(readme, "Build"), ["one", "two"]);
+        assert_eq!(section_commands(readme, "Set up"), ["setup"]);
+        assert!(section_commands(readme, "Run").is_empty());
+    }
+}
