@@ -403,6 +403,14 @@ impl ActiveConn {
             .fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Aborts the connection's transport in both directions, now (a
+    /// replaced version's drain deadline passed).
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::Relaxed) {
+            (self.closer)();
+        }
+    }
+
     fn touch(&self) {
         self.last_activity_ms
             .store(coarse_now_ms(), Ordering::Relaxed);

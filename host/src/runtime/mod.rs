@@ -11,6 +11,11 @@
 //! - [`instance`]: one instance's task, serving the connections sent to it.
 //! - [`supervisor`]: CPU (fuel, epoch) and memory limits, trap explanations.
 //! - [`name_lookup`]: name lookups checked against the outbound policy.
+//! - [`sync_bindings`]: the host side of the WASI 0.2 world
+//!   `conn-handler-sync`.
+//! - [`sync_streams`]: a client connection as WASI 0.2 input/output streams.
+//! - [`per_connection`]: serving a `conn-handler-sync` app, one instance per
+//!   connection.
 
 pub mod bindings;
 pub mod cache;
@@ -19,7 +24,10 @@ pub mod host_state;
 pub mod instance;
 pub mod load;
 pub mod name_lookup;
+pub mod per_connection;
 pub mod pump;
 pub mod supervisor;
+pub mod sync_bindings;
+pub mod sync_streams;
 
 pub use engine::Runtime;
