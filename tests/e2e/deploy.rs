@@ -147,6 +147,49 @@ async fn a_redeploy_takes_new_connections_while_old_ones_keep_their_version() {
 }
 
 #[tokio::test]
+async fn a_sync_world_component_deploys_and_its_world_is_reported() {
+    let dir = ScratchDir::new("deploy-sync");
+    let state = dir.0.join("state");
+    let (gateway, admin) = start_admin(&state, None);
+    let component = guest("sync-echo").display().to_string();
+    let (code, stdout, stderr) = cli(
+        admin,
+        &state,
+        &["deploy", "sync", &component, "--listen", "127.0.0.1:0"],
+    );
+    assert_eq!(code, 0, "deploy failed: {stdout}{stderr}");
+    assert!(
+        stdout.contains("world conn-handler-sync"),
+        "deploy did not report the world: {stdout}"
+    );
+    deploy(admin, &state, "shared", &guest("echo"), &["--listen", "127.0.0.1:0"]);
+
+    let apps = ls(admin, &state);
+    let world_of = |name: &str| {
+        apps.iter().find(|a| a["name"] == name).unwrap()["load"]["world"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(world_of("sync"), "conn-handler-sync");
+    assert_eq!(world_of("shared"), "conn-handler");
+
+    // Served, one instance per connection.
+    let addr = app_addr(admin, &state, "sync");
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(ask(&mut first, "one").await, "one");
+    assert_eq!(ask(&mut second, "two").await, "two");
+    let (code, events, _) = cli(admin, &state, &["events", "sync"]);
+    assert_eq!(code, 0);
+    assert!(
+        events.contains("deployed version 1") && events.contains("world conn-handler-sync"),
+        "{events}"
+    );
+    drop(gateway);
+}
+
+#[tokio::test]
 async fn a_restart_restores_every_app_as_it_was() {
     let dir = ScratchDir::new("deploy-restart");
     let state = dir.0.join("state");

@@ -12,6 +12,7 @@ mod echo;
 mod http_hello;
 mod limits;
 mod refusals;
+mod sync_world;
 mod traps;
 
 // TLS termination, SNI routing and certificates (dev CA, files, ACME).
