@@ -162,7 +162,13 @@ async fn a_sync_world_component_deploys_and_its_world_is_reported() {
         stdout.contains("world conn-handler-sync"),
         "deploy did not report the world: {stdout}"
     );
-    deploy(admin, &state, "shared", &guest("echo"), &["--listen", "127.0.0.1:0"]);
+    deploy(
+        admin,
+        &state,
+        "shared",
+        &guest("echo"),
+        &["--listen", "127.0.0.1:0"],
+    );
 
     let apps = ls(admin, &state);
     let world_of = |name: &str| {

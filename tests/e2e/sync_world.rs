@@ -46,7 +46,10 @@ async fn bystanders(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut streams = Vec::new();
     for i in 0..n {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        assert_eq!(ask(&mut stream, &format!("hello {i}")).await, format!("hello {i}"));
+        assert_eq!(
+            ask(&mut stream, &format!("hello {i}")).await,
+            format!("hello {i}")
+        );
         streams.push(stream);
     }
     streams
@@ -186,11 +189,17 @@ async fn instantiation_times(component: &std::path::Path, rounds: usize) -> Vec<
     );
     // Warm the pool's slots (the first use of a slot maps its memory).
     for _ in 0..20 {
-        instantiate_once(&settings, &pre).await.expect("instantiate");
+        instantiate_once(&settings, &pre)
+            .await
+            .expect("instantiate");
     }
     let mut times = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        times.push(instantiate_once(&settings, &pre).await.expect("instantiate"));
+        times.push(
+            instantiate_once(&settings, &pre)
+                .await
+                .expect("instantiate"),
+        );
     }
     times.sort();
     times

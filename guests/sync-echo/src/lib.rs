@@ -46,7 +46,9 @@ fn write_all(tx: &OutputStream, mut data: &[u8]) -> Result<(), StreamError> {
             writable.block();
             continue;
         }
-        let n = data.len().min(usize::try_from(permit).unwrap_or(usize::MAX));
+        let n = data
+            .len()
+            .min(usize::try_from(permit).unwrap_or(usize::MAX));
         tx.write(&data[..n])?;
         data = &data[n..];
     }

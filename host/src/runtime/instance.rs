@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use wasmtime::Store;
 use wasmtime::component::{Accessor, StreamReader};
 
-use super::bindings::sockgate::gateway::types as wit;
 use super::bindings::ConnHandler;
+use super::bindings::sockgate::gateway::types as wit;
 use super::host_state::HostState;
 use super::load::GuestPre;
 use super::pump::{ClientReader, ClientWriter, ConnGuard};

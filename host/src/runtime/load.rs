@@ -233,7 +233,11 @@ pub fn load_component_bytes(
 
 /// Compiles and checks a `conn-handler` component (or anything that is not
 /// recognisably `conn-handler-sync`, to be refused with the reason).
-fn load_shared(runtime: &Runtime, path: PathBuf, bytes: &[u8]) -> Result<LoadedComponent, LoadError> {
+fn load_shared(
+    runtime: &Runtime,
+    path: PathBuf,
+    bytes: &[u8],
+) -> Result<LoadedComponent, LoadError> {
     let started = Instant::now();
     let (component, cache) = runtime
         .cache

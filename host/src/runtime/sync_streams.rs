@@ -157,7 +157,9 @@ struct WriteState {
 type Shared = Arc<Mutex<WriteState>>;
 
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, WriteState> {
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The guest's `tx`: bytes to the client, sent by a task that owns the
