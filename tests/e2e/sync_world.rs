@@ -142,6 +142,24 @@ async fn cpu_and_wall_clock_budgets_end_only_the_spinning_connection() {
 }
 
 #[tokio::test]
+async fn the_memory_limit_ends_only_the_connection_that_hits_it() {
+    let gateway = hostile_gateway("[app.limits]\nmemory_limit_mb = 16");
+    let addr = gateway.addr("hostile");
+    let mut others = bystanders(addr, 3).await;
+    let mut hog = TcpStream::connect(addr).await.unwrap();
+    hog.write_all(b"alloc-abort\n").await.unwrap();
+    assert!(closed_by_gateway(&mut hog).await, "the hog was not stopped");
+    let stderr = &gateway.stderr;
+    assert!(
+        stderr.wait_for(TIMEOUT, |t| t.contains("limit memory_limit_mb hit")
+            && t.contains("trapped its instance (memory-limit)")),
+        "no memory-limit events:\n{}",
+        stderr.text()
+    );
+    still_served(&mut others, "a memory-limit trap").await;
+}
+
+#[tokio::test]
 async fn the_guest_sees_its_connection_info_and_can_half_close() {
     let gateway = hostile_gateway("");
     let mut stream = TcpStream::connect(gateway.addr("hostile")).await.unwrap();

@@ -5,6 +5,8 @@
 //! - `spin` — computes forever without calling the host.
 //! - `spin-clock` — loops forever reading the clock (an import), never
 //!   waiting for I/O.
+//! - `alloc-abort` — allocates memory until the allocator is refused, the
+//!   Rust way: abort (trap).
 //! - `log <text>` — writes `<text>` to stdout, then goes on echoing.
 //! - `info` — answers `peer <ip:port> transport <t>` from the conn-info.
 //! - `close-write` — drops its sending side (the client sees end of
@@ -60,6 +62,12 @@ fn serve(info: &ConnInfo, rx: &InputStream, tx: OutputStream) -> Result<(), Stre
                     };
                     let reply = format!("peer {} transport {transport}\n", show(info.peer));
                     write_all(out, reply.as_bytes())?;
+                }
+                "alloc-abort" => {
+                    let mut held: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        held.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                    }
                 }
                 "close-write" => tx = None,
                 _ => {
