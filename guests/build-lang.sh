@@ -4,24 +4,29 @@
 #
 #   python/echo, python/chat   componentize-py (PyPI)
 #   js/echo, js/chat           componentize-qjs (npm; guests/js/package-lock.json)
+#   starlingmonkey/echo        componentize-js (StarlingMonkey; npm, with jco as its
+#                              dependency; guests/starlingmonkey/package-lock.json), for
+#                              the WASI 0.2 world conn-handler-sync (wit/sync/)
 #   c/echo                     clang-16 + wasi-libc (Debian), with C bindings and the
 #                              component encoding done by guests/c/tool (a Rust helper
 #                              around the `wit-bindgen c` and `wit-component` libraries)
 #
 # A missing toolchain is installed first: componentize-py with pip into
 # guests/target/lang/python-toolchain, componentize-qjs with npm into
-# guests/js/node_modules, clang with apt-get (as root; otherwise it says what
+# guests/js/node_modules, componentize-js into guests/starlingmonkey/node_modules,
+# clang with apt-get (as root; otherwise it says what
 # to install). Idempotent and quick when nothing changed: a guest is rebuilt
 # only when its sources, the WIT, this script or its toolchain changed.
 #
 #   guests/build-lang.sh              # every language
-#   guests/build-lang.sh python c     # only these
+#   guests/build-lang.sh python c     # only these (python, js, starlingmonkey, c)
 set -euo pipefail
 cd "$(dirname "$0")"
 GUESTS=$PWD
 
 OUT=target/lang
 WORLD=sockgate:gateway/conn-handler
+SYNC_WORLD=conn-handler-sync
 PY_VERSION=0.25.1
 C_PACKAGES=(clang-16 lld-16 wasi-libc libclang-rt-16-dev-wasm32)
 
@@ -34,7 +39,7 @@ exec 9>"$OUT/.lock"
 flock 9
 
 # Everything every guest depends on besides its own sources.
-WIT_FILES=(../wit/*.wit ../wit/deps/*.wit)
+WIT_FILES=(../wit/*.wit ../wit/deps/*.wit ../wit/sync/*.wit ../wit/sync/deps/*.wit)
 
 # fresh NAME TOOL FILE...: whether $OUT/NAME.wasm was built from exactly these
 # files (by content) with toolchain TOOL; `record NAME` after the build.
@@ -113,6 +118,40 @@ build_js() {
     record "$name"
 }
 
+# --- JavaScript on StarlingMonkey: componentize-js (WASI 0.2 world) ------------
+
+sm_toolchain() {
+    command -v npm >/dev/null || die "node and npm are needed for the JavaScript guests"
+    local stamp=starlingmonkey/node_modules/.sockgate-lock-hash want
+    want=$(sha256sum starlingmonkey/package-lock.json | cut -c1-64)
+    if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then
+        say "installing componentize-js (npm, into guests/starlingmonkey/node_modules)"
+        # Not `npm ci`, for the reason given in js_toolchain: jco (a
+        # dependency of componentize-js) depends on componentize-qjs.
+        # package.json names @bytecodealliance/preview2-shim itself:
+        # componentize-js 0.23.0 imports it when it runs but declares it as a
+        # dev dependency only, so npm would not install it.
+        (cd starlingmonkey && npm install --no-save --no-audit --no-fund --loglevel=error >/dev/null)
+        echo "$want" >"$stamp"
+    fi
+}
+
+build_sm() {
+    local name=starlingmonkey-$1 src=starlingmonkey/$1
+    local tool
+    tool="componentize-js $(sha256sum starlingmonkey/package-lock.json | cut -c1-64)"
+    fresh "$name" "$tool" "$src"/*.js && return
+    # componentize-js's own CLI (not `jco componentize`, whose --wit path
+    # needs a preload to give the preview2 shim file access). StarlingMonkey
+    # cannot build async exports: only the WASI 0.2 world conn-handler-sync.
+    # `-d http -d fetch-event` leaves out wasi:http, which the gateway does
+    # not provide.
+    node starlingmonkey/node_modules/@bytecodealliance/componentize-js/src/cli.js \
+        "$src/app.js" -w ../wit/sync -n "$SYNC_WORLD" -d http -d fetch-event \
+        -o "$OUT/$name.wasm.tmp" >/dev/null
+    record "$name"
+}
+
 # --- C: clang + wasi-libc, bindings and component by guests/c/tool ------------
 
 C_TOOL_DIR=$OUT/tool
@@ -160,7 +199,7 @@ build_c() {
 # --- main -----------------------------------------------------------------------
 
 langs=("$@")
-[[ ${#langs[@]} -gt 0 ]] || langs=(python js c)
+[[ ${#langs[@]} -gt 0 ]] || langs=(python js starlingmonkey c)
 for lang in "${langs[@]}"; do
     case $lang in
         python)
@@ -173,10 +212,14 @@ for lang in "${langs[@]}"; do
             build_js echo
             build_js chat
             ;;
+        starlingmonkey)
+            sm_toolchain
+            build_sm echo
+            ;;
         c)
             c_toolchain
             build_c echo
             ;;
-        *) die "unknown language $lang (python, js or c)" ;;
+        *) die "unknown language $lang (python, js, starlingmonkey or c)" ;;
     esac
 done

@@ -314,10 +314,11 @@ impl Client {
             return print_json(&app);
         }
         println!(
-            "deployed {} version {} ({}) on tcp {} — {}",
+            "deployed {} version {} ({}, world {}) on tcp {} — {}",
             text(&app["name"]),
             text(&app["version"]),
             text(&app["digest"]).chars().take(12).collect::<String>(),
+            text(&app["load"]["world"]),
             text(&app["tcp"]),
             if app["load"]["cache_hit"].as_bool() == Some(true) {
                 format!(

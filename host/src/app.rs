@@ -1,5 +1,7 @@
 //! An app being served: its instances (shards), and the choice of which
-//! instance takes each new connection.
+//! instance takes each new connection — or, for a `conn-handler-sync` app,
+//! a task per connection with an instance of its own
+//! ([`crate::runtime::per_connection`]).
 //!
 //! Each shard is a task that runs one instance at a time
 //! ([`run_instance`]); when the instance traps, the shard records why and
@@ -17,16 +19,40 @@ use tokio::time::Instant;
 use crate::conn::Connection;
 use crate::conns::{AppAccount, ConnTracker, Refused, ShardLoad, admit};
 use crate::logs::{AppLog, EventKind};
+use crate::runtime::host_state::HostState;
 use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings, run_instance};
+use crate::runtime::load::GuestPre;
+use crate::runtime::per_connection::serve_connection;
+use crate::runtime::sync_bindings::ConnHandlerSyncPre;
 
 /// A running app.
 pub struct App {
     name: String,
     log: Arc<AppLog>,
-    shards: Vec<Shard>,
+    serving: Serving,
     max_connections_per_instance: usize,
     tracker: Arc<ConnTracker>,
     account: Arc<AppAccount>,
+}
+
+/// How an app's connections reach its guest.
+enum Serving {
+    /// `conn-handler`: long-lived instances, each serving many connections.
+    Shards(Vec<Shard>),
+    /// `conn-handler-sync`: an instance per connection, in a task per
+    /// connection.
+    PerConnection(PerConnection),
+}
+
+/// What every connection task of a `conn-handler-sync` app shares.
+struct PerConnection {
+    settings: Arc<InstanceSettings>,
+    pre: ConnHandlerSyncPre<HostState>,
+    /// Connections (and so instances) open.
+    active: Arc<ShardLoad>,
+    /// Dropped with the app (replaced or removed): its open connections
+    /// then have the drain deadline to finish.
+    alive: tokio::sync::watch::Sender<()>,
 }
 
 /// The dispatching side of one shard.
@@ -41,12 +67,30 @@ impl App {
     /// Starts `instances` shards of the app described by `settings` and
     /// returns it, ready to take connections. Must be called within a tokio
     /// runtime.
+    ///
+    /// A `conn-handler-sync` app has no shards: `instances` is ignored, and
+    /// each connection gets an instance of its own.
     pub fn start(name: &str, settings: InstanceSettings, instances: usize) -> Arc<Self> {
         let log = settings.log.clone();
         let account = settings.account.clone();
         let tracker = settings.tracker.clone();
         let max_connections_per_instance = settings.limits.max_connections_per_instance;
         let settings = Arc::new(settings);
+        if let GuestPre::PerConnection(pre) = &settings.pre {
+            return Arc::new(Self {
+                name: name.to_owned(),
+                log,
+                serving: Serving::PerConnection(PerConnection {
+                    pre: pre.clone(),
+                    settings,
+                    active: Arc::new(ShardLoad::default()),
+                    alive: tokio::sync::watch::channel(()).0,
+                }),
+                max_connections_per_instance,
+                tracker,
+                account,
+            });
+        }
         let shards = (0..instances)
             .map(|index| {
                 let (tx, rx) = mpsc::channel(max_connections_per_instance);
@@ -59,7 +103,7 @@ impl App {
         Arc::new(Self {
             name: name.to_owned(),
             log,
-            shards,
+            serving: Serving::Shards(shards),
             max_connections_per_instance,
             tracker,
             account,
@@ -81,14 +125,21 @@ impl App {
         &self.account
     }
 
-    /// How many instances (shards) the app runs.
+    /// How many instances the app runs: its shards, or for a
+    /// `conn-handler-sync` app one per open connection.
     pub fn instance_count(&self) -> usize {
-        self.shards.len()
+        match &self.serving {
+            Serving::Shards(shards) => shards.len(),
+            Serving::PerConnection(per) => per.active.active(),
+        }
     }
 
     /// Connections active on the app.
     pub fn active_connections(&self) -> usize {
-        self.shards.iter().map(|s| s.active.active()).sum()
+        match &self.serving {
+            Serving::Shards(shards) => shards.iter().map(|s| s.active.active()).sum(),
+            Serving::PerConnection(per) => per.active.active(),
+        }
     }
 
     /// Hands a connection to the least busy instance, or refuses it (the
@@ -96,8 +147,34 @@ impl App {
     pub fn dispatch(&self, conn: Connection) -> Result<(), Refused> {
         let peer = conn.info.peer.ip();
         let admission = admit(&self.tracker, &self.account, peer)?;
-        let shard = self
-            .shards
+        let shards = match &self.serving {
+            Serving::Shards(shards) => shards,
+            Serving::PerConnection(per) => {
+                per.active.acquire();
+                let Connection {
+                    info,
+                    reader,
+                    writer,
+                    closer,
+                } = conn;
+                let guard = admission.finish(info.clone(), per.active.clone(), closer);
+                let assigned = Assigned {
+                    info,
+                    reader,
+                    writer,
+                    guard,
+                };
+                let settings = per.settings.clone();
+                let pre = per.pre.clone();
+                let mut alive = per.alive.subscribe();
+                tokio::spawn(async move {
+                    let draining = async move { while alive.changed().await.is_ok() {} };
+                    serve_connection(&settings, &pre, assigned, draining).await;
+                });
+                return Ok(());
+            }
+        };
+        let shard = shards
             .iter()
             .min_by_key(|s| s.active.active())
             .filter(|s| s.active.active() < self.max_connections_per_instance);

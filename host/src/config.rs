@@ -102,6 +102,8 @@ pub struct AppConfig {
     pub listen: SocketAddr,
     /// How many instances serve the app; default one per core. Instance
     /// state (a chat room, a cache) is per instance: set 1 to share it.
+    /// Meaningless for a `conn-handler-sync` component, which gets an
+    /// instance per connection (the gateway logs a warning when it is set).
     pub instances: Option<usize>,
     /// Outbound destinations the guest may reach through `wasi:sockets`, as
     /// `host:port` patterns (see [`crate::outbound`]); empty: none.

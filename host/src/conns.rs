@@ -439,6 +439,17 @@ impl ActiveConn {
         self.receive_error.get()
     }
 
+    /// Aborts the connection's transport in both directions, now (a
+    /// replaced version's drain deadline passed).
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::Relaxed) {
+            self.set_receive_error(ReceiveError::Aborted(
+                "closed by the gateway: the drain after a redeploy ended".to_owned(),
+            ));
+            (self.closer)();
+        }
+    }
+
     fn touch(&self) {
         self.last_activity_ms
             .store(coarse_now_ms(), Ordering::Relaxed);

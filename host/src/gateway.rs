@@ -31,7 +31,7 @@ use crate::route::Router;
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
 use crate::runtime::instance::InstanceSettings;
-use crate::runtime::load::{LoadedComponent, load_component_bytes};
+use crate::runtime::load::{LoadedComponent, World, load_component_bytes};
 use crate::store::{AppRecord, StateStore, VersionRecord};
 
 /// Largest component accepted (a Python guest is about 22 MB).
@@ -97,6 +97,9 @@ pub struct LoadFacts {
     pub load_ms: u64,
     /// Component size in bytes.
     pub size: usize,
+    /// The WIT world the component implements (`conn-handler` or
+    /// `conn-handler-sync`), detected when it was loaded.
+    pub world: World,
 }
 
 /// An app as operators see it.
@@ -405,6 +408,13 @@ impl Gateway {
         let log = existing
             .map(|slot| slot.app.log().clone())
             .unwrap_or_else(|| Arc::new(AppLog::new(&name)));
+        if loaded.world == World::ConnHandlerSync && config.instances.is_some() {
+            tracing::warn!(
+                app = %name,
+                "`instances` has no effect on a conn-handler-sync app: each connection gets \
+                 an instance of its own"
+            );
+        }
         let mut settings = InstanceSettings::with_log(
             log.clone(),
             loaded.pre,
@@ -442,7 +452,11 @@ impl Gateway {
             log.event(
                 None,
                 EventKind::Deployed {
-                    version: format!("version {version} ({})", short(&digest)),
+                    version: format!(
+                        "version {version} ({}, world {})",
+                        short(&digest),
+                        loaded.world.name()
+                    ),
                 },
             );
         }
@@ -461,6 +475,7 @@ impl Gateway {
                     cache_hit: loaded.cache == CacheOutcome::Hit,
                     load_ms: loaded.load_time.as_millis() as u64,
                     size: loaded.size,
+                    world: loaded.world,
                 },
             },
         );

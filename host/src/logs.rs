@@ -60,7 +60,18 @@ pub enum EventKind {
         /// How many connections it was serving.
         connections: usize,
     },
-    /// Instantiation failed (the instance will be retried).
+    /// A connection of a `conn-handler-sync` app trapped its instance (one
+    /// instance per connection): that connection was closed, no other.
+    ConnectionTrapped {
+        /// The category (`cpu-budget`, `wall-clock`, `memory-limit`, `guest`).
+        cause: &'static str,
+        /// What happened, with the guest's wasm backtrace.
+        reason: String,
+        /// The connection's id.
+        connection: u64,
+    },
+    /// Instantiation failed (the instance will be retried; for a
+    /// `conn-handler-sync` app, the connection it was for is closed).
     InstanceFailed {
         /// Why.
         reason: String,
@@ -116,6 +127,15 @@ impl std::fmt::Display for EventKind {
             } => write!(
                 f,
                 "instance trapped ({cause}), closing {connections} connection(s): {reason}"
+            ),
+            EventKind::ConnectionTrapped {
+                cause,
+                reason,
+                connection,
+            } => write!(
+                f,
+                "connection {connection} trapped its instance ({cause}), closing that \
+                 connection only: {reason}"
             ),
             EventKind::InstanceFailed { reason } => write!(f, "instantiation failed: {reason}"),
             EventKind::Backoff { delay_ms } => {

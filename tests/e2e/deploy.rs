@@ -147,6 +147,111 @@ async fn a_redeploy_takes_new_connections_while_old_ones_keep_their_version() {
 }
 
 #[tokio::test]
+async fn a_sync_world_component_deploys_and_its_world_is_reported() {
+    let dir = ScratchDir::new("deploy-sync");
+    let state = dir.0.join("state");
+    let (gateway, admin) = start_admin(&state, None);
+    let component = guest("sync-echo").display().to_string();
+    let (code, stdout, stderr) = cli(
+        admin,
+        &state,
+        &["deploy", "sync", &component, "--listen", "127.0.0.1:0"],
+    );
+    assert_eq!(code, 0, "deploy failed: {stdout}{stderr}");
+    assert!(
+        stdout.contains("world conn-handler-sync"),
+        "deploy did not report the world: {stdout}"
+    );
+    deploy(
+        admin,
+        &state,
+        "shared",
+        &guest("echo"),
+        &["--listen", "127.0.0.1:0"],
+    );
+
+    let apps = ls(admin, &state);
+    let world_of = |name: &str| {
+        apps.iter().find(|a| a["name"] == name).unwrap()["load"]["world"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(world_of("sync"), "conn-handler-sync");
+    assert_eq!(world_of("shared"), "conn-handler");
+
+    // Served, one instance per connection.
+    let addr = app_addr(admin, &state, "sync");
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(ask(&mut first, "one").await, "one");
+    assert_eq!(ask(&mut second, "two").await, "two");
+    let (code, events, _) = cli(admin, &state, &["events", "sync"]);
+    assert_eq!(code, 0);
+    assert!(
+        events.contains("deployed version 1") && events.contains("world conn-handler-sync"),
+        "{events}"
+    );
+    drop(gateway);
+}
+
+#[tokio::test]
+async fn a_replaced_sync_apps_connections_drain_then_close_at_the_deadline() {
+    let dir = ScratchDir::new("deploy-sync-drain");
+    let state = dir.0.join("state");
+    let config = dir.0.join("sockgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\ncache_dir = {:?}\nadmin = \"127.0.0.1:0\"\nstate_dir = {:?}\n\
+             drain_secs = 1\n",
+            crate::support::shared_cache_dir().display().to_string(),
+            state.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+    command.arg("serve").arg("--config").arg(&config);
+    let gateway = Gateway::spawn(command, ScratchDir::new("admin"));
+    let admin: SocketAddr = gateway
+        .stdout
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("admin API and dashboard on http://"))
+        .and_then(|rest| rest.split('/').next())
+        .expect("no admin address printed")
+        .parse()
+        .unwrap();
+    deploy(
+        admin,
+        &state,
+        "svc",
+        &guest("sync-echo"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let addr = app_addr(admin, &state, "svc");
+    let mut old = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(ask(&mut old, "before").await, "before");
+
+    deploy(admin, &state, "svc", &guest("echo"), &[]);
+    // The old version's connection goes on for the drain period...
+    assert_eq!(ask(&mut old, "draining").await, "draining");
+    // ...and is closed once the deadline passes, with an event saying so.
+    let mut buf = [0; 16];
+    let closed = tokio::time::timeout(TIMEOUT, tokio::io::AsyncReadExt::read(&mut old, &mut buf))
+        .await
+        .expect("the drain deadline did not close the old connection");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let (code, events, _) = cli(admin, &state, &["events", "svc"]);
+    assert_eq!(code, 0);
+    assert!(events.contains("drain deadline passed"), "{events}");
+    // New connections get the new version.
+    let mut new = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(ask(&mut new, "after").await, "after");
+    drop(gateway);
+}
+
+#[tokio::test]
 async fn a_restart_restores_every_app_as_it_was() {
     let dir = ScratchDir::new("deploy-restart");
     let state = dir.0.join("state");

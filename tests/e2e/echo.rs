@@ -1,6 +1,8 @@
 //! The echo guest: exact bytes back at every size, many connections at
 //! once, and half-close in both directions. The same tests run against the
-//! echo guest of every language.
+//! echo guest of every language, and of both worlds: `rust_sync` and
+//! `starlingmonkey` are `conn-handler-sync` guests, served one instance per
+//! connection.
 
 use std::time::Duration;
 
@@ -13,7 +15,14 @@ use crate::support::{Gateway, TestApp};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 language_tests! {
-    languages: [rust: Rust, python: Python, js: Js, c: C],
+    languages: [
+        rust: Rust,
+        python: Python,
+        js: Js,
+        c: C,
+        rust_sync: RustSync,
+        starlingmonkey: StarlingMonkey,
+    ],
     tests: [
         echoes_exact_bytes_at_every_size,
         serves_200_concurrent_connections_each_with_its_own_data,

@@ -16,6 +16,12 @@ pub enum Lang {
     Js,
     /// `guests/c/<name>`, built with clang, wasi-libc and `wit-bindgen c`.
     C,
+    /// Crates `guests/sync-<name>`: Rust for the WASI 0.2 world
+    /// `conn-handler-sync` (one instance per connection).
+    RustSync,
+    /// `guests/starlingmonkey/<name>`: JavaScript on StarlingMonkey, built
+    /// with componentize-js, for the world `conn-handler-sync`.
+    StarlingMonkey,
 }
 
 impl Lang {
@@ -27,6 +33,8 @@ impl Lang {
             Lang::Python => format!("python/{name}"),
             Lang::Js => format!("js/{name}"),
             Lang::C => format!("c/{name}"),
+            Lang::RustSync => format!("sync-{name}"),
+            Lang::StarlingMonkey => format!("starlingmonkey/{name}"),
         }
     }
 

@@ -13,6 +13,7 @@ mod http_hello;
 mod limits;
 mod new_project;
 mod refusals;
+mod sync_world;
 mod traps;
 
 // TLS termination, SNI routing and certificates (dev CA, files, ACME).

@@ -98,12 +98,17 @@ fn a_component_without_the_handler_export_is_refused() {
     std::fs::write(&file, b"\0asm\x0d\0\x01\0").unwrap();
     let stderr = refuse_component(&file, &dir);
     assert!(
-        stderr.contains("does not implement the `conn-handler` world"),
+        stderr.contains("implements neither sockgate world"),
         "{stderr}"
     );
+    // Both worlds' exports are named, so either kind of guest knows what
+    // to implement.
     assert!(
-        stderr.contains("sockgate:gateway/handler@0.1.0"),
-        "missing export not named:\n{stderr}"
+        stderr.contains("sockgate:gateway/handler@0.1.0")
+            && stderr.contains("`conn-handler`")
+            && stderr.contains("sockgate:gateway/sync-handler@0.1.0")
+            && stderr.contains("`conn-handler-sync`"),
+        "missing exports not named:\n{stderr}"
     );
     assert!(stderr.contains("it exports: nothing"), "{stderr}");
 }

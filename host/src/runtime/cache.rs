@@ -2,7 +2,9 @@
 //!
 //! The key hashes the *input* (the component's bytes) together with the
 //! wasmtime version and engine settings (wasmtime's compatibility hash covers both), so a lookup costs one SHA-256 of
-//! the file and never a compile; a changed engine simply misses.
+//! the file and never a compile; a changed engine simply misses. Each
+//! engine of the process (the shared-instance one, the per-connection one
+//! with the pooling allocator) adds a label of its own settings to the key.
 
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
@@ -34,10 +36,23 @@ pub struct CompileCache {
 impl CompileCache {
     /// Opens (creating it, owner-only) the cache directory.
     pub fn open(dir: PathBuf, engine: &Engine) -> Result<Self> {
+        Self::open_labeled(dir, engine, "")
+    }
+
+    /// Like [`CompileCache::open`] for an engine whose settings wasmtime's
+    /// compatibility hash may not tell apart from another engine's (the
+    /// pooling allocator of the per-connection engine, for instance):
+    /// `label` names the engine's settings and is part of every key, so two
+    /// engines sharing a directory never load each other's artifacts.
+    pub fn open_labeled(dir: PathBuf, engine: &Engine, label: &str) -> Result<Self> {
         create_private_dir(&dir)
             .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        if !label.is_empty() {
+            // (Only when set, so the main engine's keys stay as they were.)
+            label.hash(&mut hasher);
+        }
         Ok(Self {
             dir,
             engine_digest: hasher.0.finalize().into(),

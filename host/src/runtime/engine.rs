@@ -1,10 +1,13 @@
-//! The process-wide wasmtime engine and linker.
+//! The process-wide wasmtime engines and linkers: one for the long-lived
+//! instances of `conn-handler` apps, and one, created when the first
+//! `conn-handler-sync` app is loaded, for instances created per connection.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::cache::CompileCache;
 use super::host_state::HostState;
@@ -22,7 +25,49 @@ pub struct Runtime {
     pub linker: Linker<HostState>,
     /// Compiled components on disk.
     pub cache: CompileCache,
+    /// Where the compile cache lives (the per-connection engine's cache
+    /// shares the directory).
+    cache_dir: PathBuf,
+    /// The per-connection engine, created on first use.
+    per_connection: OnceLock<PerConnectionRuntime>,
 }
+
+/// The engine, linker and cache of the `conn-handler-sync` world: one
+/// instance per connection, so instantiation is on every connection's path.
+/// A separate engine because the pooling allocator that makes that fast
+/// (memories, tables and fiber stacks reused from preallocated slots, memory
+/// images mapped copy-on-write) is an engine-wide choice, and it bounds
+/// what an instance may have; the long-lived instances keep the on-demand
+/// allocator.
+pub struct PerConnectionRuntime {
+    /// The engine `conn-handler-sync` components are compiled for.
+    pub engine: Engine,
+    /// WASI 0.2 imports and the world's types interface.
+    pub linker: Linker<HostState>,
+    /// Compiled components on disk, keyed apart from the main engine's.
+    pub cache: CompileCache,
+}
+
+/// Per-connection instances that may exist at once, over all
+/// `conn-handler-sync` apps: the size of the instance pool. Threat: every
+/// slot reserves address space (a memory reservation per memory) and a
+/// fiber stack, so the pool is bounded; a connection that finds it full is
+/// closed and counted as a limit hit (`per-connection instance pool`).
+pub const PER_CONNECTION_POOL: u32 = 1000;
+/// Core instances (modules) a component may instantiate on average: Rust
+/// guests use about 4, StarlingMonkey ones about 10.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+/// Memories a component may have on average: its own plus an adapter's.
+const MEMORIES_PER_COMPONENT: u32 = 2;
+/// Tables a component may have on average (its own and shim modules').
+const TABLES_PER_COMPONENT: u32 = 4;
+/// Largest table a per-connection instance may have. Threat: each table
+/// slot of the pool reserves this many entries. Interpreters compiled to
+/// wasm (SpiderMonkey) have tens of thousands of functions in their table.
+const TABLE_ELEMENTS: usize = 100_000;
+/// Largest per-instance runtime metadata (`VMContext`) of a component or a
+/// core module; StarlingMonkey's is large (many functions and imports).
+const INSTANCE_METADATA_BYTES: usize = 4 << 20;
 
 impl Runtime {
     /// Creates the engine and linker with full supervision; `cache_dir`
@@ -59,15 +104,84 @@ impl Runtime {
         )
         .map_err(anyhow::Error::from)
         .context("cannot add sockgate:gateway/connection to the linker")?;
-        let cache = CompileCache::open(cache_dir, &engine)?;
+        let cache = CompileCache::open(cache_dir.clone(), &engine)?;
         super::supervisor::start_ticker(&engine);
         Ok(Self {
             engine,
             supervision,
             linker,
             cache,
+            cache_dir,
+            per_connection: OnceLock::new(),
         })
     }
+
+    /// The per-connection engine of `conn-handler-sync` apps, created on
+    /// first use (its pool reserves address space, which a gateway serving
+    /// no such app need not pay).
+    pub fn per_connection(&self) -> Result<&PerConnectionRuntime> {
+        if let Some(runtime) = self.per_connection.get() {
+            return Ok(runtime);
+        }
+        let created = PerConnectionRuntime::new(self.cache_dir.clone(), self.supervision)?;
+        // Two loads racing both build one; the loser's is dropped unused.
+        Ok(self.per_connection.get_or_init(|| created))
+    }
+}
+
+impl PerConnectionRuntime {
+    fn new(cache_dir: PathBuf, supervision: Supervision) -> Result<Self> {
+        let engine = Engine::new(&per_connection_config(supervision))
+            .map_err(anyhow::Error::from)
+            .context("cannot create the per-connection wasmtime engine (instance pool)")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add WASI 0.2 to the per-connection linker")?;
+        // `sync-handler` uses the types-only interface `sync-types`.
+        linker
+            .instance(super::sync_bindings::SYNC_TYPES_IMPORT)
+            .map_err(anyhow::Error::from)
+            .context("cannot add sockgate:gateway/sync-types to the linker")?;
+        let cache = CompileCache::open_labeled(cache_dir, &engine, &pool_label())?;
+        super::supervisor::start_ticker(&engine);
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+        })
+    }
+}
+
+/// The per-connection engine: the main engine's settings plus the pooling
+/// allocator.
+fn per_connection_config(supervision: Supervision) -> Config {
+    let mut config = engine_config(supervision);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config()));
+    config
+}
+
+fn pool_config() -> PoolingAllocationConfig {
+    let n = PER_CONNECTION_POOL;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        .total_core_instances(n * CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(n * MEMORIES_PER_COMPONENT)
+        .total_tables(n * TABLES_PER_COMPONENT)
+        .total_stacks(n)
+        .table_elements(TABLE_ELEMENTS)
+        .max_component_instance_size(INSTANCE_METADATA_BYTES)
+        .max_core_instance_size(INSTANCE_METADATA_BYTES);
+    pool
+}
+
+/// Names the pool settings in the compile cache key (wasmtime's
+/// compatibility hash covers code generation, not the allocator).
+fn pool_label() -> String {
+    format!(
+        "pooling:{PER_CONNECTION_POOL}:{CORE_INSTANCES_PER_COMPONENT}:{MEMORIES_PER_COMPONENT}:\
+         {TABLES_PER_COMPONENT}:{TABLE_ELEMENTS}:{INSTANCE_METADATA_BYTES}"
+    )
 }
 
 /// The engine settings. Anything changed here changes the compile cache key

@@ -16,9 +16,10 @@ use tokio::sync::mpsc;
 use wasmtime::Store;
 use wasmtime::component::{Accessor, StreamReader};
 
+use super::bindings::ConnHandler;
 use super::bindings::sockgate::gateway::types as wit;
-use super::bindings::{ConnHandler, ConnHandlerPre};
 use super::host_state::HostState;
+use super::load::GuestPre;
 use super::pump::{ClientReader, ClientWriter, ConnGuard};
 use super::supervisor::{CpuBudget, Supervision, TrapCause, explain_trap, supervise};
 use crate::conn::{ByteReader, ByteWriter, ConnInfo, Transport};
@@ -46,8 +47,8 @@ pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(30
 
 /// What every instance of an app is created with.
 pub struct InstanceSettings {
-    /// The component, pre-linked.
-    pub pre: ConnHandlerPre<HostState>,
+    /// The component, pre-linked for its world.
+    pub pre: GuestPre,
     /// The app's log and events.
     pub log: Arc<AppLog>,
     /// The app's limits.
@@ -69,7 +70,7 @@ impl InstanceSettings {
     /// accounting created fresh.
     pub fn new(
         name: &str,
-        pre: ConnHandlerPre<HostState>,
+        pre: impl Into<GuestPre>,
         limits: AppLimits,
         policy: OutboundPolicy,
         supervision: Supervision,
@@ -83,7 +84,7 @@ impl InstanceSettings {
     /// version of an app continues its log and events).
     pub fn with_log(
         log: Arc<AppLog>,
-        pre: ConnHandlerPre<HostState>,
+        pre: impl Into<GuestPre>,
         limits: AppLimits,
         policy: OutboundPolicy,
         supervision: Supervision,
@@ -91,7 +92,7 @@ impl InstanceSettings {
     ) -> Self {
         let account = AppAccount::new(log.clone(), &limits);
         Self {
-            pre,
+            pre: pre.into(),
             log,
             limits,
             policy: Arc::new(policy),
@@ -130,16 +131,21 @@ pub async fn run_instance(
     rx: &mut mpsc::Receiver<Assigned>,
     active: &ShardLoad,
 ) -> Result<(), InstanceError> {
+    let GuestPre::Shared(pre) = &settings.pre else {
+        return Err(InstanceError::Instantiate(wasmtime::format_err!(
+            "a conn-handler-sync component is served one instance per connection, not by \
+             shared instances"
+        )));
+    };
     let state = HostState::new(settings, index);
-    let mut store = Store::new(settings.pre.engine(), state);
+    let mut store = Store::new(pre.engine(), state);
     supervise(
         &mut store,
         settings.supervision,
         CpuBudget::new(&settings.limits),
     )
     .map_err(InstanceError::Instantiate)?;
-    let handler = settings
-        .pre
+    let handler = pre
         .instantiate_async(&mut store)
         .await
         .map_err(InstanceError::Instantiate)?;

@@ -1,7 +1,13 @@
-//! Loading a component file: read it, make sure it is a component, compile
-//! it (through the cache), and check that it implements `conn-handler` with
-//! imports the gateway can satisfy. Each refusal says what was wrong and
-//! what to do, in the user's terms rather than wasmtime's.
+//! Loading a component file: read it, make sure it is a component, find
+//! which world it implements, compile it (through the cache) for that
+//! world's engine, and check its exports and imports. Each refusal says what
+//! was wrong and what to do, in the user's terms rather than wasmtime's.
+//!
+//! The world is decided from the component's top-level export names, read
+//! with a parser before compiling (so a component is compiled once, for the
+//! right engine): `sockgate:gateway/handler` means `conn-handler` (one
+//! long-lived instance serves many connections), `sockgate:gateway/sync-handler`
+//! means `conn-handler-sync` (WASI 0.2, one instance per connection).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,6 +19,7 @@ use super::Runtime;
 use super::bindings::{CONNECTION_IMPORT, ConnHandlerPre, HANDLER_EXPORT, TYPES_IMPORT};
 use super::cache::CacheOutcome;
 use super::host_state::HostState;
+use super::sync_bindings::{ConnHandlerSyncPre, SYNC_HANDLER_EXPORT, SYNC_TYPES_IMPORT};
 
 /// WASI packages whose interfaces the linker provides (0.2 and 0.3).
 const PROVIDED_PACKAGES: &[&str] = &[
@@ -26,6 +33,61 @@ const PROVIDED_PACKAGES: &[&str] = &[
 
 /// Non-WASI interfaces the gateway provides, by full name.
 const PROVIDED_INTERFACES: &[&str] = &[TYPES_IMPORT, CONNECTION_IMPORT];
+/// Non-WASI interfaces the gateway provides to `conn-handler-sync` guests.
+const PROVIDED_SYNC_INTERFACES: &[&str] = &[SYNC_TYPES_IMPORT];
+
+/// The WIT world a component implements, which decides how it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    /// `conn-handler` (wit/gateway.wit): WASI 0.3, an async export called
+    /// concurrently on long-lived instances (shards).
+    ConnHandler,
+    /// `conn-handler-sync` (wit/sync/): WASI 0.2, a synchronous export
+    /// called once on an instance created for each connection.
+    ConnHandlerSync,
+}
+
+impl World {
+    /// The world's WIT name.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::ConnHandler => "conn-handler",
+            World::ConnHandlerSync => "conn-handler-sync",
+        }
+    }
+}
+
+/// A component pre-linked for its world's engine, ready to instantiate.
+#[derive(Clone)]
+pub enum GuestPre {
+    /// A `conn-handler` component: long-lived shared instances.
+    Shared(ConnHandlerPre<HostState>),
+    /// A `conn-handler-sync` component: one instance per connection.
+    PerConnection(ConnHandlerSyncPre<HostState>),
+}
+
+impl GuestPre {
+    /// The world the component implements.
+    pub fn world(&self) -> World {
+        match self {
+            GuestPre::Shared(_) => World::ConnHandler,
+            GuestPre::PerConnection(_) => World::ConnHandlerSync,
+        }
+    }
+}
+
+impl From<ConnHandlerPre<HostState>> for GuestPre {
+    fn from(pre: ConnHandlerPre<HostState>) -> Self {
+        GuestPre::Shared(pre)
+    }
+}
+
+impl From<ConnHandlerSyncPre<HostState>> for GuestPre {
+    fn from(pre: ConnHandlerSyncPre<HostState>) -> Self {
+        GuestPre::PerConnection(pre)
+    }
+}
 
 /// Why a component was refused.
 #[derive(Debug, Error)]
@@ -66,11 +128,13 @@ pub enum LoadError {
         /// wasmtime's explanation.
         reason: String,
     },
-    /// The component does not export the handler interface.
+    /// The component exports neither world's handler interface.
     #[error(
-        "{path} does not implement the `conn-handler` world: it does not export \
-         `{HANDLER_EXPORT}` (it exports: {exports}); implement `handler.handle` from the \
-         gateway's wit/gateway.wit"
+        "{path} implements neither sockgate world: it exports neither `{HANDLER_EXPORT}` \
+         (world `conn-handler`, wit/gateway.wit) nor `{SYNC_HANDLER_EXPORT}` (world \
+         `conn-handler-sync`, wit/sync/conn-handler-sync.wit) (it exports: {exports}); \
+         implement `handler.handle` from the gateway's wit/gateway.wit, or \
+         `sync-handler.handle` for WASI 0.2 toolchains"
     )]
     MissingExport {
         /// The file.
@@ -80,24 +144,30 @@ pub enum LoadError {
     },
     /// The handler export exists but has the wrong shape.
     #[error(
-        "{path} exports `{HANDLER_EXPORT}` with the wrong type ({reason}); regenerate the \
-         guest's bindings from the gateway's wit/gateway.wit"
+        "{path} exports `{export}` with the wrong type ({reason}); regenerate the \
+         guest's bindings from the gateway's {wit}"
     )]
     WrongExport {
         /// The file.
         path: PathBuf,
+        /// The export.
+        export: &'static str,
+        /// The WIT the guest should be built from.
+        wit: &'static str,
         /// The mismatch, as wasmtime found it.
         reason: String,
     },
     /// The component imports interfaces the gateway does not provide.
     #[error(
         "{path} imports interfaces the gateway does not provide: {imports}; a guest may \
-         import only what the `conn-handler` world lists (wasi:sockets, wasi:clocks, \
+         import only what the `{world}` world lists (wasi:sockets, wasi:clocks, \
          wasi:random, wasi:cli stdout/stderr) and the WASI 0.2 interfaces of its toolchain"
     )]
     UnsupportedImports {
         /// The file.
         path: PathBuf,
+        /// The world the component implements.
+        world: &'static str,
         /// The unsupported imports, comma-separated.
         imports: String,
     },
@@ -107,8 +177,10 @@ pub enum LoadError {
 pub struct LoadedComponent {
     /// The compiled component.
     pub component: Component,
-    /// Pre-linked and type-checked against `conn-handler`.
-    pub pre: ConnHandlerPre<HostState>,
+    /// Pre-linked and type-checked against its world.
+    pub pre: GuestPre,
+    /// The world it implements.
+    pub world: World,
     /// Whether it came from the compile cache.
     pub cache: CacheOutcome,
     /// Size of the component file.
@@ -140,6 +212,32 @@ pub fn load_component_bytes(
         _ => return Err(LoadError::NotWasm { path }),
     }
 
+    // Which world: by export name, before compiling, so the component is
+    // compiled once, for the engine that will run it. A component the
+    // parser cannot read goes to the main engine, whose compiler explains.
+    let world = match top_level_exports(bytes) {
+        Ok(exports) if exports.iter().any(|e| e == SYNC_HANDLER_EXPORT) => {
+            if exports.iter().any(|e| e == HANDLER_EXPORT) {
+                World::ConnHandler
+            } else {
+                World::ConnHandlerSync
+            }
+        }
+        _ => World::ConnHandler,
+    };
+    match world {
+        World::ConnHandler => load_shared(runtime, path, bytes),
+        World::ConnHandlerSync => load_per_connection(runtime, path, bytes),
+    }
+}
+
+/// Compiles and checks a `conn-handler` component (or anything that is not
+/// recognisably `conn-handler-sync`, to be refused with the reason).
+fn load_shared(
+    runtime: &Runtime,
+    path: PathBuf,
+    bytes: &[u8],
+) -> Result<LoadedComponent, LoadError> {
     let started = Instant::now();
     let (component, cache) = runtime
         .cache
@@ -150,52 +248,146 @@ pub fn load_component_bytes(
         })?;
     let load_time = started.elapsed();
 
-    let ty = component.component_type();
     let engine = &runtime.engine;
-    if ty.get_export(engine, HANDLER_EXPORT).is_none() {
-        let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-        let exports = if exports.is_empty() {
-            "nothing".to_owned()
-        } else {
-            exports.join(", ")
-        };
-        return Err(LoadError::MissingExport { path, exports });
-    }
-    let unsupported: Vec<&str> = ty
-        .imports(engine)
-        .map(|(name, _)| name)
-        .filter(|name| !is_provided(name))
-        .collect();
-    if !unsupported.is_empty() {
-        return Err(LoadError::UnsupportedImports {
-            path,
-            imports: unsupported.join(", "),
-        });
-    }
+    check_exports_and_imports(engine, &component, &path, World::ConnHandler)?;
     let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|err| {
         LoadError::UnsupportedImports {
             path: path.clone(),
+            world: World::ConnHandler.name(),
             imports: format!("{err:#}"),
         }
     })?;
     let pre = ConnHandlerPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
         path: path.clone(),
+        export: HANDLER_EXPORT,
+        wit: "wit/gateway.wit",
         reason: format!("{err:#}"),
     })?;
     Ok(LoadedComponent {
         component,
-        pre,
+        pre: GuestPre::Shared(pre),
+        world: World::ConnHandler,
         cache,
         size: bytes.len(),
         load_time,
     })
 }
 
+/// Compiles and checks a `conn-handler-sync` component for the
+/// per-connection engine.
+fn load_per_connection(
+    runtime: &Runtime,
+    path: PathBuf,
+    bytes: &[u8],
+) -> Result<LoadedComponent, LoadError> {
+    let invalid = |err: anyhow::Error| LoadError::Invalid {
+        path: path.clone(),
+        reason: format!("{err:#}"),
+    };
+    let per_connection = runtime.per_connection().map_err(invalid)?;
+    let started = Instant::now();
+    let (component, cache) = per_connection
+        .cache
+        .load_or_compile(&per_connection.engine, bytes)
+        .map_err(invalid)?;
+    let load_time = started.elapsed();
+
+    let engine = &per_connection.engine;
+    check_exports_and_imports(engine, &component, &path, World::ConnHandlerSync)?;
+    let instance_pre = per_connection
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|err| LoadError::UnsupportedImports {
+            path: path.clone(),
+            world: World::ConnHandlerSync.name(),
+            imports: format!("{err:#}"),
+        })?;
+    let pre = ConnHandlerSyncPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
+        path: path.clone(),
+        export: SYNC_HANDLER_EXPORT,
+        wit: "wit/sync/conn-handler-sync.wit",
+        reason: format!("{err:#}"),
+    })?;
+    Ok(LoadedComponent {
+        component,
+        pre: GuestPre::PerConnection(pre),
+        world: World::ConnHandlerSync,
+        cache,
+        size: bytes.len(),
+        load_time,
+    })
+}
+
+/// Refuses a compiled component that lacks `world`'s export or imports
+/// what the gateway does not provide.
+fn check_exports_and_imports(
+    engine: &wasmtime::Engine,
+    component: &Component,
+    path: &Path,
+    world: World,
+) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let export = match world {
+        World::ConnHandler => HANDLER_EXPORT,
+        World::ConnHandlerSync => SYNC_HANDLER_EXPORT,
+    };
+    if ty.get_export(engine, export).is_none() {
+        let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+        let exports = if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.join(", ")
+        };
+        return Err(LoadError::MissingExport {
+            path: path.to_owned(),
+            exports,
+        });
+    }
+    let unsupported: Vec<&str> = ty
+        .imports(engine)
+        .map(|(name, _)| name)
+        .filter(|name| !is_provided(name, world))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(LoadError::UnsupportedImports {
+            path: path.to_owned(),
+            world: world.name(),
+            imports: unsupported.join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// The names a component exports at its top level (not those of the
+/// modules and components nested in it).
+fn top_level_exports(bytes: &[u8]) -> Result<Vec<String>, wasmparser::BinaryReaderError> {
+    let mut depth = 0usize;
+    let mut names = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload? {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
+                for export in exports {
+                    names.push(export?.name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
 /// Whether an import name (`wasi:sockets/types@0.3.0`) belongs to a package
-/// the linker provides.
-fn is_provided(import: &str) -> bool {
+/// the linker of `world` provides.
+fn is_provided(import: &str, world: World) -> bool {
     let package = import.split('/').next().unwrap_or(import);
-    PROVIDED_PACKAGES.contains(&package) || PROVIDED_INTERFACES.contains(&import)
+    let own = match world {
+        World::ConnHandler => PROVIDED_INTERFACES,
+        World::ConnHandlerSync => PROVIDED_SYNC_INTERFACES,
+    };
+    PROVIDED_PACKAGES.contains(&package) || own.contains(&import)
 }
 
 #[cfg(test)]
@@ -204,11 +396,17 @@ mod tests {
 
     #[test]
     fn provided_packages_are_recognised() {
-        assert!(is_provided("wasi:sockets/types@0.3.0"));
-        assert!(is_provided("wasi:io/streams@0.2.6"));
-        assert!(!is_provided("wasi:http/types@0.3.0"));
-        assert!(!is_provided("acme:db/query"));
-        assert!(is_provided("sockgate:gateway/types@0.1.0"));
-        assert!(!is_provided("sockgate:gateway/admin@0.1.0"));
+        let w = World::ConnHandler;
+        assert!(is_provided("wasi:sockets/types@0.3.0", w));
+        assert!(is_provided("wasi:io/streams@0.2.6", w));
+        assert!(!is_provided("wasi:http/types@0.3.0", w));
+        assert!(!is_provided("acme:db/query", w));
+        assert!(is_provided("sockgate:gateway/types@0.1.0", w));
+        assert!(!is_provided("sockgate:gateway/admin@0.1.0", w));
+        assert!(!is_provided("sockgate:gateway/sync-types@0.1.0", w));
+        let w = World::ConnHandlerSync;
+        assert!(is_provided("sockgate:gateway/sync-types@0.1.0", w));
+        assert!(is_provided("wasi:io/streams@0.2.12", w));
+        assert!(!is_provided("sockgate:gateway/connection@0.1.0", w));
     }
 }

@@ -1,16 +1,24 @@
 //! The WebAssembly side: one wasmtime [`Engine`](wasmtime::Engine) for the
 //! process, components compiled once and cached on disk, long-lived
-//! instances that serve many connections concurrently.
+//! instances that serve many connections concurrently — and, for
+//! components of the WASI 0.2 world `conn-handler-sync`, a second engine
+//! with the pooling allocator that creates an instance per connection.
 //!
-//! - [`engine`]: the engine configuration every component is compiled for.
+//! - [`engine`]: the engines' configuration and linkers.
 //! - [`cache`]: compiled components on disk, keyed by a hash of the input.
-//! - [`load`]: reading a component file and checking it is a `conn-handler`.
+//! - [`load`]: reading a component file, finding which world it implements
+//!   and checking it against that world.
 //! - [`bindings`]: the host side of the WIT world.
 //! - [`host_state`]: what each store holds (WASI context, guest output).
 //! - [`pump`]: moving bytes between a client connection and guest streams.
 //! - [`instance`]: one instance's task, serving the connections sent to it.
 //! - [`supervisor`]: CPU (fuel, epoch) and memory limits, trap explanations.
 //! - [`name_lookup`]: name lookups checked against the outbound policy.
+//! - [`sync_bindings`]: the host side of the WASI 0.2 world
+//!   `conn-handler-sync`.
+//! - [`sync_streams`]: a client connection as WASI 0.2 input/output streams.
+//! - [`per_connection`]: serving a `conn-handler-sync` app, one instance per
+//!   connection.
 
 pub mod bindings;
 pub mod cache;
@@ -19,7 +27,10 @@ pub mod host_state;
 pub mod instance;
 pub mod load;
 pub mod name_lookup;
+pub mod per_connection;
 pub mod pump;
 pub mod supervisor;
+pub mod sync_bindings;
+pub mod sync_streams;
 
 pub use engine::Runtime;

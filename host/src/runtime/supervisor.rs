@@ -127,12 +127,42 @@ impl CpuBudget {
     }
 }
 
+/// What ends an *activation* (and so refills the epoch deadline): how a
+/// guest hands control back to the gateway.
+#[derive(Clone)]
+pub enum Activation {
+    /// The `conn-handler` world: the guest's event loop returns to the
+    /// gateway's (`run_concurrent`); only entries into wasm refill it.
+    EventLoop,
+    /// The `conn-handler-sync` world: a guest waits for I/O inside a
+    /// blocking import (`blocking-read`, `poll`), so the return of an import
+    /// during which the guest waited also refills it. The flag says so: set
+    /// when the call's future returned `Pending` to the event loop (the
+    /// guest's fiber was suspended: a real wait) or the connection's streams
+    /// moved bytes (a busy connection, whose reads and writes complete at
+    /// once, is doing I/O); the call hook clears it. A guest spinning on
+    /// imports that return at once (a non-blocking read with nothing to
+    /// read, the clock) never sets it, and traps after
+    /// `limits.wall_budget_ms`.
+    HostWait(super::sync_streams::IoProgress),
+}
+
 /// Applies the CPU budget (as far as `supervision` enables it) and the
-/// memory limits to a fresh store.
+/// memory limits to a fresh store of the `conn-handler` world.
 pub fn supervise(
     store: &mut Store<HostState>,
     supervision: Supervision,
     budget: CpuBudget,
+) -> wasmtime::Result<()> {
+    supervise_activations(store, supervision, budget, Activation::EventLoop)
+}
+
+/// Like [`supervise`], with the activation rule of the store's world.
+pub fn supervise_activations(
+    store: &mut Store<HostState>,
+    supervision: Supervision,
+    budget: CpuBudget,
+    activation: Activation,
 ) -> wasmtime::Result<()> {
     store.limiter(|state| state.limiter());
     if supervision.fuel {
@@ -144,6 +174,13 @@ pub fn supervise(
     }
     if supervision.fuel || supervision.epoch {
         store.call_hook(move |mut store, hook| {
+            if let Activation::HostWait(progress) = &activation
+                && supervision.epoch
+                && matches!(hook, CallHook::ReturningFromHost)
+                && progress.swap(false, Ordering::Relaxed)
+            {
+                store.set_epoch_deadline(budget.epoch_ticks);
+            }
             match hook {
                 // The event loop (or a new call) enters the guest: a new
                 // activation.

@@ -1,0 +1,225 @@
+//! Serving a `conn-handler-sync` app: one instance per connection.
+//!
+//! Each connection gets a task that creates a store and an instance from
+//! the app's pre-linked component (`InstancePre`, instantiated from the
+//! per-connection engine's pooling allocator), hands the client's bytes to
+//! the guest's `sync-handler.handle` as WASI 0.2 streams, and destroys the
+//! instance when `handle` returns. The store is the failure domain, as in
+//! the shared world, but here it holds one connection: a trap closes that
+//! connection, is recorded as an app event with its cause, and touches
+//! nothing else.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime_wasi::WasiView;
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
+
+use super::host_state::HostState;
+use super::instance::{Assigned, InstanceSettings};
+use super::supervisor::{Activation, CpuBudget, explain_trap, supervise_activations};
+use super::sync_bindings::sockgate::gateway::sync_types as wit;
+use super::sync_bindings::{ConnHandlerSync, ConnHandlerSyncPre};
+use super::sync_streams::{ConnInput, ConnOutput, IoProgress};
+use crate::conn::{ConnInfo, Transport};
+use crate::logs::EventKind;
+
+/// The instance index per-connection instances report in logs and events
+/// (there are no shards; events name the connection instead).
+pub const PER_CONNECTION_INSTANCE: u32 = 0;
+
+/// How one connection of a `conn-handler-sync` app ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// `handle` returned: the connection was served.
+    Served,
+    /// The instance could not be created (pool full, start function
+    /// trapped); the connection was closed unserved.
+    NotStarted,
+    /// The instance trapped; the connection was closed.
+    Trapped,
+    /// The app was replaced or removed and its drain deadline passed.
+    Drained,
+}
+
+/// Serves one connection on a fresh instance of `pre`, until `handle`
+/// returns, the instance traps, or `draining` resolves and the drain
+/// deadline passes after it. Records instantiation failures and traps in
+/// the app's events and counters.
+pub async fn serve_connection(
+    settings: &InstanceSettings,
+    pre: &ConnHandlerSyncPre<HostState>,
+    assigned: Assigned,
+    draining: impl Future<Output = ()>,
+) -> Outcome {
+    let id = assigned.info.id;
+    let peer = assigned.info.peer;
+    let guard = assigned.guard.clone();
+    let log = &settings.log;
+    let served = serve(settings, pre, assigned);
+    let deadline = async {
+        draining.await;
+        tokio::time::sleep(settings.drain).await;
+    };
+    tokio::select! {
+        outcome = served => match outcome {
+            Ok(()) => Outcome::Served,
+            Err(Failure::Instantiate(err)) => {
+                if err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                    log.event(None, EventKind::LimitHit {
+                        limit: "per-connection instance pool",
+                        detail: format!(
+                            "closed connection {id} from {}: {} instances exist already \
+                             (over all conn-handler-sync apps)",
+                            peer,
+                            super::engine::PER_CONNECTION_POOL,
+                        ),
+                    });
+                } else {
+                    log.event(
+                        Some(PER_CONNECTION_INSTANCE),
+                        EventKind::InstanceFailed { reason: format!("{err:#}") },
+                    );
+                }
+                Outcome::NotStarted
+            }
+            Err(Failure::Trap { cause, reason }) => {
+                settings.account.counters.traps[cause.index()]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log.event(
+                    Some(PER_CONNECTION_INSTANCE),
+                    EventKind::ConnectionTrapped {
+                        cause: cause.as_str(),
+                        reason,
+                        connection: id,
+                    },
+                );
+                Outcome::Trapped
+            }
+        },
+        () = deadline => {
+            // Dropping the call in flight destroys its instance (a store
+            // of its own: nothing else is affected); close the transport so
+            // bytes still queued are not sent.
+            guard.close();
+            log.event(None, EventKind::DrainDeadline { closed: 1 });
+            Outcome::Drained
+        }
+    }
+}
+
+/// Why serving a connection failed.
+enum Failure {
+    Instantiate(wasmtime::Error),
+    Trap {
+        cause: super::supervisor::TrapCause,
+        reason: String,
+    },
+}
+
+async fn serve(
+    settings: &InstanceSettings,
+    pre: &ConnHandlerSyncPre<HostState>,
+    assigned: Assigned,
+) -> Result<(), Failure> {
+    let Assigned {
+        info,
+        reader,
+        writer,
+        guard,
+    } = assigned;
+    let progress = IoProgress::default();
+    let waited = progress.clone();
+    let (mut store, handler) = instantiate(settings, pre, progress.clone())
+        .await
+        .map_err(Failure::Instantiate)?;
+    let table = store.data_mut().ctx().table;
+    let rx: DynInputStream = Box::new(ConnInput::new(reader, guard.clone(), progress.clone()));
+    let tx: DynOutputStream = Box::new(ConnOutput::new(writer, guard, progress));
+    let (rx, tx) = match (table.push(rx), table.push(tx)) {
+        (Ok(rx), Ok(tx)) => (rx, tx),
+        (Err(err), _) | (_, Err(err)) => return Err(Failure::Instantiate(err.into())),
+    };
+    let info = wit_info(&info);
+    let result = {
+        let call = handler
+            .sockgate_gateway_sync_handler()
+            .call_handle(&mut store, &info, rx, tx);
+        let mut call = std::pin::pin!(call);
+        // The call returning `Pending` means the guest's fiber is suspended
+        // in an import: it waits for I/O (see `Activation::HostWait`).
+        std::future::poll_fn(|cx| {
+            let polled = call.as_mut().poll(cx);
+            if polled.is_pending() {
+                waited.store(true, Ordering::Relaxed);
+            }
+            polled
+        })
+        .await
+    };
+    match result {
+        // Dropping the store (here) drops the streams the guest still
+        // holds: the writer task sends what is queued and shuts down.
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let (cause, reason) =
+                explain_trap(&error, store.data().refused_memory(), &settings.limits);
+            Err(Failure::Trap { cause, reason })
+        }
+    }
+}
+
+/// A supervised store with a fresh instance of `pre` in it.
+async fn instantiate(
+    settings: &InstanceSettings,
+    pre: &ConnHandlerSyncPre<HostState>,
+    progress: IoProgress,
+) -> wasmtime::Result<(Store<HostState>, ConnHandlerSync)> {
+    let state = HostState::new(settings, PER_CONNECTION_INSTANCE);
+    let mut store = Store::new(pre.engine(), state);
+    supervise_activations(
+        &mut store,
+        settings.supervision,
+        CpuBudget::new(&settings.limits),
+        Activation::HostWait(progress),
+    )?;
+    let handler = pre.instantiate_async(&mut store).await?;
+    Ok((store, handler))
+}
+
+/// Creates one instance of `pre` in a supervised store, as a connection
+/// would get it, and drops it: what the per-connection world costs on
+/// every connection before the guest runs. Returns the time taken. For
+/// benchmarks and the instantiation measurement test.
+pub async fn instantiate_once(
+    settings: &InstanceSettings,
+    pre: &ConnHandlerSyncPre<HostState>,
+) -> wasmtime::Result<Duration> {
+    let started = Instant::now();
+    let (store, _handler) = instantiate(settings, pre, IoProgress::default()).await?;
+    // Destroying the instance is part of a connection's cost: its pool
+    // slots are returned here.
+    drop(store);
+    Ok(started.elapsed())
+}
+
+/// The WASI 0.2 view of a connection's info.
+pub fn wit_info(info: &ConnInfo) -> wit::ConnInfo {
+    wit::ConnInfo {
+        id: info.id,
+        transport: match info.transport {
+            Transport::Tcp => wit::Transport::Tcp,
+            Transport::Tls => wit::Transport::Tls,
+            Transport::Quic => wit::Transport::Quic,
+        },
+        peer: info.peer.into(),
+        local: info.local.into(),
+        server_name: info.server_name.clone(),
+        alpn: info.alpn.clone(),
+        quic: info.quic.map(|q| wit::QuicStream {
+            connection_id: q.connection_id,
+            stream_id: q.stream_id,
+        }),
+    }
+}
