@@ -18,7 +18,6 @@
 //! `SOCKGATE_BENCH_QUICK=1 cargo bench --bench quic_echo` (1 s, 16 MiB).
 //! Results are printed and written to `target/bench-results/quic_echo.{md,json}`.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;

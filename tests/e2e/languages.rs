@@ -45,6 +45,9 @@ impl Lang {
             Lang::Python => "python",
             Lang::Js => "js",
             Lang::C => "c",
+            Lang::RustSync | Lang::StarlingMonkey => {
+                unreachable!("`sockgate new` has templates for the main world only")
+            }
         }
     }
 }
