@@ -10,6 +10,9 @@
 //!   stream, send 64 bytes, finish, read the echo to its end. Each stream
 //!   is one guest `handle` call in sockgate.
 //!
+//! `SOCKGATE_BENCH_STREAM_CLIENTS=N` changes the number of concurrent
+//! stream tasks (default 32), to see how latency, not CPU, bounds the rate.
+//!
 //! When `taskset` is available the servers are pinned to CPU 1 and the
 //! load generator to CPU 0. The baseline server is this benchmark binary
 //! itself, started again with `--quinn-echo-server`.
