@@ -84,3 +84,195 @@ pub fn pin(pid: u32, cpus: &str) {
         .stdout(Stdio::null())
         .status();
 }
+
+/// Whether the benchmarks run briefly (`SOCKGATE_BENCH_QUICK=1`, as CI
+/// does) rather than long enough for real figures.
+pub fn quick() -> bool {
+    std::env::var_os("SOCKGATE_BENCH_QUICK").is_some()
+}
+
+/// Resident memory of process `pid` in KiB (zero once it is gone).
+pub fn process_rss_kib(pid: u32) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises this process's open-file limit to at least `wanted` (up to the
+/// hard limit, raising that too when running as root); children inherit
+/// it. Returns the soft limit now in force.
+pub fn raise_nofile(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur >= wanted {
+            return limit.rlim_cur;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max.max(wanted),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return wanted;
+        }
+        let capped = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &capped) == 0 {
+            return limit.rlim_max;
+        }
+        limit.rlim_cur
+    }
+}
+
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot find a free port")
+}
+
+/// A server process under test, killed when dropped.
+pub struct Server {
+    child: std::process::Child,
+    /// Where it accepts connections.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Server {
+    /// Starts `command` (with `RUST_BACKTRACE` unset, pinned to CPU 1 when
+    /// `pinned`) and waits for the stdout line starting with
+    /// `ready_marker`, followed by the address it listens on.
+    pub fn spawn(mut command: Command, pinned: bool, ready_marker: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        command
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("cannot start server");
+        if pinned {
+            pin(child.id(), "1");
+        }
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before it was ready")
+                .expect("cannot read the server's output");
+            if let Some((_, rest)) = line.split_once(ready_marker) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|a| a.parse().ok())
+                    .expect("the ready line names no address");
+            }
+        };
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+
+    /// `sockgate run <component>` on a free port, compiled components
+    /// cached in `cache`.
+    pub fn sockgate(component: &std::path::Path, cache: &std::path::Path, pinned: bool) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+        command
+            .arg("run")
+            .arg(component)
+            .args(["--listen", "127.0.0.1:0", "--cache-dir"])
+            .arg(cache)
+            .env("RUST_LOG", "warn");
+        Self::spawn(command, pinned, " listening on tcp ")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sockgate serve` with a configuration file holding one app, `app_toml`
+/// (the `[[app]]` table, without the header); the gateway's compile cache
+/// is `target/bench-cache`, so a component compiled by an earlier
+/// benchmark loads at once.
+pub fn sockgate_serve(bench: &str, app_toml: &str, pinned: bool) -> Server {
+    let dir = root().join("target/bench-tmp").join(bench);
+    std::fs::create_dir_all(&dir).expect("cannot create target/bench-tmp");
+    let config = dir.join("sockgate.toml");
+    let toml = format!(
+        "[gateway]\ncache_dir = \"{}\"\nstate_dir = \"{}\"\n\n[[app]]\n{app_toml}\n",
+        root().join("target/bench-cache").display(),
+        dir.join("state").display(),
+    );
+    std::fs::write(&config, toml).expect("cannot write the benchmark configuration");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn");
+    Server::spawn(command, pinned, " listening on tcp ")
+}
+
+/// Per-iteration times recorded from criterion's `iter_custom` samples, so
+/// a benchmark can put its figure in a table next to its baseline's.
+#[derive(Default)]
+pub struct Samples(std::cell::RefCell<Vec<f64>>);
+
+impl Samples {
+    /// Records one sample: `iters` iterations took `elapsed`.
+    pub fn record(&self, iters: u64, elapsed: Duration) -> Duration {
+        if iters > 0 {
+            self.0
+                .borrow_mut()
+                .push(elapsed.as_secs_f64() / iters as f64);
+        }
+        elapsed
+    }
+
+    /// The median time per iteration over the samples, in nanoseconds.
+    pub fn median_ns(&self) -> f64 {
+        let mut samples = self.0.borrow().clone();
+        if samples.is_empty() {
+            return f64::NAN;
+        }
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2] * 1e9
+    }
+}
+
+/// A criterion configuration: short in quick mode (CI), long enough for
+/// stable figures otherwise.
+pub fn criterion() -> criterion::Criterion {
+    let c = criterion::Criterion::default().configure_from_args();
+    if quick() {
+        c.sample_size(10)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_millis(500))
+    } else {
+        c.sample_size(50)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(4))
+    }
+}
