@@ -12,6 +12,8 @@
 //!
 //! Run: `cargo bench --bench boundary` (`SOCKGATE_BENCH_QUICK=1` for a short
 //! run). Results also go to `target/bench-results/boundary.{md,json}`.
+//! `SOCKGATE_BOUNDARY_PROFILE=N` runs N guest round trips and nothing else,
+//! for a profiler.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -27,6 +29,7 @@ use sockgate_host::conns::ConnTracker;
 use sockgate_host::limits::AppLimits;
 use sockgate_host::outbound::OutboundPolicy;
 use sockgate_host::runtime::Runtime;
+use sockgate_host::runtime::engine::Supervision;
 use sockgate_host::runtime::instance::InstanceSettings;
 use sockgate_host::runtime::load::load_component;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
@@ -38,12 +41,33 @@ const MESSAGE: usize = 64;
 const DUPLEX_BUFFER: usize = 64 * 1024;
 
 fn main() {
-    let echo = build_guest("echo");
+    // Profiling only: another build of the echo guest.
+    let echo = std::env::var_os("SOCKGATE_BOUNDARY_GUEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| build_guest("echo"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let gateway = Runtime::new(root().join("target/bench-cache")).unwrap();
+    // Profiling only: `SOCKGATE_BOUNDARY_SUPERVISION=none|epoch|fuel` to
+    // see what supervision costs (the table always uses the gateway's).
+    let supervision = match std::env::var("SOCKGATE_BOUNDARY_SUPERVISION").as_deref() {
+        Ok("none") => Supervision {
+            fuel: false,
+            epoch: false,
+        },
+        Ok("epoch") => Supervision {
+            fuel: false,
+            epoch: true,
+        },
+        Ok("fuel") => Supervision {
+            fuel: true,
+            epoch: false,
+        },
+        _ => Supervision::default(),
+    };
+    let gateway =
+        Runtime::with_supervision(root().join("target/bench-cache"), supervision).unwrap();
     let loaded = load_component(&gateway, &echo).unwrap();
     let settings = InstanceSettings::new(
         "echo",
@@ -57,6 +81,24 @@ fn main() {
         let _entered = runtime.enter();
         App::start("echo", settings, 1)
     };
+
+    // For profilers (`valgrind --tool=callgrind`, `perf`): a fixed number
+    // of guest round trips and nothing else, so two runs with different
+    // counts give the cost of one.
+    if let Some(count) = std::env::var("SOCKGATE_BOUNDARY_PROFILE")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let (mut rd, mut wr) = connect(&app);
+        let started = Instant::now();
+        runtime.block_on(async {
+            for _ in 0..count {
+                round_trip(&mut rd, &mut wr).await;
+            }
+        });
+        eprintln!("{count} guest round trips in {:?}", started.elapsed());
+        return;
+    }
 
     let mut c = common::criterion();
     let mut group = c.benchmark_group("boundary");

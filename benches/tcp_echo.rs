@@ -14,6 +14,9 @@
 //! figures compare one server core each. Server CPU and RSS come from the
 //! server's /proc/<pid>.
 //!
+//! `SOCKGATE_BENCH_COMPARE_BIN=<another sockgate binary>` adds that build's
+//! round trips to the table (before/after figures from the same run).
+//!
 //! Run: `cargo bench --bench tcp_echo` (full: 5 s per row, 1 GiB, 10 000
 //! idle connections) or `SOCKGATE_BENCH_QUICK=1 cargo bench --bench
 //! tcp_echo` (1 s per row, 64 MiB, 1 000 connections). Results are printed
@@ -65,7 +68,9 @@ fn main() {
     let mut md = String::new();
     let mut json = Vec::new();
 
+    let compare = std::env::var_os("SOCKGATE_BENCH_COMPARE_BIN").map(std::path::PathBuf::from);
     let mut rows = Vec::new();
+    let mut compared = Vec::new();
     for connections in [1, 50, 500] {
         let native = native_server(pinned);
         let native_result = round_trips(&native, connections, duration);
@@ -73,9 +78,31 @@ fn main() {
         let gateway = Server::sockgate(&echo, &cache, pinned);
         let gateway_result = round_trips(&gateway, connections, duration);
         drop(gateway);
+        if let Some(binary) = &compare {
+            let other = Server::sockgate_bin(binary, &echo, &cache, pinned);
+            compared.push((connections, round_trips(&other, connections, duration)));
+        }
         rows.push((connections, gateway_result, native_result));
     }
     report_round_trips(&rows, duration, pinned, &mut md, &mut json);
+    if let Some(binary) = &compare {
+        md.push_str(&format!(
+            "\nThe same rows with `{}` (SOCKGATE_BENCH_COMPARE_BIN), measured in the same run:\n\n\
+             | connections | this build rt/s | compared build rt/s | this / compared | \
+             this CPU µs/rt | compared CPU µs/rt |\n|---:|---:|---:|---:|---:|---:|\n",
+            binary.display()
+        ));
+        for ((connections, this, _), (_, other)) in rows.iter().zip(&compared) {
+            md.push_str(&format!(
+                "| {connections} | {:.0} | {:.0} | {:.2}× | {:.2} | {:.2} |\n",
+                this.round_trips_per_sec,
+                other.round_trips_per_sec,
+                this.round_trips_per_sec / other.round_trips_per_sec,
+                this.server_cpu_us_per_round_trip,
+                other.server_cpu_us_per_round_trip,
+            ));
+        }
+    }
 
     let native = native_server(pinned);
     let native_bulk = bulk(&native, bulk_bytes);
@@ -338,7 +365,8 @@ fn report_idle(
         "\nIdle connections: {connections} open on one app (one instance), each after one \
          1-byte echo; server RSS growth / {connections}\n\n\
          | server | base RSS MiB | bytes per idle connection | ratio |\n|---|---:|---:|---:|\n\
-         | sockgate + echo guest | {:.1} | {:.0} | {:.2}× |\n| native tokio | {:.1} | {:.0} | 1.00× |\n",
+         | sockgate + echo guest | {:.1} | {:.0} | {:.2}× |\n\
+         | native tokio | {:.1} | {:.0} | 1.00× |\n",
         gateway.base_kib as f64 / 1024.0,
         gateway.bytes_per_conn,
         gateway.bytes_per_conn / native.bytes_per_conn,
@@ -347,7 +375,8 @@ fn report_idle(
     ));
     json.push(format!(
         "{{\"kind\":\"idle\",\"connections\":{connections},\"sockgate_bytes_per_conn\":{:.0},\
-         \"native_bytes_per_conn\":{:.0},\"sockgate_base_kib\":{},\"native_base_kib\":{}}}",
+         \"native_bytes_per_conn\":{:.0},\
+         \"sockgate_base_kib\":{},\"native_base_kib\":{}}}",
         gateway.bytes_per_conn, native.bytes_per_conn, gateway.base_kib, native.base_kib
     ));
 }

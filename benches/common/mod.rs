@@ -190,7 +190,23 @@ impl Server {
     /// `sockgate run <component>` on a free port, compiled components
     /// cached in `cache`.
     pub fn sockgate(component: &std::path::Path, cache: &std::path::Path, pinned: bool) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+        Self::sockgate_bin(
+            std::path::Path::new(env!("CARGO_BIN_EXE_sockgate")),
+            component,
+            cache,
+            pinned,
+        )
+    }
+
+    /// Like [`Server::sockgate`] with another build of the binary (an
+    /// earlier commit, for before/after figures in the same run).
+    pub fn sockgate_bin(
+        binary: &std::path::Path,
+        component: &std::path::Path,
+        cache: &std::path::Path,
+        pinned: bool,
+    ) -> Self {
+        let mut command = Command::new(binary);
         command
             .arg("run")
             .arg(component)
