@@ -26,8 +26,8 @@
 mod common;
 
 use common::{
-    Server, build_guest, has_taskset, pin, process_cpu, process_rss_kib, quick, raise_nofile, root,
-    sockgate_serve,
+    Server, build_guest, guest_memory_rss_kib, has_taskset, pin, process_cpu, process_rss_kib,
+    quick, raise_nofile, root, sockgate_serve,
 };
 
 use std::path::Path;
@@ -309,6 +309,8 @@ fn report_bulk(bytes: u64, gateway: Bulk, native: Bulk, md: &mut String, json: &
 struct Idle {
     base_kib: u64,
     bytes_per_conn: f64,
+    /// Of which in the guest's linear memory.
+    guest_bytes_per_conn: f64,
 }
 
 /// Opens `connections` connections to `server`, each echoing one byte (so
@@ -327,6 +329,7 @@ fn idle(server: &Server, connections: usize) -> Idle {
         drop(warm);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let base_kib = process_rss_kib(server.pid());
+        let base_guest_kib = guest_memory_rss_kib(server.pid());
         let mut open = Vec::with_capacity(connections);
         // In batches, so the accept backlog never overflows.
         for batch in (0..connections).collect::<Vec<_>>().chunks(100) {
@@ -340,10 +343,15 @@ fn idle(server: &Server, connections: usize) -> Idle {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_kib = process_rss_kib(server.pid());
+        let guest_kib = guest_memory_rss_kib(server.pid());
         drop(open);
+        let per_conn = |after: u64, before: u64| {
+            after.saturating_sub(before) as f64 * 1024.0 / connections as f64
+        };
         Idle {
             base_kib,
-            bytes_per_conn: rss_kib.saturating_sub(base_kib) as f64 * 1024.0 / connections as f64,
+            bytes_per_conn: per_conn(rss_kib, base_kib),
+            guest_bytes_per_conn: per_conn(guest_kib, base_guest_kib),
         }
     })
 }
@@ -364,20 +372,26 @@ fn report_idle(
     md.push_str(&format!(
         "\nIdle connections: {connections} open on one app (one instance), each after one \
          1-byte echo; server RSS growth / {connections}\n\n\
-         | server | base RSS MiB | bytes per idle connection | ratio |\n|---|---:|---:|---:|\n\
-         | sockgate + echo guest | {:.1} | {:.0} | {:.2}× |\n\
-         | native tokio | {:.1} | {:.0} | 1.00× |\n",
+         | server | base RSS MiB | bytes per idle connection | of which in guest memory | ratio |\n\
+         |---|---:|---:|---:|---:|\n\
+         | sockgate + echo guest | {:.1} | {:.0} | {:.0} | {:.2}× |\n\
+         | native tokio | {:.1} | {:.0} | | 1.00× |\n",
         gateway.base_kib as f64 / 1024.0,
         gateway.bytes_per_conn,
+        gateway.guest_bytes_per_conn,
         gateway.bytes_per_conn / native.bytes_per_conn,
         native.base_kib as f64 / 1024.0,
         native.bytes_per_conn,
     ));
     json.push(format!(
         "{{\"kind\":\"idle\",\"connections\":{connections},\"sockgate_bytes_per_conn\":{:.0},\
-         \"native_bytes_per_conn\":{:.0},\
+         \"sockgate_guest_bytes_per_conn\":{:.0},\"native_bytes_per_conn\":{:.0},\
          \"sockgate_base_kib\":{},\"native_base_kib\":{}}}",
-        gateway.bytes_per_conn, native.bytes_per_conn, gateway.base_kib, native.base_kib
+        gateway.bytes_per_conn,
+        gateway.guest_bytes_per_conn,
+        native.bytes_per_conn,
+        gateway.base_kib,
+        native.base_kib
     ));
 }
 

@@ -104,6 +104,50 @@ pub fn process_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident memory of process `pid`'s wasm linear memories, in KiB.
+/// wasmtime reserves GiBs of address space per memory, inaccessible but
+/// for the part in use: a memory is the run of accessible mappings (its
+/// initial image may be mapped from the compiled file) directly below an
+/// inaccessible reservation of at least 1 GiB. RSS minus this is the
+/// host's own memory.
+pub fn guest_memory_rss_kib(pid: u32) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return 0;
+    };
+    // (start, end, accessible, rss KiB) of every mapping, in address order.
+    let mut maps: Vec<(u64, u64, bool, u64)> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) =
+                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            let accessible = !words.next().unwrap_or_default().starts_with("---");
+            maps.push((start, end, accessible, 0));
+        } else if first == "Rss:"
+            && let (Some(kib), Some(last)) = (words.next(), maps.last_mut())
+        {
+            last.3 = kib.parse().unwrap_or(0);
+        }
+    }
+    let mut total = 0;
+    for (i, reserved) in maps.iter().enumerate() {
+        if reserved.2 || reserved.1 - reserved.0 < 1 << 30 {
+            continue;
+        }
+        let mut start = reserved.0;
+        for used in maps[..i].iter().rev() {
+            if !used.2 || used.1 != start {
+                break;
+            }
+            total += used.3;
+            start = used.0;
+        }
+    }
+    total
+}
+
 /// Raises this process's open-file limit to at least `wanted` (up to the
 /// hard limit, raising that too when running as root); children inherit
 /// it. Returns the soft limit now in force.
