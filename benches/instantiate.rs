@@ -154,8 +154,8 @@ async fn instantiate(settings: &InstanceSettings) {
         CpuBudget::new(&settings.limits),
     )
     .unwrap();
-    let handler = settings.pre.instantiate_async(&mut store).await.unwrap();
-    drop(handler);
+    // The instance lives in the store, dropped here with it.
+    let _handler = settings.pre.instantiate_async(&mut store).await.unwrap();
 }
 
 /// Median time from starting the gateway to the first byte echoed.
