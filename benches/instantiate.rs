@@ -39,6 +39,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 /// The target for one instantiation.
 const TARGET_US: f64 = 10.0;
+/// Bytes of each memory and table slot reset with `memset` rather than
+/// returned to the kernel (`linear_memory_keep_resident`,
+/// `table_keep_resident`): a reused slot then takes no page faults there.
+const KEEP_RESIDENT: usize = 1 << 20;
 
 fn main() {
     let echo = build_guest("echo");
@@ -47,7 +51,8 @@ fn main() {
         .build()
         .unwrap();
 
-    let pooled = settings(&pooling_engine(), &echo);
+    let pooled = settings(&pooling_engine(0), &echo);
+    let resident = settings(&pooling_engine(KEEP_RESIDENT), &echo);
     let gateway = Runtime::new(root().join("target/bench-cache")).unwrap();
     let on_demand = settings(&gateway.engine, &echo);
 
@@ -56,6 +61,10 @@ fn main() {
     let mut figures = Vec::new();
     for (name, settings) in [
         ("pooling allocator + InstancePre", &pooled),
+        (
+            "pooling allocator, 1 MiB kept resident per slot + InstancePre",
+            &resident,
+        ),
         (
             "on-demand allocator + InstancePre (the gateway's engine)",
             &on_demand,
@@ -107,10 +116,13 @@ fn main() {
 }
 
 /// An engine configured as the gateway's (component model async, fuel,
-/// epochs) plus the pooling allocator, sized for a benchmark.
-fn pooling_engine() -> Engine {
+/// epochs) plus the pooling allocator, sized for a benchmark, keeping
+/// `keep_resident` bytes of each slot resident between instances.
+fn pooling_engine(keep_resident: usize) -> Engine {
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(64)
+    pool.linear_memory_keep_resident(keep_resident)
+        .table_keep_resident(keep_resident)
+        .total_component_instances(64)
         .total_core_instances(512)
         .total_memories(128)
         .total_tables(512)
