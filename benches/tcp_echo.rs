@@ -1,35 +1,43 @@
-//! TCP echo round trips: sockgate serving the Rust `echo` guest next to a
-//! native tokio echo server, measured in the same run with the same load
-//! generator.
+//! TCP echo: sockgate serving the Rust `echo` guest next to a native tokio
+//! echo server, measured in the same run with the same load generator.
 //!
-//! Each of N connections sends a 64-byte message and waits for it to come
-//! back, as fast as it can. Both servers run as separate processes; when
-//! `taskset` is available the server is pinned to CPU 1 and the load
-//! generator to CPU 0, so the figures compare one server core each. Server
-//! CPU per round trip comes from the server's /proc/<pid>/stat.
+//! - **Round trips**: each of N connections (1, 50, 500) sends a 64-byte
+//!   message and waits for it to come back, as fast as it can.
+//! - **Bulk**: one connection streams 1 GiB through the server and reads it
+//!   back at the same time; throughput and server CPU per GiB.
+//! - **Idle**: 10 000 connections opened (each echoes one byte, so the
+//!   server has taken it on) and left idle; the server's RSS growth per
+//!   connection.
 //!
-//! Run: `cargo bench --bench tcp_echo` (full: 5 s per row) or
-//! `SOCKGATE_BENCH_QUICK=1 cargo bench --bench tcp_echo` (1 s per row).
-//! Results are printed and written to `target/bench-results/tcp_echo.{md,json}`.
+//! Both servers run as separate processes; when `taskset` is available the
+//! server is pinned to CPU 1 and the load generator to CPU 0, so the
+//! figures compare one server core each. Server CPU and RSS come from the
+//! server's /proc/<pid>.
+//!
+//! `SOCKGATE_BENCH_COMPARE_BIN=<another sockgate binary>` adds that build's
+//! round trips to the table (before/after figures from the same run).
+//!
+//! Run: `cargo bench --bench tcp_echo` (full: 5 s per row, 1 GiB, 10 000
+//! idle connections) or `SOCKGATE_BENCH_QUICK=1 cargo bench --bench
+//! tcp_echo` (1 s per row, 64 MiB, 1 000 connections). Results are printed
+//! and written to `target/bench-results/tcp_echo.{md,json}`.
 
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{MESSAGE, Measured, Server, build_guest, has_taskset, measure, pin, root};
+use common::{
+    MESSAGE, Measured, Server, build_guest, guest_memory_rss_kib, has_taskset, measure, pin,
+    process_cpu, process_rss_kib, quick, raise_nofile, root, sockgate_serve,
+};
 
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
-/// Starts the native tokio echo server (this executable, as a child).
-fn native_server(pinned: bool) -> Server {
-    let exe = std::env::current_exe().unwrap();
-    let mut command = Command::new(exe);
-    command.arg("native-echo-server");
-    Server::spawn(command, pinned, "native echo listening on ")
-}
+const GIB: f64 = (1u64 << 30) as f64;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -37,13 +45,16 @@ fn main() {
         native_echo_server();
         return;
     }
-    let quick = std::env::var_os("SOCKGATE_BENCH_QUICK").is_some();
-    let duration = if quick {
-        Duration::from_secs(1)
+    let quick = quick();
+    let (duration, bulk_bytes, idle_conns) = if quick {
+        (Duration::from_secs(1), 64u64 << 20, 1_000)
     } else {
-        Duration::from_secs(5)
+        (Duration::from_secs(5), 1u64 << 30, 10_000)
     };
-    let connection_counts: &[usize] = &[1, 50, 500];
+    // Every idle connection is a descriptor in the load generator and one
+    // in the server (which inherits the limit).
+    let nofile = raise_nofile(idle_conns as u64 + 1_000);
+    let idle_conns = idle_conns.min(nofile.saturating_sub(200) as usize);
     let pinned = has_taskset();
     if pinned {
         pin(std::process::id(), "0");
@@ -51,23 +62,99 @@ fn main() {
 
     let echo = build_guest("echo");
     let cache = root().join("target/bench-cache");
+    let mut md = String::new();
+    let mut json = Vec::new();
+
+    let compare = std::env::var_os("SOCKGATE_BENCH_COMPARE_BIN").map(std::path::PathBuf::from);
     let mut rows = Vec::new();
-    for &connections in connection_counts {
+    let mut compared = Vec::new();
+    for connections in [1, 50, 500] {
         let native = native_server(pinned);
         let native_result = measure(&native, connections, duration);
         drop(native);
         let gateway = Server::sockgate(&echo, &cache, pinned);
         let gateway_result = measure(&gateway, connections, duration);
         drop(gateway);
+        if let Some(binary) = &compare {
+            let other = Server::sockgate_bin(binary, &echo, &cache, pinned);
+            compared.push((connections, measure(&other, connections, duration)));
+        }
         rows.push((connections, gateway_result, native_result));
     }
-    report(&rows, duration, pinned);
+    report_round_trips(&rows, duration, pinned, &mut md, &mut json);
+    if let Some(binary) = &compare {
+        md.push_str(&format!(
+            "\nThe same rows with `{}` (SOCKGATE_BENCH_COMPARE_BIN), measured in the same run:\n\n\
+             | connections | this build rt/s | compared build rt/s | this / compared | \
+             this CPU µs/rt | compared CPU µs/rt |\n|---:|---:|---:|---:|---:|---:|\n",
+            binary.display()
+        ));
+        for ((connections, this, _), (_, other)) in rows.iter().zip(&compared) {
+            md.push_str(&format!(
+                "| {connections} | {:.0} | {:.0} | {:.2}× | {:.2} | {:.2} |\n",
+                this.round_trips_per_sec,
+                other.round_trips_per_sec,
+                this.round_trips_per_sec / other.round_trips_per_sec,
+                this.server_cpu_us_per_round_trip,
+                other.server_cpu_us_per_round_trip,
+            ));
+        }
+    }
+
+    let native = native_server(pinned);
+    let native_bulk = bulk(&native, bulk_bytes);
+    drop(native);
+    let gateway = Server::sockgate(&echo, &cache, pinned);
+    let gateway_bulk = bulk(&gateway, bulk_bytes);
+    drop(gateway);
+    report_bulk(bulk_bytes, gateway_bulk, native_bulk, &mut md, &mut json);
+
+    let native = native_server(pinned);
+    let native_idle = idle(&native, idle_conns);
+    drop(native);
+    let gateway = idle_gateway(&echo, idle_conns, pinned);
+    let gateway_idle = idle(&gateway, idle_conns);
+    drop(gateway);
+    report_idle(idle_conns, gateway_idle, native_idle, &mut md, &mut json);
+
+    common::publish("tcp_echo", &md, &json);
 }
 
-fn report(rows: &[(usize, Measured, Measured)], duration: Duration, pinned: bool) {
-    let mut md = String::new();
+/// One app, one instance, with caps high enough for every idle connection
+/// from the one loopback address. The echo guest holds a 16 KiB read buffer
+/// per connection (mostly untouched, so little of it is resident), which
+/// for 10 000 connections is more address space than the default 128 MiB
+/// memory limit: the limit is raised so the instance does not trap.
+fn idle_gateway(echo: &Path, connections: usize, pinned: bool) -> Server {
+    let cap = connections + 100;
+    let memory_mb = (64 + cap * 20 / 1024).max(128);
+    sockgate_serve(
+        "tcp_echo_idle",
+        &format!(
+            "name = \"echo\"\ncomponent = \"{}\"\nlisten = \"127.0.0.1:0\"\ninstances = 1\n\n\
+             [app.limits]\nmax_connections = {cap}\nmax_connections_per_instance = {cap}\n\
+             max_connections_per_ip = {cap}\nmemory_limit_mb = {memory_mb}\n",
+            echo.display()
+        ),
+        pinned,
+    )
+}
+
+fn native_server(pinned: bool) -> Server {
+    let mut command = Command::new(std::env::current_exe().expect("no current exe"));
+    command.arg("native-echo-server");
+    Server::spawn(command, pinned, " listening on tcp ")
+}
+
+fn report_round_trips(
+    rows: &[(usize, Measured, Measured)],
+    duration: Duration,
+    pinned: bool,
+    md: &mut String,
+    json: &mut Vec<String>,
+) {
     md.push_str(&format!(
-        "TCP echo, {MESSAGE}-byte messages, {} s per row, {}\n\n",
+        "TCP echo round trips, {MESSAGE}-byte messages, {} s per row, {}\n\n",
         duration.as_secs(),
         if pinned {
             "server pinned to CPU 1, load generator to CPU 0"
@@ -77,7 +164,6 @@ fn report(rows: &[(usize, Measured, Measured)], duration: Duration, pinned: bool
     ));
     md.push_str("| connections | sockgate rt/s | native tokio rt/s | ratio | sockgate CPU µs/rt | native CPU µs/rt |\n");
     md.push_str("|---:|---:|---:|---:|---:|---:|\n");
-    let mut json = Vec::new();
     for (connections, gateway, native) in rows {
         md.push_str(&format!(
             "| {connections} | {:.0} | {:.0} | {:.2}× | {:.2} | {:.2} |\n",
@@ -88,15 +174,174 @@ fn report(rows: &[(usize, Measured, Measured)], duration: Duration, pinned: bool
             native.server_cpu_us_per_round_trip,
         ));
         json.push(format!(
-            "{{\"connections\":{connections},\"sockgate_rt_per_s\":{:.1},\"native_rt_per_s\":{:.1},\
-             \"sockgate_cpu_us_per_rt\":{:.3},\"native_cpu_us_per_rt\":{:.3}}}",
+            "{{\"kind\":\"round_trips\",\"connections\":{connections},\"sockgate_rt_per_s\":{:.1},\
+             \"native_rt_per_s\":{:.1},\"sockgate_cpu_us_per_rt\":{:.3},\"native_cpu_us_per_rt\":{:.3}}}",
             gateway.round_trips_per_sec,
             native.round_trips_per_sec,
             gateway.server_cpu_us_per_round_trip,
             native.server_cpu_us_per_round_trip,
         ));
     }
-    common::publish("tcp_echo", &md, &json);
+}
+
+/// Throughput and server CPU of one bulk transfer.
+#[derive(Debug, Clone, Copy)]
+struct Bulk {
+    gib_per_sec: f64,
+    server_cpu_s_per_gib: f64,
+}
+
+/// Streams `bytes` through `server` on one connection, writing and reading
+/// back concurrently.
+fn bulk(server: &Server, bytes: u64) -> Bulk {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = TcpStream::connect(server.addr).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let cpu_before = process_cpu(server.pid());
+        let started = Instant::now();
+        let writer = tokio::spawn(async move {
+            let chunk = vec![0x5au8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                wr.write_all(&chunk[..n]).await.unwrap();
+                left -= n as u64;
+            }
+            wr
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut received = 0u64;
+        while received < bytes {
+            let n = rd.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed after {received} of {bytes} bytes");
+            received += n as u64;
+        }
+        let elapsed = started.elapsed();
+        let cpu = process_cpu(server.pid()) - cpu_before;
+        drop(writer.await.unwrap());
+        let gib = bytes as f64 / GIB;
+        Bulk {
+            gib_per_sec: gib / elapsed.as_secs_f64(),
+            server_cpu_s_per_gib: cpu.as_secs_f64() / gib,
+        }
+    })
+}
+
+fn report_bulk(bytes: u64, gateway: Bulk, native: Bulk, md: &mut String, json: &mut Vec<String>) {
+    md.push_str(&format!(
+        "\nBulk stream: {} MiB echoed over one connection (written and read back concurrently)\n\n\
+         | server | GiB/s | ratio | server CPU s/GiB |\n|---|---:|---:|---:|\n\
+         | sockgate + echo guest | {:.2} | {:.2}× | {:.2} |\n| native tokio | {:.2} | 1.00× | {:.2} |\n",
+        bytes >> 20,
+        gateway.gib_per_sec,
+        gateway.gib_per_sec / native.gib_per_sec,
+        gateway.server_cpu_s_per_gib,
+        native.gib_per_sec,
+        native.server_cpu_s_per_gib,
+    ));
+    json.push(format!(
+        "{{\"kind\":\"bulk\",\"bytes\":{bytes},\"sockgate_gib_per_s\":{:.3},\"native_gib_per_s\":{:.3},\
+         \"sockgate_cpu_s_per_gib\":{:.3},\"native_cpu_s_per_gib\":{:.3}}}",
+        gateway.gib_per_sec,
+        native.gib_per_sec,
+        gateway.server_cpu_s_per_gib,
+        native.server_cpu_s_per_gib
+    ));
+}
+
+/// Server RSS growth per idle connection, in bytes.
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    base_kib: u64,
+    bytes_per_conn: f64,
+    /// Of which in the guest's linear memory.
+    guest_bytes_per_conn: f64,
+}
+
+/// Opens `connections` connections to `server`, each echoing one byte (so
+/// the server has taken it on), and measures the server's RSS growth while
+/// they sit idle.
+fn idle(server: &Server, connections: usize) -> Idle {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // One connection first, so lazily created state (thread pools,
+        // the instance) is in the base figure.
+        let mut warm = TcpStream::connect(server.addr).await.unwrap();
+        ping(&mut warm).await;
+        drop(warm);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let base_kib = process_rss_kib(server.pid());
+        let base_guest_kib = guest_memory_rss_kib(server.pid());
+        let mut open = Vec::with_capacity(connections);
+        // In batches, so the accept backlog never overflows.
+        for batch in (0..connections).collect::<Vec<_>>().chunks(100) {
+            let streams = futures::future::join_all(batch.iter().map(|_| async {
+                let mut stream = TcpStream::connect(server.addr).await.unwrap();
+                ping(&mut stream).await;
+                stream
+            }))
+            .await;
+            open.extend(streams);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_kib = process_rss_kib(server.pid());
+        let guest_kib = guest_memory_rss_kib(server.pid());
+        drop(open);
+        let per_conn = |after: u64, before: u64| {
+            after.saturating_sub(before) as f64 * 1024.0 / connections as f64
+        };
+        Idle {
+            base_kib,
+            bytes_per_conn: per_conn(rss_kib, base_kib),
+            guest_bytes_per_conn: per_conn(guest_kib, base_guest_kib),
+        }
+    })
+}
+
+async fn ping(stream: &mut TcpStream) {
+    stream.write_all(b"!").await.unwrap();
+    let mut back = [0u8; 1];
+    stream.read_exact(&mut back).await.unwrap();
+}
+
+fn report_idle(
+    connections: usize,
+    gateway: Idle,
+    native: Idle,
+    md: &mut String,
+    json: &mut Vec<String>,
+) {
+    md.push_str(&format!(
+        "\nIdle connections: {connections} open on one app (one instance), each after one \
+         1-byte echo; server RSS growth / {connections}\n\n\
+         | server | base RSS MiB | bytes per idle connection | of which in guest memory | ratio |\n\
+         |---|---:|---:|---:|---:|\n\
+         | sockgate + echo guest | {:.1} | {:.0} | {:.0} | {:.2}× |\n\
+         | native tokio | {:.1} | {:.0} | | 1.00× |\n",
+        gateway.base_kib as f64 / 1024.0,
+        gateway.bytes_per_conn,
+        gateway.guest_bytes_per_conn,
+        gateway.bytes_per_conn / native.bytes_per_conn,
+        native.base_kib as f64 / 1024.0,
+        native.bytes_per_conn,
+    ));
+    json.push(format!(
+        "{{\"kind\":\"idle\",\"connections\":{connections},\"sockgate_bytes_per_conn\":{:.0},\
+         \"sockgate_guest_bytes_per_conn\":{:.0},\"native_bytes_per_conn\":{:.0},\
+         \"sockgate_base_kib\":{},\"native_base_kib\":{}}}",
+        gateway.bytes_per_conn,
+        gateway.guest_bytes_per_conn,
+        native.bytes_per_conn,
+        gateway.base_kib,
+        native.base_kib
+    ));
 }
 
 /// The baseline: the straightforward tokio echo server, default runtime.
@@ -108,11 +353,13 @@ fn native_echo_server() {
     runtime.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!(
-            "native echo listening on {}",
+            "native echo listening on tcp {}",
             listener.local_addr().unwrap()
         );
         loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
             stream.set_nodelay(true).unwrap();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];

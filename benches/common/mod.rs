@@ -111,6 +111,111 @@ pub fn pin(pid: u32, cpus: &str) {
         .status();
 }
 
+/// Whether the benchmarks run briefly (`SOCKGATE_BENCH_QUICK=1`, as CI
+/// does) rather than long enough for real figures.
+pub fn quick() -> bool {
+    std::env::var_os("SOCKGATE_BENCH_QUICK").is_some()
+}
+
+/// Resident memory of process `pid` in KiB (zero once it is gone).
+pub fn process_rss_kib(pid: u32) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resident memory of process `pid`'s wasm linear memories, in KiB.
+/// wasmtime reserves GiBs of address space per memory, inaccessible but
+/// for the part in use: a memory is the run of accessible mappings (its
+/// initial image may be mapped from the compiled file) directly below an
+/// inaccessible reservation of at least 1 GiB. RSS minus this is the
+/// host's own memory.
+pub fn guest_memory_rss_kib(pid: u32) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return 0;
+    };
+    // (start, end, accessible, rss KiB) of every mapping, in address order.
+    let mut maps: Vec<(u64, u64, bool, u64)> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) =
+                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            let accessible = !words.next().unwrap_or_default().starts_with("---");
+            maps.push((start, end, accessible, 0));
+        } else if first == "Rss:"
+            && let (Some(kib), Some(last)) = (words.next(), maps.last_mut())
+        {
+            last.3 = kib.parse().unwrap_or(0);
+        }
+    }
+    let mut total = 0;
+    for (i, reserved) in maps.iter().enumerate() {
+        if reserved.2 || reserved.1 - reserved.0 < 1 << 30 {
+            continue;
+        }
+        let mut start = reserved.0;
+        for used in maps[..i].iter().rev() {
+            if !used.2 || used.1 != start {
+                break;
+            }
+            total += used.3;
+            start = used.0;
+        }
+    }
+    total
+}
+
+/// Raises this process's open-file limit to at least `wanted` (up to the
+/// hard limit, raising that too when running as root); children inherit
+/// it. Returns the soft limit now in force.
+pub fn raise_nofile(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur >= wanted {
+            return limit.rlim_cur;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max.max(wanted),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return wanted;
+        }
+        let capped = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &capped) == 0 {
+            return limit.rlim_max;
+        }
+        limit.rlim_cur
+    }
+}
+
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot find a free port")
+}
+
 /// Bytes per echo message in the round-trip benchmarks.
 pub const MESSAGE: usize = 64;
 
@@ -187,7 +292,18 @@ impl Server {
     /// `sockgate run COMPONENT` on a free loopback port with compile cache
     /// `cache`, ready when it prints the app's `listening` line.
     pub fn sockgate(component: &Path, cache: &Path, pinned: bool) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+        Self::sockgate_bin(
+            Path::new(env!("CARGO_BIN_EXE_sockgate")),
+            component,
+            cache,
+            pinned,
+        )
+    }
+
+    /// Like [`Server::sockgate`] with another build of the binary (an
+    /// earlier commit, for before/after figures in the same run).
+    pub fn sockgate_bin(binary: &Path, component: &Path, cache: &Path, pinned: bool) -> Self {
+        let mut command = Command::new(binary);
         command
             .arg("run")
             .arg(component)
@@ -241,5 +357,69 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `sockgate serve` with a configuration file holding one app, `app_toml`
+/// (the `[[app]]` table, without the header); the gateway's compile cache
+/// is `target/bench-cache`, so a component compiled by an earlier
+/// benchmark loads at once.
+pub fn sockgate_serve(bench: &str, app_toml: &str, pinned: bool) -> Server {
+    let dir = root().join("target/bench-tmp").join(bench);
+    std::fs::create_dir_all(&dir).expect("cannot create target/bench-tmp");
+    let config = dir.join("sockgate.toml");
+    let toml = format!(
+        "[gateway]\ncache_dir = \"{}\"\nstate_dir = \"{}\"\n\n[[app]]\n{app_toml}\n",
+        root().join("target/bench-cache").display(),
+        dir.join("state").display(),
+    );
+    std::fs::write(&config, toml).expect("cannot write the benchmark configuration");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn");
+    Server::spawn(command, pinned, " listening on tcp ")
+}
+
+/// Per-iteration times recorded from criterion's `iter_custom` samples, so
+/// a benchmark can put its figure in a table next to its baseline's.
+#[derive(Default)]
+pub struct Samples(std::cell::RefCell<Vec<f64>>);
+
+impl Samples {
+    /// Records one sample: `iters` iterations took `elapsed`.
+    pub fn record(&self, iters: u64, elapsed: Duration) -> Duration {
+        if iters > 0 {
+            self.0
+                .borrow_mut()
+                .push(elapsed.as_secs_f64() / iters as f64);
+        }
+        elapsed
+    }
+
+    /// The median time per iteration over the samples, in nanoseconds.
+    pub fn median_ns(&self) -> f64 {
+        let mut samples = self.0.borrow().clone();
+        if samples.is_empty() {
+            return f64::NAN;
+        }
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2] * 1e9
+    }
+}
+
+/// A criterion configuration: short in quick mode (CI), long enough for
+/// stable figures otherwise.
+pub fn criterion() -> criterion::Criterion {
+    let c = criterion::Criterion::default().configure_from_args();
+    if quick() {
+        c.sample_size(10)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_millis(500))
+    } else {
+        c.sample_size(50)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(4))
     }
 }

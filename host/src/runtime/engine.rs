@@ -82,7 +82,26 @@ impl Runtime {
         let engine = Engine::new(&engine_config(supervision))
             .map_err(anyhow::Error::from)
             .context("cannot create the wasmtime engine")?;
-        let mut linker = Linker::new(&engine);
+        let linker = Self::linker(&engine)?;
+        let cache = CompileCache::open(cache_dir.clone(), &engine)?;
+        super::supervisor::start_ticker(&engine);
+        Ok(Self {
+            engine,
+            supervision,
+            linker,
+            cache,
+            cache_dir,
+            per_connection: OnceLock::new(),
+        })
+    }
+
+    /// A linker for `engine` with every import the gateway provides (WASI
+    /// 0.2 and 0.3, name lookups checked against the outbound policy,
+    /// `sockgate:gateway`). Public so benchmarks and other instance paths
+    /// (e.g. an engine with the pooling allocator) link guests exactly as
+    /// the gateway does.
+    pub fn linker(engine: &Engine) -> Result<Linker<HostState>> {
+        let mut linker = Linker::new(engine);
         // Guests built with today's toolchains import WASI 0.2 (their
         // standard library) and WASI 0.3 (their async world) side by side.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -104,16 +123,7 @@ impl Runtime {
         )
         .map_err(anyhow::Error::from)
         .context("cannot add sockgate:gateway/connection to the linker")?;
-        let cache = CompileCache::open(cache_dir.clone(), &engine)?;
-        super::supervisor::start_ticker(&engine);
-        Ok(Self {
-            engine,
-            supervision,
-            linker,
-            cache,
-            cache_dir,
-            per_connection: OnceLock::new(),
-        })
+        Ok(linker)
     }
 
     /// The per-connection engine of `conn-handler-sync` apps, created on

@@ -1,0 +1,204 @@
+//! Host↔guest per message: the cost of one small message's round trip
+//! through the component boundary, with no sockets. A 64-byte message
+//! goes into an in-memory duplex, the echo guest (one long-lived instance
+//! with the gateway's supervision: fuel and epoch) reads it through its
+//! `rx` stream and writes it back through the stream it returned, and the
+//! client reads it back. The baseline is the same duplex round trip with a
+//! tokio echo task. Both run on one current-thread runtime, so the figure
+//! is the CPU cost of the path, not of waking another thread.
+//!
+//! The original design measured 452 ns per message; the table prints that
+//! mark beside today's figure.
+//!
+//! Run: `cargo bench --bench boundary` (`SOCKGATE_BENCH_QUICK=1` for a short
+//! run). Results also go to `target/bench-results/boundary.{md,json}`.
+//! `SOCKGATE_BOUNDARY_PROFILE=N` runs N guest round trips and nothing else,
+//! for a profiler.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{Samples, build_guest, root};
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use sockgate_host::app::App;
+use sockgate_host::conn::{ConnInfo, Connection, Transport, next_conn_id};
+use sockgate_host::conns::ConnTracker;
+use sockgate_host::limits::AppLimits;
+use sockgate_host::outbound::OutboundPolicy;
+use sockgate_host::runtime::Runtime;
+use sockgate_host::runtime::engine::Supervision;
+use sockgate_host::runtime::instance::InstanceSettings;
+use sockgate_host::runtime::load::load_component;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+
+/// The original design's figure for one message through the boundary.
+const MARK_NS: f64 = 452.0;
+const MESSAGE: usize = 64;
+/// The duplex's buffer, like a socket's.
+const DUPLEX_BUFFER: usize = 64 * 1024;
+
+fn main() {
+    // Profiling only: another build of the echo guest.
+    let echo = std::env::var_os("SOCKGATE_BOUNDARY_GUEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| build_guest("echo"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Profiling only: `SOCKGATE_BOUNDARY_SUPERVISION=none|epoch|fuel` to
+    // see what supervision costs (the table always uses the gateway's).
+    let supervision = match std::env::var("SOCKGATE_BOUNDARY_SUPERVISION").as_deref() {
+        Ok("none") => Supervision {
+            fuel: false,
+            epoch: false,
+        },
+        Ok("epoch") => Supervision {
+            fuel: false,
+            epoch: true,
+        },
+        Ok("fuel") => Supervision {
+            fuel: true,
+            epoch: false,
+        },
+        _ => Supervision::default(),
+    };
+    let gateway =
+        Runtime::with_supervision(root().join("target/bench-cache"), supervision).unwrap();
+    let loaded = load_component(&gateway, &echo).unwrap();
+    let settings = InstanceSettings::new(
+        "echo",
+        loaded.pre,
+        AppLimits::default(),
+        OutboundPolicy::default(),
+        gateway.supervision,
+        ConnTracker::new(1000),
+    );
+    let app = {
+        let _entered = runtime.enter();
+        App::start("echo", settings, 1)
+    };
+
+    // For profilers (`valgrind --tool=callgrind`, `perf`): a fixed number
+    // of guest round trips and nothing else, so two runs with different
+    // counts give the cost of one.
+    if let Some(count) = std::env::var("SOCKGATE_BOUNDARY_PROFILE")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let (mut rd, mut wr) = connect(&app);
+        let started = Instant::now();
+        runtime.block_on(async {
+            for _ in 0..count {
+                round_trip(&mut rd, &mut wr).await;
+            }
+        });
+        eprintln!("{count} guest round trips in {:?}", started.elapsed());
+        return;
+    }
+
+    let mut c = common::criterion();
+    let mut group = c.benchmark_group("boundary");
+    group.throughput(criterion::Throughput::Elements(1));
+
+    let native = Samples::default();
+    let (mut rd, mut wr) = native_echo(&runtime);
+    group.bench_function("native tokio echo task", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    round_trip(&mut rd, &mut wr).await;
+                }
+                native.record(iters, started.elapsed())
+            })
+        })
+    });
+
+    let guest = Samples::default();
+    let (mut rd, mut wr) = connect(&app);
+    group.bench_function("sockgate echo guest", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    round_trip(&mut rd, &mut wr).await;
+                }
+                guest.record(iters, started.elapsed())
+            })
+        })
+    });
+    group.finish();
+    c.final_summary();
+
+    let (guest, native) = (guest.median_ns(), native.median_ns());
+    let md = format!(
+        "Host↔guest per message: {MESSAGE}-byte round trip over an in-memory duplex, one \
+         current-thread runtime, median of criterion's samples\n\n\
+         | path | ns per round trip | vs native | original design's mark |\n\
+         |---|---:|---:|---:|\n\
+         | sockgate: echo guest, fuel + epoch | {guest:.0} | {:.2}× | {MARK_NS:.0} ns ({:.2}× of it) |\n\
+         | native tokio echo task | {native:.0} | 1.00× | |\n",
+        guest / native,
+        guest / MARK_NS,
+    );
+    let json = [format!(
+        "{{\"sockgate_ns_per_rt\":{guest:.1},\"native_ns_per_rt\":{native:.1},\"mark_ns\":{MARK_NS}}}"
+    )];
+    common::publish("boundary", &md, &json);
+}
+
+async fn round_trip(rd: &mut ReadHalf<DuplexStream>, wr: &mut WriteHalf<DuplexStream>) {
+    let message = [b'x'; MESSAGE];
+    let mut back = [0u8; MESSAGE];
+    wr.write_all(&message).await.unwrap();
+    rd.read_exact(&mut back).await.unwrap();
+}
+
+/// The baseline: a tokio task echoing one end of a duplex.
+fn native_echo(
+    runtime: &tokio::runtime::Runtime,
+) -> (ReadHalf<DuplexStream>, WriteHalf<DuplexStream>) {
+    let (client, server) = tokio::io::duplex(DUPLEX_BUFFER);
+    let (mut server_rd, mut server_wr) = tokio::io::split(server);
+    runtime.spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match server_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if server_wr.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    tokio::io::split(client)
+}
+
+/// Hands the app one end of an in-memory duplex; returns the other.
+fn connect(app: &App) -> (ReadHalf<DuplexStream>, WriteHalf<DuplexStream>) {
+    let (client, server) = tokio::io::duplex(DUPLEX_BUFFER);
+    let (server_rd, server_wr) = tokio::io::split(server);
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let conn = Connection {
+        info: ConnInfo {
+            id: next_conn_id(),
+            transport: Transport::Tcp,
+            peer: addr,
+            local: addr,
+            server_name: None,
+            alpn: None,
+            quic: None,
+        },
+        reader: Box::pin(server_rd),
+        writer: Box::pin(server_wr),
+        closer: Box::new(|| {}),
+    };
+    app.dispatch(conn).unwrap();
+    tokio::io::split(client)
+}

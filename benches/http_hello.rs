@@ -1,0 +1,303 @@
+//! HTTP/1.1 hello: the same small page from three servers under the same
+//! load generator (`wrk -t1 -c50`, keep-alive):
+//!
+//! - sockgate serving the `http-hello` guest (raw TCP; the guest parses
+//!   HTTP/1.1 itself) on its long-lived instances;
+//! - `wasmtime serve` running `wasi-http-hello`, a `wasi:http` 0.2 proxy
+//!   component with the same page (wasmtime's own HTTP server, an instance
+//!   per request);
+//! - a native hyper server on one tokio worker thread.
+//!
+//! The server is pinned to CPU 1 and wrk to CPU 0 (when `taskset` is
+//! there); server CPU per request comes from /proc/<pid>/stat.
+//! `RUST_BACKTRACE` is unset for every server.
+//!
+//! `wasmtime` (the CLI, 48.0.8) is looked for in `$SOCKGATE_WASMTIME`, then
+//! on `PATH`, then in `/work/.wasmtime-cli/bin`; without it its row says
+//! so and the others run. Install it with
+//! `cargo install wasmtime-cli --version 48.0.8 --locked`. Without `wrk`
+//! (Debian package `wrk`) the whole benchmark is skipped with a message.
+//!
+//! Run: `cargo bench --bench http_hello` (`SOCKGATE_BENCH_QUICK=1` for a
+//! short run). Results also go to `target/bench-results/http_hello.{md,json}`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{Server, build_guest, free_port, has_taskset, pin, process_cpu, quick, root};
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// The page every server sends (the `http-hello` guest's).
+const PAGE: &str = "<!doctype html>\n<html><head><title>Hello from sockgate</title></head>\
+<body><h1>Hello from sockgate</h1><p>Served by a WebAssembly component.</p></body></html>\n";
+const CONNECTIONS: usize = 50;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("native-hyper-server") {
+        native_hyper_server();
+        return;
+    }
+    if !has_command("wrk", "--version") {
+        println!("http_hello: skipped: `wrk` is not installed (Debian package `wrk`)");
+        return;
+    }
+    let duration = if quick() { 1 } else { 5 };
+    let pinned = has_taskset();
+    let hello = build_guest("http-hello");
+    let wasi_http = build_guest("wasi-http-hello");
+    let cache = root().join("target/bench-cache");
+
+    let mut rows: Vec<(&str, Option<Wrk>)> = Vec::new();
+    let native = {
+        let mut command = Command::new(std::env::current_exe().expect("no current exe"));
+        command.arg("native-hyper-server");
+        Server::spawn(command, pinned, " listening on tcp ")
+    };
+    rows.push((
+        "native hyper, 1 tokio worker",
+        Some(wrk(native.addr, native.pid(), duration, pinned)),
+    ));
+    drop(native);
+
+    let gateway = Server::sockgate(&hello, &cache, pinned);
+    rows.push((
+        "sockgate + http-hello guest",
+        Some(wrk(gateway.addr, gateway.pid(), duration, pinned)),
+    ));
+    drop(gateway);
+
+    let wasmtime_row = match find_wasmtime() {
+        Some(wasmtime) => {
+            let server = WasmtimeServe::start(&wasmtime, &wasi_http, pinned);
+            Some(wrk(server.addr, server.child.id(), duration, pinned))
+        }
+        None => {
+            println!(
+                "http_hello: `wasmtime serve` row skipped: no wasmtime CLI found (set \
+                 SOCKGATE_WASMTIME, put it on PATH, or `cargo install wasmtime-cli --version \
+                 48.0.8 --locked --root /work/.wasmtime-cli`)"
+            );
+            None
+        }
+    };
+    rows.push((
+        "wasmtime serve + wasi:http hello (instance per request)",
+        wasmtime_row,
+    ));
+    report(&rows, duration, pinned);
+}
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy)]
+struct Wrk {
+    requests_per_sec: f64,
+    server_cpu_us_per_request: f64,
+}
+
+/// Runs `wrk -t1 -c50` against `addr` for `seconds` (after a warm-up) and
+/// reads the server's CPU.
+fn wrk(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
+    let url = format!("http://{addr}/");
+    let run = |seconds: u64| {
+        let mut command = if pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", "wrk"]);
+            c
+        } else {
+            Command::new("wrk")
+        };
+        command.args([
+            "-t1",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            &url,
+        ]);
+        let output = command.output().expect("cannot run wrk");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run(1); // warm-up
+    let cpu_before = process_cpu(pid);
+    let started = Instant::now();
+    let out = run(seconds);
+    let elapsed = started.elapsed();
+    let cpu = process_cpu(pid) - cpu_before;
+    // "N requests in 5.00s, ..."
+    let requests: f64 = out
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read wrk's output:\n{out}"));
+    let errors = out
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    if let Some(errors) = errors {
+        println!("http_hello: wrk reported: {}", errors.trim());
+    }
+    let rate: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(requests / elapsed.as_secs_f64());
+    Wrk {
+        requests_per_sec: rate,
+        server_cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests.max(1.0),
+    }
+}
+
+fn report(rows: &[(&str, Option<Wrk>)], seconds: u64, pinned: bool) {
+    let native = rows[0].1.expect("the native row always runs");
+    let wasmtime = rows[2].1;
+    let mut md = format!(
+        "HTTP/1.1 hello ({} bytes), `wrk -t1 -c{CONNECTIONS}` for {seconds} s, {}\n\n\
+         | server | req/s | vs native hyper | vs wasmtime serve | server CPU µs/req |\n\
+         |---|---:|---:|---:|---:|\n",
+        PAGE.len(),
+        if pinned {
+            "server pinned to CPU 1, wrk to CPU 0"
+        } else {
+            "not pinned (taskset missing)"
+        }
+    );
+    let mut json = Vec::new();
+    for (name, row) in rows {
+        match row {
+            Some(row) => {
+                let vs_wasmtime = wasmtime
+                    .map(|w| format!("{:.2}×", row.requests_per_sec / w.requests_per_sec))
+                    .unwrap_or_else(|| "—".into());
+                md.push_str(&format!(
+                    "| {name} | {:.0} | {:.2}× | {vs_wasmtime} | {:.1} |\n",
+                    row.requests_per_sec,
+                    row.requests_per_sec / native.requests_per_sec,
+                    row.server_cpu_us_per_request,
+                ));
+                json.push(format!(
+                    "{{\"server\":\"{name}\",\"req_per_s\":{:.1},\"cpu_us_per_req\":{:.3}}}",
+                    row.requests_per_sec, row.server_cpu_us_per_request
+                ));
+            }
+            None => {
+                md.push_str(&format!("| {name} | skipped: no wasmtime CLI | | | |\n"));
+                json.push(format!("{{\"server\":\"{name}\",\"skipped\":true}}"));
+            }
+        }
+    }
+    common::publish("http_hello", &md, &json);
+}
+
+fn has_command(name: &str, arg: &str) -> bool {
+    Command::new(name)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// The wasmtime CLI: `$SOCKGATE_WASMTIME`, `wasmtime` on PATH, or the
+/// install root the development machines use.
+fn find_wasmtime() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SOCKGATE_WASMTIME") {
+        return Some(PathBuf::from(path));
+    }
+    if has_command("wasmtime", "--version") {
+        return Some(PathBuf::from("wasmtime"));
+    }
+    let installed = PathBuf::from("/work/.wasmtime-cli/bin/wasmtime");
+    installed.exists().then_some(installed)
+}
+
+/// `wasmtime serve` on a free port, killed when dropped.
+struct WasmtimeServe {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl WasmtimeServe {
+    fn start(wasmtime: &Path, component: &Path, pinned: bool) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Rust guests import wasi:cli (their standard library): -Scli.
+        let child = Command::new(wasmtime)
+            .args(["serve", "-Scli", "--addr", &addr.to_string()])
+            .arg(component)
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start wasmtime serve");
+        if pinned {
+            pin(child.id(), "1");
+        }
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "wasmtime serve did not listen on {addr} within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Threads started after the first pinning (wasmtime's runtime)
+        // are pinned too.
+        if pinned {
+            pin(child.id(), "1");
+        }
+        Self { child, addr }
+    }
+}
+
+impl Drop for WasmtimeServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The baseline: hyper's HTTP/1.1 server on one tokio worker thread.
+fn native_hyper_server() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!(
+            "native hyper listening on tcp {}",
+            listener.local_addr().unwrap()
+        );
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(|_request: Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "text/html; charset=utf-8")
+                            .body(Full::new(Bytes::from_static(PAGE.as_bytes())))
+                            .unwrap(),
+                    )
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
