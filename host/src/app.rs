@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::conn::Connection;
-use crate::conns::{AppAccount, ConnTracker, Refused, ShardLoad, admit};
+use crate::conns::{Admission, AppAccount, ConnTracker, Refused, ShardLoad, admit};
 use crate::logs::{AppLog, EventKind};
 use crate::runtime::host_state::HostState;
 use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings, run_instance};
@@ -150,20 +150,7 @@ impl App {
         let shards = match &self.serving {
             Serving::Shards(shards) => shards,
             Serving::PerConnection(per) => {
-                per.active.acquire();
-                let Connection {
-                    info,
-                    reader,
-                    writer,
-                    closer,
-                } = conn;
-                let guard = admission.finish(info.clone(), per.active.clone(), closer);
-                let assigned = Assigned {
-                    info,
-                    reader,
-                    writer,
-                    guard,
-                };
+                let assigned = assign(conn, admission, &per.active);
                 let settings = per.settings.clone();
                 let pre = per.pre.clone();
                 let mut alive = per.alive.subscribe();
@@ -182,20 +169,7 @@ impl App {
             drop(admission);
             return Err(self.account.refuse(Refused::InstancesFull, peer));
         };
-        shard.active.acquire();
-        let Connection {
-            info,
-            reader,
-            writer,
-            closer,
-        } = conn;
-        let guard = admission.finish(info.clone(), shard.active.clone(), closer);
-        let assigned = Assigned {
-            info,
-            reader,
-            writer,
-            guard,
-        };
+        let assigned = assign(conn, admission, &shard.active);
         // The channel holds as many entries as the instance cap allows, so
         // it is full or closed only while the app is shutting down; the
         // connection is then dropped (closed) and its counts released.
@@ -278,6 +252,26 @@ impl Backoff {
         }
         let exponent = (self.quick_failures - 2).min(16);
         Some((Self::INITIAL * 2u32.pow(exponent)).min(Self::MAX))
+    }
+}
+
+/// Gives an admitted connection its place in `active` (a shard's or the
+/// per-connection instances' count) and the guard that releases every
+/// count it holds once the connection is done.
+fn assign(conn: Connection, admission: Admission, active: &Arc<ShardLoad>) -> Assigned {
+    active.acquire();
+    let Connection {
+        info,
+        reader,
+        writer,
+        closer,
+    } = conn;
+    let guard = admission.finish(info.clone(), active.clone(), closer);
+    Assigned {
+        info,
+        reader,
+        writer,
+        guard,
     }
 }
 

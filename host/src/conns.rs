@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::conn::{ConnInfo, ReceiveError};
+use crate::locks::lock;
 use crate::logs::{AppLog, EventKind};
 use crate::runtime::supervisor::coarse_now_ms;
 
@@ -509,10 +510,6 @@ impl Drop for ActiveConn {
         self.tracker.unregister(self.info.id);
         release(&self.tracker, &self.app, self.peer, true, true, true);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod gateway;
 pub mod limits;
 pub mod listen;
+pub mod locks;
 pub mod logs;
 pub mod outbound;
 pub mod route;

@@ -4,6 +4,7 @@
 //! Both are bounded rings, so a chatty or crash-looping guest costs a fixed
 //! amount of host memory; everything is also forwarded to `tracing`.
 
+use crate::locks::lock;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -280,11 +281,6 @@ impl AppLog {
     pub fn events(&self) -> Vec<Event> {
         lock(&self.events).iter().cloned().collect()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave a ring inconsistent.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn push_bounded<T>(ring: &Mutex<VecDeque<T>>, item: T, cap: usize) {

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 
+use crate::locks::lock;
 use anyhow::{Context, Result, bail};
 
 /// Addresses remembered from allowed name lookups; past this, the oldest
@@ -165,10 +166,6 @@ impl OutboundPolicy {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn name_matches(pattern: &HostPattern, name: &str) -> bool {

@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 use super::renewal::{Renewal, RenewalPolicy, Step, Validity};
 use super::store::{StateDir, read_optional, write_private};
 use super::{certified_key_from_pem, crypto_provider, format_time};
+use crate::locks::lock;
 use crate::route::Router;
 
 /// Upper bound on one order, from directory discovery to the downloaded
@@ -301,10 +302,6 @@ pub struct AcmeManager {
     /// The account key (PKCS#8), loaded or created on first use.
     account_key: tokio::sync::Mutex<Option<Vec<u8>>>,
     orders: Semaphore,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl AcmeManager {

@@ -48,6 +48,7 @@ use tokio::sync::Semaphore;
 use crate::certs::Certificates;
 use crate::config::AppConfig;
 use crate::conn::{ConnInfo, Connection, QuicStream, Transport, next_conn_id};
+use crate::locks::lock;
 use crate::route::Router;
 
 pub use crypto::DEFAULT_ALPN;
@@ -490,8 +491,4 @@ fn handshake_data(conn: &quinn::Connection) -> Option<(String, String)> {
 fn close(conn: &quinn::Connection, code: u32, reason: &str) {
     tracing::debug!("quic: {}: closing: {reason}", conn.remote_address());
     conn.close(VarInt::from_u32(code), reason.as_bytes());
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -16,6 +16,7 @@ use quinn::{ReadError, RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::conn::StreamReset;
+use crate::locks::lock;
 
 /// Application error codes on streams the gateway resets or stops (in
 /// `RESET_STREAM` and `STOP_SENDING`). Documented in the guest guide.
@@ -216,8 +217,4 @@ impl Drop for QuicWriter {
         };
         let _ = half.stream.reset(VarInt::from_u32(code));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
