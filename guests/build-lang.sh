@@ -92,18 +92,22 @@ build_python() {
 
 # --- JavaScript: componentize-qjs ---------------------------------------------
 
-js_toolchain() {
+# Installs the npm packages of guests/DIR from its committed lock file, once
+# per lock-file content (WHAT names them in the progress line).
+npm_toolchain() {
+    local dir=$1 what=$2
     command -v npm >/dev/null || die "node and npm are needed for the JavaScript guests"
-    local stamp=js/node_modules/.sockgate-lock-hash want
-    want=$(sha256sum js/package-lock.json | cut -c1-64)
+    local stamp=$dir/node_modules/.sockgate-lock-hash want
+    want=$(sha256sum "$dir/package-lock.json" | cut -c1-64)
     if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then
-        say "installing componentize-qjs (npm, into guests/js/node_modules)"
-        # Not `npm ci`: componentize-qjs 0.4.5 names native-binding packages
-        # for some platforms that were never published at that version, which
+        say "installing $what (npm, into guests/$dir/node_modules)"
+        # Not `npm ci`: componentize-qjs 0.4.5 (also a dependency of jco,
+        # which componentize-js uses) names native-binding packages for some
+        # platforms that were never published at that version, which
         # `npm ci` takes for a stale lock file. `npm install` follows the lock
         # file (and its integrity hashes) and skips them; --no-save keeps the
         # committed package.json and package-lock.json as they are.
-        (cd js && npm install --no-save --no-audit --no-fund --loglevel=error >/dev/null)
+        (cd "$dir" && npm install --no-save --no-audit --no-fund --loglevel=error >/dev/null)
         echo "$want" >"$stamp"
     fi
 }
@@ -119,22 +123,6 @@ build_js() {
 }
 
 # --- JavaScript on StarlingMonkey: componentize-js (WASI 0.2 world) ------------
-
-sm_toolchain() {
-    command -v npm >/dev/null || die "node and npm are needed for the JavaScript guests"
-    local stamp=starlingmonkey/node_modules/.sockgate-lock-hash want
-    want=$(sha256sum starlingmonkey/package-lock.json | cut -c1-64)
-    if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then
-        say "installing componentize-js (npm, into guests/starlingmonkey/node_modules)"
-        # Not `npm ci`, for the reason given in js_toolchain: jco (a
-        # dependency of componentize-js) depends on componentize-qjs.
-        # package.json names @bytecodealliance/preview2-shim itself:
-        # componentize-js 0.23.0 imports it when it runs but declares it as a
-        # dev dependency only, so npm would not install it.
-        (cd starlingmonkey && npm install --no-save --no-audit --no-fund --loglevel=error >/dev/null)
-        echo "$want" >"$stamp"
-    fi
-}
 
 build_sm() {
     local name=starlingmonkey-$1 src=starlingmonkey/$1
@@ -208,12 +196,15 @@ for lang in "${langs[@]}"; do
             build_python chat
             ;;
         js)
-            js_toolchain
+            npm_toolchain js componentize-qjs
             build_js echo
             build_js chat
             ;;
         starlingmonkey)
-            sm_toolchain
+            # package.json names @bytecodealliance/preview2-shim itself:
+            # componentize-js 0.23.0 imports it when it runs but declares it
+            # as a dev dependency only, so npm would not install it.
+            npm_toolchain starlingmonkey componentize-js
             build_sm echo
             ;;
         c)
