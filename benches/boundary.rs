@@ -20,11 +20,9 @@ mod common;
 
 use common::{Samples, build_guest, root};
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use sockgate_host::app::App;
-use sockgate_host::conn::{ConnInfo, Connection, Transport, next_conn_id};
 use sockgate_host::conns::ConnTracker;
 use sockgate_host::limits::AppLimits;
 use sockgate_host::outbound::OutboundPolicy;
@@ -182,23 +180,5 @@ fn native_echo(
 
 /// Hands the app one end of an in-memory duplex; returns the other.
 fn connect(app: &App) -> (ReadHalf<DuplexStream>, WriteHalf<DuplexStream>) {
-    let (client, server) = tokio::io::duplex(DUPLEX_BUFFER);
-    let (server_rd, server_wr) = tokio::io::split(server);
-    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let conn = Connection {
-        info: ConnInfo {
-            id: next_conn_id(),
-            transport: Transport::Tcp,
-            peer: addr,
-            local: addr,
-            server_name: None,
-            alpn: None,
-            quic: None,
-        },
-        reader: Box::pin(server_rd),
-        writer: Box::pin(server_wr),
-        closer: Box::new(|| {}),
-    };
-    app.dispatch(conn).unwrap();
-    tokio::io::split(client)
+    tokio::io::split(common::connect_in_memory(app, DUPLEX_BUFFER))
 }

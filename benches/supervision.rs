@@ -17,12 +17,10 @@ mod common;
 
 use common::{build_guest, root};
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sockgate_host::app::App;
-use sockgate_host::conn::{ConnInfo, Connection, Transport, next_conn_id};
 use sockgate_host::conns::ConnTracker;
 use sockgate_host::limits::AppLimits;
 use sockgate_host::outbound::OutboundPolicy;
@@ -183,25 +181,7 @@ type Writer = tokio::io::WriteHalf<DuplexStream>;
 
 /// Hands the app one end of an in-memory duplex; returns the other.
 fn connect(app: &App) -> (Reader, Writer) {
-    let (client, server) = tokio::io::duplex(64 * 1024);
-    let (server_rd, server_wr) = tokio::io::split(server);
-    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let conn = Connection {
-        info: ConnInfo {
-            id: next_conn_id(),
-            transport: Transport::Tcp,
-            peer: addr,
-            local: addr,
-            server_name: None,
-            alpn: None,
-            quic: None,
-        },
-        reader: Box::pin(server_rd),
-        writer: Box::pin(server_wr),
-        closer: Box::new(|| {}),
-    };
-    app.dispatch(conn).unwrap();
-    let (rd, wr) = tokio::io::split(client);
+    let (rd, wr) = tokio::io::split(common::connect_in_memory(app, 64 * 1024));
     (BufReader::new(rd), wr)
 }
 

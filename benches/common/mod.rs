@@ -423,3 +423,29 @@ pub fn criterion() -> criterion::Criterion {
             .measurement_time(Duration::from_secs(4))
     }
 }
+
+/// Hands `app` one end of an in-memory duplex of `buffer` bytes, as a TCP
+/// connection from 127.0.0.1:1, and returns the client's end: the message
+/// path without sockets.
+pub fn connect_in_memory(app: &sockgate_host::app::App, buffer: usize) -> tokio::io::DuplexStream {
+    use sockgate_host::conn::{ConnInfo, Connection, Transport, next_conn_id};
+    let (client, server) = tokio::io::duplex(buffer);
+    let (server_rd, server_wr) = tokio::io::split(server);
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let conn = Connection {
+        info: ConnInfo {
+            id: next_conn_id(),
+            transport: Transport::Tcp,
+            peer: addr,
+            local: addr,
+            server_name: None,
+            alpn: None,
+            quic: None,
+        },
+        reader: Box::pin(server_rd),
+        writer: Box::pin(server_wr),
+        closer: Box::new(|| {}),
+    };
+    app.dispatch(conn).unwrap();
+    client
+}

@@ -27,7 +27,7 @@ use super::host_state::HostState;
 use super::load::GuestPre;
 use super::pump::{ClientReader, ClientWriter, ConnGuard};
 use super::supervisor::{CpuBudget, Supervision, TrapCause, explain_trap, supervise};
-use crate::conn::{ByteReader, ByteWriter, ConnInfo, Transport};
+use crate::conn::{ByteReader, ByteWriter, ConnInfo};
 use crate::conns::{AppAccount, ConnTracker, ShardLoad};
 use crate::limits::AppLimits;
 use crate::logs::{AppLog, EventKind};
@@ -316,20 +316,5 @@ async fn serve(
 
 /// The WIT view of a connection's info.
 pub fn wit_info(info: &ConnInfo) -> wit::ConnInfo {
-    wit::ConnInfo {
-        id: info.id,
-        transport: match info.transport {
-            Transport::Tcp => wit::Transport::Tcp,
-            Transport::Tls => wit::Transport::Tls,
-            Transport::Quic => wit::Transport::Quic,
-        },
-        peer: info.peer.into(),
-        local: info.local.into(),
-        server_name: info.server_name.clone(),
-        alpn: info.alpn.clone(),
-        quic: info.quic.map(|q| wit::QuicStream {
-            connection_id: q.connection_id,
-            stream_id: q.stream_id,
-        }),
-    }
+    wit_conn_info!(super::bindings::sockgate::gateway::types, info)
 }

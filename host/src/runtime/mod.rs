@@ -20,6 +20,32 @@
 //! - [`per_connection`]: serving a `conn-handler-sync` app, one instance per
 //!   connection.
 
+/// Converts a [`ConnInfo`](crate::conn::ConnInfo) into the `conn-info`
+/// record of a generated bindings module (`$wit`): both worlds' records
+/// have the same fields, in their own generated types.
+macro_rules! wit_conn_info {
+    ($wit:path, $info:expr) => {{
+        use $wit as wit;
+        let info: &crate::conn::ConnInfo = $info;
+        wit::ConnInfo {
+            id: info.id,
+            transport: match info.transport {
+                crate::conn::Transport::Tcp => wit::Transport::Tcp,
+                crate::conn::Transport::Tls => wit::Transport::Tls,
+                crate::conn::Transport::Quic => wit::Transport::Quic,
+            },
+            peer: info.peer.into(),
+            local: info.local.into(),
+            server_name: info.server_name.clone(),
+            alpn: info.alpn.clone(),
+            quic: info.quic.map(|q| wit::QuicStream {
+                connection_id: q.connection_id,
+                stream_id: q.stream_id,
+            }),
+        }
+    }};
+}
+
 pub mod bindings;
 pub mod cache;
 pub mod engine;

@@ -22,7 +22,7 @@ use super::supervisor::{Activation, CpuBudget, explain_trap, supervise_activatio
 use super::sync_bindings::sockgate::gateway::sync_types as wit;
 use super::sync_bindings::{ConnHandlerSync, ConnHandlerSyncPre};
 use super::sync_streams::{ConnInput, ConnOutput, IoProgress};
-use crate::conn::{ConnInfo, Transport};
+use crate::conn::ConnInfo;
 use crate::logs::EventKind;
 
 /// The instance index per-connection instances report in logs and events
@@ -206,20 +206,5 @@ pub async fn instantiate_once(
 
 /// The WASI 0.2 view of a connection's info.
 pub fn wit_info(info: &ConnInfo) -> wit::ConnInfo {
-    wit::ConnInfo {
-        id: info.id,
-        transport: match info.transport {
-            Transport::Tcp => wit::Transport::Tcp,
-            Transport::Tls => wit::Transport::Tls,
-            Transport::Quic => wit::Transport::Quic,
-        },
-        peer: info.peer.into(),
-        local: info.local.into(),
-        server_name: info.server_name.clone(),
-        alpn: info.alpn.clone(),
-        quic: info.quic.map(|q| wit::QuicStream {
-            connection_id: q.connection_id,
-            stream_id: q.stream_id,
-        }),
-    }
+    wit_conn_info!(super::sync_bindings::sockgate::gateway::sync_types, info)
 }
