@@ -9,21 +9,37 @@ use sockgate_host::gateway::AppStatus;
 
 /// Starts a gateway for `config`, prints how to reach each app, and serves
 /// until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> Result<()> {
-    let admin = config.gateway.admin;
+pub async fn serve(mut config: Config) -> Result<()> {
+    config.validate()?;
     let state_dir = config.state_dir();
+    // The admin listener is bound before any app starts, so its port is
+    // known (and protected from guests) from the first app on.
+    let admin = match config.gateway.admin {
+        Some(addr) => {
+            let listener = sockgate_host::admin::bind(addr).await?;
+            config.gateway.admin = Some(listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
     let gateway = Gateway::start(config).await?;
     let apps = gateway.apps().await;
     for app in &apps {
         println!("{}", describe(app));
+    }
+    for failed in gateway.failed_apps() {
+        println!(
+            "app {} not started (version {}): {}",
+            failed.name, failed.version, failed.error
+        );
     }
     if let Some(https) = gateway.https() {
         for line in https.describe() {
             println!("{line}");
         }
     }
-    if let Some(addr) = admin {
-        let bound = sockgate_host::admin::start(gateway.clone(), addr).await?;
+    if let Some(listener) = admin {
+        let bound = sockgate_host::admin::serve(gateway.clone(), listener)?;
         println!(
             "admin API and dashboard on http://{bound}/  (token in {})",
             state_dir.join("admin-token").display()

@@ -98,6 +98,12 @@ pub enum EventKind {
     },
     /// The app was removed; its connections drain.
     Removed,
+    /// A persisted app could not be started (at the gateway's start, or on
+    /// a rollback); the other apps serve.
+    NotStarted {
+        /// Why.
+        reason: String,
+    },
     /// A new version of the app now takes new connections.
     Deployed {
         /// The version's number and component digest.
@@ -151,6 +157,7 @@ impl std::fmt::Display for EventKind {
             ),
             EventKind::Deployed { version } => write!(f, "deployed {version}"),
             EventKind::Removed => write!(f, "removed; open connections drain"),
+            EventKind::NotStarted { reason } => write!(f, "not started: {reason}"),
             EventKind::MemoryRefused { requested, limit } => write!(
                 f,
                 "limit memory_limit_mb hit: memory growth to {} MiB refused (limit {} MiB)",

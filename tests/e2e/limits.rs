@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Waits until the gateway closes `stream`; returns how long that took, or
 /// `None` if it stayed open for `within`.
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+pub(crate) async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
     let started = Instant::now();
     let mut buf = [0; 1024];
     loop {
@@ -27,7 +27,7 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Durat
     }
 }
 
-async fn connect_from(local_ip: &str, addr: SocketAddr) -> TcpStream {
+pub(crate) async fn connect_from(local_ip: &str, addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket
         .bind(format!("{local_ip}:0").parse().unwrap())

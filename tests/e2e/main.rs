@@ -22,3 +22,8 @@ mod tls;
 
 // QUIC with the same certificates; quinn and aioquic clients.
 mod quic;
+
+// The security review's findings, each tried as an attacker would.
+mod security_admin;
+mod security_names;
+mod security_net;

@@ -195,9 +195,15 @@ impl Gateway {
     /// Starts a gateway serving `apps`, each on a free loopback port, and
     /// waits until it is ready.
     pub fn start(apps: &[TestApp<'_>]) -> Self {
+        Self::start_with("", apps)
+    }
+
+    /// Like [`Gateway::start`], with `gateway` (TOML lines) added to the
+    /// `[gateway]` table.
+    pub fn start_with(gateway: &str, apps: &[TestApp<'_>]) -> Self {
         let dir = ScratchDir::new("gateway");
         let mut config = format!(
-            "[gateway]\ncache_dir = {:?}\n",
+            "[gateway]\ncache_dir = {:?}\n{gateway}",
             shared_cache_dir().display().to_string()
         );
         for app in apps {
