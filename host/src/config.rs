@@ -441,6 +441,45 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_api_stays_on_loopback_unless_allowed() {
+        let remote = "[gateway]\nadmin = \"0.0.0.0:9900\"\n";
+        let config: Config = toml::from_str(remote).unwrap();
+        let err = format!("{:#}", config.validate().unwrap_err());
+        assert!(err.contains("allow_remote_admin"), "{err}");
+        let allowed: Config =
+            toml::from_str(&format!("{remote}allow_remote_admin = true\n")).unwrap();
+        allowed.validate().unwrap();
+    }
+
+    #[test]
+    fn one_check_for_file_and_deploy_with_ceilings_for_deploys() {
+        let mut app = AppConfig::new("a", PathBuf::from("a.wasm"), "127.0.0.1:0".parse().unwrap());
+        app.instances = Some(64);
+        app.check(None).unwrap();
+        let ceilings = Ceilings {
+            instances: 16,
+            ..Ceilings::default()
+        };
+        let err = format!("{:#}", app.check(Some(&ceilings)).unwrap_err());
+        assert!(
+            err.contains("64 instances") && err.contains("ceiling 16"),
+            "{err}"
+        );
+        app.instances = Some(8);
+        app.limits.memory_limit_mb = 1024;
+        let err = format!("{:#}", app.check(Some(&ceilings)).unwrap_err());
+        assert!(err.contains("app_memory_mb"), "{err}");
+        app.instances = Some(100_000);
+        assert!(app.check(None).is_err());
+        app.instances = Some(1);
+        app.domains = (0..17).map(|i| format!("d{i}.example.com")).collect();
+        assert!(app.check(Some(&ceilings)).is_err());
+        app.check(None).unwrap();
+        app.domains = vec!["not a name".into()];
+        assert!(app.check(None).is_err());
+    }
+
+    #[test]
     fn duplicate_apps_and_unknown_keys_are_refused() {
         let dup = "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nlisten = \"127.0.0.1:1\"\n\
                    [[app]]\nname = \"a\"\ncomponent = \"b.wasm\"\nlisten = \"127.0.0.1:2\"\n";

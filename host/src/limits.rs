@@ -134,21 +134,6 @@ impl AppLimits {
                 }
             }
         }
-        for (name, value) in [
-            (
-                "max_connections_per_instance",
-                self.max_connections_per_instance,
-            ),
-            ("max_connections_per_ip", self.max_connections_per_ip),
-        ] {
-            if value > self.max_connections {
-                anyhow::bail!(
-                    "limits.{name} = {value} is over limits.max_connections = {}: an app never \
-                     holds more connections than that",
-                    self.max_connections
-                );
-            }
-        }
         Ok(())
     }
 
@@ -381,5 +366,57 @@ impl Default for GatewayLimits {
         Self {
             max_connections: 50_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_maxima_hold_for_everyone_and_ceilings_for_deploys() {
+        let err = |limits: AppLimits, ceilings: Option<&Ceilings>| {
+            format!("{:#}", limits.check(ceilings).unwrap_err())
+        };
+        // The value that used to panic the gateway at every start.
+        let boom = AppLimits {
+            max_connections_per_instance: 1 << 61,
+            ..AppLimits::default()
+        };
+        assert!(err(boom, None).contains("max_connections_per_instance"));
+        let window = AppLimits {
+            quic_receive_window_kb: u64::MAX,
+            ..AppLimits::default()
+        };
+        assert!(err(window, None).contains("quic_receive_window_kb"));
+        let zero = AppLimits {
+            max_connections: 0,
+            ..AppLimits::default()
+        };
+        assert!(err(zero, None).contains("at least 1"));
+
+        // The operator may ask for more than a deployer.
+        let big = AppLimits {
+            memory_limit_mb: 4096,
+            ..AppLimits::default()
+        };
+        big.check(None).unwrap();
+        let ceilings = Ceilings::default();
+        let text = err(big, Some(&ceilings));
+        assert!(text.contains("memory_limit_mb = 4096"), "{text}");
+        assert!(text.contains("[ceilings] memory_limit_mb"), "{text}");
+        let never = AppLimits {
+            idle_timeout_secs: 0,
+            ..AppLimits::default()
+        };
+        never.check(None).unwrap();
+        assert!(err(never, Some(&ceilings)).contains("0 (never)"));
+        AppLimits::default().check(Some(&ceilings)).unwrap();
+        ceilings.validate().unwrap();
+        let wrong = Ceilings {
+            memory_limit_mb: 1 << 20,
+            ..Ceilings::default()
+        };
+        assert!(wrong.validate().is_err());
     }
 }

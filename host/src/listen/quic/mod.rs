@@ -331,7 +331,7 @@ async fn serve(endpoint: Endpoint, ctx: Arc<QuicContext>) {
             continue;
         }
         let peer = incoming.remote_address();
-        let Some(slot) = ConnectionSlot::take(&ctx, peer.ip()) else {
+        let Some(slot) = ConnectionSlot::take(&ctx, crate::conns::client_key(peer.ip())) else {
             ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("quic: {peer}: at the connection limit; refused");
             incoming.refuse();
