@@ -194,10 +194,11 @@ impl AppConfig {
         use crate::limits::{HARD_MAX_ALPN, HARD_MAX_DOMAINS, HARD_MAX_INSTANCES};
         check_app_name(&self.name)?;
         let name = &self.name;
-        if self.instances == Some(0) {
+        // (Through `instance_count`, whatever form `instances` takes.)
+        let instances = self.instance_count();
+        if instances == 0 {
             bail!("app `{name}`: instances must be at least 1");
         }
-        let instances = self.instance_count();
         let over = |what: &str, value: usize, hard: usize, ceiling: Option<usize>| -> Result<()> {
             if value > hard {
                 bail!("app `{name}`: {value} {what} is over the maximum {hard}");

@@ -228,6 +228,7 @@ async fn half_sent_requests_do_not_hold_the_admin_api() {
     .await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     let rss_flooded = gateway.rss_kib();
+    println!("admin RSS: {rss_before} KiB before, {rss_flooded} KiB under 300 half-sent requests");
 
     // Every half-sent request loses its connection (the header deadline is
     // 10 s), none is kept.
