@@ -12,6 +12,10 @@ use sockgate_host::gateway::AppStatus;
 pub async fn serve(config: Config) -> Result<()> {
     let admin = config.gateway.admin;
     let state_dir = config.state_dir();
+    descriptor_limit();
+    // The admin port, when configured, is protected from every guest from
+    // the first one on (`Gateway::start`); a port 0 is protected as soon as
+    // it is bound, before the admin API accepts.
     let gateway = Gateway::start(config).await?;
     let apps = gateway.apps().await;
     for app in &apps {
@@ -32,6 +36,28 @@ pub async fn serve(config: Config) -> Result<()> {
     println!("sockgate ready: {} app(s); Ctrl-C stops", apps.len());
     wait_for_shutdown().await;
     Ok(())
+}
+
+/// Raises the descriptor limit to the hard limit before anything is opened
+/// (the guests' outbound budget is half of it), and says what it is.
+fn descriptor_limit() {
+    use sockgate_host::guest_budget;
+    match guest_budget::raise_descriptor_limit() {
+        Ok((before, now)) => tracing::info!(
+            "file descriptors: limit {now}{}; guests' outbound sockets may use {} of them",
+            if before < now {
+                format!(" (raised from {before})")
+            } else {
+                String::new()
+            },
+            guest_budget::outbound_socket_budget()
+        ),
+        Err(err) => tracing::warn!(
+            "cannot read or raise the file descriptor limit (RLIMIT_NOFILE): {err}; guests' \
+             outbound sockets may use {} descriptors",
+            guest_budget::outbound_socket_budget()
+        ),
+    }
 }
 
 /// The line printed for each app at start: how to reach it, and what was

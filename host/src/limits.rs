@@ -51,10 +51,53 @@ pub struct AppLimits {
     /// the per-IP connection count alone would see only as they open.
     pub quic_streams_per_connection: u32,
     /// Bytes a QUIC connection may have in flight to the app over all its
-    /// streams, unread by the guest, in KiB. Threat: a client filling the
-    /// gateway's memory with data the guest does not read.
+    /// streams, unread by the guest, in KiB (at most
+    /// [`MAX_QUIC_RECEIVE_WINDOW_KB`]). Threat: a client filling the
+    /// gateway's memory with data the guest does not read. Granted only
+    /// while the gateway's QUIC receive budget (`quic.receive_budget_mb`)
+    /// has room; a connection past it keeps the 64 KiB it started with.
     pub quic_receive_window_kb: u64,
+    /// Outbound sockets (TCP and UDP, WASI 0.2 and 0.3) the app's guests
+    /// may hold open at once, over all its instances (at most
+    /// [`MAX_OUTBOUND_SOCKETS`]). Threat: a guest opening sockets until the
+    /// gateway process runs out of file descriptors, when every listener
+    /// and the admin API stop accepting. All apps together are also held to
+    /// half of the process's descriptor limit.
+    pub max_outbound_sockets: usize,
+    /// Name lookups the app's guests may have in flight at once (at most
+    /// [`MAX_CONCURRENT_LOOKUPS`]); more wait, up to the lookup timeout.
+    /// Threat: lookups (each a blocked thread until the resolver answers)
+    /// filling the blocking pool that compiles deploys for every app.
+    pub max_concurrent_lookups: usize,
+    /// Lines of guest stdout/stderr per second written to the gateway's own
+    /// log (at most [`MAX_LOG_LINES_PER_SECOND`]); lines beyond it are
+    /// counted and reported as "N lines dropped", and still kept in the
+    /// app's log (`sockgate logs`). Threat: one chatty guest drowning every
+    /// other app's lines (and events) in a slow log sink.
+    pub log_lines_per_second: u32,
+    /// Instances a `conn-handler-sync` app (one instance per connection)
+    /// may have at once, out of the gateway's shared pool of
+    /// `PER_CONNECTION_POOL` (1000) (at most [`MAX_SYNC_INSTANCES`], half of
+    /// the pool). Threat: one app's flood taking every slot of the pool,
+    /// so no other `conn-handler-sync` app can serve a connection.
+    pub max_sync_instances: usize,
 }
+
+/// Largest `quic_receive_window_kb`: 16 MiB, twice what a 1 Gbit/s path
+/// with 100 ms of round trip needs.
+pub const MAX_QUIC_RECEIVE_WINDOW_KB: u64 = 16 * 1024;
+/// Largest `quic_streams_per_connection`. Each open stream is a guest
+/// `handle` call with its buffers.
+pub const MAX_QUIC_STREAMS_PER_CONNECTION: u32 = 1000;
+/// Largest `max_outbound_sockets` an app may ask for.
+pub const MAX_OUTBOUND_SOCKETS: usize = 10_000;
+/// Largest `max_concurrent_lookups`: the gateway-wide cap.
+pub const MAX_CONCURRENT_LOOKUPS: usize = crate::guest_budget::GATEWAY_LOOKUPS;
+/// Largest `log_lines_per_second`.
+pub const MAX_LOG_LINES_PER_SECOND: u32 = 10_000;
+/// Largest `max_sync_instances`: half of the per-connection instance pool,
+/// so one app never holds all of it.
+pub const MAX_SYNC_INSTANCES: usize = crate::runtime::engine::PER_CONNECTION_POOL as usize / 2;
 
 impl Default for AppLimits {
     fn default() -> Self {
@@ -68,7 +111,11 @@ impl Default for AppLimits {
             idle_timeout_secs: 300,
             max_connection_secs: 24 * 3600,
             quic_streams_per_connection: 100,
-            quic_receive_window_kb: 8 * 1024,
+            quic_receive_window_kb: 1024,
+            max_outbound_sockets: 100,
+            max_concurrent_lookups: 4,
+            log_lines_per_second: 200,
+            max_sync_instances: crate::runtime::engine::PER_CONNECTION_POOL as usize / 4,
         }
     }
 }
@@ -104,6 +151,9 @@ impl AppLimits {
                 "quic_receive_window_kb",
                 self.quic_receive_window_kb as usize,
             ),
+            ("max_concurrent_lookups", self.max_concurrent_lookups),
+            ("log_lines_per_second", self.log_lines_per_second as usize),
+            ("max_sync_instances", self.max_sync_instances),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -117,6 +167,43 @@ impl AppLimits {
         }
         if self.memory_limit_mb > 4096 {
             anyhow::bail!("limits.memory_limit_mb must be at most 4096 (wasm32 addresses 4 GiB)");
+        }
+        let at_most = [
+            (
+                "quic_receive_window_kb",
+                self.quic_receive_window_kb,
+                MAX_QUIC_RECEIVE_WINDOW_KB,
+            ),
+            (
+                "quic_streams_per_connection",
+                u64::from(self.quic_streams_per_connection),
+                u64::from(MAX_QUIC_STREAMS_PER_CONNECTION),
+            ),
+            (
+                "max_outbound_sockets",
+                self.max_outbound_sockets as u64,
+                MAX_OUTBOUND_SOCKETS as u64,
+            ),
+            (
+                "max_concurrent_lookups",
+                self.max_concurrent_lookups as u64,
+                MAX_CONCURRENT_LOOKUPS as u64,
+            ),
+            (
+                "log_lines_per_second",
+                u64::from(self.log_lines_per_second),
+                u64::from(MAX_LOG_LINES_PER_SECOND),
+            ),
+            (
+                "max_sync_instances",
+                self.max_sync_instances as u64,
+                MAX_SYNC_INSTANCES as u64,
+            ),
+        ];
+        for (name, value, max) in at_most {
+            if value > max {
+                anyhow::bail!("limits.{name} must be at most {max} (it is {value})");
+            }
         }
         Ok(())
     }
