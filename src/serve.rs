@@ -12,11 +12,13 @@ use sockgate_host::gateway::AppStatus;
 pub async fn serve(config: Config) -> Result<()> {
     let admin = config.gateway.admin;
     let state_dir = config.state_dir();
-    descriptor_limit();
+    // Before anything is opened: the guests' outbound budget is half of it.
+    let descriptors = sockgate_host::guest_budget::raise_descriptor_limit();
     // The admin port, when configured, is protected from every guest from
     // the first one on (`Gateway::start`); a port 0 is protected as soon as
     // it is bound, before the admin API accepts.
     let gateway = Gateway::start(config).await?;
+    describe_descriptors(descriptors);
     let apps = gateway.apps().await;
     for app in &apps {
         println!("{}", describe(app));
@@ -38,11 +40,11 @@ pub async fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Raises the descriptor limit to the hard limit before anything is opened
-/// (the guests' outbound budget is half of it), and says what it is.
-fn descriptor_limit() {
-    use sockgate_host::guest_budget;
-    match guest_budget::raise_descriptor_limit() {
+/// Says what the descriptor limit is (raised to the hard limit before the
+/// gateway opened anything), and the guests' share of it.
+fn describe_descriptors(raised: std::io::Result<(u64, u64)>) {
+    use sockgate_host::guest_budget::outbound_socket_budget;
+    match raised {
         Ok((before, now)) => tracing::info!(
             "file descriptors: limit {now}{}; guests' outbound sockets may use {} of them",
             if before < now {
@@ -50,12 +52,12 @@ fn descriptor_limit() {
             } else {
                 String::new()
             },
-            guest_budget::outbound_socket_budget()
+            outbound_socket_budget()
         ),
         Err(err) => tracing::warn!(
             "cannot read or raise the file descriptor limit (RLIMIT_NOFILE): {err}; guests' \
              outbound sockets may use {} descriptors",
-            guest_budget::outbound_socket_budget()
+            outbound_socket_budget()
         ),
     }
 }
