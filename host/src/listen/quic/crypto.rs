@@ -215,10 +215,13 @@ impl RoutedCrypto {
         }))
     }
 
-    /// Offers the current union of the apps' protocols to new handshakes.
+    /// Offers the current union of the apps' protocols to new handshakes,
+    /// and forgets the per-app configurations (rebuilt on first use, so
+    /// lists no app has any more do not accumulate).
     pub fn refresh(&self) -> Result<()> {
         let config = build(&self.resolver, self.protocols.union())?;
         *write(&self.current) = config;
+        lock(&self.per_app).clear();
         Ok(())
     }
 
