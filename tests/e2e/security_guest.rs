@@ -489,9 +489,11 @@ async fn guests_logging_into_a_stderr_nobody_reads_stall_no_other_app() {
     let chatty = gateway.addr("chatty");
     let bystander = gateway.addr("bystander");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done, mut rounds_done) = tokio::sync::watch::channel(0u32);
+    let done = std::sync::Arc::new(done);
     let mut floods = Vec::new();
     for _ in 0..4 {
-        let stop = stop.clone();
+        let (stop, done) = (stop.clone(), done.clone());
         floods.push(tokio::spawn(async move {
             let mut stream = TcpStream::connect(chatty).await.unwrap();
             let mut rounds = 0u32;
@@ -499,12 +501,15 @@ async fn guests_logging_into_a_stderr_nobody_reads_stall_no_other_app() {
                 let reply = ask_within(&mut stream, "log-flood 5000", TIMEOUT).await;
                 assert_eq!(reply.as_deref(), Some("logged 5000"));
                 rounds += 1;
+                done.send_modify(|n| *n += 1);
             }
             rounds
         }));
     }
-    // Let the flood fill the pipe (64 KiB) many times over.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Four floods of 5000 lines of 100 bytes: the pipe (64 KiB) is full
+    // many times over. (A gateway writing stderr synchronously never gets
+    // there; the neighbour then shows it.)
+    let _ = tokio::time::timeout(Duration::from_secs(10), rounds_done.wait_for(|n| *n >= 4)).await;
     let mut neighbour = TcpStream::connect(bystander).await.unwrap();
     let mut slowest = Duration::ZERO;
     for n in 0..100 {
