@@ -3,6 +3,7 @@
 
 mod client;
 mod dev_ca;
+mod log_writer;
 mod new;
 mod serve;
 
@@ -155,7 +156,8 @@ enum CGuestStep {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Flushes the gateway's log (briefly) when main returns.
+    let _flush_log = init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -257,14 +259,32 @@ fn result(outcome: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr through a bounded queue and a writer thread
+/// ([`log_writer`]), so a slow stderr never blocks the runtime; falls back
+/// to writing stderr directly if the thread cannot start.
+fn init_tracing() -> Option<log_writer::FlushOnExit> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match log_writer::LossyStderr::start() {
+        Ok((writer, flush)) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .with_ansi(ansi)
+                .init();
+            Some(flush)
+        }
+        Err(err) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .init();
+            tracing::warn!("cannot start the log writer thread ({err}); logging synchronously");
+            None
+        }
+    }
 }
 
 /// Prints an error and its causes, one per line, without a backtrace.

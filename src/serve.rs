@@ -12,6 +12,8 @@ use sockgate_host::gateway::AppStatus;
 pub async fn serve(mut config: Config) -> Result<()> {
     config.validate()?;
     let state_dir = config.state_dir();
+    // Before anything is opened: the guests' outbound budget is half of it.
+    let descriptors = sockgate_host::guest_budget::raise_descriptor_limit();
     // The admin listener is bound before any app starts, so its port is
     // known (and protected from guests) from the first app on.
     let admin = match config.gateway.admin {
@@ -23,6 +25,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
         None => None,
     };
     let gateway = Gateway::start(config).await?;
+    describe_descriptors(descriptors);
     let apps = gateway.apps().await;
     for app in &apps {
         println!("{}", describe(app));
@@ -48,6 +51,28 @@ pub async fn serve(mut config: Config) -> Result<()> {
     println!("sockgate ready: {} app(s); Ctrl-C stops", apps.len());
     wait_for_shutdown().await;
     Ok(())
+}
+
+/// Says what the descriptor limit is (raised to the hard limit before the
+/// gateway opened anything), and the guests' share of it.
+fn describe_descriptors(raised: std::io::Result<(u64, u64)>) {
+    use sockgate_host::guest_budget::outbound_socket_budget;
+    match raised {
+        Ok((before, now)) => tracing::info!(
+            "file descriptors: limit {now}{}; guests' outbound sockets may use {} of them",
+            if before < now {
+                format!(" (raised from {before})")
+            } else {
+                String::new()
+            },
+            outbound_socket_budget()
+        ),
+        Err(err) => tracing::warn!(
+            "cannot read or raise the file descriptor limit (RLIMIT_NOFILE): {err}; guests' \
+             outbound sockets may use {} descriptors",
+            outbound_socket_budget()
+        ),
+    }
 }
 
 /// The line printed for each app at start: how to reach it, and what was

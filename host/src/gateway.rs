@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
@@ -37,7 +36,7 @@ use crate::conns::ConnTracker;
 use crate::limits::Ceilings;
 use crate::listen;
 use crate::logs::{AppLog, EventKind};
-use crate::outbound::OutboundPolicy;
+use crate::outbound::{OutboundPolicy, OwnPorts};
 use crate::route::{NamePolicy, Router};
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
@@ -62,10 +61,13 @@ struct Inner {
     drain: Duration,
     /// Serializes deploys and holds what each app is.
     slots: Mutex<BTreeMap<String, Slot>>,
-    /// Ports the gateway listens on (apps and admin), protected from guests.
+    /// The admin API's port, once known.
     admin_port: std::sync::Mutex<Option<u16>>,
-    /// The TLS and plain-HTTP listeners' ports, protected from guests too.
+    /// The TLS, plain-HTTP and QUIC listeners' ports.
     tls_ports: Vec<u16>,
+    /// Every port the gateway listens on (apps, admin, TLS, HTTP, QUIC):
+    /// the live set each app's outbound policy consults at connect time.
+    own_ports: Arc<OwnPorts>,
     /// TLS termination and SNI routing, once started (`[tls]`).
     https: std::sync::OnceLock<Arc<listen::tls::Https>>,
     /// Who may claim which custom domain; `None` without `[tls]`.
@@ -198,6 +200,11 @@ impl Gateway {
         // once the configured apps are in the router.
         let tls = listen::tls::prepare(&config).await?;
         let tls_ports = tls.as_ref().map(|t| t.ports()).unwrap_or_default();
+        // Protected before any guest runs: the admin port when configured
+        // (a port 0 is added once bound, see `set_admin_port`).
+        let own_ports = OwnPorts::new();
+        let admin_port = config.gateway.admin.map(|a| a.port()).filter(|&p| p != 0);
+        own_ports.replace(tls_ports.iter().copied().chain(admin_port));
         let gateway = Self {
             inner: Arc::new(Inner {
                 runtime,
@@ -206,12 +213,9 @@ impl Gateway {
                 store,
                 drain: Duration::from_secs(config.gateway.drain_secs),
                 slots: Mutex::new(BTreeMap::new()),
-                // Bound by the caller before the apps start, when there is
-                // an admin API (`admin::bind`); port 0 is not known yet.
-                admin_port: std::sync::Mutex::new(
-                    config.gateway.admin.map(|a| a.port()).filter(|p| *p != 0),
-                ),
+                admin_port: std::sync::Mutex::new(admin_port),
                 tls_ports,
+                own_ports,
                 https: std::sync::OnceLock::new(),
                 names: config.tls.as_ref().map(|tls| tls.name_policy()),
                 ceilings: config.ceilings.clone(),
@@ -497,6 +501,7 @@ impl Gateway {
             }
             slot.app.log().event(None, EventKind::Removed);
         }
+        self.inner.own_ports.replace(self.listening_ports(&slots));
         Ok(())
     }
 
@@ -575,10 +580,13 @@ impl Gateway {
             (None, Some(slot)) => slot.tcp,
             (None, None) => config.listen,
         };
+        // Every app's guests are held to the new port before it serves.
+        self.inner.own_ports.insert(bound.port());
 
-        let mut policy = OutboundPolicy::parse(&config.outbound)
-            .with_context(|| format!("app `{name}`: invalid outbound rule"))?;
-        policy.protect_ports(self.own_ports(&slots, new_listener.as_ref()));
+        let policy = OutboundPolicy::parse(&config.outbound)
+            .with_context(|| format!("app `{name}`: invalid outbound rule"))?
+            .with_own_ports(self.inner.own_ports.clone())
+            .with_budget(&config.limits);
         let log = existing
             .map(|slot| slot.app.log().clone())
             .unwrap_or_else(|| Arc::new(AppLog::new(&name)));
@@ -618,6 +626,7 @@ impl Gateway {
                             None => https.remove_app(&name),
                         }
                     }
+                    self.inner.own_ports.replace(self.listening_ports(&slots));
                     return Err(err);
                 }
             }
@@ -671,6 +680,8 @@ impl Gateway {
                 },
             },
         );
+        // A listener that moved no longer needs protecting.
+        self.inner.own_ports.replace(self.listening_ports(&slots));
         Ok(())
     }
 
@@ -690,9 +701,9 @@ impl Gateway {
         Ok(loaded)
     }
 
-    fn own_ports(&self, slots: &BTreeMap<String, Slot>, extra: Option<&TcpListener>) -> Vec<u16> {
+    /// Every port the gateway listens on now: apps, admin, TLS/HTTP/QUIC.
+    fn listening_ports(&self, slots: &BTreeMap<String, Slot>) -> Vec<u16> {
         let mut ports: Vec<u16> = slots.values().map(|s| s.tcp.port()).collect();
-        ports.extend(extra.and_then(|l| l.local_addr().ok()).map(|a| a.port()));
         ports.extend(
             *self
                 .inner
@@ -704,13 +715,20 @@ impl Gateway {
         ports
     }
 
-    /// Records the admin API's port, which guests may then never reach.
+    /// Records the admin API's port, which guests may then never reach
+    /// (every app's policy reads the live set at connect time).
     pub fn set_admin_port(&self, port: u16) {
         *self
             .inner
             .admin_port
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(port);
+        self.inner.own_ports.insert(port);
+    }
+
+    /// The ports the gateway listens on, as guests' policies see them.
+    pub fn own_ports(&self) -> &Arc<OwnPorts> {
+        &self.inner.own_ports
     }
 
     /// The status of every app, by name.

@@ -64,10 +64,53 @@ pub struct AppLimits {
     /// the per-IP connection count alone would see only as they open.
     pub quic_streams_per_connection: u32,
     /// Bytes a QUIC connection may have in flight to the app over all its
-    /// streams, unread by the guest, in KiB. Threat: a client filling the
-    /// gateway's memory with data the guest does not read.
+    /// streams, unread by the guest, in KiB (at most
+    /// [`MAX_QUIC_RECEIVE_WINDOW_KB`]). Threat: a client filling the
+    /// gateway's memory with data the guest does not read. Granted only
+    /// while the gateway's QUIC receive budget (`quic.receive_budget_mb`)
+    /// has room; a connection past it keeps the 64 KiB it started with.
     pub quic_receive_window_kb: u64,
+    /// Outbound sockets (TCP and UDP, WASI 0.2 and 0.3) the app's guests
+    /// may hold open at once, over all its instances (at most
+    /// [`MAX_OUTBOUND_SOCKETS`]). Threat: a guest opening sockets until the
+    /// gateway process runs out of file descriptors, when every listener
+    /// and the admin API stop accepting. All apps together are also held to
+    /// half of the process's descriptor limit.
+    pub max_outbound_sockets: usize,
+    /// Name lookups the app's guests may have in flight at once (at most
+    /// [`MAX_CONCURRENT_LOOKUPS`]); more wait, up to the lookup timeout.
+    /// Threat: lookups (each a blocked thread until the resolver answers)
+    /// filling the blocking pool that compiles deploys for every app.
+    pub max_concurrent_lookups: usize,
+    /// Lines of guest stdout/stderr per second written to the gateway's own
+    /// log (at most [`MAX_LOG_LINES_PER_SECOND`]); lines beyond it are
+    /// counted and reported as "N lines dropped", and still kept in the
+    /// app's log (`sockgate logs`). Threat: one chatty guest drowning every
+    /// other app's lines (and events) in a slow log sink.
+    pub log_lines_per_second: u32,
+    /// Instances a `conn-handler-sync` app (one instance per connection)
+    /// may have at once, out of the gateway's shared pool of
+    /// `PER_CONNECTION_POOL` (1000) (at most [`MAX_SYNC_INSTANCES`], half of
+    /// the pool). Threat: one app's flood taking every slot of the pool,
+    /// so no other `conn-handler-sync` app can serve a connection.
+    pub max_sync_instances: usize,
 }
+
+/// Largest `quic_receive_window_kb`: 16 MiB, twice what a 1 Gbit/s path
+/// with 100 ms of round trip needs.
+pub const MAX_QUIC_RECEIVE_WINDOW_KB: u64 = 16 * 1024;
+/// Largest `quic_streams_per_connection`. Each open stream is a guest
+/// `handle` call with its buffers.
+pub const MAX_QUIC_STREAMS_PER_CONNECTION: u32 = 1000;
+/// Largest `max_outbound_sockets` an app may ask for.
+pub const MAX_OUTBOUND_SOCKETS: usize = 10_000;
+/// Largest `max_concurrent_lookups`: the gateway-wide cap.
+pub const MAX_CONCURRENT_LOOKUPS: usize = crate::guest_budget::GATEWAY_LOOKUPS;
+/// Largest `log_lines_per_second`.
+pub const MAX_LOG_LINES_PER_SECOND: u32 = 10_000;
+/// Largest `max_sync_instances`: half of the per-connection instance pool,
+/// so one app never holds all of it.
+pub const MAX_SYNC_INSTANCES: usize = crate::runtime::engine::PER_CONNECTION_POOL as usize / 2;
 
 impl Default for AppLimits {
     fn default() -> Self {
@@ -81,7 +124,11 @@ impl Default for AppLimits {
             idle_timeout_secs: 300,
             max_connection_secs: 24 * 3600,
             quic_streams_per_connection: 100,
-            quic_receive_window_kb: 8 * 1024,
+            quic_receive_window_kb: 1024,
+            max_outbound_sockets: 100,
+            max_concurrent_lookups: 4,
+            log_lines_per_second: 200,
+            max_sync_instances: crate::runtime::engine::PER_CONNECTION_POOL as usize / 4,
         }
     }
 }
@@ -109,12 +156,12 @@ impl AppLimits {
     pub fn check(&self, ceilings: Option<&Ceilings>) -> anyhow::Result<()> {
         for (name, value, hard_max) in self.rows() {
             let never = value == 0 && NEVER_AT_ZERO.contains(&name);
-            if value == 0 && !never {
+            if value == 0 && !never && !NONE_AT_ZERO.contains(&name) {
                 anyhow::bail!("limits.{name} must be at least 1");
             }
             if value > hard_max {
                 anyhow::bail!(
-                    "limits.{name} = {value} is over its maximum {hard_max}{}",
+                    "limits.{name} must be at most {hard_max} (it is {value}){}",
                     hard_reason(name)
                 );
             }
@@ -139,7 +186,7 @@ impl AppLimits {
 
     /// Every limit as `(name, value, hard maximum)`, in the units of the
     /// configuration.
-    fn rows(&self) -> [(&'static str, u64, u64); 10] {
+    fn rows(&self) -> [(&'static str, u64, u64); 14] {
         let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         [
             ("cpu_budget_ms", self.cpu_budget_ms, HARD_MAX_BUDGET_MS),
@@ -169,12 +216,32 @@ impl AppLimits {
             (
                 "quic_streams_per_connection",
                 u64::from(self.quic_streams_per_connection),
-                HARD_MAX_QUIC_STREAMS,
+                u64::from(MAX_QUIC_STREAMS_PER_CONNECTION),
             ),
             (
                 "quic_receive_window_kb",
                 self.quic_receive_window_kb,
-                HARD_MAX_QUIC_WINDOW_KB,
+                MAX_QUIC_RECEIVE_WINDOW_KB,
+            ),
+            (
+                "max_outbound_sockets",
+                n(self.max_outbound_sockets),
+                n(MAX_OUTBOUND_SOCKETS),
+            ),
+            (
+                "max_concurrent_lookups",
+                n(self.max_concurrent_lookups),
+                n(MAX_CONCURRENT_LOOKUPS),
+            ),
+            (
+                "log_lines_per_second",
+                u64::from(self.log_lines_per_second),
+                u64::from(MAX_LOG_LINES_PER_SECOND),
+            ),
+            (
+                "max_sync_instances",
+                n(self.max_sync_instances),
+                n(MAX_SYNC_INSTANCES),
             ),
         ]
     }
@@ -182,12 +249,16 @@ impl AppLimits {
 
 /// Limits where 0 means "never" (no timeout) rather than nothing.
 const NEVER_AT_ZERO: [&str; 2] = ["idle_timeout_secs", "max_connection_secs"];
+/// Limits where 0 means none at all (no outbound socket), which is below
+/// any ceiling.
+const NONE_AT_ZERO: [&str; 1] = ["max_outbound_sockets"];
 
 /// Hard maxima: no configuration, not even the operator's, goes beyond
-/// them. Each bounds a host resource a value near `u64::MAX` would break
-/// (a channel sized by `max_connections_per_instance` panics beyond
-/// `usize::MAX >> 3`; a whole start then fails on the stored record).
-/// CPU and wall-clock budgets: one minute.
+/// them (with the `MAX_*` bounds above). Each bounds a host resource a
+/// value near `u64::MAX` would break (a channel sized by
+/// `max_connections_per_instance` panics beyond `usize::MAX >> 3`; a whole
+/// start then fails on the stored record). CPU and wall-clock budgets: one
+/// minute.
 pub const HARD_MAX_BUDGET_MS: u64 = 60_000;
 /// Linear memory: wasm32 addresses 4 GiB.
 pub const HARD_MAX_MEMORY_MB: u64 = 4096;
@@ -195,10 +266,6 @@ pub const HARD_MAX_MEMORY_MB: u64 = 4096;
 pub const HARD_MAX_CONNECTIONS: u64 = 1_000_000;
 /// Idle timeout and lifetime: a year (0 = never stays allowed).
 pub const HARD_MAX_SECS: u64 = 365 * 86_400;
-/// QUIC streams per connection.
-pub const HARD_MAX_QUIC_STREAMS: u64 = 10_000;
-/// QUIC receive window per connection: 64 MiB.
-pub const HARD_MAX_QUIC_WINDOW_KB: u64 = 64 * 1024;
 /// Instances of one app.
 pub const HARD_MAX_INSTANCES: usize = 1024;
 /// Custom domains of one app.
@@ -210,9 +277,9 @@ pub const HARD_MAX_ALPN: usize = 32;
 
 fn hard_reason(name: &str) -> &'static str {
     match name {
-        "memory_limit_mb" => " (wasm32 addresses 4 GiB)",
-        "cpu_budget_ms" | "wall_budget_ms" => " (one minute)",
-        "idle_timeout_secs" | "max_connection_secs" => " (a year; 0 means never)",
+        "memory_limit_mb" => ": wasm32 addresses 4 GiB",
+        "cpu_budget_ms" | "wall_budget_ms" => ": one minute",
+        "idle_timeout_secs" | "max_connection_secs" => ": a year (0 means never)",
         _ => "",
     }
 }
@@ -266,6 +333,14 @@ pub struct Ceilings {
     pub quic_streams_per_connection: u32,
     /// `limits.quic_receive_window_kb`.
     pub quic_receive_window_kb: u64,
+    /// `limits.max_outbound_sockets`.
+    pub max_outbound_sockets: usize,
+    /// `limits.max_concurrent_lookups`.
+    pub max_concurrent_lookups: usize,
+    /// `limits.log_lines_per_second`.
+    pub log_lines_per_second: u32,
+    /// `limits.max_sync_instances`.
+    pub max_sync_instances: usize,
 }
 
 impl Default for Ceilings {
@@ -286,7 +361,11 @@ impl Default for Ceilings {
             idle_timeout_secs: 3600,
             max_connection_secs: 7 * 86_400,
             quic_streams_per_connection: app.quic_streams_per_connection,
-            quic_receive_window_kb: app.quic_receive_window_kb,
+            quic_receive_window_kb: 8 * 1024,
+            max_outbound_sockets: 1000,
+            max_concurrent_lookups: MAX_CONCURRENT_LOOKUPS.min(16),
+            log_lines_per_second: 1000,
+            max_sync_instances: app.max_sync_instances,
         }
     }
 }
@@ -306,6 +385,10 @@ impl Ceilings {
             "max_connection_secs" => self.max_connection_secs,
             "quic_streams_per_connection" => u64::from(self.quic_streams_per_connection),
             "quic_receive_window_kb" => self.quic_receive_window_kb,
+            "max_outbound_sockets" => n(self.max_outbound_sockets),
+            "max_concurrent_lookups" => n(self.max_concurrent_lookups),
+            "log_lines_per_second" => u64::from(self.log_lines_per_second),
+            "max_sync_instances" => n(self.max_sync_instances),
             _ => return None,
         })
     }
@@ -323,9 +406,13 @@ impl Ceilings {
             max_connection_secs: self.max_connection_secs,
             quic_streams_per_connection: self.quic_streams_per_connection,
             quic_receive_window_kb: self.quic_receive_window_kb,
+            max_outbound_sockets: self.max_outbound_sockets,
+            max_concurrent_lookups: self.max_concurrent_lookups,
+            log_lines_per_second: self.log_lines_per_second,
+            max_sync_instances: self.max_sync_instances,
         };
         for (name, value, max) in as_limits.rows() {
-            if value == 0 || value > max {
+            if (value == 0 && !NONE_AT_ZERO.contains(&name)) || value > max {
                 anyhow::bail!("[ceilings] {name} = {value} must be between 1 and {max}");
             }
         }

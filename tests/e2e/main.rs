@@ -13,6 +13,7 @@ mod http_hello;
 mod limits;
 mod new_project;
 mod refusals;
+mod security_guest;
 mod sync_world;
 mod traps;
 

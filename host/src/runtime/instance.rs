@@ -144,6 +144,7 @@ pub async fn run_instance(
     };
     let state = HostState::new(settings, index);
     let mut store = Store::new(pre.engine(), state);
+    super::host_state::bound_store(&mut store, settings.limits.max_connections_per_instance);
     supervise(
         &mut store,
         settings.supervision,

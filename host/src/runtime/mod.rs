@@ -14,6 +14,8 @@
 //! - [`instance`]: one instance's task, serving the connections sent to it.
 //! - [`supervisor`]: CPU (fuel, epoch) and memory limits, trap explanations.
 //! - [`name_lookup`]: name lookups checked against the outbound policy.
+//! - [`guest_sockets`]: outbound sockets counted against the app's and the
+//!   gateway's budgets.
 //! - [`sync_bindings`]: the host side of the WASI 0.2 world
 //!   `conn-handler-sync`.
 //! - [`sync_streams`]: a client connection as WASI 0.2 input/output streams.
@@ -49,6 +51,7 @@ macro_rules! wit_conn_info {
 pub mod bindings;
 pub mod cache;
 pub mod engine;
+pub mod guest_sockets;
 pub mod host_state;
 pub mod instance;
 pub mod load;

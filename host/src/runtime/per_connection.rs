@@ -178,6 +178,8 @@ async fn instantiate(
 ) -> wasmtime::Result<(Store<HostState>, ConnHandlerSync)> {
     let state = HostState::new(settings, PER_CONNECTION_INSTANCE);
     let mut store = Store::new(pre.engine(), state);
+    // One connection per store.
+    super::host_state::bound_store(&mut store, 1);
     supervise_activations(
         &mut store,
         settings.supervision,
