@@ -258,8 +258,10 @@ pub fn bindings(wit: &Path, world: Option<&str>, out: &Path, go: &Path) -> Resul
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
 
-    let overlay = runtime_overlay(&goroot(go)?, out)?;
+    let goroot = goroot(go)?;
+    let overlay = runtime_overlay(&goroot, out)?;
     write_if_changed(&out.join("overlay.json"), overlay.as_bytes())?;
+    format_sources(&goroot, out)?;
     Ok(Bindings {
         export_packages,
         is_async,
@@ -280,6 +282,25 @@ fn generated_go_files(out: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Formats the generated sources with the toolchain's gofmt (for whoever
+/// reads them in an editor; the generator writes them unformatted so that
+/// its output does not depend on what else is on PATH).
+fn format_sources(goroot: &Path, out: &Path) -> Result<()> {
+    let gofmt = goroot.join("bin/gofmt");
+    let output = Command::new(&gofmt)
+        .arg("-w")
+        .arg(out)
+        .output()
+        .with_context(|| format!("cannot run {}", gofmt.display()))?;
+    if !output.status.success() {
+        bail!(
+            "gofmt found errors in the generated Go bindings: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// `go env GOROOT`.
 fn goroot(go: &Path) -> Result<PathBuf> {
     let output = Command::new(go)
@@ -287,8 +308,8 @@ fn goroot(go: &Path) -> Result<PathBuf> {
         .output()
         .with_context(|| {
             format!(
-                "cannot run `{} env GOROOT`: the runtime hook of an async world is derived \
-                 from the Go toolchain's sources (set GO to the go command)",
+                "cannot run `{} env GOROOT`: the runtime hooks are derived from the Go \
+                 toolchain's sources (set GO, or pass --go, to the go command)",
                 go.display()
             )
         })?;
