@@ -14,6 +14,19 @@
 const std = @import("std");
 const wit = @import("conn_handler");
 
+/// A panic writes its message to stderr (the app's log) and traps. Zig's
+/// default handler would also link its stack-trace printer, which reads
+/// debug info through the filesystem: five times the module's size and two
+/// dozen WASI imports, for traces a wasm guest cannot print anyway (the
+/// gateway's trap event has the wasm backtrace).
+pub const panic = std.debug.FullPanic(struct {
+    fn panic(message: []const u8, _: ?usize) noreturn {
+        _ = std.c.write(2, message.ptr, message.len);
+        _ = std.c.write(2, "\n", 1);
+        @trap();
+    }
+}.panic);
+
 /// Bytes read per `read` call: large enough for bulk transfers, small
 /// enough to keep thousands of connections cheap.
 const read_chunk = 16 * 1024;
