@@ -20,27 +20,34 @@ fn wanted(relative: &Path) -> bool {
         || (name.starts_with("wit/") && (name.ends_with(".go") || name.ends_with(".s")))
 }
 
+/// `cargo metadata` for this crate's own workspace: offline first (the
+/// build that runs this script has downloaded its dependencies), then
+/// online, in case this workspace's lock file names a version of some
+/// crate that the including workspace's does not.
+fn metadata(manifest: &Path) -> Vec<u8> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut failures = String::new();
+    for offline in [true, false] {
+        let mut command = Command::new(&cargo);
+        command.args(["metadata", "--format-version", "1", "--manifest-path"]);
+        command.arg(manifest);
+        if offline {
+            command.arg("--offline");
+        }
+        let output = command.output().expect("cannot run `cargo metadata`");
+        if output.status.success() {
+            return output.stdout;
+        }
+        failures.push_str(&String::from_utf8_lossy(&output.stderr));
+    }
+    panic!("`cargo metadata` failed: {failures}");
+}
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--manifest-path",
-        ])
-        .arg(manifest_dir.join("Cargo.toml"))
-        .output()
-        .expect("cannot run `cargo metadata`");
-    assert!(
-        output.status.success(),
-        "`cargo metadata` failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = metadata(&manifest_dir.join("Cargo.toml"));
     let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("`cargo metadata` printed no JSON");
+        serde_json::from_slice(&output).expect("`cargo metadata` printed no JSON");
     let crate_dir = metadata["packages"]
         .as_array()
         .into_iter()
