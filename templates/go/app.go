@@ -6,7 +6,9 @@
 // (export_sockgate_gateway_handler): build.sh copies it next to them. Each
 // connection is a goroutine; a read or write that has to wait parks it,
 // and the gateway resumes it when the stream is ready, so plain blocking
-// code serves thousands of connections on one instance.
+// code serves thousands of connections on one instance. (Go timers do not
+// wake a guest: to wait, call wasi_clocks_monotonic_clock.WaitFor; see the
+// guest guide.)
 package export_sockgate_gateway_handler
 
 import (
