@@ -3,6 +3,7 @@
 
 mod client;
 mod dev_ca;
+mod guest_steps;
 mod log_writer;
 mod new;
 mod serve;
@@ -126,32 +127,18 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Build steps of a C guest (run by the build.sh of `sockgate new
-    /// --lang c` projects).
+    /// Build steps of a C or Zig guest (run by the build.sh of `sockgate
+    /// new --lang c|zig` projects).
     #[command(subcommand)]
-    CGuest(CGuestStep),
-}
-
-/// The steps `sockgate c-guest` performs.
-#[derive(Subcommand)]
-enum CGuestStep {
-    /// Write the C bindings of the `conn-handler` world (like
-    /// `wit-bindgen c`).
-    Bindings {
-        /// The WIT directory (the project's `wit/`).
-        wit: PathBuf,
-        /// Where to write `conn_handler.{h,c}` and
-        /// `conn_handler_component_type.o`.
-        out: PathBuf,
-    },
-    /// Make a component of a core module built by clang, adapting its WASI
-    /// preview1 imports (like `wasm-tools component new --adapt`).
-    Component {
-        /// The core module (.wasm).
-        core: PathBuf,
-        /// The component to write.
-        out: PathBuf,
-    },
+    CGuest(guest_steps::CGuestStep),
+    /// Build steps of a Go guest (run by the build.sh of `sockgate new
+    /// --lang go` projects).
+    #[command(subcommand)]
+    GoGuest(guest_steps::GoGuestStep),
+    /// Build steps of a TypeScript guest (run by the build script of
+    /// `sockgate new --lang ts` projects).
+    #[command(subcommand)]
+    TsGuest(guest_steps::TsGuestStep),
 }
 
 fn main() -> ExitCode {
@@ -211,12 +198,9 @@ async fn run(command: Command) -> ExitCode {
             return result(dev_ca::print_root(config, state_dir));
         }
         Command::New { name, lang, dir } => return result(new::create(&name, lang, dir)),
-        Command::CGuest(CGuestStep::Bindings { wit, out }) => {
-            return result(new::c_bindings(&wit, &out));
-        }
-        Command::CGuest(CGuestStep::Component { core, out }) => {
-            return result(new::c_component(&core, &out));
-        }
+        Command::CGuest(step) => return result(guest_steps::c_guest(step)),
+        Command::GoGuest(step) => return result(guest_steps::go_guest(step)),
+        Command::TsGuest(step) => return result(guest_steps::ts_guest(step)),
         Command::Deploy { args, admin } => match client(admin) {
             Ok(client) => client.deploy(args).await,
             Err(failure) => Err(failure),

@@ -9,6 +9,8 @@ mod chat;
 mod compile_cache;
 mod deploy;
 mod echo;
+mod go_panic;
+mod guest_steps;
 mod http_hello;
 mod limits;
 mod new_project;
