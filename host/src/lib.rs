@@ -18,6 +18,7 @@ pub mod failpoint;
 pub mod fsutil;
 pub mod gateway;
 pub mod guest_budget;
+pub mod http;
 pub mod limits;
 pub mod listen;
 pub mod locks;

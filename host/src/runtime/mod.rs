@@ -53,6 +53,7 @@ pub mod cache;
 pub mod engine;
 pub mod guest_sockets;
 pub mod host_state;
+pub mod http;
 pub mod instance;
 pub mod load;
 pub mod name_lookup;

@@ -1,0 +1,248 @@
+//! Serving a `wasi:http/service` (WASI 0.3) app: requests on long-lived
+//! instances, many at once.
+//!
+//! Each instance's task runs its store's event loop (`run_concurrent`) and,
+//! inside it, [`serve_jobs`]: for every [`HttpJob`] sent to the instance it
+//! starts a concurrent call of `wasi:http/handler.handle`, and answers the
+//! job with the guest's response as soon as `handle` returns it (the body
+//! goes on streaming from the instance's tasks). Everything else is the
+//! shared world's (`runtime::instance`): the store is the failure domain
+//! (a trap ends the instance, the requests it was serving get `500`, jobs
+//! still queued go to the next instance), the app's limits and supervision
+//! apply, and a replaced instance drains.
+//!
+//! A request whose deadline passes before `handle` returned gets
+//! [`JobError::Expired`] (`504`), but its call is never dropped: it goes on
+//! in the instance (wasmtime cannot cancel a guest task yet) until it
+//! returns, and its response is then discarded. An instance with more than
+//! [`ServiceSettings::max_lingering`] such calls stops taking requests,
+//! waits for the others, and returns [`ServiceEnd::Recycle`], so that a
+//! guest that hangs requests cannot pile them up in one store forever.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::{Either, select};
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use wasmtime::component::Accessor;
+use wasmtime_wasi_http::p3::bindings::Service;
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtxView};
+
+use super::bodies::Guarded;
+use crate::conns::ShardLoad;
+
+/// How a store's data gives the `wasi:http` view.
+pub type View<T> = fn(&mut T) -> WasiHttpCtxView<'_>;
+
+/// One request for an instance, and where its answer goes.
+pub struct HttpJob {
+    /// The request, normalised (an absolute URI) by the protocol side.
+    pub request: http::Request<WasiBody>,
+    /// When the client stops waiting for the response head.
+    pub deadline: Instant,
+    /// Where the response (or why there is none) goes. Dropped unanswered
+    /// when the instance traps.
+    pub reply: oneshot::Sender<Result<http::Response<WasiBody>, JobError>>,
+    /// The request's place in its instance's count, held until the
+    /// response body ends.
+    pub guard: InFlight,
+}
+
+/// Why a job got no response (a trap drops the reply instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// `handle` returned an `error-code`.
+    GuestError(String),
+    /// The deadline passed before `handle` returned.
+    Expired,
+}
+
+/// A request counted in its instance's load until dropped.
+pub struct InFlight(Arc<ShardLoad>);
+
+impl InFlight {
+    /// Counts one more request in `load`.
+    pub fn new(load: Arc<ShardLoad>) -> Self {
+        load.acquire();
+        Self(load)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// How [`serve_jobs`] behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceSettings {
+    /// How long requests in flight may go on once the instance stops
+    /// taking new ones.
+    pub drain: Duration,
+    /// Calls past their deadline an instance may carry before it is
+    /// recycled.
+    pub max_lingering: usize,
+}
+
+/// Why [`serve_jobs`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceEnd {
+    /// The job channel closed (the app was replaced or removed) and the
+    /// requests in flight finished (or the drain deadline passed).
+    Closed,
+    /// Too many calls outlived their deadline: the instance stopped
+    /// taking requests and should be replaced by a fresh one.
+    Recycle {
+        /// Calls still running past their deadline.
+        lingering: usize,
+    },
+}
+
+/// Serves jobs from `jobs` on `service` (an instance in `accessor`'s store)
+/// until the channel closes or the instance should be recycled; `load`
+/// counts the jobs assigned to this instance. An error is a trap: the store
+/// is poisoned, and the caller replaces the instance.
+pub async fn serve_jobs<T: Send + 'static>(
+    accessor: &Accessor<T>,
+    service: &Service,
+    view: View<T>,
+    jobs: &mut mpsc::Receiver<HttpJob>,
+    load: &ShardLoad,
+    settings: ServiceSettings,
+) -> wasmtime::Result<ServiceEnd> {
+    let lingering = AtomicUsize::new(0);
+    let mut calls = FuturesUnordered::new();
+    let mut end = ServiceEnd::Closed;
+    loop {
+        if lingering.load(Ordering::Relaxed) > settings.max_lingering {
+            end = ServiceEnd::Recycle {
+                lingering: lingering.load(Ordering::Relaxed),
+            };
+            break;
+        }
+        tokio::select! {
+            Some(result) = calls.next() => result?,
+            job = jobs.recv() => match job {
+                Some(job) => calls.push(call(accessor, service, view, job, &lingering)),
+                None => break,
+            },
+        }
+    }
+    // No new requests: those in flight go on until they end or the drain
+    // deadline passes. Never drop a call in flight (its store would be
+    // poisoned); returning leaves them to the store's owner. A recycled
+    // instance waits only for the requests someone waits for: the calls
+    // answered `504` are what it is recycled for.
+    let recycling = matches!(end, ServiceEnd::Recycle { .. });
+    let drained = async {
+        loop {
+            if recycling && lingering.load(Ordering::Relaxed) >= calls.len() {
+                break;
+            }
+            match calls.next().await {
+                Some(result) => result?,
+                None => break,
+            }
+        }
+        // Response bodies still streaming hold their request's place; jobs
+        // still queued for this instance count too, and wait for the next.
+        while load.active() > jobs.len() {
+            let idle = load.wait_idle();
+            if tokio::time::timeout(Duration::from_millis(10), idle)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        wasmtime::Result::<()>::Ok(())
+    };
+    match tokio::time::timeout(settings.drain, drained).await {
+        Ok(result) => result?,
+        Err(_) => tracing::debug!("http: drain deadline passed with requests in flight"),
+    }
+    if recycling {
+        end = ServiceEnd::Recycle {
+            lingering: lingering.load(Ordering::Relaxed),
+        };
+    }
+    Ok(end)
+}
+
+/// One request: starts `handle`, answers the job with its response (or
+/// [`JobError`]), and, past the deadline, lets the call finish unanswered.
+async fn call<T: Send + 'static>(
+    accessor: &Accessor<T>,
+    service: &Service,
+    view: View<T>,
+    job: HttpJob,
+    lingering: &AtomicUsize,
+) -> wasmtime::Result<()> {
+    let HttpJob {
+        request,
+        deadline,
+        reply,
+        guard,
+    } = job;
+    if reply.is_closed() || Instant::now() >= deadline {
+        // The client stopped waiting while the job was queued.
+        let _ = reply.send(Err(JobError::Expired));
+        return Ok(());
+    }
+    let func = service.wasi_http_handler().func_handle();
+    let (started, io) = accessor.with(|mut store| -> wasmtime::Result<_> {
+        let (request, io) =
+            wasmtime_wasi_http::p3::Request::from_http(view(store.data_mut()).hooks, request);
+        // Boxed: the future's type names the hooks' borrow, which ends here.
+        let io: Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>> =
+            Box::pin(io);
+        let request = view(store.data_mut()).table.push(request)?;
+        let started = func.start_call_concurrent(&mut store, (request,))?;
+        Ok((started, io))
+    })?;
+    let handled = async {
+        let (result,) = func.finish_call_concurrent(accessor, started).await?;
+        match result {
+            Ok(response) => accessor
+                .with(|mut store| -> wasmtime::Result<_> {
+                    let response = view(store.data_mut()).table.delete(response)?;
+                    response.into_http_with_getter(&mut store, io, view)
+                })
+                .map(Ok),
+            Err(code) => Ok(Err(format!("{code:?}"))),
+        }
+    };
+    let mut handled = pin!(handled);
+    let expiry = pin!(tokio::time::sleep_until(deadline));
+    match select(handled.as_mut(), expiry).await {
+        Either::Left((outcome, _)) => {
+            let answer = match outcome? {
+                Ok(response) => Ok(response.map(|body| {
+                    use http_body_util::BodyExt;
+                    Guarded::new(body, guard).boxed_unsync()
+                })),
+                Err(code) => Err(JobError::GuestError(code)),
+            };
+            let _ = reply.send(answer);
+        }
+        Either::Right(((), _)) => {
+            let _ = reply.send(Err(JobError::Expired));
+            // The client has its answer: the request no longer holds a
+            // place. The call goes on; whatever it returns is dropped (a
+            // response's body with it).
+            drop(guard);
+            lingering.fetch_add(1, Ordering::Relaxed);
+            let finished = handled.await;
+            lingering.fetch_sub(1, Ordering::Relaxed);
+            let _discarded = finished?;
+        }
+    }
+    Ok(())
+}
