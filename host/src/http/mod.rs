@@ -38,6 +38,9 @@ pub mod request;
 pub mod server;
 pub mod stats;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
