@@ -428,3 +428,41 @@ async fn a_wasi_02_request_gets_an_instance_of_its_own() {
     assert_eq!(status, 0);
     assert!(body.starts_with("trapped"), "{body}");
 }
+
+#[tokio::test]
+async fn adhoc_language_guests() {
+    let log = Arc::new(AppLog::new("probe"));
+    // Python, WASI 0.3
+    let component = Component::from_file(&host().engine, "/tmp/py-http.wasm").unwrap();
+    let exports: Vec<String> = component.component_type().exports(&host().engine).map(|(n, _)| n.to_owned()).collect();
+    eprintln!("python exports {exports:?}");
+    let pre = ServicePre::new(host().linker.instantiate_pre(&component).unwrap()).unwrap();
+    let (jobs, mut rx) = mpsc::channel(64);
+    let load = Arc::new(ShardLoad::default());
+    let mut store = Store::new(&host().engine, state(OutboundPolicy::default(), &log));
+    let instance_load = load.clone();
+    let ended = tokio::spawn(async move {
+        let service = pre.instantiate_async(&mut store).await?;
+        let settings = ServiceSettings { drain: Duration::from_secs(5), max_lingering: 4 };
+        store.run_concurrent(async |accessor| serve_jobs(accessor, &service, view, &mut rx, &instance_load, settings).await).await?
+    });
+    let instance = Instance { jobs, load, ended };
+    for _ in 0..3 {
+        let r = instance.send(request("GET", "https://a.test/py?x", b""), Duration::from_secs(10)).await.unwrap();
+        eprintln!("python: {:?}", text(r).await);
+    }
+    // JS, WASI 0.2
+    let component = Component::from_file(&host().engine, "/tmp/js-http.wasm").unwrap();
+    let exports: Vec<String> = component.component_type().exports(&host().engine).map(|(n, _)| n.to_owned()).collect();
+    eprintln!("js exports {exports:?} {:?}", detect(&exports));
+    let pre = ProxyPre::new(host().linker.instantiate_pre(&component).unwrap()).unwrap();
+    for _ in 0..2 {
+        let store = Store::new(&host().engine, state(OutboundPolicy::default(), &log));
+        let t = std::time::Instant::now();
+        let (run, response) = proxy::start(pre.clone(), store, view, request("GET", "https://a.test/js", b""), || {}, |e, _| format!("{e:?}"));
+        let ended = tokio::spawn(run);
+        let r = response.await;
+        match r { Ok(Ok(r)) => eprintln!("js: {:?} in {:?}", text(r).await, t.elapsed()), other => eprintln!("js: {:?}", other.map(|r| r.map(|_| ()))) }
+        match ended.await.unwrap() { ProxyEnd::Served => {}, ProxyEnd::NotStarted(e) => eprintln!("not started {e:?}"), ProxyEnd::Trapped(w) => eprintln!("trapped {w}") }
+    }
+}
