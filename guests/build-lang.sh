@@ -4,6 +4,8 @@
 #
 #   python/echo, python/chat   componentize-py (PyPI)
 #   js/echo, js/chat           componentize-qjs (npm; guests/js/package-lock.json)
+#   python/http-hello          componentize-py, a wasi:http/service (WASI 0.3) HTTP app
+#   starlingmonkey/http-hello  componentize-js, a wasi:http/proxy (WASI 0.2) HTTP app
 #   starlingmonkey/echo        componentize-js (StarlingMonkey; npm, with jco as its
 #                              dependency; guests/starlingmonkey/package-lock.json), for
 #                              the WASI 0.2 world conn-handler-sync (wit/sync/)
@@ -94,15 +96,18 @@ componentize_py() {
         "$@"
 }
 
+# build_python NAME [WIT WORLD]: python/NAME against the gateway's world, or
+# (HTTP apps) against WIT's WORLD.
 build_python() {
-    local name=python-$1 src=python/$1
-    fresh "$name" "componentize-py $PY_VERSION" "$src"/*.py && return
+    local name=python-$1 src=python/$1 wit=${2:-../wit} world=${3:-$WORLD}
+    fresh "$name" "componentize-py $PY_VERSION $world" "$src"/*.py "$wit"/*.wit "$wit"/deps/*.wit \
+        && return
     # Build from a copy, so that Python's caches stay out of the sources.
     local build=$OUT/build/$name
     rm -rf "$build"
     mkdir -p "$build"
     cp "$src"/*.py "$build"/
-    (cd "$build" && componentize_py -q -d "$GUESTS/../wit" -w "$WORLD" \
+    (cd "$build" && componentize_py -q -d "$GUESTS/$wit" -w "$world" \
         componentize app -o "$GUESTS/$OUT/$name.wasm.tmp")
     record "$name"
 }
@@ -154,6 +159,20 @@ build_sm() {
     node starlingmonkey/node_modules/@bytecodealliance/componentize-js/src/cli.js \
         "$src/app.js" -w ../wit/sync -n "$SYNC_WORLD" -d http -d fetch-event \
         -o "$OUT/$name.wasm.tmp" >/dev/null
+    record "$name"
+}
+
+# build_sm_http NAME: starlingmonkey/NAME as a `wasi:http/proxy` component
+# (WASI 0.2, export wasi:http/incoming-handler): componentize-js's `http` and
+# `fetch-event` features give it the web's fetch event, and its own world
+# (starlingmonkey/NAME/wit) adds nothing.
+build_sm_http() {
+    local name=starlingmonkey-$1 src=starlingmonkey/$1
+    local tool
+    tool="componentize-js $(sha256sum starlingmonkey/package-lock.json | cut -c1-64)"
+    fresh "$name" "$tool" "$src"/*.js "$src"/wit/*.wit && return
+    node starlingmonkey/node_modules/@bytecodealliance/componentize-js/src/cli.js \
+        "$src/app.js" -w "$src/wit" -n hello -o "$OUT/$name.wasm.tmp" >/dev/null
     record "$name"
 }
 
@@ -301,6 +320,7 @@ for lang in "${langs[@]}"; do
             python_toolchain
             build_python echo
             build_python chat
+            build_python http-hello ../wit/http wasi:http/service@0.3.0
             ;;
         js)
             npm_toolchain js componentize-qjs
@@ -313,6 +333,7 @@ for lang in "${langs[@]}"; do
             # as a dev dependency only, so npm would not install it.
             npm_toolchain starlingmonkey componentize-js
             build_sm echo
+            build_sm_http http-hello
             ;;
         c)
             c_toolchain

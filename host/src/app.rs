@@ -20,6 +20,7 @@ use crate::conn::Connection;
 use crate::conns::{Admission, AppAccount, ConnTracker, Refused, ShardLoad, admit};
 use crate::logs::{AppLog, EventKind};
 use crate::runtime::host_state::HostState;
+use crate::runtime::http::serving::{HttpApp, HttpSite};
 use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings, run_instance};
 use crate::runtime::load::GuestPre;
 use crate::runtime::per_connection::serve_connection;
@@ -42,6 +43,15 @@ enum Serving {
     /// `conn-handler-sync`: an instance per connection, in a task per
     /// connection.
     PerConnection(PerConnection),
+    /// A `wasi:http` app: the gateway speaks HTTP on its connections and
+    /// hands the guest requests ([`crate::runtime::http::serving`]).
+    Http {
+        /// The app's version, held by its connections too.
+        http: Arc<HttpApp>,
+        /// Dropped with the app (replaced or removed): its connections
+        /// then close gracefully, within the drain deadline.
+        alive: tokio::sync::watch::Sender<()>,
+    },
 }
 
 /// What every connection task of a `conn-handler-sync` app shares.
@@ -71,11 +81,36 @@ impl App {
     /// A `conn-handler-sync` app has no shards: `instances` is ignored, and
     /// each connection gets an instance of its own.
     pub fn start(name: &str, settings: InstanceSettings, instances: usize) -> Arc<Self> {
+        Self::start_with_site(name, settings, instances, HttpSite::default())
+    }
+
+    /// Like [`App::start`], giving an HTTP app what it needs from the
+    /// gateway around it (the routing table for `421`, `Alt-Svc`, its
+    /// counters); other apps ignore `site`.
+    pub fn start_with_site(
+        name: &str,
+        settings: InstanceSettings,
+        instances: usize,
+        site: HttpSite,
+    ) -> Arc<Self> {
         let log = settings.log.clone();
         let account = settings.account.clone();
         let tracker = settings.tracker.clone();
         let max_connections_per_instance = settings.limits.max_connections_per_instance;
         let settings = Arc::new(settings);
+        if let GuestPre::Http(_) = &settings.pre {
+            return Arc::new(Self {
+                name: name.to_owned(),
+                log,
+                serving: Serving::Http {
+                    http: HttpApp::start(name, settings, instances, site),
+                    alive: tokio::sync::watch::channel(()).0,
+                },
+                max_connections_per_instance,
+                tracker,
+                account,
+            });
+        }
         if let GuestPre::PerConnection(pre) = &settings.pre {
             return Arc::new(Self {
                 name: name.to_owned(),
@@ -131,6 +166,7 @@ impl App {
         match &self.serving {
             Serving::Shards(shards) => shards.len(),
             Serving::PerConnection(per) => per.active.active(),
+            Serving::Http { http, .. } => http.instance_count(),
         }
     }
 
@@ -139,6 +175,15 @@ impl App {
         match &self.serving {
             Serving::Shards(shards) => shards.iter().map(|s| s.active.active()).sum(),
             Serving::PerConnection(per) => per.active.active(),
+            Serving::Http { http, .. } => http.connections().active(),
+        }
+    }
+
+    /// The HTTP side of an HTTP app (`None` for raw-connection apps).
+    pub fn http(&self) -> Option<&Arc<HttpApp>> {
+        match &self.serving {
+            Serving::Http { http, .. } => Some(http),
+            _ => None,
         }
     }
 
@@ -149,6 +194,11 @@ impl App {
         let admission = admit(&self.tracker, &self.account, peer)?;
         let shards = match &self.serving {
             Serving::Shards(shards) => shards,
+            Serving::Http { http, alive } => {
+                let assigned = assign(conn, admission, http.connections());
+                http.serve_connection(assigned, alive.subscribe());
+                return Ok(());
+            }
             Serving::PerConnection(per) => {
                 // The app's share of the gateway's per-connection instance
                 // pool (`limits.max_sync_instances`), so one app's flood
@@ -189,6 +239,26 @@ impl App {
 }
 
 impl App {
+    /// Hands a whole QUIC connection that negotiated `h3` to an HTTP app,
+    /// admitted against the same caps as a TCP connection (`info`
+    /// describes it; `closer` aborts it), or refuses it.
+    pub fn dispatch_h3(
+        &self,
+        conn: quinn::Connection,
+        info: crate::conn::ConnInfo,
+        closer: crate::conns::Closer,
+    ) -> Result<(), Refused> {
+        let peer = info.peer.ip();
+        let Serving::Http { http, alive } = &self.serving else {
+            return Err(Refused::InstancesFull);
+        };
+        let admission = admit(&self.tracker, &self.account, peer)?;
+        http.connections().acquire();
+        let record = admission.finish(info.clone(), http.connections().clone(), closer);
+        http.serve_h3(conn, info, record, alive.subscribe());
+        Ok(())
+    }
+
     /// Records a connection refused at the app's share of the
     /// per-connection instance pool.
     fn refuse_over_pool_share(&self, quota: usize, peer: std::net::IpAddr) -> Refused {

@@ -40,6 +40,7 @@ use crate::outbound::{OutboundPolicy, OwnPorts};
 use crate::route::{NamePolicy, Router};
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
+use crate::runtime::http::serving::HttpSite;
 use crate::runtime::instance::InstanceSettings;
 use crate::runtime::load::{LoadedComponent, World, load_component_bytes};
 use crate::store::{AppRecord, StateStore, VersionRecord};
@@ -78,6 +79,9 @@ struct Inner {
     failed: std::sync::Mutex<BTreeMap<String, FailedApp>>,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    /// `Alt-Svc` for HTTP apps' HTTP/1.1 and HTTP/2 answers, set once the
+    /// QUIC endpoint serves HTTP/3.
+    alt_svc: Arc<std::sync::OnceLock<http::HeaderValue>>,
 }
 
 /// A persisted app that could not be started (at start, or when rolled
@@ -222,6 +226,7 @@ impl Gateway {
                 failed: std::sync::Mutex::new(BTreeMap::new()),
                 cache_hits: AtomicU64::new(0),
                 cache_misses: AtomicU64::new(0),
+                alt_svc: Arc::default(),
             }),
         };
         for app in &config.apps {
@@ -238,6 +243,25 @@ impl Gateway {
         }
         if let Some(tls) = tls {
             let https = tls.start(&gateway.inner.router, &config.apps)?;
+            if let Some(quic) = https.quic() {
+                // HTTP apps are served over HTTP/3 too: say so in their
+                // HTTP/1.1 and HTTP/2 answers, and accept `h3` for them.
+                let port = quic.local_addr().port();
+                let _ = gateway
+                    .inner
+                    .alt_svc
+                    .set(crate::http::answer::alt_svc(port));
+                for app in &config.apps {
+                    if gateway
+                        .inner
+                        .router
+                        .get(&app.name)
+                        .is_some_and(|a| a.http().is_some())
+                    {
+                        quic.serve_http(&app.name)?;
+                    }
+                }
+            }
             let _ = gateway.inner.https.set(https);
         }
         gateway.restore().await;
@@ -590,11 +614,20 @@ impl Gateway {
         let log = existing
             .map(|slot| slot.app.log().clone())
             .unwrap_or_else(|| Arc::new(AppLog::new(&name)));
-        if loaded.world == World::ConnHandlerSync && config.instances.is_some() {
+        if loaded.world.is_http() && !config.alpn.is_empty() {
+            bail!(
+                "app `{name}`: `alpn` does not apply to an HTTP app ({}): the gateway offers \
+                 h2 and http/1.1 over TLS and h3 over QUIC itself; remove `alpn`",
+                loaded.world.name()
+            );
+        }
+        if matches!(loaded.world, World::ConnHandlerSync | World::HttpProxy)
+            && config.instances.is_some()
+        {
             tracing::warn!(
                 app = %name,
                 "`instances` has no effect on a conn-handler-sync app: each connection gets \
-                 an instance of its own"
+                 an instance of its own (a wasi:http/proxy app: each request)"
             );
         }
         let mut settings = InstanceSettings::with_log(
@@ -608,9 +641,19 @@ impl Gateway {
         settings.drain = self.inner.drain;
         // Started before anything is persisted: a version that cannot
         // start is never recorded, so it can never fail a later start.
-        let app = App::start(&name, settings, config.instance_count());
+        let site = HttpSite {
+            router: Arc::downgrade(&self.inner.router),
+            alt_svc: self.inner.alt_svc.clone(),
+            stats: existing
+                .and_then(|slot| slot.app.http().map(|http| http.stats().clone()))
+                .unwrap_or_default(),
+        };
+        let app = App::start_with_site(&name, settings, config.instance_count(), site);
         if let Some(https) = self.inner.https.get() {
             https.add_app(&config)?;
+            if let Some(quic) = https.quic().filter(|_| loaded.world.is_http()) {
+                quic.serve_http(&name)?;
+            }
         }
         if let Some(persist) = persist {
             match persist(bound) {

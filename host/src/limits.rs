@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::http::HttpLimits;
+
 /// Per-app limits.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -94,6 +96,19 @@ pub struct AppLimits {
     /// the pool). Threat: one app's flood taking every slot of the pool,
     /// so no other `conn-handler-sync` app can serve a connection.
     pub max_sync_instances: usize,
+    /// HTTP apps: request body bytes an app receives at most, in KiB
+    /// (see [`crate::http::HttpLimits::max_body_kb`] for the threat).
+    pub http_max_body_kb: u64,
+    /// HTTP apps: request head bytes at most, in KiB (see
+    /// [`crate::http::HttpLimits::max_header_kb`]).
+    pub http_max_header_kb: u32,
+    /// HTTP apps: time from a request's head to its response's head, in
+    /// milliseconds; past it the client gets `504` (see
+    /// [`crate::http::HttpLimits::request_timeout_ms`]).
+    pub http_request_timeout_ms: u64,
+    /// HTTP apps: requests one HTTP/2 connection may have in flight (see
+    /// [`crate::http::HttpLimits::max_streams`]).
+    pub http2_max_streams: u32,
 }
 
 /// Largest `quic_receive_window_kb`: 16 MiB, twice what a 1 Gbit/s path
@@ -129,6 +144,10 @@ impl Default for AppLimits {
             max_concurrent_lookups: 4,
             log_lines_per_second: 200,
             max_sync_instances: crate::runtime::engine::PER_CONNECTION_POOL as usize / 4,
+            http_max_body_kb: HttpLimits::default().max_body_kb,
+            http_max_header_kb: HttpLimits::default().max_header_kb,
+            http_request_timeout_ms: HttpLimits::default().request_timeout_ms,
+            http2_max_streams: HttpLimits::default().max_streams,
         }
     }
 }
@@ -137,6 +156,16 @@ impl AppLimits {
     /// The idle timeout, if any.
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+
+    /// The HTTP bounds of an HTTP app (`http_*` and `http2_*`).
+    pub fn http(&self) -> HttpLimits {
+        HttpLimits {
+            max_body_kb: self.http_max_body_kb,
+            max_header_kb: self.http_max_header_kb,
+            request_timeout_ms: self.http_request_timeout_ms,
+            max_streams: self.http2_max_streams,
+        }
     }
 
     /// The maximum connection lifetime, if any.
@@ -154,6 +183,7 @@ impl AppLimits {
     /// the admin API, the operator's `ceilings`; the error names the field,
     /// the bound and what to do.
     pub fn check(&self, ceilings: Option<&Ceilings>) -> anyhow::Result<()> {
+        self.http().validate()?;
         for (name, value, hard_max) in self.rows() {
             let never = value == 0 && NEVER_AT_ZERO.contains(&name);
             if value == 0 && !never && !NONE_AT_ZERO.contains(&name) {
@@ -410,6 +440,7 @@ impl Ceilings {
             max_concurrent_lookups: self.max_concurrent_lookups,
             log_lines_per_second: self.log_lines_per_second,
             max_sync_instances: self.max_sync_instances,
+            ..AppLimits::default()
         };
         for (name, value, max) in as_limits.rows() {
             if (value == 0 && !NONE_AT_ZERO.contains(&name)) || value > max {

@@ -26,6 +26,9 @@ pub enum Stream {
     Stdout,
     /// The guest's stderr.
     Stderr,
+    /// The gateway's access line of one HTTP request to an HTTP app
+    /// (`crate::http::stats::access_line`), in the app's log.
+    Access,
 }
 
 /// One line a guest printed.
@@ -75,6 +78,16 @@ pub enum EventKind {
         reason: String,
         /// The connection's id.
         connection: u64,
+    },
+    /// A request of a `wasi:http/proxy` app (one instance per request)
+    /// trapped its instance: that request got `500`, no other.
+    RequestTrapped {
+        /// The category (`cpu-budget`, `wall-clock`, `memory-limit`, `guest`).
+        cause: &'static str,
+        /// What happened, with the guest's wasm backtrace.
+        reason: String,
+        /// The request: method and path.
+        request: String,
     },
     /// Instantiation failed (the instance will be retried; for a
     /// `conn-handler-sync` app, the connection it was for is closed).
@@ -148,6 +161,15 @@ impl std::fmt::Display for EventKind {
                 f,
                 "connection {connection} trapped its instance ({cause}), closing that \
                  connection only: {reason}"
+            ),
+            EventKind::RequestTrapped {
+                cause,
+                reason,
+                request,
+            } => write!(
+                f,
+                "request {request} trapped its instance ({cause}), answered 500, no other \
+                 request affected: {reason}"
             ),
             EventKind::InstanceFailed { reason } => write!(f, "instantiation failed: {reason}"),
             EventKind::Backoff { delay_ms } => {
@@ -241,6 +263,9 @@ impl AppLog {
                 }
                 Stream::Stderr => {
                     tracing::warn!(target: "sockgate::guest", app = %self.app, instance, "{text}")
+                }
+                Stream::Access => {
+                    tracing::info!(target: "sockgate::access", app = %self.app, "{text}")
                 }
             }
         }

@@ -11,6 +11,7 @@ mod deploy;
 mod echo;
 mod go_panic;
 mod guest_steps;
+mod http_apps;
 mod http_hello;
 mod limits;
 mod new_project;

@@ -16,7 +16,7 @@ use crate::support::{ScratchDir, TestApp};
 use crate::tls_support::{TlsGateway, WAIT, client_config, connect, dev_ca_root};
 
 /// The ALPN protocol of apps that declare none.
-const DEFAULT_ALPN: &str = "sockgate";
+pub const DEFAULT_ALPN: &str = "sockgate";
 /// Stream error code of a stream the gateway refused (a limit).
 const STREAM_REFUSED: u32 = 0x5301;
 
@@ -319,13 +319,28 @@ async fn unknown_names_and_foreign_protocols_are_refused_with_tls_alerts() {
         echo_stream(&conn, b"still here".to_vec()).await,
         b"still here"
     );
-    // Datagrams and unidirectional streams are not offered.
+    // Datagrams are not offered. Unidirectional streams are allowed (HTTP/3
+    // needs 3), but a raw app's connection that opens one is closed.
     assert_eq!(conn.max_datagram_size(), None, "datagrams were offered");
-    let mut open_uni = std::pin::pin!(conn.open_uni());
-    assert!(
-        futures::poll!(&mut open_uni).is_pending(),
-        "the gateway granted unidirectional streams"
-    );
+    let mut uni = tokio::time::timeout(WAIT, conn.open_uni())
+        .await
+        .expect("no unidirectional stream credit")
+        .unwrap();
+    let _ = uni.write_all(b"a stream no guest would see").await;
+    let _ = uni.finish();
+    let closed = tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("the connection was not closed");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code,
+                quinn::VarInt::from_u32(0x5313),
+                "{close:?}"
+            )
+        }
+        other => panic!("closed otherwise: {other}"),
+    }
 }
 
 #[tokio::test]

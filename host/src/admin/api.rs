@@ -272,6 +272,7 @@ fn line_json(line: &LogLine) -> String {
         stream: match line.stream {
             Stream::Stdout => "stdout".into(),
             Stream::Stderr => "stderr".into(),
+            Stream::Access => "access".into(),
         },
         text: line.text.clone(),
     };

@@ -142,6 +142,25 @@ pub async fn render(gateway: &Gateway) -> Response<Body> {
         "When each served TLS name's certificate expires (Unix seconds).",
         expiries,
     );
+    // HTTP apps: requests by protocol and status, and their durations.
+    let mut requests = Vec::new();
+    let mut durations = String::new();
+    for app in &apps {
+        if let Some(http) = gateway
+            .app(&app.name)
+            .as_deref()
+            .and_then(|a| a.http().cloned())
+        {
+            requests.extend(http.stats().request_rows(&app.name));
+            durations.push_str(&http.stats().duration_lines(&app.name));
+        }
+    }
+    section(
+        crate::http::stats::REQUESTS_METRIC,
+        "counter",
+        "HTTP requests to HTTP apps, by protocol (h1, h2, h3) and status code.",
+        requests,
+    );
     let (hits, misses) = gateway.cache_stats();
     section(
         "sockgate_compile_cache_total",
@@ -152,5 +171,10 @@ pub async fn render(gateway: &Gateway) -> Response<Body> {
             ("result=\"miss\"".into(), misses),
         ],
     );
+    let name = crate::http::stats::DURATION_METRIC;
+    lines.push(format!(
+        "# HELP {name} HTTP requests to HTTP apps, from the request head to the end of the \
+         response body.\n# TYPE {name} histogram\n{durations}"
+    ));
     respond(StatusCode::OK, "text/plain; version=0.0.4", lines.concat())
 }

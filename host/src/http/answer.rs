@@ -37,7 +37,9 @@ pub fn text(status: StatusCode, text: &str) -> Response<Body> {
 
 /// A body holding `bytes`.
 pub fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An empty body.
@@ -51,9 +53,7 @@ pub fn rejection(rejection: &Rejection) -> Response<Body> {
         Rejection::BadRequest(why) => text(StatusCode::BAD_REQUEST, &format!("bad request: {why}")),
         Rejection::Misdirected { host } => text(
             StatusCode::MISDIRECTED_REQUEST,
-            &format!(
-                "{host} is not served on this connection: open a new connection for {host}"
-            ),
+            &format!("{host} is not served on this connection: open a new connection for {host}"),
         ),
         Rejection::TooLarge { declared, limit } => text(
             StatusCode::PAYLOAD_TOO_LARGE,

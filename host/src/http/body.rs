@@ -163,8 +163,8 @@ impl Drop for Metered {
         // A body that ended has reported already (`end` runs once); one
         // with nothing left to send (an empty body, never polled) is
         // complete.
-        let note = (!self.inner.is_end_stream())
-            .then(|| "the response body was abandoned".to_owned());
+        let note =
+            (!self.inner.is_end_stream()).then(|| "the response body was abandoned".to_owned());
         self.end(note);
     }
 }
@@ -190,8 +190,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_metered_body_reports_once_with_its_bytes() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = |seen: &Arc<Mutex<Vec<(u64, Option<String>)>>>| -> OnEnd {
+        type Seen = Arc<Mutex<Vec<(u64, Option<String>)>>>;
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+        let record = |seen: &Seen| -> OnEnd {
             let seen = seen.clone();
             Box::new(move |bytes, note| seen.lock().unwrap().push((bytes, note)))
         };

@@ -95,11 +95,9 @@ impl Front {
         let timeout = self.limits.request_timeout();
         parts.extensions.insert(Deadline(started + timeout));
         let body = Limited::new(body, self.limits.max_body_bytes()).boxed_unsync();
-        let served = tokio::time::timeout(
-            timeout,
-            self.origin.serve(Request::from_parts(parts, body)),
-        )
-        .await;
+        let served =
+            tokio::time::timeout(timeout, self.origin.serve(Request::from_parts(parts, body)))
+                .await;
         let (mut response, note) = match served {
             Ok(Ok(response)) => (response, None),
             Ok(Err(refusal)) => {

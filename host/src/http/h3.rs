@@ -34,6 +34,7 @@ pub const ALPN_H3: &str = "h3";
 pub async fn serve(
     conn: quinn::Connection,
     front: Arc<Front>,
+    record: Arc<crate::conns::ActiveConn>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
     let limits = *front.limits();
@@ -54,6 +55,9 @@ pub async fn serve(
         };
         match accepted {
             Ok(Some(resolver)) => {
+                // A request is activity: the idle timeout does not close a
+                // connection that keeps asking.
+                record.received(0);
                 let front = front.clone();
                 tokio::spawn(async move {
                     match resolver.resolve_request().await {
@@ -90,7 +94,13 @@ async fn exchange(
 ) -> Result<(), BoxError> {
     let (mut send, recv) = stream.split();
     let head = request.method() == Method::HEAD;
-    let mut request = request.map(|()| RecvBody { stream: recv, data_done: false }.boxed_unsync());
+    let mut request = request.map(|()| {
+        RecvBody {
+            stream: recv,
+            data_done: false,
+        }
+        .boxed_unsync()
+    });
     *request.version_mut() = Version::HTTP_3;
     let response = front.serve(request).await;
     let (mut parts, mut body) = response.into_parts();
@@ -99,7 +109,8 @@ async fn exchange(
     {
         parts.headers.insert(DATE, date);
     }
-    send.send_response(http::Response::from_parts(parts, ())).await?;
+    send.send_response(http::Response::from_parts(parts, ()))
+        .await?;
     if !head {
         while let Some(frame) = body.frame().await {
             let frame = match frame {

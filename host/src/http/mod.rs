@@ -33,6 +33,7 @@ pub mod answer;
 pub mod body;
 pub mod front;
 pub mod h3;
+pub mod io;
 pub mod limits;
 pub mod request;
 pub mod server;

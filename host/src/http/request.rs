@@ -67,10 +67,7 @@ pub fn prepare(
         ));
     }
     let authority = authority_of(parts, conn)?;
-    let host = authority
-        .host()
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
+    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
     if let Some(server_name) = &conn.server_name
         && host != *server_name
         && !serves_host(&host)
@@ -161,7 +158,9 @@ fn authority_of(parts: &http::request::Parts, conn: &ConnMeta) -> Result<Authori
         ));
     }
     if authority.host().is_empty() {
-        return Err(Rejection::BadRequest("the request names an empty host".into()));
+        return Err(Rejection::BadRequest(
+            "the request names an empty host".into(),
+        ));
     }
     Ok(authority)
 }
@@ -277,7 +276,9 @@ mod tests {
             })
         );
         // The app's custom domain on a connection made for its base name.
-        let custom = http::Request::get("https://api.acme.test/").body(()).unwrap();
+        let custom = http::Request::get("https://api.acme.test/")
+            .body(())
+            .unwrap();
         assert!(prepared(custom, &tls(Protocol::Http2)).is_ok());
         // Cleartext connections are the app's by their port: any host.
         let any = http::Request::get("/").header(HOST, "other.example.org");

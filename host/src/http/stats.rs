@@ -163,9 +163,15 @@ mod tests {
         );
         assert_eq!(stats.by_protocol()[1], (Protocol::Http2, 2));
         let lines = stats.duration_lines("api");
-        assert!(lines.contains(&format!("{DURATION_METRIC}_bucket{{app=\"api\",le=\"0.005\"}} 1")));
-        assert!(lines.contains(&format!("{DURATION_METRIC}_bucket{{app=\"api\",le=\"30\"}} 2")));
-        assert!(lines.contains(&format!("{DURATION_METRIC}_bucket{{app=\"api\",le=\"+Inf\"}} 3")));
+        assert!(lines.contains(&format!(
+            "{DURATION_METRIC}_bucket{{app=\"api\",le=\"0.005\"}} 1"
+        )));
+        assert!(lines.contains(&format!(
+            "{DURATION_METRIC}_bucket{{app=\"api\",le=\"30\"}} 2"
+        )));
+        assert!(lines.contains(&format!(
+            "{DURATION_METRIC}_bucket{{app=\"api\",le=\"+Inf\"}} 3"
+        )));
         assert!(lines.contains(&format!("{DURATION_METRIC}_count{{app=\"api\"}} 3")));
     }
 

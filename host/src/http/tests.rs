@@ -76,11 +76,7 @@ fn limits() -> HttpLimits {
 
 /// A connection to `origin` as the TLS listener would make it for
 /// `api.example.org` (or, `server_name` `None`, the app's cleartext port).
-fn connect(
-    origin: Arc<Echo>,
-    mode: Mode,
-    server_name: Option<&str>,
-) -> tokio::io::DuplexStream {
+fn connect(origin: Arc<Echo>, mode: Mode, server_name: Option<&str>) -> tokio::io::DuplexStream {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let conn = ConnMeta {
         peer: "203.0.113.7:51234".parse().unwrap(),
@@ -106,9 +102,10 @@ async fn h1_client(io: tokio::io::DuplexStream) -> hyper::client::conn::http1::S
 }
 
 async fn h2_client(io: tokio::io::DuplexStream) -> hyper::client::conn::http2::SendRequest<Body> {
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-        .await
-        .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     sender
 }
@@ -139,7 +136,12 @@ async fn recorded(origin: &Echo, n: usize) -> Vec<Exchange> {
 #[tokio::test]
 async fn an_http1_request_arrives_normalised_and_its_answer_advertises_h3() {
     let origin = Arc::new(Echo::default());
-    let mut client = h1_client(connect(origin.clone(), Mode::Http1, Some("api.example.org"))).await;
+    let mut client = h1_client(connect(
+        origin.clone(),
+        Mode::Http1,
+        Some("api.example.org"),
+    ))
+    .await;
     let request = http::Request::get("/x?y=1")
         .header(HOST, "api.example.org")
         .header(CLIENT_ADDR_HEADER, "10.0.0.1:1")
@@ -159,13 +161,21 @@ async fn an_http1_request_arrives_normalised_and_its_answer_advertises_h3() {
         (exchange.status, exchange.protocol, exchange.path.as_str()),
         (200, Protocol::Http1, "/x?y=1")
     );
-    assert!(exchange.bytes > 0 && exchange.note.is_none(), "{exchange:?}");
+    assert!(
+        exchange.bytes > 0 && exchange.note.is_none(),
+        "{exchange:?}"
+    );
 }
 
 #[tokio::test]
 async fn http2_gets_421_for_another_apps_authority_and_serves_its_own() {
     let origin = Arc::new(Echo::default());
-    let mut client = h2_client(connect(origin.clone(), Mode::Http2, Some("api.example.org"))).await;
+    let mut client = h2_client(connect(
+        origin.clone(),
+        Mode::Http2,
+        Some("api.example.org"),
+    ))
+    .await;
     let foreign = http::Request::get("https://other.example.org/")
         .body(body(b""))
         .unwrap();
@@ -181,7 +191,11 @@ async fn http2_gets_421_for_another_apps_authority_and_serves_its_own() {
     let exchanges = recorded(&origin, 2).await;
     assert_eq!(exchanges[0].protocol, Protocol::Http2);
     assert!(
-        exchanges[0].note.as_deref().unwrap().contains("misdirected"),
+        exchanges[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("misdirected"),
         "{:?}",
         exchanges[0]
     );
@@ -190,7 +204,12 @@ async fn http2_gets_421_for_another_apps_authority_and_serves_its_own() {
 #[tokio::test]
 async fn the_gateway_answers_for_slow_busy_and_failed_origins() {
     let origin = Arc::new(Echo::default());
-    let mut client = h2_client(connect(origin.clone(), Mode::Http2, Some("api.example.org"))).await;
+    let mut client = h2_client(connect(
+        origin.clone(),
+        Mode::Http2,
+        Some("api.example.org"),
+    ))
+    .await;
     for (path, status, note) in [
         ("/slow", 504, "limits.http_request_timeout_ms"),
         ("/busy", 503, "every instance is full"),
@@ -201,7 +220,10 @@ async fn the_gateway_answers_for_slow_busy_and_failed_origins() {
             .unwrap();
         let (got, seen) = text(client.send_request(request).await.unwrap()).await;
         assert_eq!(got, status, "{path}: {seen}");
-        assert!(!seen.contains(note), "{path}: the client must not see {note:?}");
+        assert!(
+            !seen.contains(note),
+            "{path}: the client must not see {note:?}"
+        );
     }
     let exchanges = recorded(&origin, 3).await;
     for (exchange, note) in exchanges.iter().zip([
@@ -219,16 +241,29 @@ async fn the_gateway_answers_for_slow_busy_and_failed_origins() {
 #[tokio::test]
 async fn bodies_over_the_cap_are_refused_or_cut() {
     let origin = Arc::new(Echo::default());
-    let mut client = h1_client(connect(origin.clone(), Mode::Http1, Some("api.example.org"))).await;
+    let mut client = h1_client(connect(
+        origin.clone(),
+        Mode::Http1,
+        Some("api.example.org"),
+    ))
+    .await;
     let declared = http::Request::post("/up")
         .header(HOST, "api.example.org")
         .header(CONTENT_LENGTH, "2048")
         .body(answer::full(Bytes::from(vec![b'x'; 2048])))
         .unwrap();
-    assert_eq!(text(client.send_request(declared).await.unwrap()).await.0, 413);
+    assert_eq!(
+        text(client.send_request(declared).await.unwrap()).await.0,
+        413
+    );
 
     // A streamed body of unknown length is cut at the cap.
-    let mut client = h1_client(connect(origin.clone(), Mode::Http1, Some("api.example.org"))).await;
+    let mut client = h1_client(connect(
+        origin.clone(),
+        Mode::Http1,
+        Some("api.example.org"),
+    ))
+    .await;
     let chunks = futures::stream::iter(
         (0..4).map(|_| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(vec![b'y'; 512])))),
     );
@@ -255,7 +290,11 @@ async fn a_cleartext_port_serves_http1_and_h2c_with_plain_uris() {
 
     let mut h2 = h2_client(connect(origin.clone(), Mode::Sniff, None)).await;
     let request = http::Request::get("http://anything.test/b")
-        .body(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync())
+        .body(
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .unwrap();
     let (status, seen) = text(h2.send_request(request).await.unwrap()).await;
     assert_eq!(status, 200);

@@ -383,6 +383,12 @@ impl PreparedTls {
             router: router.clone(),
             default_config: base.build(Vec::new())?,
             challenge_config: base.build(vec![ACME_TLS_ALPN.as_bytes().to_vec()])?,
+            http_config: base.build(
+                crate::http::server::TLS_ALPN
+                    .iter()
+                    .map(|p| p.as_bytes().to_vec())
+                    .collect(),
+            )?,
             app_configs: RwLock::new(HashMap::new()),
             base,
             certs: certs.clone(),
@@ -455,6 +461,8 @@ struct TlsContext {
     default_config: Arc<ServerConfig>,
     /// For TLS-ALPN-01 validation connections.
     challenge_config: Arc<ServerConfig>,
+    /// For HTTP apps (`wasi:http`): ALPN `h2` and `http/1.1`.
+    http_config: Arc<ServerConfig>,
     /// For apps with ALPN protocols, by app name.
     app_configs: RwLock<HashMap<String, Arc<ServerConfig>>>,
     handshake_timeout: Duration,
@@ -463,7 +471,11 @@ struct TlsContext {
 }
 
 impl TlsContext {
-    fn config_for(&self, app: &str) -> Arc<ServerConfig> {
+    fn config_for(&self, app: &App) -> Arc<ServerConfig> {
+        if app.http().is_some() {
+            return self.http_config.clone();
+        }
+        let app = app.name();
         self.app_configs
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -700,7 +712,7 @@ async fn handshake(ctx: &TlsContext, stream: TcpStream) -> Result<Option<(Arc<Ap
         bail!("no certificate for `{name}` yet: refused");
     }
     let tls = start
-        .into_stream(ctx.config_for(app.name()))
+        .into_stream(ctx.config_for(&app))
         .await
         .with_context(|| format!("handshake for `{name}`"))?;
     let alpn = tls

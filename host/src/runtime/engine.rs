@@ -113,6 +113,11 @@ impl Runtime {
         super::name_lookup::add_to_linker(&mut linker)?;
         super::guest_sockets::add_p2_to_linker(&mut linker)?;
         super::guest_sockets::add_p3_to_linker(&mut linker)?;
+        // `wasi:http@0.3.0` (types and client) for `wasi:http/service`
+        // apps; only HTTP apps may import it (`load.rs`).
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add wasi:http 0.3 to the linker")?;
         // `handler` uses the types-only interface `types`, which guests
         // therefore import; it has nothing to provide but must be present.
         linker
@@ -151,6 +156,11 @@ impl PerConnectionRuntime {
             .map_err(anyhow::Error::from)
             .context("cannot add WASI 0.2 to the per-connection linker")?;
         super::guest_sockets::add_p2_to_linker(&mut linker)?;
+        // `wasi:http@0.2` (types and outgoing-handler) for
+        // `wasi:http/proxy` apps, an instance per request from this pool.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add wasi:http 0.2 to the per-connection linker")?;
         // `sync-handler` uses the types-only interface `sync-types`.
         linker
             .instance(super::sync_bindings::SYNC_TYPES_IMPORT)

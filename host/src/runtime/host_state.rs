@@ -27,8 +27,11 @@ use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::sockgate::gateway::types as wit;
+use super::http::hooks::GatewayHooks;
+use super::http::outbound::Outbound;
 use super::instance::{InstanceSettings, wit_info};
 use super::supervisor::GuestLimiter;
 use crate::conn::ReceiveError;
@@ -110,6 +113,11 @@ pub struct HostState {
     /// counted against the app's and the gateway's budgets until dropped
     /// (see `guest_sockets.rs`).
     socket_leases: HashMap<u32, Arc<SocketLease>>,
+    /// `wasi:http`'s state (HTTP apps; unused by others).
+    http: WasiHttpCtx,
+    /// What `wasi:http` asks the gateway: outbound requests go through the
+    /// app's policy (`runtime/http/hooks.rs`).
+    http_hooks: GatewayHooks,
 }
 
 impl HostState {
@@ -175,6 +183,12 @@ impl HostState {
             account: settings.account.clone(),
             tracker: settings.tracker.clone(),
             socket_leases: HashMap::new(),
+            http: WasiHttpCtx::new(),
+            http_hooks: GatewayHooks::new(Outbound {
+                policy: settings.policy.clone(),
+                log: settings.log.clone(),
+                instance,
+            }),
         }
     }
 
@@ -242,6 +256,22 @@ impl super::bindings::sockgate::gateway::connection::Host for HostState {
                 ReceiveError::Aborted(why) => wit::RxError::Aborted(why),
             }))
     }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+/// The `wasi:http` view of a store's data, as a function pointer (what
+/// `wasmtime-wasi-http`'s response and body plumbing takes).
+pub fn http_view(state: &mut HostState) -> WasiHttpCtxView<'_> {
+    state.http()
 }
 
 impl WasiView for HostState {

@@ -19,7 +19,10 @@ use super::Runtime;
 use super::bindings::{CONNECTION_IMPORT, ConnHandlerPre, HANDLER_EXPORT, TYPES_IMPORT};
 use super::cache::CacheOutcome;
 use super::host_state::HostState;
+use super::http::{self, Detected, HttpPre, HttpWorld};
 use super::sync_bindings::{ConnHandlerSyncPre, SYNC_HANDLER_EXPORT, SYNC_TYPES_IMPORT};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 /// WASI packages whose interfaces the linker provides (0.2 and 0.3).
 const PROVIDED_PACKAGES: &[&str] = &[
@@ -46,6 +49,14 @@ pub enum World {
     /// `conn-handler-sync` (wit/sync/): WASI 0.2, a synchronous export
     /// called once on an instance created for each connection.
     ConnHandlerSync,
+    /// `wasi:http/service` (WASI 0.3, export `wasi:http/handler@0.3.x`):
+    /// an HTTP app whose requests are served concurrently on long-lived
+    /// instances (`runtime::http::service`).
+    HttpService,
+    /// `wasi:http/proxy` (WASI 0.2, export
+    /// `wasi:http/incoming-handler@0.2.x`): an HTTP app with an instance
+    /// per request (`runtime::http::proxy`).
+    HttpProxy,
 }
 
 impl World {
@@ -54,7 +65,15 @@ impl World {
         match self {
             World::ConnHandler => "conn-handler",
             World::ConnHandlerSync => "conn-handler-sync",
+            World::HttpService => "wasi:http/service",
+            World::HttpProxy => "wasi:http/proxy",
         }
+    }
+
+    /// Whether the world is an HTTP one: the gateway speaks HTTP for the
+    /// app (hyper, h3) and hands it requests, not connections.
+    pub fn is_http(self) -> bool {
+        matches!(self, World::HttpService | World::HttpProxy)
     }
 }
 
@@ -65,6 +84,8 @@ pub enum GuestPre {
     Shared(ConnHandlerPre<HostState>),
     /// A `conn-handler-sync` component: one instance per connection.
     PerConnection(ConnHandlerSyncPre<HostState>),
+    /// A `wasi:http` component (either world).
+    Http(HttpPre<HostState>),
 }
 
 impl GuestPre {
@@ -73,6 +94,10 @@ impl GuestPre {
         match self {
             GuestPre::Shared(_) => World::ConnHandler,
             GuestPre::PerConnection(_) => World::ConnHandlerSync,
+            GuestPre::Http(pre) => match pre.world() {
+                HttpWorld::Service => World::HttpService,
+                HttpWorld::Proxy => World::HttpProxy,
+            },
         }
     }
 }
@@ -134,13 +159,25 @@ pub enum LoadError {
          (world `conn-handler`, wit/gateway.wit) nor `{SYNC_HANDLER_EXPORT}` (world \
          `conn-handler-sync`, wit/sync/conn-handler-sync.wit) (it exports: {exports}); \
          implement `handler.handle` from the gateway's wit/gateway.wit, or \
-         `sync-handler.handle` for WASI 0.2 toolchains"
+         `sync-handler.handle` for WASI 0.2 toolchains; an HTTP app exports \
+         `wasi:http/handler@0.3.x` (world `wasi:http/service`) or \
+         `wasi:http/incoming-handler@0.2.x` (world `wasi:http/proxy`)"
     )]
     MissingExport {
         /// The file.
         path: PathBuf,
         /// What it exports instead, comma-separated.
         exports: String,
+    },
+    /// A `wasi:http` component built against a release candidate of WASI
+    /// 0.3, which does not link with the final version.
+    #[error("{path}: {why}")]
+    ReleaseCandidate {
+        /// The file.
+        path: PathBuf,
+        /// The version found and the toolchains that build 0.3.0
+        /// ([`crate::runtime::http::rc_refusal`]).
+        why: String,
     },
     /// The handler export exists but has the wrong shape.
     #[error(
@@ -161,7 +198,8 @@ pub enum LoadError {
     #[error(
         "{path} imports interfaces the gateway does not provide: {imports}; a guest may \
          import only what the `{world}` world lists (wasi:sockets, wasi:clocks, \
-         wasi:random, wasi:cli stdout/stderr) and the WASI 0.2 interfaces of its toolchain"
+         wasi:random, wasi:cli stdout/stderr, and wasi:http for HTTP apps) and the WASI 0.2 \
+         interfaces of its toolchain"
     )]
     UnsupportedImports {
         /// The file.
@@ -216,6 +254,23 @@ pub fn load_component_bytes(
     // compiled once, for the engine that will run it. A component the
     // parser cannot read goes to the main engine, whose compiler explains.
     let world = match top_level_exports(bytes) {
+        Ok(exports)
+            if !exports
+                .iter()
+                .any(|e| e == HANDLER_EXPORT || e == SYNC_HANDLER_EXPORT) =>
+        {
+            match http::detect(&exports) {
+                Detected::Http(HttpWorld::Service, _) => World::HttpService,
+                Detected::Http(HttpWorld::Proxy, _) => World::HttpProxy,
+                Detected::ReleaseCandidate(export) => {
+                    return Err(LoadError::ReleaseCandidate {
+                        path,
+                        why: http::rc_refusal(&export),
+                    });
+                }
+                Detected::NotHttp => World::ConnHandler,
+            }
+        }
         Ok(exports) if exports.iter().any(|e| e == SYNC_HANDLER_EXPORT) => {
             if exports.iter().any(|e| e == HANDLER_EXPORT) {
                 World::ConnHandler
@@ -226,8 +281,11 @@ pub fn load_component_bytes(
         _ => World::ConnHandler,
     };
     match world {
-        World::ConnHandler => load_shared(runtime, path, bytes),
-        World::ConnHandlerSync => load_per_connection(runtime, path, bytes),
+        World::ConnHandler => load_shared(runtime, path, bytes, world),
+        World::ConnHandlerSync | World::HttpProxy => {
+            load_per_connection(runtime, path, bytes, world)
+        }
+        World::HttpService => load_shared(runtime, path, bytes, world),
     }
 }
 
@@ -237,6 +295,7 @@ fn load_shared(
     runtime: &Runtime,
     path: PathBuf,
     bytes: &[u8],
+    world: World,
 ) -> Result<LoadedComponent, LoadError> {
     let started = Instant::now();
     let (component, cache) = runtime
@@ -249,24 +308,35 @@ fn load_shared(
     let load_time = started.elapsed();
 
     let engine = &runtime.engine;
-    check_exports_and_imports(engine, &component, &path, World::ConnHandler)?;
+    check_exports_and_imports(engine, &component, &path, world)?;
     let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|err| {
         LoadError::UnsupportedImports {
             path: path.clone(),
-            world: World::ConnHandler.name(),
+            world: world.name(),
             imports: format!("{err:#}"),
         }
     })?;
-    let pre = ConnHandlerPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
-        path: path.clone(),
-        export: HANDLER_EXPORT,
-        wit: "wit/gateway.wit",
-        reason: format!("{err:#}"),
-    })?;
+    let pre = if world == World::HttpService {
+        let pre = ServicePre::new(instance_pre).map_err(|err| LoadError::WrongExport {
+            path: path.clone(),
+            export: "wasi:http/handler@0.3.0",
+            wit: "WASI 0.3.0's wasi:http (world wasi:http/service)",
+            reason: format!("{err:#}"),
+        })?;
+        GuestPre::Http(HttpPre::Service(pre))
+    } else {
+        let pre = ConnHandlerPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
+            path: path.clone(),
+            export: HANDLER_EXPORT,
+            wit: "wit/gateway.wit",
+            reason: format!("{err:#}"),
+        })?;
+        GuestPre::Shared(pre)
+    };
     Ok(LoadedComponent {
         component,
-        pre: GuestPre::Shared(pre),
-        world: World::ConnHandler,
+        pre,
+        world,
         cache,
         size: bytes.len(),
         load_time,
@@ -279,6 +349,7 @@ fn load_per_connection(
     runtime: &Runtime,
     path: PathBuf,
     bytes: &[u8],
+    world: World,
 ) -> Result<LoadedComponent, LoadError> {
     let invalid = |err: anyhow::Error| LoadError::Invalid {
         path: path.clone(),
@@ -293,25 +364,36 @@ fn load_per_connection(
     let load_time = started.elapsed();
 
     let engine = &per_connection.engine;
-    check_exports_and_imports(engine, &component, &path, World::ConnHandlerSync)?;
+    check_exports_and_imports(engine, &component, &path, world)?;
     let instance_pre = per_connection
         .linker
         .instantiate_pre(&component)
         .map_err(|err| LoadError::UnsupportedImports {
             path: path.clone(),
-            world: World::ConnHandlerSync.name(),
+            world: world.name(),
             imports: format!("{err:#}"),
         })?;
-    let pre = ConnHandlerSyncPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
-        path: path.clone(),
-        export: SYNC_HANDLER_EXPORT,
-        wit: "wit/sync/conn-handler-sync.wit",
-        reason: format!("{err:#}"),
-    })?;
+    let pre = if world == World::HttpProxy {
+        let pre = ProxyPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
+            path: path.clone(),
+            export: "wasi:http/incoming-handler@0.2.x",
+            wit: "WASI 0.2's wasi:http (world wasi:http/proxy)",
+            reason: format!("{err:#}"),
+        })?;
+        GuestPre::Http(HttpPre::Proxy(pre))
+    } else {
+        let pre = ConnHandlerSyncPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
+            path: path.clone(),
+            export: SYNC_HANDLER_EXPORT,
+            wit: "wit/sync/conn-handler-sync.wit",
+            reason: format!("{err:#}"),
+        })?;
+        GuestPre::PerConnection(pre)
+    };
     Ok(LoadedComponent {
         component,
-        pre: GuestPre::PerConnection(pre),
-        world: World::ConnHandlerSync,
+        pre,
+        world,
         cache,
         size: bytes.len(),
         load_time,
@@ -327,11 +409,15 @@ fn check_exports_and_imports(
     world: World,
 ) -> Result<(), LoadError> {
     let ty = component.component_type();
+    // An HTTP world was detected by its export already.
     let export = match world {
-        World::ConnHandler => HANDLER_EXPORT,
-        World::ConnHandlerSync => SYNC_HANDLER_EXPORT,
+        World::ConnHandler => Some(HANDLER_EXPORT),
+        World::ConnHandlerSync => Some(SYNC_HANDLER_EXPORT),
+        World::HttpService | World::HttpProxy => None,
     };
-    if ty.get_export(engine, export).is_none() {
+    if let Some(export) = export
+        && ty.get_export(engine, export).is_none()
+    {
         let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
         let exports = if exports.is_empty() {
             "nothing".to_owned()
@@ -386,8 +472,11 @@ fn is_provided(import: &str, world: World) -> bool {
     let own = match world {
         World::ConnHandler => PROVIDED_INTERFACES,
         World::ConnHandlerSync => PROVIDED_SYNC_INTERFACES,
+        World::HttpService | World::HttpProxy => &[],
     };
-    PROVIDED_PACKAGES.contains(&package) || own.contains(&import)
+    PROVIDED_PACKAGES.contains(&package)
+        || own.contains(&import)
+        || (world.is_http() && package == http::HTTP_PACKAGE)
 }
 
 #[cfg(test)]
@@ -408,5 +497,12 @@ mod tests {
         assert!(is_provided("sockgate:gateway/sync-types@0.1.0", w));
         assert!(is_provided("wasi:io/streams@0.2.12", w));
         assert!(!is_provided("sockgate:gateway/connection@0.1.0", w));
+        assert!(!is_provided("wasi:http/types@0.2.12", w));
+        assert!(is_provided("wasi:http/types@0.2.12", World::HttpProxy));
+        assert!(is_provided("wasi:http/client@0.3.0", World::HttpService));
+        assert!(!is_provided(
+            "sockgate:gateway/types@0.1.0",
+            World::HttpService
+        ));
     }
 }

@@ -8,10 +8,13 @@
 //! protocols in its `alpn` list, or [`DEFAULT_ALPN`] when it declares none.
 //! Each bidirectional stream the client opens becomes one guest `handle`
 //! call (transport `quic`, with the QUIC connection's gateway-wide id and
-//! the stream id in its info). Unidirectional streams and datagrams are
-//! refused by the transport parameters (a limit of zero streams, no
-//! datagram support), so a client cannot send data the guest would never
-//! see.
+//! the stream id in its info). Datagrams are refused by the transport
+//! parameters; a client may open the 3 unidirectional streams HTTP/3
+//! needs (transport parameters are fixed before the app is known), and a
+//! connection that is not HTTP/3 is closed as soon as it opens one
+//! ([`connection_codes::UNI_STREAM_REFUSED`]), so a client cannot send data
+//! the guest would never see. An HTTP app (`wasi:http`) accepts ALPN `h3`
+//! and gets the whole connection (`crate::http::h3`).
 //!
 //! ```toml
 //! [quic]                      # on by default with [tls]
@@ -90,6 +93,13 @@ pub mod connection_codes {
     /// read ahead (malformed, or over 16 KiB), negotiated on the union of
     /// all apps' protocols.
     pub const ALPN_NOT_ACCEPTED: u32 = 0x5312;
+    /// The client opened a unidirectional stream on a connection that is
+    /// not HTTP/3: only HTTP/3 uses them (the endpoint allows the three
+    /// its control and QPACK streams need), no guest ever sees one.
+    pub const UNI_STREAM_REFUSED: u32 = 0x5313;
+    /// The app refused the connection at one of its limits (an HTTP/3
+    /// connection counts as one connection of its app).
+    pub const REFUSED: u32 = 0x5314;
 }
 
 /// When unvalidated clients are sent a stateless Retry first.
@@ -245,7 +255,11 @@ impl PreparedQuic {
             .max_concurrent_bidi_streams(VarInt::from_u32(
                 crate::limits::AppLimits::default().quic_streams_per_connection,
             ))
-            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            // HTTP/3 needs 3 (RFC 9114 §6.2: control, QPACK encoder and
+            // decoder). Transport parameters are fixed before the app is
+            // known, so every connection may open 3; a connection that is
+            // not HTTP/3 is closed when it opens one (`serve_connection`).
+            .max_concurrent_uni_streams(VarInt::from_u32(3))
             .datagram_receive_buffer_size(None)
             .stream_receive_window(kib(self.settings.stream_window_kb))
             .receive_window(VarInt::from_u64(INITIAL_RECEIVE_WINDOW).unwrap_or(VarInt::MAX))
@@ -376,6 +390,14 @@ impl Quic {
     /// offers them to new handshakes.
     pub fn add_app(&self, app: &AppConfig) -> Result<()> {
         self.ctx.protocols.set(&app.name, &app.alpn);
+        self.crypto.refresh()
+    }
+
+    /// Serves HTTP app `app` over QUIC: it accepts ALPN `h3` only.
+    pub fn serve_http(&self, app: &str) -> Result<()> {
+        self.ctx
+            .protocols
+            .set(app, &[crate::http::h3::ALPN_H3.to_owned()]);
         self.crypto.refresh()
     }
 
@@ -552,11 +574,55 @@ async fn serve_connection(
     }
     let quic_id = next_conn_id();
     let local = SocketAddr::new(local_ip.unwrap_or(ctx.local.ip()), ctx.local.port());
+    if alpn == crate::http::h3::ALPN_H3
+        && let Some(app) = ctx.router.get(&app_name).filter(|app| app.http().is_some())
+    {
+        // HTTP/3: the app's HTTP side takes the whole connection (its
+        // control and QPACK streams, a request per bidirectional stream),
+        // counted as one connection of the app. The slot is held until
+        // the connection is closed.
+        let closing = conn.clone();
+        let info = ConnInfo {
+            id: quic_id,
+            transport: Transport::Quic,
+            peer,
+            local,
+            server_name: Some(server_name),
+            alpn: Some(alpn),
+            quic: None,
+        };
+        let closer: crate::conns::Closer = Box::new(move || {
+            closing.close(VarInt::from_u32(0), b"closed by the gateway");
+        });
+        let held = conn.clone();
+        if app.dispatch_h3(conn, info, closer).is_err() {
+            close(
+                &held,
+                connection_codes::REFUSED,
+                "refused at the app's connection limits",
+            );
+        }
+        held.closed().await;
+        drop(slot);
+        return;
+    }
     loop {
-        let (send, recv) = match conn.accept_bi().await {
-            Ok(pair) => pair,
-            Err(err) => {
-                tracing::debug!("quic: {peer}: connection ended: {err}");
+        let (send, recv) = tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::debug!("quic: {peer}: connection ended: {err}");
+                    return;
+                }
+            },
+            uni = conn.accept_uni() => {
+                if uni.is_ok() {
+                    close(
+                        &conn,
+                        connection_codes::UNI_STREAM_REFUSED,
+                        "unidirectional streams are not served (only HTTP/3 uses them)",
+                    );
+                }
                 return;
             }
         };

@@ -32,6 +32,7 @@ pub mod hooks;
 pub mod outbound;
 pub mod proxy;
 pub mod service;
+pub mod serving;
 
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
@@ -163,10 +164,7 @@ mod detect_tests {
         );
         assert_eq!(
             detect(&names(&["wasi:http/incoming-handler@0.2.4"])),
-            Detected::Http(
-                HttpWorld::Proxy,
-                "wasi:http/incoming-handler@0.2.4".into()
-            )
+            Detected::Http(HttpWorld::Proxy, "wasi:http/incoming-handler@0.2.4".into())
         );
         // Both: WASI 0.3 wins.
         assert_eq!(
@@ -177,7 +175,10 @@ mod detect_tests {
             Detected::Http(HttpWorld::Service, "wasi:http/handler@0.3.2".into())
         );
         assert_eq!(
-            detect(&names(&["sockgate:gateway/handler@0.1.0", "wasi:cli/run@0.2.0"])),
+            detect(&names(&[
+                "sockgate:gateway/handler@0.1.0",
+                "wasi:cli/run@0.2.0"
+            ])),
             Detected::NotHttp
         );
     }
@@ -185,10 +186,7 @@ mod detect_tests {
     #[test]
     fn release_candidates_are_recognised() {
         let rc = "wasi:http/handler@0.3.0-rc-2026-03-15";
-        assert_eq!(
-            detect(&names(&[rc])),
-            Detected::ReleaseCandidate(rc.into())
-        );
+        assert_eq!(detect(&names(&[rc])), Detected::ReleaseCandidate(rc.into()));
         assert_eq!(
             detect(&names(&["wasi:http/incoming-handler@0.2.0-rc-2023-12-05"])),
             Detected::ReleaseCandidate("wasi:http/incoming-handler@0.2.0-rc-2023-12-05".into())
@@ -196,10 +194,7 @@ mod detect_tests {
         // A final version beside a candidate is served.
         assert_eq!(
             detect(&names(&[rc, "wasi:http/incoming-handler@0.2.0"])),
-            Detected::Http(
-                HttpWorld::Proxy,
-                "wasi:http/incoming-handler@0.2.0".into()
-            )
+            Detected::Http(HttpWorld::Proxy, "wasi:http/incoming-handler@0.2.0".into())
         );
         let text = rc_refusal(rc);
         assert!(text.contains(rc) && text.contains("wasip3") && text.contains("0.3.0"));

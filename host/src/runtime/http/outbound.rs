@@ -315,7 +315,9 @@ async fn tls(
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::from(ip),
-        Err(_) => ServerName::try_from(host.to_owned()).map_err(|_| Error::HttpRequestUriInvalid)?,
+        Err(_) => {
+            ServerName::try_from(host.to_owned()).map_err(|_| Error::HttpRequestUriInvalid)?
+        }
     };
     let connector = tokio_rustls::TlsConnector::from(client_config()?);
     tokio::time::timeout(timeout, connector.connect(name, tcp))

@@ -53,7 +53,10 @@ pub fn start<T: Send + 'static, E: Send + 'static>(
     request: http::Request<WasiBody>,
     waited: impl Fn() + Send + Sync + 'static,
     explain: impl FnOnce(&wasmtime::Error, &T) -> E + Send + 'static,
-) -> (impl Future<Output = ProxyEnd<E>> + Send + 'static, ResponseRx) {
+) -> (
+    impl Future<Output = ProxyEnd<E>> + Send + 'static,
+    ResponseRx,
+) {
     let (tx, rx) = oneshot::channel();
     let run = async move {
         let proxy = match pre.instantiate_async(&mut store).await {

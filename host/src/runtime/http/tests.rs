@@ -198,14 +198,20 @@ fn the_probe_guests_export_their_worlds() {
         .exports(engine)
         .map(|(name, _)| name.to_owned())
         .collect();
-    assert!(matches!(detect(&exports), Detected::Http(HttpWorld::Service, _)));
+    assert!(matches!(
+        detect(&exports),
+        Detected::Http(HttpWorld::Service, _)
+    ));
     let proxy = component("wasi-http-probe-p2");
     let exports: Vec<String> = proxy
         .component_type()
         .exports(engine)
         .map(|(name, _)| name.to_owned())
         .collect();
-    assert!(matches!(detect(&exports), Detected::Http(HttpWorld::Proxy, _)));
+    assert!(matches!(
+        detect(&exports),
+        Detected::Http(HttpWorld::Proxy, _)
+    ));
 }
 
 #[tokio::test]
@@ -215,7 +221,10 @@ async fn one_wasi_03_instance_serves_many_requests_with_shared_state() {
     let second = Duration::from_secs(10);
 
     let info = instance
-        .send(request("GET", "https://api.example.org/info?x=1", b""), second)
+        .send(
+            request("GET", "https://api.example.org/info?x=1", b""),
+            second,
+        )
         .await
         .unwrap();
     let (status, body) = text(info).await;
@@ -223,10 +232,16 @@ async fn one_wasi_03_instance_serves_many_requests_with_shared_state() {
     assert!(body.contains("scheme: https"), "{body}");
     assert!(body.contains("authority: api.example.org"), "{body}");
     assert!(body.contains("path: /info?x=1"), "{body}");
-    assert!(body.contains("header sockgate-client-addr: 203.0.113.7:5"), "{body}");
+    assert!(
+        body.contains("header sockgate-client-addr: 203.0.113.7:5"),
+        "{body}"
+    );
 
     let echo = instance
-        .send(request("POST", "https://api.example.org/echo", b"ping!"), second)
+        .send(
+            request("POST", "https://api.example.org/echo", b"ping!"),
+            second,
+        )
         .await
         .unwrap();
     assert_eq!(text(echo).await, (200, "ping!".into()));
@@ -277,7 +292,10 @@ async fn a_late_request_expires_and_too_many_recycle_the_instance() {
     );
     // The instance goes on serving while one call lingers.
     let hello = instance
-        .send(request("GET", "https://a.test/", b""), Duration::from_secs(5))
+        .send(
+            request("GET", "https://a.test/", b""),
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     assert_eq!(text(hello).await, (200, "hello from p3\n".into()));
@@ -296,7 +314,10 @@ async fn a_late_request_expires_and_too_many_recycle_the_instance() {
         .expect("the instance did not stop taking requests")
         .unwrap()
         .unwrap();
-    assert!(matches!(ended, ServiceEnd::Recycle { lingering: 2 }), "{ended:?}");
+    assert!(
+        matches!(ended, ServiceEnd::Recycle { lingering: 2 }),
+        "{ended:?}"
+    );
 }
 
 #[tokio::test]
@@ -304,7 +325,10 @@ async fn a_trap_ends_the_instance_and_drops_its_requests_answers() {
     let log = Arc::new(AppLog::new("probe"));
     let instance = start_service(OutboundPolicy::default(), &log, 4);
     let trap = instance
-        .send(request("GET", "https://a.test/trap", b""), Duration::from_secs(5))
+        .send(
+            request("GET", "https://a.test/trap", b""),
+            Duration::from_secs(5),
+        )
         .await;
     assert_eq!(trap.unwrap_err(), None, "a trapped request has no answer");
     let err = instance.ended.await.unwrap().unwrap_err();
@@ -319,19 +343,17 @@ async fn outbound_requests_follow_the_policy() {
     tokio::spawn(async move {
         loop {
             let (stream, _) = upstream.accept().await.unwrap();
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(
-                    hyper_util::rt::TokioIo::new(stream),
-                    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
-                        let path = req.uri().path().to_owned();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                Bytes::from(format!("upstream saw {path}")),
-                            )))
-                        }
-                    }),
-                ),
-            );
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_owned();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(format!("upstream saw {path}")),
+                        )))
+                    }
+                }),
+            ));
         }
     });
     let url = format!("http://127.0.0.1:{port}/there");
@@ -370,7 +392,10 @@ async fn outbound_requests_follow_the_policy() {
     let proxy_log = Arc::new(AppLog::new("probe"));
     let allowed = OutboundPolicy::parse(&[format!("127.0.0.1:{port}")]).unwrap();
     let (status, body) = serve_p2(allowed, &proxy_log, request("GET", &fetch, b"")).await;
-    assert_eq!((status, body.as_str()), (200, "upstream 200\nupstream saw /there"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "upstream 200\nupstream saw /there")
+    );
 }
 
 /// Serves one request on a fresh WASI 0.2 instance of the p2 probe.
@@ -387,9 +412,14 @@ async fn serve_p2(
     )
     .unwrap();
     let store = Store::new(&host().engine, state(policy, log));
-    let (run, response) = proxy::start(pre, store, view, request, || {}, |error, _state| {
-        format!("{error:?}")
-    });
+    let (run, response) = proxy::start(
+        pre,
+        store,
+        view,
+        request,
+        || {},
+        |error, _state| format!("{error:?}"),
+    );
     let ended = tokio::spawn(run);
     let result = match response.await {
         Ok(Ok(response)) => text(response).await,
@@ -417,7 +447,12 @@ async fn a_wasi_02_request_gets_an_instance_of_its_own() {
     assert!(body.contains("world: p2"), "{body}");
     assert!(body.contains("scheme: https"), "{body}");
     assert!(body.contains("authority: api.example.org"), "{body}");
-    let echo = serve_p2(policy(), &log, request("POST", "http://x.test/echo", b"hey")).await;
+    let echo = serve_p2(
+        policy(),
+        &log,
+        request("POST", "http://x.test/echo", b"hey"),
+    )
+    .await;
     assert_eq!(echo, (200, "hey".into()));
     // A fresh instance each time.
     for _ in 0..2 {
@@ -427,42 +462,4 @@ async fn a_wasi_02_request_gets_an_instance_of_its_own() {
     let (status, body) = serve_p2(policy(), &log, request("GET", "http://x.test/trap", b"")).await;
     assert_eq!(status, 0);
     assert!(body.starts_with("trapped"), "{body}");
-}
-
-#[tokio::test]
-async fn adhoc_language_guests() {
-    let log = Arc::new(AppLog::new("probe"));
-    // Python, WASI 0.3
-    let component = Component::from_file(&host().engine, "/tmp/py-http.wasm").unwrap();
-    let exports: Vec<String> = component.component_type().exports(&host().engine).map(|(n, _)| n.to_owned()).collect();
-    eprintln!("python exports {exports:?}");
-    let pre = ServicePre::new(host().linker.instantiate_pre(&component).unwrap()).unwrap();
-    let (jobs, mut rx) = mpsc::channel(64);
-    let load = Arc::new(ShardLoad::default());
-    let mut store = Store::new(&host().engine, state(OutboundPolicy::default(), &log));
-    let instance_load = load.clone();
-    let ended = tokio::spawn(async move {
-        let service = pre.instantiate_async(&mut store).await?;
-        let settings = ServiceSettings { drain: Duration::from_secs(5), max_lingering: 4 };
-        store.run_concurrent(async |accessor| serve_jobs(accessor, &service, view, &mut rx, &instance_load, settings).await).await?
-    });
-    let instance = Instance { jobs, load, ended };
-    for _ in 0..3 {
-        let r = instance.send(request("GET", "https://a.test/py?x", b""), Duration::from_secs(10)).await.unwrap();
-        eprintln!("python: {:?}", text(r).await);
-    }
-    // JS, WASI 0.2
-    let component = Component::from_file(&host().engine, "/tmp/js-http.wasm").unwrap();
-    let exports: Vec<String> = component.component_type().exports(&host().engine).map(|(n, _)| n.to_owned()).collect();
-    eprintln!("js exports {exports:?} {:?}", detect(&exports));
-    let pre = ProxyPre::new(host().linker.instantiate_pre(&component).unwrap()).unwrap();
-    for _ in 0..2 {
-        let store = Store::new(&host().engine, state(OutboundPolicy::default(), &log));
-        let t = std::time::Instant::now();
-        let (run, response) = proxy::start(pre.clone(), store, view, request("GET", "https://a.test/js", b""), || {}, |e, _| format!("{e:?}"));
-        let ended = tokio::spawn(run);
-        let r = response.await;
-        match r { Ok(Ok(r)) => eprintln!("js: {:?} in {:?}", text(r).await, t.elapsed()), other => eprintln!("js: {:?}", other.map(|r| r.map(|_| ()))) }
-        match ended.await.unwrap() { ProxyEnd::Served => {}, ProxyEnd::NotStarted(e) => eprintln!("not started {e:?}"), ProxyEnd::Trapped(w) => eprintln!("trapped {w}") }
-    }
 }
