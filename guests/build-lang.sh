@@ -170,7 +170,7 @@ build_sm_http() {
     local name=starlingmonkey-$1 src=starlingmonkey/$1
     local tool
     tool="componentize-js $(sha256sum starlingmonkey/package-lock.json | cut -c1-64)"
-    fresh "$name" "$tool" "$src"/*.js "$src"/wit/*.wit && return
+    fresh "$name" "$tool" "$src"/*.js "$src"/wit/*.wit "$src"/wit/deps/*/*.wit && return
     node starlingmonkey/node_modules/@bytecodealliance/componentize-js/src/cli.js \
         "$src/app.js" -w "$src/wit" -n hello -o "$OUT/$name.wasm.tmp" >/dev/null
     record "$name"

@@ -20,7 +20,7 @@ use crate::conn::Connection;
 use crate::conns::{Admission, AppAccount, ConnTracker, Refused, ShardLoad, admit};
 use crate::logs::{AppLog, EventKind};
 use crate::runtime::host_state::HostState;
-use crate::runtime::http::serving::{HttpApp, HttpSite};
+use crate::runtime::http::serving::{HttpApp, HttpSite, Workers};
 use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings, run_instance};
 use crate::runtime::load::GuestPre;
 use crate::runtime::per_connection::serve_connection;
@@ -48,6 +48,9 @@ enum Serving {
     Http {
         /// The app's version, held by its connections too.
         http: Arc<HttpApp>,
+        /// The version's instances: held here only, so that they drain
+        /// once the version is replaced or removed.
+        _workers: Arc<Workers>,
         /// Dropped with the app (replaced or removed): its connections
         /// then close gracefully, within the drain deadline.
         alive: tokio::sync::watch::Sender<()>,
@@ -99,11 +102,13 @@ impl App {
         let max_connections_per_instance = settings.limits.max_connections_per_instance;
         let settings = Arc::new(settings);
         if let GuestPre::Http(_) = &settings.pre {
+            let (http, workers) = HttpApp::start(name, settings, instances, site);
             return Arc::new(Self {
                 name: name.to_owned(),
                 log,
                 serving: Serving::Http {
-                    http: HttpApp::start(name, settings, instances, site),
+                    http,
+                    _workers: workers,
                     alive: tokio::sync::watch::channel(()).0,
                 },
                 max_connections_per_instance,
@@ -194,7 +199,7 @@ impl App {
         let admission = admit(&self.tracker, &self.account, peer)?;
         let shards = match &self.serving {
             Serving::Shards(shards) => shards,
-            Serving::Http { http, alive } => {
+            Serving::Http { http, alive, .. } => {
                 let assigned = assign(conn, admission, http.connections());
                 http.serve_connection(assigned, alive.subscribe());
                 return Ok(());
@@ -249,7 +254,7 @@ impl App {
         closer: crate::conns::Closer,
     ) -> Result<(), Refused> {
         let peer = info.peer.ip();
-        let Serving::Http { http, alive } = &self.serving else {
+        let Serving::Http { http, alive, .. } = &self.serving else {
             return Err(Refused::InstancesFull);
         };
         let admission = admit(&self.tracker, &self.account, peer)?;

@@ -288,3 +288,338 @@ async fn http_apps_answer_over_http3_and_advertise_it() {
         gw.gateway.stderr.text()
     );
 }
+
+/// Fetches `url` with curl on a blocking thread: status and body.
+async fn curl_async(args: Vec<String>) -> (u16, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let got = curl(&args);
+        (got.status, got.body)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn trapping_and_spinning_http_guests_leave_their_neighbours_alone() {
+    let state = ScratchDir::new("http-apps-traps");
+    let gw = http_gateway(&state, "");
+    let web = gw.gateway.addr("web");
+    let web2 = gw.gateway.addr("web2");
+    let echo = gw.gateway.addr("echo");
+
+    // Attacks, several at once: WASI 0.3 requests that trap and spin (each
+    // ends its instance), WASI 0.2 ones (each ends its own instance).
+    let mut attacks = Vec::new();
+    for _ in 0..3 {
+        for path in ["trap", "spin"] {
+            for addr in [web, web2] {
+                attacks.push(tokio::spawn(curl_async(vec![
+                    "--http1.1".into(),
+                    format!("http://{addr}/{path}"),
+                ])));
+            }
+        }
+    }
+    // Beside them: a slow WASI 0.2 request (an instance of its own) and
+    // the raw neighbour app, whose round trips must stay quick.
+    let slow = tokio::spawn(curl_async(vec![
+        "--http2-prior-knowledge".into(),
+        format!("http://{web2}/sleep?ms=500"),
+    ]));
+    let mut neighbour = tokio::net::TcpStream::connect(echo).await.unwrap();
+    let mut worst = Duration::ZERO;
+    for n in 0..20 {
+        let started = std::time::Instant::now();
+        let line = format!("ping {n}");
+        assert_eq!(crate::support::ask(&mut neighbour, &line).await, line);
+        worst = worst.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for attack in attacks {
+        let (status, body) = attack.await.unwrap();
+        assert_eq!(status, 500, "{body}");
+    }
+    assert_eq!(slow.await.unwrap(), (200, "slept\n".to_owned()));
+    assert!(
+        worst < Duration::from_secs(1),
+        "the neighbour waited {worst:?}"
+    );
+
+    // Both apps serve again, and the log says what happened.
+    for addr in [web, web2] {
+        let (status, body) = curl_async(vec![format!("http://{addr}/info")]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let log = gw.gateway.stderr.text();
+    assert!(log.contains("instance trapped (guest)"), "{log}");
+    assert!(log.contains("instance trapped (cpu-budget)"), "{log}");
+    assert!(
+        log.contains("request GET /trap trapped its instance (guest)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("request GET /spin trapped its instance (cpu-budget)"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn outbound_http_requests_follow_each_apps_policy() {
+    // An upstream on loopback that names the path it saw.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = upstream.accept().await else {
+                return;
+            };
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_owned();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(format!(
+                                "upstream saw {path}"
+                            ))),
+                        ))
+                    }
+                }),
+            ));
+        }
+    });
+    let state = ScratchDir::new("http-apps-outbound");
+    let allowed = format!("outbound = [\"127.0.0.1:{port}\"]");
+    let gw = TlsGateway::start(
+        &state.0,
+        "[tls]\nlisten = \"127.0.0.1:0\"\ndomain = \"localhost\"\ncertificates = \"dev-ca\"\n\n\
+         [http]\nenabled = false\n\n[quic]\nenabled = false\n",
+        &[
+            TestApp {
+                name: "allowed",
+                guest: "wasi-http-probe",
+                extra: &allowed,
+            },
+            TestApp {
+                name: "allowed2",
+                guest: "wasi-http-probe-p2",
+                extra: &allowed,
+            },
+            TestApp {
+                name: "denied",
+                guest: "wasi-http-probe",
+                extra: "",
+            },
+            TestApp {
+                name: "denied2",
+                guest: "wasi-http-probe-p2",
+                extra: "",
+            },
+        ],
+    );
+    let target = format!("http://127.0.0.1:{port}/there");
+    for app in ["allowed", "allowed2"] {
+        let url = format!("http://{}/fetch?url={target}", gw.gateway.addr(app));
+        let (status, body) = curl_async(vec![url]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "upstream 200\nupstream saw /there"),
+            "{app}"
+        );
+    }
+    for app in ["denied", "denied2"] {
+        let url = format!("http://{}/fetch?url={target}", gw.gateway.addr(app));
+        let (status, body) = curl_async(vec![url]).await;
+        assert_eq!(status, 502, "{app}: {body}");
+        assert!(body.contains("fetch failed"), "{app}: {body}");
+    }
+    assert!(
+        gw.gateway.stderr.wait_for(Duration::from_secs(10), |log| {
+            log.contains("outbound access denied") && log.contains(&format!(":{port}"))
+        }),
+        "no outbound-denied event:\n{}",
+        gw.gateway.stderr.text()
+    );
+}
+
+/// One `GET /` on a new cleartext connection: the status and body, or
+/// what failed.
+async fn get_once(addr: std::net::SocketAddr) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status line: {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn http_apps_of_each_world_deploy_and_hot_swap_under_load_without_a_failed_request() {
+    use crate::deploy::{app_addr, cli, deploy, ls, start_admin};
+    use crate::support::{guest, lang_guest};
+    let dir = ScratchDir::new("http-deploy");
+    let state = dir.0.join("state");
+    let (_gateway, admin) = start_admin(&state, None);
+    let world_of = |name: &str| {
+        ls(admin, &state)
+            .iter()
+            .find(|app| app["name"] == name)
+            .map(|app| app["load"]["world"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    deploy(
+        admin,
+        &state,
+        "svc",
+        &guest("wasi-http-probe"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    assert_eq!(world_of("svc"), "http-service");
+    let addr = app_addr(admin, &state, "svc");
+    assert_eq!(
+        get_once(addr).await.unwrap(),
+        (200, "hello from p3\n".into())
+    );
+
+    // Load: 4 clients, each request on a new connection, through two
+    // redeploys (WASI 0.3 → 0.3 hello → 0.2 hello).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut bodies) =
+                (0u32, Vec::new(), std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get_once(addr).await {
+                    Ok((200, body)) => {
+                        ok += 1;
+                        bodies.insert(body.lines().next().unwrap_or("").to_owned());
+                    }
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed, bodies)
+        }));
+    }
+    // And one keep-alive connection, opened before the swaps: its requests
+    // move to each new version, none fails.
+    let keep_alive = {
+        let stop = stop.clone();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        tokio::spawn(async move {
+            let mut bodies = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = http::Request::get("/")
+                    .header("host", "svc")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .expect("keep-alive request");
+                assert_eq!(response.status(), 200);
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let body = String::from_utf8_lossy(&body).into_owned();
+                bodies.insert(body.lines().next().unwrap_or("").to_owned());
+            }
+            bodies
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let swap = |component: std::path::PathBuf| {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            deploy(
+                admin,
+                &state,
+                "svc",
+                &component,
+                &["--listen", &addr.to_string()],
+            )
+        })
+    };
+    swap(guest("wasi-http-hello-p3")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    swap(guest("wasi-http-hello")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed, mut bodies) = (0, Vec::new(), std::collections::BTreeSet::new());
+    for client in clients {
+        let (o, f, b) = client.await.unwrap();
+        ok += o;
+        failed.extend(f);
+        bodies.extend(b);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    let kept = keep_alive.await.unwrap();
+    assert!(
+        kept.contains("hello from p3") && kept.contains("<!doctype html>"),
+        "the keep-alive connection saw {kept:?}"
+    );
+    assert!(bodies.contains("hello from p3"), "{bodies:?}");
+    assert!(bodies.contains("<!doctype html>"), "{bodies:?}");
+    assert_eq!(world_of("svc"), "http-proxy");
+
+    // Components from other toolchains: Python (componentize-py, WASI 0.3)
+    // and JavaScript (componentize-js on StarlingMonkey, WASI 0.2).
+    for (name, lang, world, page) in [
+        ("py", "python", "http-service", "Hello from Python"),
+        (
+            "js",
+            "starlingmonkey",
+            "http-proxy",
+            "Hello from JavaScript",
+        ),
+    ] {
+        deploy(
+            admin,
+            &state,
+            name,
+            &lang_guest(lang, "http-hello"),
+            &["--listen", "127.0.0.1:0"],
+        );
+        assert_eq!(world_of(name), world);
+        let (status, body) = get_once(app_addr(admin, &state, name)).await.unwrap();
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(body.contains(page), "{name}: {body}");
+    }
+    let (code, stdout, stderr) = cli(admin, &state, &["ls"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("http-service") && stdout.contains("http-proxy"),
+        "{stdout}"
+    );
+}

@@ -47,7 +47,7 @@ pub async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body> {
          <style>{STYLE}</style></head><body><h1>sockgate</h1>\
          <form method=\"post\" action=\"/logout\"><button type=\"submit\">Log out</button></form>\
          <p>{} app(s), {} connection(s) open; compile cache: {hits} hit(s), {misses} miss(es).</p>\
-         <table><tr><th>app</th><th>version</th><th>source</th><th>address</th><th>instances</th>\
+         <table><tr><th>app</th><th>version</th><th>source</th><th>world</th><th>address</th><th>instances</th>\
          <th>open</th><th>accepted</th><th>refused</th><th>component</th></tr>",
         apps.len(),
         gateway.tracker().active(),
@@ -57,11 +57,12 @@ pub async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body> {
         let _ = write!(
             html,
             "<tr><td><a href=\"#{name}\">{name}</a></td><td>{version}</td><td>{source:?}</td>\
-             <td>tcp://{tcp}</td><td>{instances}</td><td>{open}</td><td>{accepted}</td>\
+             <td>{world}</td><td>tcp://{tcp}</td><td>{instances}</td><td>{open}</td><td>{accepted}</td>\
              <td>{refused}</td><td><code>{digest}</code> ({kib} KiB)</td></tr>",
             name = escape(&app.name),
             version = app.version,
             source = app.source,
+            world = app.load.world.name(),
             tcp = app.tcp,
             instances = app.instances,
             open = app.active_connections,
@@ -72,6 +73,27 @@ pub async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body> {
         );
     }
     html.push_str("</table>");
+    // HTTP apps: requests by protocol.
+    let http: Vec<_> = apps
+        .iter()
+        .filter_map(|app| Some((app, gateway.app(&app.name)?.http()?.stats().clone())))
+        .collect();
+    if !http.is_empty() {
+        html.push_str(
+            "<h2>HTTP requests</h2><table><tr><th>app</th><th>HTTP/1.1</th><th>HTTP/2</th>\
+             <th>HTTP/3</th><th>total</th></tr>",
+        );
+        for (app, stats) in &http {
+            let [h1, h2, h3] = stats.by_protocol().map(|(_, count)| count);
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{h1}</td><td>{h2}</td><td>{h3}</td><td>{}</td></tr>",
+                escape(&app.name),
+                stats.total()
+            );
+        }
+        html.push_str("</table>");
+    }
     let failed = gateway.failed_apps();
     if !failed.is_empty() {
         html.push_str(

@@ -15,10 +15,13 @@
 //!   a trap answers `500` to that request only (`request-trapped` event).
 //!
 //! The app's connections are served by [`HttpApp::serve_connection`]
-//! (HTTP/1.1 and HTTP/2 over TLS or the app's cleartext port); when the
-//! app is replaced or removed they are closed gracefully (HTTP/2 `GOAWAY`,
-//! HTTP/1.1 after the request in flight), and closed outright once the
-//! drain deadline passes.
+//! (HTTP/1.1 and HTTP/2 over TLS or the app's cleartext port) and
+//! [`HttpApp::serve_h3`]. A redeploy keeps them open: each request goes to
+//! the version current when it arrives, and the old version's instances
+//! drain (the requests they serve finish, within the drain deadline). When
+//! the app is removed they are closed gracefully (HTTP/2 and HTTP/3
+//! `GOAWAY`, HTTP/1.1 after the request in flight), and closed outright
+//! once the drain deadline passes.
 
 use std::future::ready;
 use std::sync::atomic::Ordering;
@@ -77,13 +80,18 @@ pub struct HttpApp {
     name: String,
     settings: Arc<InstanceSettings>,
     site: HttpSite,
-    workers: Workers,
+    /// Held by the app's [`crate::app::App`] (the version the router
+    /// serves): once it is replaced or removed, this version takes no new
+    /// requests (its instances drain) while its connections live on.
+    workers: Weak<Workers>,
     /// Connections open to this version.
     connections: Arc<ShardLoad>,
 }
 
-/// Who serves the requests.
-enum Workers {
+/// Who serves a version's requests: its instances.
+pub struct Workers(WorkerKind);
+
+enum WorkerKind {
     /// `wasi:http/service`: long-lived instances.
     Service(Vec<Worker>),
     /// `wasi:http/proxy`: an instance per request.
@@ -104,21 +112,23 @@ struct Worker {
 impl HttpApp {
     /// Starts app `name` (`settings.pre` an HTTP component): `instances`
     /// instances for `wasi:http/service`, none ahead of time for
-    /// `wasi:http/proxy`. Must be called within a tokio runtime.
+    /// `wasi:http/proxy`. Must be called within a tokio runtime. The
+    /// caller holds the returned [`Workers`] for as long as this version
+    /// is the app's current one.
     pub fn start(
         name: &str,
         settings: Arc<InstanceSettings>,
         instances: usize,
         site: HttpSite,
-    ) -> Arc<Self> {
+    ) -> (Arc<Self>, Arc<Workers>) {
         let workers = match &settings.pre {
-            GuestPre::Http(HttpPre::Proxy(pre)) => Workers::Proxy {
+            GuestPre::Http(HttpPre::Proxy(pre)) => WorkerKind::Proxy {
                 pre: pre.clone(),
                 active: Arc::new(ShardLoad::default()),
             },
             _ => {
                 let per_instance = settings.limits.max_connections_per_instance.max(1);
-                Workers::Service(
+                WorkerKind::Service(
                     (0..instances.max(1))
                         .map(|index| {
                             let (jobs, rx) = mpsc::channel(per_instance);
@@ -131,13 +141,36 @@ impl HttpApp {
                 )
             }
         };
-        Arc::new(Self {
+        let workers = Arc::new(Workers(workers));
+        let app = Arc::new(Self {
             name: name.to_owned(),
             settings,
             site,
-            workers,
+            workers: Arc::downgrade(&workers),
             connections: Arc::new(ShardLoad::default()),
-        })
+        });
+        (app, workers)
+    }
+
+    /// The app's current version when it is another HTTP version than
+    /// this one: requests of connections opened before a redeploy go
+    /// there, so a keep-alive connection moves to the new version between
+    /// two requests, and the old version's instances drain.
+    fn successor(&self) -> Option<Arc<HttpApp>> {
+        let current = self.site.router.upgrade()?.get(&self.name)?;
+        let http = current.http()?;
+        (!std::ptr::eq(Arc::as_ptr(http), self)).then(|| http.clone())
+    }
+
+    /// Whether the app is still an HTTP app (this version or a newer one):
+    /// after a redeploy, open connections stay; after a removal (or a
+    /// redeploy as a raw app) they are closed gracefully.
+    fn still_served(&self) -> bool {
+        self.site
+            .router
+            .upgrade()
+            .and_then(|router| router.get(&self.name))
+            .is_some_and(|app| app.http().is_some())
     }
 
     /// The app's request counters.
@@ -148,9 +181,10 @@ impl HttpApp {
     /// Instances running: the long-lived ones, or one per request in
     /// flight.
     pub fn instance_count(&self) -> usize {
-        match &self.workers {
-            Workers::Service(workers) => workers.len(),
-            Workers::Proxy { active, .. } => active.active(),
+        match self.workers.upgrade().as_deref() {
+            Some(Workers(WorkerKind::Service(workers))) => workers.len(),
+            Some(Workers(WorkerKind::Proxy { active, .. })) => active.active(),
+            None => 0,
         }
     }
 
@@ -193,12 +227,11 @@ impl HttpApp {
         let io = crate::http::io::ConnIo::new(reader, writer, guard.clone());
         let drain = self.settings.drain;
         let app = self.name.clone();
+        let this = self.clone();
         tokio::spawn(async move {
-            let mut retired = retired;
-            let shutdown = async move { while retired.changed().await.is_ok() {} };
             let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
             let signal = async move {
-                shutdown.await;
+                this.retired(retired).await;
                 let _ = shutdown_tx.send(());
             };
             let served = server::serve(io, mode, front, async move {
@@ -224,6 +257,16 @@ impl HttpApp {
         });
     }
 
+    /// Resolves when this version's connections should close: the app was
+    /// removed (or became a raw app). A redeploy as an HTTP app keeps them
+    /// open: their next requests go to the new version.
+    async fn retired(&self, mut retired: watch::Receiver<()>) {
+        while retired.changed().await.is_ok() {}
+        if self.still_served() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Serves one admitted HTTP/3 connection (QUIC, ALPN `h3`) until it
     /// ends; once `retired` changes or closes, the gateway sends `GOAWAY`
     /// and lets the requests in flight finish, and closes the connection
@@ -245,11 +288,11 @@ impl HttpApp {
         let front = Front::new(origin, self.settings.limits.http(), meta, None);
         let drain = self.settings.drain;
         let app = self.name.clone();
+        let this = self.clone();
         tokio::spawn(async move {
-            let mut retired = retired;
             let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
             let signal = async move {
-                while retired.changed().await.is_ok() {}
+                this.retired(retired).await;
                 let _ = shutdown_tx.send(());
             };
             let served = crate::http::h3::serve(conn, front, record.clone(), async move {
@@ -469,9 +512,15 @@ impl Origin for HttpApp {
         &self,
         request: http::Request<crate::http::Body>,
     ) -> BoxFuture<'static, Result<Served, Refusal>> {
-        match &self.workers {
-            Workers::Service(workers) => self.serve_on_instance(workers, request),
-            Workers::Proxy { pre, active } => self.serve_on_new_instance(pre, active, request),
+        if let Some(successor) = self.successor() {
+            return successor.serve(request);
+        }
+        match self.workers.upgrade().as_deref() {
+            Some(Workers(WorkerKind::Service(workers))) => self.serve_on_instance(workers, request),
+            Some(Workers(WorkerKind::Proxy { pre, active })) => {
+                self.serve_on_new_instance(pre, active, request)
+            }
+            None => ready(Err(Refusal::Gone)).boxed(),
         }
     }
 
