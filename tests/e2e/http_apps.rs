@@ -203,8 +203,32 @@ async fn h3_get(
     path: &str,
     host: Option<&str>,
 ) -> (u16, String, http::HeaderMap) {
+    let server = format!("{name}.localhost");
+    let authority = host.map_or_else(|| format!("{server}:{}", addr.port()), str::to_owned);
+    h3_request(endpoint, addr, &server, &authority, path).await
+}
+
+/// [`h3_get`] for a full server name, the request's authority being it.
+async fn h3_get_named(
+    endpoint: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    server: &str,
+    path: &str,
+) -> (u16, String, http::HeaderMap) {
+    h3_request(endpoint, addr, server, server, path).await
+}
+
+/// One HTTP/3 `GET` of `https://{authority}{path}` over a fresh QUIC
+/// connection to `server`.
+async fn h3_request(
+    endpoint: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    server: &str,
+    authority: &str,
+    path: &str,
+) -> (u16, String, http::HeaderMap) {
     use bytes::Buf;
-    let conn = crate::quic::connect_quic(endpoint, addr, &format!("{name}.localhost"))
+    let conn = crate::quic::connect_quic(endpoint, addr, server)
         .await
         .expect("QUIC handshake failed");
     let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn))
@@ -213,10 +237,6 @@ async fn h3_get(
     let driving = tokio::spawn(async move {
         let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
     });
-    let authority = host.map_or_else(
-        || format!("{name}.localhost:{}", addr.port()),
-        str::to_owned,
-    );
     let request = http::Request::get(format!("https://{authority}{path}"))
         .body(())
         .unwrap();
@@ -622,4 +642,157 @@ async fn http_apps_of_each_world_deploy_and_hot_swap_under_load_without_a_failed
         stdout.contains("http-service") && stdout.contains("http-proxy"),
         "{stdout}"
     );
+}
+
+/// The base64 SHA-256 of the public key of `certificate` (DER), as
+/// Chromium's `--ignore-certificate-errors-spki-list` takes it (openssl).
+fn spki_hash(dir: &Path, certificate: &[u8]) -> String {
+    let path = dir.join("leaf.der");
+    std::fs::write(&path, certificate).unwrap();
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -inform der -in {} -pubkey -noout | openssl pkey -pubin -outform der \
+             | openssl dgst -sha256 -binary | base64",
+            path.display()
+        ))
+        .output()
+        .expect("cannot run openssl");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn chromium_fetches_an_http_app_over_http3() {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        panic!("Debian's chromium is needed for this test: apt-get install chromium");
+    };
+    let state = ScratchDir::new("http-apps-chromium");
+    let gw = http_gateway(&state, "");
+    let quic = gw.quic.expect("no QUIC endpoint");
+    // Chromium trusts the dev CA's leaf by its key (QUIC needs a trusted
+    // certificate; the dev CA is not in Chromium's store).
+    let root = crate::tls_support::dev_ca_root(&state.0);
+    let config = crate::tls_support::client_config(&[root], &[]);
+    let stream = crate::tls_support::connect(gw.tls, "web.localhost", config)
+        .await
+        .unwrap();
+    let spki = spki_hash(&state.0, &crate::tls_support::served_certificate(&stream));
+    let origin = format!("web.localhost:{}", quic.port());
+    let profile = state.0.join("profile");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--enable-quic",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            // *.localhost is ::1 first to Chromium; the endpoint is on
+            // 127.0.0.1.
+            .arg("--host-resolver-rules=MAP web.localhost 127.0.0.1")
+            .arg(format!("--origin-to-force-quic-on={origin}"))
+            .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
+            .arg(format!("https://{origin}/info"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("world: p3") && dom.contains("scheme: https"),
+        "chromium did not get the page:\n{dom}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The gateway's access line names the protocol the browser used.
+    assert!(
+        gw.gateway.stderr.wait_for(Duration::from_secs(10), |log| {
+            log.lines()
+                .any(|l| l.contains("GET /info 200") && l.contains(" h3 "))
+        }),
+        "chromium did not use HTTP/3:\n{}",
+        gw.gateway.stderr.text()
+    );
+}
+
+#[tokio::test]
+async fn an_http_app_gets_its_certificate_from_acme_and_serves_h1_h2_and_h3_with_it() {
+    use crate::tls_support::{Pebble, WAIT, client_config, connect, free_port};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls_port = free_port();
+    let pebble = Pebble::start(tls_port, free_port());
+    let state = ScratchDir::new("http-apps-acme");
+    let gw = TlsGateway::start(
+        &state.0,
+        &format!(
+            "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ndomain = \"sockgate.test\"\n\n{}\n\
+             [http]\nenabled = false\n",
+            pebble.acme_table("tls-alpn-01", "")
+        ),
+        &[TestApp {
+            name: "web",
+            guest: "wasi-http-probe",
+            extra: "",
+        }],
+    );
+    let name = "web.sockgate.test";
+    assert!(
+        gw.gateway.stderr.wait_for(WAIT, |log| log
+            .contains(&format!("certificate for {name} issued"))),
+        "no certificate issued:\n{}",
+        gw.gateway.stderr.text()
+    );
+    let root = pebble.root().await;
+    // HTTP/1.1 and HTTP/2 over TLS (ALPN), verified against Pebble's root.
+    for (alpn, version) in [("http/1.1", "HTTP/1.1"), ("h2", "h2")] {
+        let config = client_config(std::slice::from_ref(&root), &[alpn]);
+        let mut stream = connect(gw.tls, name, config).await.unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn.as_bytes()));
+        if alpn == "h2" {
+            continue;
+        }
+        stream
+            .write_all(
+                format!("GET /info HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(&format!("{version} 200")), "{answer}");
+        assert!(answer.contains(&format!("authority: {name}")), "{answer}");
+    }
+    // HTTP/3 on the same port over UDP, with the same certificate.
+    let quic = gw.quic.expect("QUIC is on by default with [tls]");
+    let client = crate::quic::quic_client(std::slice::from_ref(&root), &["h3"]);
+    let conn = crate::quic::connect_quic(&client, quic, name)
+        .await
+        .unwrap();
+    drop(conn);
+    let (status, body, _) = h3_get_named(&client, quic, name, "/info").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("scheme: https"), "{body}");
+    assert_eq!(pebble.orders(), 1);
 }
