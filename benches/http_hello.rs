@@ -6,7 +6,14 @@
 //! - `wasmtime serve` running `wasi-http-hello`, a `wasi:http` 0.2 proxy
 //!   component with the same page (wasmtime's own HTTP server, an instance
 //!   per request);
-//! - a native hyper server on one tokio worker thread.
+//! - a native hyper server on one tokio worker thread;
+//! - sockgate serving the `wasi:http` hello as an HTTP app, WASI 0.3
+//!   (`wasi-http-hello-p3`, long-lived instances) and WASI 0.2
+//!   (`wasi-http-hello`, the component `wasmtime serve` runs; an instance
+//!   per request), over HTTP/1.1 (wrk) and HTTP/2 by prior knowledge
+//!   (`h2load -c50 -m10`, Debian `nghttp2-client`; skipped with a message
+//!   without it) on the app's cleartext port. (HTTP/1.1 and HTTP/2 over
+//!   TLS: not yet.)
 //!
 //! The server is pinned to CPU 1 and wrk to CPU 0 (when `taskset` is
 //! there); server CPU per request comes from /proc/<pid>/stat.
@@ -59,6 +66,7 @@ fn main() {
     let pinned = has_taskset();
     let hello = build_guest("http-hello");
     let wasi_http = build_guest("wasi-http-hello");
+    let wasi_http_p3 = build_guest("wasi-http-hello-p3");
     let cache = root().join("target/bench-cache");
 
     let mut rows: Vec<(&str, Option<Wrk>)> = Vec::new();
@@ -79,6 +87,37 @@ fn main() {
         Some(wrk(gateway.addr, gateway.pid(), duration, pinned)),
     ));
     drop(gateway);
+
+    // HTTP apps: the `wasi:http` hello, 0.3 (long-lived instances) and 0.2
+    // (an instance per request), on the app's cleartext port: HTTP/1.1
+    // (wrk) and HTTP/2 by prior knowledge (h2load, when installed).
+    let h2load = has_command("h2load", "--version");
+    if !h2load {
+        println!(
+            "http_hello: h2 rows skipped: `h2load` is not installed (Debian package \
+             `nghttp2-client`)"
+        );
+    }
+    for (component, world) in [(&wasi_http_p3, "0.3"), (&wasi_http, "0.2")] {
+        let gateway = Server::sockgate(component, &cache, pinned);
+        let h1 = wrk(gateway.addr, gateway.pid(), duration, pinned);
+        let h2 = h2load.then(|| h2load_run(gateway.addr, gateway.pid(), duration, pinned));
+        drop(gateway);
+        let (h1_name, h2_name) = match world {
+            "0.3" => (
+                "sockgate + wasi:http 0.3 hello, h1 cleartext",
+                "sockgate + wasi:http 0.3 hello, h2c (h2load)",
+            ),
+            _ => (
+                "sockgate + wasi:http 0.2 hello, h1 cleartext",
+                "sockgate + wasi:http 0.2 hello, h2c (h2load)",
+            ),
+        };
+        rows.push((h1_name, Some(h1)));
+        if let Some(h2) = h2 {
+            rows.push((h2_name, Some(h2)));
+        }
+    }
 
     let wasmtime_row = match find_wasmtime() {
         Some(wasmtime) => {
@@ -159,9 +198,67 @@ fn wrk(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
     }
 }
 
+/// Runs `h2load -c50 -m10` (HTTP/2 by prior knowledge) against `addr`
+/// for `seconds` (after a warm-up) and reads the server's CPU.
+fn h2load_run(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
+    let url = format!("http://{addr}/");
+    let run = |seconds: u64| {
+        let mut command = if pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", "h2load"]);
+            c
+        } else {
+            Command::new("h2load")
+        };
+        command.args([
+            "-c",
+            &CONNECTIONS.to_string(),
+            "-m",
+            "10",
+            "-D",
+            &seconds.to_string(),
+            &url,
+        ]);
+        let output = command.output().expect("cannot run h2load");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run(1); // warm-up
+    let cpu_before = process_cpu(pid);
+    let started = Instant::now();
+    let out = run(seconds);
+    let elapsed = started.elapsed();
+    let cpu = process_cpu(pid) - cpu_before;
+    // "requests: N total, N started, N done, N succeeded, N failed, ..."
+    let field = |name: &str| -> Option<f64> {
+        let line = out.lines().find(|l| l.starts_with("requests:"))?;
+        line.split(',')
+            .find(|part| part.trim().ends_with(name))
+            .and_then(|part| part.split_whitespace().find_map(|w| w.parse().ok()))
+    };
+    let succeeded = field("succeeded").unwrap_or_else(|| panic!("cannot read h2load:\n{out}"));
+    if let Some(failed) = field("failed").filter(|&f| f > 0.0) {
+        println!("http_hello: h2load reported {failed} failed requests");
+    }
+    // "finished in 5.00s, 12345.67 req/s, ..."
+    let rate = out
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.strip_suffix(" req/s"))
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or(succeeded / elapsed.as_secs_f64());
+    Wrk {
+        requests_per_sec: rate,
+        server_cpu_us_per_request: cpu.as_secs_f64() * 1e6 / succeeded.max(1.0),
+    }
+}
+
 fn report(rows: &[(&str, Option<Wrk>)], seconds: u64, pinned: bool) {
     let native = rows[0].1.expect("the native row always runs");
-    let wasmtime = rows[2].1;
+    let wasmtime = rows
+        .iter()
+        .find(|(name, _)| name.starts_with("wasmtime serve"))
+        .and_then(|(_, row)| *row);
     let mut md = format!(
         "HTTP/1.1 hello ({} bytes), `wrk -t1 -c{CONNECTIONS}` for {seconds} s, {}\n\n\
          | server | req/s | vs native hyper | vs wasmtime serve | server CPU µs/req |\n\

@@ -126,6 +126,12 @@ enum Command {
         /// Where to create it (default: ./NAME); must be new or empty.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// An HTTP app: a standard `wasi:http` component (Rust and Python:
+        /// WASI 0.3 `wasi:http/service`; JavaScript: WASI 0.2
+        /// `wasi:http/proxy` on StarlingMonkey), served over HTTP/1.1,
+        /// HTTP/2 and HTTP/3.
+        #[arg(long)]
+        http: bool,
     },
     /// Build steps of a C or Zig guest (run by the build.sh of `sockgate
     /// new --lang c|zig` projects).
@@ -197,7 +203,12 @@ async fn run(command: Command) -> ExitCode {
         Command::DevCa { config, state_dir } => {
             return result(dev_ca::print_root(config, state_dir));
         }
-        Command::New { name, lang, dir } => return result(new::create(&name, lang, dir)),
+        Command::New {
+            name,
+            lang,
+            dir,
+            http,
+        } => return result(new::create(&name, lang, dir, http)),
         Command::CGuest(step) => return result(guest_steps::c_guest(step)),
         Command::GoGuest(step) => return result(guest_steps::go_guest(step)),
         Command::TsGuest(step) => return result(guest_steps::ts_guest(step)),

@@ -67,6 +67,54 @@ const WIT: &[File] = &[
     embed!("wit/deps/sockets.wit" => "wit/deps/sockets.wit"),
 ];
 
+/// WASI 0.3's HTTP WIT (`wit/http/`: `wasi:http@0.3.0`, world
+/// `wasi:http/service`), copied into the Rust and Python HTTP projects as
+/// `wit/`.
+const WIT_HTTP: &[File] = &[
+    embed!("wit/http/http.wit" => "wit/http.wit"),
+    embed!("wit/http/deps/cli.wit" => "wit/deps/cli.wit"),
+    embed!("wit/http/deps/clocks.wit" => "wit/deps/clocks.wit"),
+    embed!("wit/http/deps/filesystem.wit" => "wit/deps/filesystem.wit"),
+    embed!("wit/http/deps/random.wit" => "wit/deps/random.wit"),
+    embed!("wit/http/deps/sockets.wit" => "wit/deps/sockets.wit"),
+];
+
+/// The JavaScript HTTP project's WIT: its world, and WASI 0.2 at the
+/// version StarlingMonkey implements (the same files as
+/// guests/starlingmonkey/http-hello).
+const WIT_JS_HTTP: &[File] = &[
+    embed!("templates/js-http/wit/world.wit" => "wit/world.wit"),
+    embed!("guests/starlingmonkey/http-hello/wit/deps/wasi-cli/package.wit" => "wit/deps/wasi-cli/package.wit"),
+    embed!("guests/starlingmonkey/http-hello/wit/deps/wasi-clocks/package.wit" => "wit/deps/wasi-clocks/package.wit"),
+    embed!("guests/starlingmonkey/http-hello/wit/deps/wasi-filesystem/package.wit" => "wit/deps/wasi-filesystem/package.wit"),
+    embed!("guests/starlingmonkey/http-hello/wit/deps/wasi-http/package.wit" => "wit/deps/wasi-http/package.wit"),
+    embed!("guests/starlingmonkey/http-hello/wit/deps/wasi-io/package.wit" => "wit/deps/wasi-io/package.wit"),
+    embed!("guests/starlingmonkey/http-hello/wit/deps/wasi-random/package.wit" => "wit/deps/wasi-random/package.wit"),
+    embed!("guests/starlingmonkey/http-hello/wit/deps/wasi-sockets/package.wit" => "wit/deps/wasi-sockets/package.wit"),
+];
+
+const RUST_HTTP: &[File] = &[
+    embed!("templates/rust-http/Cargo.toml.in" => "Cargo.toml"),
+    embed!("templates/rust-http/Cargo.lock.in" => "Cargo.lock"),
+    embed!("templates/rust-http/.cargo/config.toml" => ".cargo/config.toml"),
+    embed!("templates/rust-http/.gitignore" => ".gitignore"),
+    embed!("templates/rust-http/README.md" => "README.md"),
+    embed!("templates/rust-http/src/lib.rs" => "src/lib.rs"),
+];
+
+const PYTHON_HTTP: &[File] = &[
+    embed!("templates/python-http/.gitignore" => ".gitignore"),
+    embed!("templates/python-http/README.md" => "README.md"),
+    embed!("templates/python-http/app.py" => "app.py"),
+];
+
+const JS_HTTP: &[File] = &[
+    embed!("templates/js-http/.gitignore" => ".gitignore"),
+    embed!("templates/js-http/README.md" => "README.md"),
+    embed!("templates/js-http/app.js" => "app.js"),
+    embed!("templates/js-http/package.json" => "package.json"),
+];
+
 const RUST: &[File] = &[
     embed!("templates/rust/Cargo.toml.in" => "Cargo.toml"),
     embed!("templates/rust/Cargo.lock.in" => "Cargo.lock"),
@@ -119,6 +167,33 @@ const TS: &[File] = &[
 ];
 
 impl Lang {
+    /// The files of an HTTP app's project (`--http`): its WIT and its
+    /// template, or `None` for a language without one.
+    fn http_files(self) -> Option<(&'static [File], &'static [File])> {
+        match self {
+            Lang::Rust => Some((WIT_HTTP, RUST_HTTP)),
+            Lang::Python => Some((WIT_HTTP, PYTHON_HTTP)),
+            Lang::Js => Some((WIT_JS_HTTP, JS_HTTP)),
+            Lang::C | Lang::Zig | Lang::Go | Lang::Ts => None,
+        }
+    }
+
+    /// The WIT and template files of a project, HTTP or not.
+    fn project(self, http: bool) -> Result<(&'static [File], &'static [File])> {
+        if !http {
+            return Ok((WIT, self.files()));
+        }
+        self.http_files().ok_or_else(|| {
+            anyhow::anyhow!(
+                "there is no HTTP app template for {} yet: `--http` works with --lang rust, \
+                 python or js (JavaScript on StarlingMonkey); a {} guest can serve HTTP as a \
+                 raw-connection app (without --http)",
+                self.display(),
+                self.display()
+            )
+        })
+    }
+
     fn files(self) -> &'static [File] {
         match self {
             Lang::Rust => RUST,
@@ -145,12 +220,14 @@ impl Lang {
 }
 
 /// Creates the project for app `name` in `lang` in `dir` (default
-/// `./<name>`), and prints what to do next.
+/// `./<name>`), a `wasi:http` HTTP app if `http`, and prints what to do
+/// next.
 ///
 /// Refuses an invalid app name (it becomes a subdomain) and an existing
 /// directory that is not empty, so it never overwrites anyone's work.
-pub fn create(name: &str, lang: Lang, dir: Option<PathBuf>) -> Result<()> {
+pub fn create(name: &str, lang: Lang, dir: Option<PathBuf>, http: bool) -> Result<()> {
     check_app_name(name).context("the project name becomes the app's name")?;
+    let (wit, files) = lang.project(http)?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let existed = match std::fs::read_dir(&dir) {
         Ok(mut entries) => {
@@ -172,22 +249,23 @@ pub fn create(name: &str, lang: Lang, dir: Option<PathBuf>) -> Result<()> {
             });
         }
     };
-    let written = write_project(name, lang, &dir);
+    let written = write_project(name, wit, files, &dir);
     if written.is_err() && !existed {
         // Leave nothing half-made behind.
         let _ = std::fs::remove_dir_all(&dir);
     }
     written?;
     let readme = render(
-        lang.files()
+        files
             .iter()
             .find(|f| f.path == "README.md")
             .map_or("", |f| f.contents),
         name,
     );
     println!(
-        "created {} guest `{name}` in {}",
+        "created {} {} `{name}` in {}",
         lang.display(),
+        if http { "HTTP app" } else { "guest" },
         dir.display()
     );
     println!("next, in {} (see its README.md):", dir.display());
@@ -200,8 +278,8 @@ pub fn create(name: &str, lang: Lang, dir: Option<PathBuf>) -> Result<()> {
 }
 
 /// Writes every file of the project into `dir`.
-fn write_project(name: &str, lang: Lang, dir: &Path) -> Result<()> {
-    for file in WIT.iter().chain(lang.files()) {
+fn write_project(name: &str, wit: &[File], files: &[File], dir: &Path) -> Result<()> {
+    for file in wit.iter().chain(files) {
         let path = dir.join(file.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -285,13 +363,31 @@ mod tests {
             .map(|f| f.path.trim_start_matches("wit/").to_owned())
             .collect();
         embedded.sort();
-        // `wit/sync/` is the WASI 0.2 world's own root; the templates are
-        // for the main world.
+        // `wit/sync/` is the WASI 0.2 world's own root, `wit/http/` WASI
+        // 0.3's HTTP interfaces (the HTTP templates'); the others are for
+        // the main world.
         let main_world: Vec<String> = files_under(&root().join("wit"))
             .into_iter()
-            .filter(|f| !f.starts_with("sync/"))
+            .filter(|f| !f.starts_with("sync/") && !f.starts_with("http/"))
             .collect();
         assert_eq!(embedded, main_world);
+        let mut http: Vec<String> = WIT_HTTP
+            .iter()
+            .map(|f| f.path.trim_start_matches("wit/").to_owned())
+            .collect();
+        http.sort();
+        assert_eq!(http, files_under(&root().join("wit/http")));
+        let mut js: Vec<String> = WIT_JS_HTTP
+            .iter()
+            .skip(1)
+            .map(|f| f.path.trim_start_matches("wit/").to_owned())
+            .collect();
+        js.sort();
+        let js_on_disk = files_under(&root().join("guests/starlingmonkey/http-hello/wit"))
+            .into_iter()
+            .filter(|f| f.starts_with("deps/"))
+            .collect::<Vec<_>>();
+        assert_eq!(js, js_on_disk);
     }
 
     #[test]
@@ -304,10 +400,18 @@ mod tests {
             ("zig", Lang::Zig),
             ("go", Lang::Go),
             ("ts", Lang::Ts),
-        ] {
-            let on_disk = files_under(&root().join("templates").join(dir));
+        ]
+        .map(|(dir, lang)| (dir, lang.files()))
+        .into_iter()
+        .chain([
+            ("rust-http", RUST_HTTP),
+            ("python-http", PYTHON_HTTP),
+            ("js-http", JS_HTTP),
+        ]) {
+            let mut on_disk = files_under(&root().join("templates").join(dir));
+            // The JavaScript HTTP project's world is embedded with its WIT.
+            on_disk.retain(|f| f != "wit/world.wit");
             let mut embedded: Vec<String> = lang
-                .files()
                 .iter()
                 .map(|f| match f.path {
                     "Cargo.toml" => "Cargo.toml.in".to_owned(),
@@ -322,9 +426,16 @@ mod tests {
 
     #[test]
     fn every_readme_says_how_to_build_and_run() {
-        for lang in Lang::value_variants().iter().copied() {
+        let http = Lang::value_variants()
+            .iter()
+            .filter_map(|lang| Some((*lang, lang.http_files()?.1)));
+        for (lang, files) in Lang::value_variants()
+            .iter()
+            .map(|lang| (*lang, lang.files()))
+            .chain(http)
+        {
             let readme = render(
-                lang.files()
+                files
                     .iter()
                     .find(|f| f.path == "README.md")
                     .unwrap()

@@ -318,3 +318,84 @@ fn new_refuses_an_unknown_language_and_lists_the_choices() {
     );
     assert!(!dir.exists());
 }
+
+/// `sockgate new --http`: for each language with an HTTP template (Rust
+/// and Python, WASI 0.3; JavaScript on StarlingMonkey, WASI 0.2), the
+/// project builds exactly as its README says and the gateway serves it as
+/// an HTTP app.
+#[tokio::test]
+async fn new_http_projects_build_as_their_readme_says_and_answer() {
+    for lang in ["rust", "python", "js"] {
+        let scratch = ScratchDir::new(&format!("new-http-{lang}"));
+        let created = sockgate(
+            &scratch.0,
+            &[
+                "new".as_ref(),
+                NAME.as_ref(),
+                "--lang".as_ref(),
+                lang.as_ref(),
+                "--http".as_ref(),
+            ],
+        );
+        assert!(
+            created.status.success(),
+            "sockgate new --http failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let project = scratch.0.join(NAME);
+        let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+        let build = readme_commands(&readme, "Build").join("\n");
+        let mut command = Command::new("bash");
+        command
+            .args(["-euo", "pipefail", "-c", &build])
+            .current_dir(&project);
+        match lang {
+            "rust" => toolchain_env(Lang::Rust, &project, &mut command),
+            "python" => toolchain_env(Lang::Python, &project, &mut command),
+            _ => {
+                // What `npm install` would make: the pinned componentize-js.
+                lang_guest("starlingmonkey", "http-hello");
+                std::os::unix::fs::symlink(
+                    root().join("guests/starlingmonkey/node_modules"),
+                    project.join("node_modules"),
+                )
+                .unwrap();
+            }
+        }
+        let built = command.output().expect("cannot run bash");
+        assert!(
+            built.status.success(),
+            "{lang}: `{build}` failed:\n{}{}",
+            String::from_utf8_lossy(&built.stdout),
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let run = readme_commands(&readme, "Run");
+        let component = run[0]
+            .strip_prefix("sockgate run ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("README's Run step is not `sockgate run`: {run:?}"));
+        let component = match (lang, component.strip_prefix("target/")) {
+            ("rust", Some(inside)) => rust_target_dir().join(inside),
+            _ => project.join(component),
+        };
+        assert!(component.is_file(), "{} was not built", component.display());
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+        serve
+            .arg("run")
+            .arg(&component)
+            .args(["--listen", "127.0.0.1:0", "--instances", "1", "--cache-dir"])
+            .arg(shared_cache_dir());
+        let gateway = Gateway::spawn(serve, ScratchDir::new("new-http-serve"));
+        let url = format!("http://{}/hello", gateway.addr(NAME));
+        let fetched = Command::new("curl")
+            .args(["-sS", "--max-time", "30", &url])
+            .output()
+            .expect("cannot run curl");
+        let body = String::from_utf8_lossy(&fetched.stdout);
+        assert_eq!(
+            body, "Hello from hello-app: you asked for /hello\n",
+            "{lang}: {}",
+            String::from_utf8_lossy(&fetched.stderr)
+        );
+    }
+}
