@@ -9,6 +9,7 @@ mod chat;
 mod compile_cache;
 mod deploy;
 mod echo;
+mod fairness;
 mod http_hello;
 mod limits;
 mod new_project;
