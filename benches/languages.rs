@@ -1,5 +1,7 @@
-//! The echo guest in every language (Rust, C, JavaScript, Python), side by
-//! side in one run, with the Rust echo as the baseline:
+//! The echo guest in every language (Rust, C, Zig, Go, JavaScript,
+//! TypeScript, Python; Go also in the WASI 0.2 world `conn-handler-sync`,
+//! one instance per connection), side by side in one run, with the Rust
+//! echo as the baseline:
 //!
 //! - component size;
 //! - cold start: the compile time the gateway reports with an empty compile
@@ -71,8 +73,24 @@ fn main() {
             component: build_lang_guest("c", "echo"),
         },
         Guest {
+            language: "Zig",
+            component: build_lang_guest("zig", "echo"),
+        },
+        Guest {
+            language: "Go",
+            component: build_lang_guest("go", "echo"),
+        },
+        Guest {
+            language: "Go (sync world)",
+            component: build_lang_guest("go", "sync-echo"),
+        },
+        Guest {
             language: "JavaScript",
             component: build_lang_guest("js", "echo"),
+        },
+        Guest {
+            language: "TypeScript",
+            component: build_lang_guest("ts", "echo"),
         },
         Guest {
             language: "Python",
@@ -90,9 +108,12 @@ fn bench(guest: &Guest, duration: Duration, cached_runs: usize, pinned: bool) ->
     let size = std::fs::metadata(&guest.component)
         .unwrap_or_else(|e| panic!("{}: {e}", guest.component.display()))
         .len();
-    let cache = root()
-        .join("target/bench-languages-cache")
-        .join(guest.language.to_lowercase());
+    let cache = root().join("target/bench-languages-cache").join(
+        guest
+            .language
+            .to_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "-"),
+    );
     // An empty compile cache: the first start compiles.
     let _ = std::fs::remove_dir_all(&cache);
     let (cold_compile_ms, cold_first_echo_ms) = start(&guest.component, &cache, false);

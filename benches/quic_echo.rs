@@ -168,15 +168,16 @@ fn client_endpoint() -> Endpoint {
     endpoint
 }
 
-/// Transport limits as sockgate's defaults (1 MiB per stream, 8 MiB per
-/// connection, 100 streams), for both the baseline and the client.
+/// Transport limits as sockgate's defaults (1 MiB per stream, 1 MiB per
+/// connection each way, 100 streams), for both the baseline and the client.
 fn transport() -> TransportConfig {
     let mut transport = TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(100))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(1 << 20))
-        .receive_window(VarInt::from_u32(8 << 20));
+        .receive_window(VarInt::from_u32(1 << 20))
+        .send_window(1 << 20);
     transport
 }
 

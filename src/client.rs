@@ -224,6 +224,7 @@ impl Client {
                 "NAME",
                 "VERSION",
                 "SOURCE",
+                "STATE",
                 "ADDRESS",
                 "INSTANCES",
                 "OPEN",
@@ -234,11 +235,20 @@ impl Client {
             .map(String::from)
             .to_vec(),
         ];
+        let mut failures = Vec::new();
         for app in apps.as_array().into_iter().flatten() {
+            if app["state"] == "failed" {
+                failures.push(format!(
+                    "app {} not started: {}",
+                    text(&app["name"]),
+                    text(&app["error"])
+                ));
+            }
             rows.push(vec![
                 text(&app["name"]),
                 text(&app["version"]),
                 text(&app["source"]),
+                text(&app["state"]),
                 text(&app["tcp"]),
                 text(&app["instances"]),
                 text(&app["active_connections"]),
@@ -248,6 +258,9 @@ impl Client {
             ]);
         }
         print_table(&rows);
+        for failure in failures {
+            println!("{}", printable(&failure));
+        }
         Ok(())
     }
 
@@ -379,7 +392,11 @@ impl Client {
                 .instance
                 .map(|i| format!("instance {i}"))
                 .unwrap_or_else(|| "app".into());
-            println!("{}  {instance:<10}  {}", clock(event.at_ms), event.text);
+            println!(
+                "{}  {instance:<10}  {}",
+                clock(event.at_ms),
+                printable(&event.text)
+            );
         }
         Ok(())
     }
@@ -411,8 +428,8 @@ impl Client {
                         "{}  [{}] {:<6} {}",
                         clock(entry.at_ms),
                         entry.instance,
-                        entry.stream,
-                        entry.text
+                        printable(&entry.stream),
+                        printable(&entry.text)
                     );
                 }
                 let _ = out.flush();
@@ -420,6 +437,30 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// Text a guest chose, made safe for the operator's terminal: control
+/// characters (escape sequences that could rewrite the screen, set the
+/// window title or the clipboard) and invisible reordering marks (which
+/// make text read differently from what it is) are shown as `\u{..}`
+/// escapes; every other character, UTF-8 included, stays readable.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let invisible = matches!(
+            c,
+            '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        );
+        if c == '\t' {
+            out.push(c);
+        } else if c.is_control() || invisible {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {
@@ -527,5 +568,20 @@ impl Progress {
                 eprintln!("compiling…");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn guest_text_cannot_drive_the_terminal() {
+        assert_eq!(
+            printable("\u{1b}]0;owned\u{7}\u{1b}[2Jhi\r\u{9b}31m"),
+            "\\u{1b}]0;owned\\u{7}\\u{1b}[2Jhi\\u{d}\\u{9b}31m"
+        );
+        assert_eq!(printable("évité\tok ✓"), "évité\tok ✓");
+        assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
     }
 }

@@ -12,6 +12,7 @@ use sockgate_host::config::Config;
 
 /// Prints the root (PEM) on stdout and where it is kept on stderr.
 pub fn print_root(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<()> {
+    let configured = config.is_some();
     let mut config = match config {
         Some(path) => Config::load(&path)?,
         None => Config::default(),
@@ -19,7 +20,10 @@ pub fn print_root(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result
     if state_dir.is_some() {
         config.gateway.state_dir = state_dir;
     }
-    let ca = DevCa::load_or_create(&StateDir::new(config.state_dir()))?;
+    // With a configuration, the root covers its names as the gateway's would
+    // (made anew if the stored one does not); without, any stored root.
+    let subtrees = configured.then(|| sockgate_host::listen::tls::dev_ca_subtrees(&config));
+    let ca = DevCa::load_or_create(&StateDir::new(config.state_dir()), subtrees.as_deref())?;
     std::io::stdout()
         .write_all(ca.root_pem().as_bytes())
         .context("cannot print the root certificate")?;

@@ -3,6 +3,8 @@
 
 mod client;
 mod dev_ca;
+mod guest_steps;
+mod log_writer;
 mod new;
 mod serve;
 
@@ -129,37 +131,24 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Build steps of a C guest (run by the build.sh of `sockgate new
-    /// --lang c` projects).
+    /// Build steps of a C or Zig guest (run by the build.sh of `sockgate
+    /// new --lang c|zig` projects).
     #[command(subcommand)]
-    CGuest(CGuestStep),
-}
-
-/// The steps `sockgate c-guest` performs.
-#[derive(Subcommand)]
-enum CGuestStep {
-    /// Write the C bindings of the `conn-handler` world (like
-    /// `wit-bindgen c`).
-    Bindings {
-        /// The WIT directory (the project's `wit/`).
-        wit: PathBuf,
-        /// Where to write `conn_handler.{h,c}` and
-        /// `conn_handler_component_type.o`.
-        out: PathBuf,
-    },
-    /// Make a component of a core module built by clang, adapting its WASI
-    /// preview1 imports (like `wasm-tools component new --adapt`).
-    Component {
-        /// The core module (.wasm).
-        core: PathBuf,
-        /// The component to write.
-        out: PathBuf,
-    },
+    CGuest(guest_steps::CGuestStep),
+    /// Build steps of a Go guest (run by the build.sh of `sockgate new
+    /// --lang go` projects).
+    #[command(subcommand)]
+    GoGuest(guest_steps::GoGuestStep),
+    /// Build steps of a TypeScript guest (run by the build script of
+    /// `sockgate new --lang ts` projects).
+    #[command(subcommand)]
+    TsGuest(guest_steps::TsGuestStep),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Flushes the gateway's log (briefly) when main returns.
+    let _flush_log = init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -213,12 +202,9 @@ async fn run(command: Command) -> ExitCode {
             return result(dev_ca::print_root(config, state_dir));
         }
         Command::New { name, lang, dir } => return result(new::create(&name, lang, dir)),
-        Command::CGuest(CGuestStep::Bindings { wit, out }) => {
-            return result(new::c_bindings(&wit, &out));
-        }
-        Command::CGuest(CGuestStep::Component { core, out }) => {
-            return result(new::c_component(&core, &out));
-        }
+        Command::CGuest(step) => return result(guest_steps::c_guest(step)),
+        Command::GoGuest(step) => return result(guest_steps::go_guest(step)),
+        Command::TsGuest(step) => return result(guest_steps::ts_guest(step)),
         Command::Deploy { args, admin } => match client(admin) {
             Ok(client) => client.deploy(args).await,
             Err(failure) => Err(failure),
@@ -261,14 +247,32 @@ fn result(outcome: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr through a bounded queue and a writer thread
+/// ([`log_writer`]), so a slow stderr never blocks the runtime; falls back
+/// to writing stderr directly if the thread cannot start.
+fn init_tracing() -> Option<log_writer::FlushOnExit> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match log_writer::LossyStderr::start() {
+        Ok((writer, flush)) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .with_ansi(ansi)
+                .init();
+            Some(flush)
+        }
+        Err(err) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .init();
+            tracing::warn!("cannot start the log writer thread ({err}); logging synchronously");
+            None
+        }
+    }
 }
 
 /// Prints an error and its causes, one per line, without a backtrace.

@@ -1,5 +1,6 @@
-//! `sockgate new`: create a ready-to-build guest project, and
-//! `sockgate c-guest`: the build steps of a C guest project.
+//! `sockgate new`: create a ready-to-build guest project (the build steps
+//! the C, Zig, Go and TypeScript projects run through this binary are in
+//! `guest_steps`).
 //!
 //! The project templates (`templates/<lang>/`) and the WIT (`wit/`) are
 //! embedded in the binary, so a project always gets the contract of the
@@ -12,9 +13,6 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use sockgate_host::config::check_app_name;
 
-/// The world every guest implements, as the template projects name it.
-pub const WORLD: &str = "sockgate:gateway/conn-handler";
-
 /// The languages `sockgate new` has templates for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Lang {
@@ -26,6 +24,15 @@ pub enum Lang {
     Js,
     /// C, built by clang with wasi-libc and `sockgate c-guest`.
     C,
+    /// Zig, over the C bindings (`sockgate c-guest`), built by `zig
+    /// build-exe`.
+    Zig,
+    /// Go, built by `go build` for wasip1 over `sockgate go-guest`'s
+    /// bindings.
+    Go,
+    /// TypeScript, checked by tsc against `sockgate ts-guest`'s
+    /// declarations, built by componentize-qjs.
+    Ts,
 }
 
 /// One file of a project: its path inside the project and its contents.
@@ -89,6 +96,28 @@ const C: &[File] = &[
     embed!("templates/c/build.sh" => "build.sh", true),
 ];
 
+const ZIG: &[File] = &[
+    embed!("templates/zig/.gitignore" => ".gitignore"),
+    embed!("templates/zig/README.md" => "README.md"),
+    embed!("templates/zig/app.zig" => "app.zig"),
+    embed!("templates/zig/build.sh" => "build.sh", true),
+];
+
+const GO: &[File] = &[
+    embed!("templates/go/.gitignore" => ".gitignore"),
+    embed!("templates/go/README.md" => "README.md"),
+    embed!("templates/go/app.go" => "app.go"),
+    embed!("templates/go/build.sh" => "build.sh", true),
+];
+
+const TS: &[File] = &[
+    embed!("templates/ts/.gitignore" => ".gitignore"),
+    embed!("templates/ts/README.md" => "README.md"),
+    embed!("templates/ts/app.ts" => "app.ts"),
+    embed!("templates/ts/package.json" => "package.json"),
+    embed!("templates/ts/tsconfig.json" => "tsconfig.json"),
+];
+
 impl Lang {
     fn files(self) -> &'static [File] {
         match self {
@@ -96,6 +125,9 @@ impl Lang {
             Lang::Python => PYTHON,
             Lang::Js => JS,
             Lang::C => C,
+            Lang::Zig => ZIG,
+            Lang::Go => GO,
+            Lang::Ts => TS,
         }
     }
 
@@ -105,6 +137,9 @@ impl Lang {
             Lang::Python => "Python",
             Lang::Js => "JavaScript",
             Lang::C => "C",
+            Lang::Zig => "Zig",
+            Lang::Go => "Go",
+            Lang::Ts => "TypeScript",
         }
     }
 }
@@ -216,20 +251,6 @@ pub fn section_commands(readme: &str, section: &str) -> Vec<String> {
     commands
 }
 
-/// `sockgate c-guest bindings WIT_DIR OUT_DIR`: writes the C bindings of
-/// the `conn-handler` world (what `wit-bindgen c` does), with the same
-/// library guests/build-lang.sh uses, so C projects need only clang.
-pub fn c_bindings(wit: &Path, out: &Path) -> Result<()> {
-    sockgate_c_tool::bindings(wit, WORLD, out)
-}
-
-/// `sockgate c-guest component CORE OUT`: makes a component of the core
-/// module clang built, adapting its WASI preview1 imports with the adapter
-/// of the gateway's own wasmtime release.
-pub fn c_component(core: &Path, out: &Path) -> Result<()> {
-    sockgate_c_tool::component(core, out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +301,9 @@ mod tests {
             ("python", Lang::Python),
             ("js", Lang::Js),
             ("c", Lang::C),
+            ("zig", Lang::Zig),
+            ("go", Lang::Go),
+            ("ts", Lang::Ts),
         ] {
             let on_disk = files_under(&root().join("templates").join(dir));
             let mut embedded: Vec<String> = lang
@@ -298,7 +322,7 @@ mod tests {
 
     #[test]
     fn every_readme_says_how_to_build_and_run() {
-        for lang in [Lang::Rust, Lang::Python, Lang::Js, Lang::C] {
+        for lang in Lang::value_variants().iter().copied() {
             let readme = render(
                 lang.files()
                     .iter()

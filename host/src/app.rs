@@ -150,6 +150,14 @@ impl App {
         let shards = match &self.serving {
             Serving::Shards(shards) => shards,
             Serving::PerConnection(per) => {
+                // The app's share of the gateway's per-connection instance
+                // pool (`limits.max_sync_instances`), so one app's flood
+                // leaves instances for the others.
+                let quota = per.settings.limits.max_sync_instances;
+                if per.active.active() >= quota {
+                    drop(admission);
+                    return Err(self.refuse_over_pool_share(quota, peer));
+                }
                 let assigned = assign(conn, admission, &per.active);
                 let settings = per.settings.clone();
                 let pre = per.pre.clone();
@@ -177,6 +185,29 @@ impl App {
             .tx
             .try_send(assigned)
             .map_err(|_| self.account.refuse(Refused::InstancesFull, peer))
+    }
+}
+
+impl App {
+    /// Records a connection refused at the app's share of the
+    /// per-connection instance pool.
+    fn refuse_over_pool_share(&self, quota: usize, peer: std::net::IpAddr) -> Refused {
+        self.account
+            .counters
+            .refused_instances_full
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.log.event(
+            None,
+            EventKind::LimitHit {
+                limit: "max_sync_instances",
+                detail: format!(
+                    "refused a connection from {peer}: the app has {quota} instances (one per \
+                     connection) of the {} that all conn-handler-sync apps share",
+                    crate::runtime::engine::PER_CONNECTION_POOL
+                ),
+            },
+        );
+        Refused::InstancesFull
     }
 }
 

@@ -14,7 +14,13 @@
 //!
 //! [app.limits]                         # optional, see `AppLimits`
 //! cpu_budget_ms = 50
+//!
+//! [ceilings]                           # optional: the most a deploy may ask for
+//! memory_limit_mb = 512                # see `Ceilings`
 //! ```
+//!
+//! [`AppConfig::check`] is the one validator of an app's settings, for
+//! apps of this file and apps deployed through the admin API alike.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -24,7 +30,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{AppLimits, GatewayLimits};
+use crate::limits::{AppLimits, Ceilings, GatewayLimits};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -45,6 +51,10 @@ pub struct Config {
     /// The QUIC endpoint (`[quic]`), with `[tls]` only; on by default when
     /// `[tls]` is there. See [`crate::listen::quic`].
     pub quic: Option<crate::listen::quic::QuicSettings>,
+    /// The most an app deployed through the admin API may ask for
+    /// (`[ceilings]`). See [`Ceilings`].
+    #[serde(default)]
+    pub ceilings: Ceilings,
 }
 
 /// Settings that apply to the whole gateway.
@@ -60,17 +70,42 @@ pub struct GatewaySettings {
     /// Where deployed apps are kept (see [`crate::store`]); default
     /// `$XDG_DATA_HOME/sockgate` or `~/.local/share/sockgate`.
     pub state_dir: Option<PathBuf>,
-    /// Address of the admin API and dashboard (loopback recommended: the
-    /// API deploys code). No admin API when unset.
+    /// Address of the admin API and dashboard. No admin API when unset.
+    /// It speaks plain HTTP and deploys code, so it must be a loopback
+    /// address unless `allow_remote_admin` is set.
     pub admin: Option<SocketAddr>,
+    /// Lets `admin` be a non-loopback address. Threat: the admin token and
+    /// the dashboard's session cookie crossing a network in clear text;
+    /// set it only behind a TLS-terminating proxy or on a trusted network.
+    #[serde(default)]
+    pub allow_remote_admin: bool,
     /// How long connections of a replaced or removed version may go on
     /// before they are closed, in seconds.
     #[serde(default = "default_drain_secs")]
     pub drain_secs: u64,
+    /// The top share of `max_connections`, in percent, kept for apps that
+    /// hold less than an equal share of it; no app holds more than the
+    /// rest (see [`crate::conns`]). Threat: one app taking every
+    /// gateway-wide connection slot. 0 turns the reserve off.
+    #[serde(default = "default_reserved_percent")]
+    pub reserved_connections_percent: u8,
+    /// IPv6 clients are counted per prefix of this length by every per-IP
+    /// limit (connections, handshakes, QUIC). Threat: a host owning a /64
+    /// (the usual assignment) counting as 2^64 clients.
+    #[serde(default = "default_ipv6_prefix")]
+    pub client_ipv6_prefix: u8,
 }
 
 fn default_drain_secs() -> u64 {
     30
+}
+
+fn default_reserved_percent() -> u8 {
+    crate::conns::DEFAULT_RESERVED_PERCENT
+}
+
+fn default_ipv6_prefix() -> u8 {
+    crate::conns::DEFAULT_IPV6_PREFIX
 }
 
 impl Default for GatewaySettings {
@@ -80,7 +115,10 @@ impl Default for GatewaySettings {
             max_connections: default_max_connections(),
             state_dir: None,
             admin: None,
+            allow_remote_admin: false,
             drain_secs: default_drain_secs(),
+            reserved_connections_percent: default_reserved_percent(),
+            client_ipv6_prefix: default_ipv6_prefix(),
         }
     }
 }
@@ -250,6 +288,78 @@ impl<'de> Deserialize<'de> for Instances {
 
         deserializer.deserialize_any(Visitor)
     }
+
+    /// The one check of an app's settings, for apps of the configuration
+    /// file (`ceilings` = `None`: the operator's own, held to the hard
+    /// maxima) and apps deployed through the admin API (held to the
+    /// operator's `ceilings` too). Errors name the setting, the bound and
+    /// what to do. Who owns the app's `domains` is checked by the gateway,
+    /// which knows the other apps ([`crate::route::NamePolicy`]).
+    pub fn check(&self, ceilings: Option<&Ceilings>) -> Result<()> {
+        use crate::limits::{HARD_MAX_ALPN, HARD_MAX_DOMAINS, HARD_MAX_INSTANCES};
+        check_app_name(&self.name)?;
+        let name = &self.name;
+        // (Through `instance_count`, whatever form `instances` takes.)
+        let instances = self.instance_count();
+        if instances == 0 {
+            bail!("app `{name}`: instances must be at least 1");
+        }
+        let over = |what: &str, value: usize, hard: usize, ceiling: Option<usize>| -> Result<()> {
+            if value > hard {
+                bail!("app `{name}`: {value} {what} is over the maximum {hard}");
+            }
+            if let Some(ceiling) = ceiling
+                && value > ceiling
+            {
+                bail!(
+                    "app `{name}`: {value} {what} is over this gateway's ceiling {ceiling} \
+                     ([ceilings] in its configuration): ask for fewer, or ask the operator"
+                );
+            }
+            Ok(())
+        };
+        over(
+            "instances",
+            instances,
+            HARD_MAX_INSTANCES,
+            ceilings.map(|c| c.instances),
+        )?;
+        self.limits
+            .check(ceilings)
+            .with_context(|| format!("app `{name}`"))?;
+        if let Some(ceilings) = ceilings {
+            let total = self.limits.memory_limit_mb.saturating_mul(instances as u64);
+            if total > ceilings.app_memory_mb {
+                bail!(
+                    "app `{name}`: {instances} instances × limits.memory_limit_mb {} = {total} \
+                     MiB is over this gateway's ceiling of {} MiB per app \
+                     ([ceilings] app_memory_mb): ask for fewer instances or less memory",
+                    self.limits.memory_limit_mb,
+                    ceilings.app_memory_mb
+                );
+            }
+        }
+        over(
+            "outbound rules",
+            self.outbound.len(),
+            crate::limits::HARD_MAX_OUTBOUND_RULES,
+            ceilings.map(|c| c.outbound_rules),
+        )?;
+        crate::outbound::OutboundPolicy::parse(&self.outbound)
+            .with_context(|| format!("app `{name}`: invalid outbound rule"))?;
+        over(
+            "custom domains",
+            self.domains.len(),
+            HARD_MAX_DOMAINS,
+            ceilings.map(|c| c.domains),
+        )?;
+        for domain in &self.domains {
+            crate::certs::check_dns_name(domain)
+                .with_context(|| format!("app `{name}`: domains"))?;
+        }
+        over("ALPN protocols", self.alpn.len(), HARD_MAX_ALPN, None)?;
+        crate::listen::tls::check_alpn(self)
+    }
 }
 
 impl Config {
@@ -288,6 +398,30 @@ impl Config {
         if self.gateway.max_connections == 0 {
             bail!("gateway.max_connections must be at least 1");
         }
+        if self.gateway.reserved_connections_percent > 90 {
+            bail!(
+                "gateway.reserved_connections_percent must be at most 90 (every app may hold \
+                 the rest of gateway.max_connections)"
+            );
+        }
+        if !(32..=128).contains(&self.gateway.client_ipv6_prefix) {
+            bail!(
+                "gateway.client_ipv6_prefix must be between 32 and 128 (64: one client per \
+                 /64, the usual assignment of one host)"
+            );
+        }
+        if let Some(admin) = self.gateway.admin
+            && !admin.ip().is_loopback()
+            && !self.gateway.allow_remote_admin
+        {
+            bail!(
+                "gateway.admin = {admin} is not a loopback address: the admin API speaks plain \
+                 HTTP and deploys code, so its token would cross the network in clear text. \
+                 Listen on 127.0.0.1 (and reach it over SSH or a TLS-terminating proxy), or set \
+                 gateway.allow_remote_admin = true if the network is trusted"
+            );
+        }
+        self.ceilings.validate()?;
         if self.apps.is_empty() && self.gateway.admin.is_none() {
             bail!(
                 "no apps configured and no admin API to deploy any: add an [[app]] table with \
@@ -311,11 +445,7 @@ impl Config {
                     app.listen
                 );
             }
-            app.limits
-                .validate()
-                .with_context(|| format!("app `{}`", app.name))?;
-            crate::outbound::OutboundPolicy::parse(&app.outbound)
-                .with_context(|| format!("app `{}`: invalid outbound rule", app.name))?;
+            app.check(None)?;
         }
         crate::listen::tls::validate(self)?;
         Ok(())
@@ -335,18 +465,23 @@ impl Config {
         PathBuf::from("sockgate-state")
     }
 
-    /// The cache directory to use, resolving the default.
-    pub fn cache_dir(&self) -> PathBuf {
+    /// The cache directory to use, resolving the default. There is no
+    /// fallback to a shared temporary directory: another local user could
+    /// create it first and plant compiled code the gateway would load.
+    pub fn cache_dir(&self) -> Result<PathBuf> {
         if let Some(dir) = &self.gateway.cache_dir {
-            return dir.clone();
+            return Ok(dir.clone());
         }
         if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-            return PathBuf::from(dir).join("sockgate");
+            return Ok(PathBuf::from(dir).join("sockgate"));
         }
         if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-            return PathBuf::from(home).join(".cache").join("sockgate");
+            return Ok(PathBuf::from(home).join(".cache").join("sockgate"));
         }
-        std::env::temp_dir().join("sockgate-cache")
+        bail!(
+            "no directory for the compile cache: set gateway.cache_dir (`--cache-dir` for \
+             `sockgate run`), or HOME or XDG_CACHE_HOME, to a directory of the gateway's own user"
+        )
     }
 }
 
@@ -444,6 +579,46 @@ mod tests {
             let json = serde_json::to_string(&instances).unwrap();
             assert_eq!(serde_json::from_str::<Instances>(&json).unwrap(), instances);
         }
+    }
+
+    #[test]
+    fn the_admin_api_stays_on_loopback_unless_allowed() {
+        let remote = "[gateway]\nadmin = \"0.0.0.0:9900\"\n";
+        let config: Config = toml::from_str(remote).unwrap();
+        let err = format!("{:#}", config.validate().unwrap_err());
+        assert!(err.contains("allow_remote_admin"), "{err}");
+        let allowed: Config =
+            toml::from_str(&format!("{remote}allow_remote_admin = true\n")).unwrap();
+        allowed.validate().unwrap();
+    }
+
+    #[test]
+    fn one_check_for_file_and_deploy_with_ceilings_for_deploys() {
+        let count = |n: usize| Instances::Count(NonZeroUsize::new(n).unwrap());
+        let mut app = AppConfig::new("a", PathBuf::from("a.wasm"), "127.0.0.1:0".parse().unwrap());
+        app.instances = Some(count(64));
+        app.check(None).unwrap();
+        let ceilings = Ceilings {
+            instances: 16,
+            ..Ceilings::default()
+        };
+        let err = format!("{:#}", app.check(Some(&ceilings)).unwrap_err());
+        assert!(
+            err.contains("64 instances") && err.contains("ceiling 16"),
+            "{err}"
+        );
+        app.instances = Some(count(8));
+        app.limits.memory_limit_mb = 1024;
+        let err = format!("{:#}", app.check(Some(&ceilings)).unwrap_err());
+        assert!(err.contains("app_memory_mb"), "{err}");
+        app.instances = Some(count(100_000));
+        assert!(app.check(None).is_err());
+        app.instances = Some(count(1));
+        app.domains = (0..17).map(|i| format!("d{i}.example.com")).collect();
+        assert!(app.check(Some(&ceilings)).is_err());
+        app.check(None).unwrap();
+        app.domains = vec!["not a name".into()];
+        assert!(app.check(None).is_err());
     }
 
     #[test]

@@ -1,15 +1,27 @@
 //! Connection accounting and the one sweeper that enforces time limits.
 //!
 //! Every connection handed to an app is admitted against the gateway-wide
-//! cap, the app's cap, the app's per-IP cap and an instance's cap, in that
-//! order; [`ActiveConn`] holds what it took and gives it back when the
-//! connection is done. A single task ([`ConnTracker::run_sweeper`]) walks
+//! cap (with the app's share of it), the app's cap, the app's per-client
+//! cap and an instance's cap, in that order; [`ActiveConn`] holds what it
+//! took and gives it back when the connection is done.
+//!
+//! A "client" is an IPv4 address or an IPv6 prefix (a /64 by default,
+//! [`client_key`]): one host usually owns a whole IPv6 /64, so counting
+//! exact IPv6 addresses would give it 2^64 "clients".
+//!
+//! The gateway-wide cap is shared ([`ConnTracker::with_reserve`]): no app
+//! may hold more than `100 - reserved_connections_percent` percent of it,
+//! and the last `reserved_connections_percent` percent go only to apps
+//! holding less than an equal share (the cap divided by the apps that hold
+//! connections). Threat: one app (a flood aimed at it, or its own high
+//! `max_connections` with no idle timeout) taking every gateway slot, so
+//! that every other app is refused. A single task ([`ConnTracker::run_sweeper`]) walks
 //! all live connections a few times a second and closes those past their
 //! idle timeout or maximum lifetime — no timer per connection.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -26,9 +38,56 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// connection can be closed even while its guest is not reading or writing.
 pub type Closer = Box<dyn Fn() + Send + Sync>;
 
+/// The default share of the gateway-wide cap kept for apps below an equal
+/// share, in percent (`gateway.reserved_connections_percent`).
+pub const DEFAULT_RESERVED_PERCENT: u8 = 20;
+/// The default IPv6 prefix length that makes one client
+/// (`gateway.client_ipv6_prefix`).
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// The IPv6 prefix length per client for [`client_key`]; set once at start
+/// from `gateway.client_ipv6_prefix` (a process serves one gateway).
+static IPV6_PREFIX: AtomicU8 = AtomicU8::new(DEFAULT_IPV6_PREFIX);
+
+/// Sets the IPv6 prefix length that makes one client, for every per-client
+/// count of the process (connections, handshakes, QUIC). `len` is checked
+/// by the configuration (32 to 128).
+pub fn set_client_ipv6_prefix(len: u8) {
+    IPV6_PREFIX.store(len.clamp(1, 128), Ordering::Relaxed);
+}
+
+/// The key per-client limits count under: an IPv4 address as it is (an
+/// IPv4-mapped IPv6 address as its IPv4 address), an IPv6 address reduced
+/// to its prefix (a /64 unless configured otherwise).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    client_key_with(ip, IPV6_PREFIX.load(Ordering::Relaxed))
+}
+
+fn client_key_with(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6);
+                let mask = match prefix {
+                    0 => 0,
+                    p if p >= 128 => u128::MAX,
+                    p => u128::MAX << (128 - u32::from(p)),
+                };
+                IpAddr::V6(Ipv6Addr::from(bits & mask))
+            }
+        },
+    }
+}
+
 /// Gateway-wide accounting.
 pub struct ConnTracker {
     max_connections: usize,
+    /// Slots at the top of the cap kept for apps below an equal share.
+    reserved: usize,
+    /// Apps (versions) holding at least one connection now.
+    apps_holding: AtomicUsize,
     active: AtomicUsize,
     /// Live connections by id, for the sweeper and `connection.info`.
     live: Mutex<HashMap<u64, Weak<ActiveConn>>>,
@@ -45,6 +104,7 @@ pub struct AppAccount {
     /// receive window in KiB (applied once a QUIC connection is routed).
     quic_limits: (u32, u64),
     active: AtomicUsize,
+    /// Connections by client ([`client_key`]).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Counters for operators and metrics.
     pub counters: AppCounters,
@@ -57,6 +117,8 @@ pub struct AppCounters {
     pub accepted: AtomicU64,
     /// Refused: gateway-wide cap.
     pub refused_gateway_full: AtomicU64,
+    /// Refused: the app holds its share of the gateway-wide cap.
+    pub refused_gateway_share: AtomicU64,
     /// Refused: the app's cap.
     pub refused_app_full: AtomicU64,
     /// Refused: the per-IP cap.
@@ -81,6 +143,7 @@ impl AppCounters {
     pub fn refused(&self) -> u64 {
         [
             &self.refused_gateway_full,
+            &self.refused_gateway_share,
             &self.refused_app_full,
             &self.refused_per_ip,
             &self.refused_instances_full,
@@ -97,6 +160,10 @@ pub enum Refused {
     /// `gateway.max_connections`.
     #[error("gateway.max_connections")]
     GatewayFull,
+    /// The app's share of `gateway.max_connections` (see
+    /// `gateway.reserved_connections_percent`).
+    #[error("gateway.reserved_connections_percent")]
+    GatewayShare,
     /// The app's `limits.max_connections`.
     #[error("max_connections")]
     AppFull,
@@ -109,10 +176,21 @@ pub enum Refused {
 }
 
 impl ConnTracker {
-    /// A tracker allowing `max_connections` at once over all apps.
+    /// A tracker allowing `max_connections` at once over all apps, with the
+    /// default reserve.
     pub fn new(max_connections: usize) -> Arc<Self> {
+        Self::with_reserve(max_connections, DEFAULT_RESERVED_PERCENT)
+    }
+
+    /// A tracker allowing `max_connections` at once over all apps, keeping
+    /// the top `reserved_percent` percent for apps below an equal share
+    /// (see the module documentation).
+    pub fn with_reserve(max_connections: usize, reserved_percent: u8) -> Arc<Self> {
+        let reserved = max_connections.saturating_mul(usize::from(reserved_percent.min(100))) / 100;
         Arc::new(Self {
             max_connections,
+            reserved,
+            apps_holding: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             live: Mutex::new(HashMap::new()),
         })
@@ -207,6 +285,7 @@ impl AppAccount {
     pub fn refuse(&self, why: Refused, peer: IpAddr) -> Refused {
         let counter = match why {
             Refused::GatewayFull => &self.counters.refused_gateway_full,
+            Refused::GatewayShare => &self.counters.refused_gateway_share,
             Refused::AppFull => &self.counters.refused_app_full,
             Refused::PerIp => &self.counters.refused_per_ip,
             Refused::InstancesFull => &self.counters.refused_instances_full,
@@ -214,6 +293,7 @@ impl AppAccount {
         counter.fetch_add(1, Ordering::Relaxed);
         let limit = match why {
             Refused::GatewayFull => "gateway.max_connections",
+            Refused::GatewayShare => "gateway.reserved_connections_percent",
             Refused::AppFull => "max_connections",
             Refused::PerIp => "max_connections_per_ip",
             Refused::InstancesFull => "max_connections_per_instance",
@@ -238,27 +318,35 @@ pub fn admit(
     app: &Arc<AppAccount>,
     peer: IpAddr,
 ) -> Result<Admission, Refused> {
+    let client = client_key(peer);
     let mut admission = Admission {
         tracker: tracker.clone(),
         app: app.clone(),
-        peer,
+        client,
         took_global: false,
         took_app: false,
         took_ip: false,
     };
-    if tracker.active.fetch_add(1, Ordering::Relaxed) >= tracker.max_connections {
-        tracker.active.fetch_sub(1, Ordering::Relaxed);
+    let total = tracker.active.fetch_add(1, Ordering::Relaxed);
+    admission.took_global = true;
+    if total >= tracker.max_connections {
         return Err(app.refuse(Refused::GatewayFull, peer));
     }
-    admission.took_global = true;
-    if app.active.fetch_add(1, Ordering::Relaxed) >= app.max_connections {
+    if !tracker.within_share(total, app.active()) {
+        return Err(app.refuse(Refused::GatewayShare, peer));
+    }
+    let app_before = app.active.fetch_add(1, Ordering::Relaxed);
+    if app_before >= app.max_connections {
         app.active.fetch_sub(1, Ordering::Relaxed);
         return Err(app.refuse(Refused::AppFull, peer));
     }
     admission.took_app = true;
+    if app_before == 0 {
+        tracker.apps_holding.fetch_add(1, Ordering::Relaxed);
+    }
     {
         let mut per_ip = lock(&app.per_ip);
-        let count = per_ip.entry(peer).or_insert(0);
+        let count = per_ip.entry(client).or_insert(0);
         if *count >= app.max_per_ip {
             drop(per_ip);
             return Err(app.refuse(Refused::PerIp, peer));
@@ -269,12 +357,34 @@ pub fn admit(
     Ok(admission)
 }
 
+impl ConnTracker {
+    /// Whether an app holding `app_active` connections may take one more
+    /// while `total` are taken gateway-wide: never beyond the cap minus the
+    /// reserve, and into the reserve only below an equal share.
+    fn within_share(&self, total: usize, app_active: usize) -> bool {
+        if self.reserved == 0 {
+            return true;
+        }
+        let unreserved = self.max_connections - self.reserved;
+        if app_active >= unreserved {
+            return false;
+        }
+        if total < unreserved {
+            return true;
+        }
+        // Apps with connections, counting this one if it holds none yet.
+        let holding = self.apps_holding.load(Ordering::Relaxed) + usize::from(app_active == 0);
+        app_active < self.max_connections / holding.max(1)
+    }
+}
+
 /// A connection admitted by the gateway and the app, not yet assigned to
 /// an instance.
 pub struct Admission {
     tracker: Arc<ConnTracker>,
     app: Arc<AppAccount>,
-    peer: IpAddr,
+    /// The client's key ([`client_key`]).
+    client: IpAddr,
     took_global: bool,
     took_app: bool,
     took_ip: bool,
@@ -303,7 +413,7 @@ impl Admission {
         let conn = Arc::new(ActiveConn {
             tracker: self.tracker.clone(),
             app: self.app.clone(),
-            peer: self.peer,
+            client: self.client,
             instance_active,
             accepted_ms: now,
             last_activity_ms: AtomicU64::new(now),
@@ -322,7 +432,7 @@ impl Drop for Admission {
         release(
             &self.tracker,
             &self.app,
-            self.peer,
+            self.client,
             self.took_global,
             self.took_app,
             self.took_ip,
@@ -333,7 +443,7 @@ impl Drop for Admission {
 fn release(
     tracker: &ConnTracker,
     app: &AppAccount,
-    peer: IpAddr,
+    client: IpAddr,
     global: bool,
     app_slot: bool,
     ip: bool,
@@ -341,15 +451,15 @@ fn release(
     if global {
         tracker.active.fetch_sub(1, Ordering::Relaxed);
     }
-    if app_slot {
-        app.active.fetch_sub(1, Ordering::Relaxed);
+    if app_slot && app.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+        tracker.apps_holding.fetch_sub(1, Ordering::Relaxed);
     }
     if ip {
         let mut per_ip = lock(&app.per_ip);
-        if let Some(count) = per_ip.get_mut(&peer) {
+        if let Some(count) = per_ip.get_mut(&client) {
             *count -= 1;
             if *count == 0 {
-                per_ip.remove(&peer);
+                per_ip.remove(&client);
             }
         }
     }
@@ -399,7 +509,8 @@ impl ShardLoad {
 pub struct ActiveConn {
     tracker: Arc<ConnTracker>,
     app: Arc<AppAccount>,
-    peer: IpAddr,
+    /// The client's key ([`client_key`]).
+    client: IpAddr,
     instance_active: Arc<ShardLoad>,
     accepted_ms: u64,
     last_activity_ms: AtomicU64,
@@ -493,7 +604,7 @@ impl ActiveConn {
                 limit,
                 detail: format!(
                     "closed the connection from {} after {age_s:.1} s",
-                    self.peer
+                    self.info.peer.ip()
                 ),
             },
         );
@@ -508,7 +619,7 @@ impl Drop for ActiveConn {
     fn drop(&mut self) {
         self.instance_active.release();
         self.tracker.unregister(self.info.id);
-        release(&self.tracker, &self.app, self.peer, true, true, true);
+        release(&self.tracker, &self.app, self.client, true, true, true);
     }
 }
 
@@ -578,6 +689,72 @@ mod tests {
         drop(second);
         assert_eq!(app.counters.refused(), 2);
         assert_eq!(other_app.counters.refused(), 1);
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_prefix_and_mapped_ipv4_as_ipv4() {
+        let key = |ip: &str, prefix| client_key_with(ip.parse().unwrap(), prefix);
+        assert_eq!(
+            key("2001:db8:1:2:aaaa::1", 64),
+            key("2001:db8:1:2:ffff::9", 64)
+        );
+        assert_ne!(key("2001:db8:1:2::1", 64), key("2001:db8:1:3::1", 64));
+        assert_eq!(key("2001:db8:1:2::1", 48), key("2001:db8:1:3::1", 48));
+        assert_ne!(key("2001:db8::1", 128), key("2001:db8::2", 128));
+        assert_eq!(key("::ffff:10.0.0.1", 64), key("10.0.0.1", 64));
+        assert_ne!(key("10.0.0.1", 64), key("10.0.0.2", 64));
+
+        // One /64 is one client for the per-IP cap.
+        let tracker = ConnTracker::new(100);
+        let app = account(AppLimits {
+            max_connections_per_ip: 2,
+            ..AppLimits::default()
+        });
+        let a = admit(&tracker, &app, "2001:db8::1".parse().unwrap()).unwrap();
+        let b = admit(&tracker, &app, "2001:db8::2".parse().unwrap()).unwrap();
+        assert_eq!(
+            admit(&tracker, &app, "2001:db8::ffff:3".parse().unwrap()).err(),
+            Some(Refused::PerIp)
+        );
+        assert!(admit(&tracker, &app, "2001:db8:0:1::1".parse().unwrap()).is_ok());
+        drop((a, b));
+    }
+
+    #[test]
+    fn no_app_takes_the_whole_gateway() {
+        let tracker = ConnTracker::with_reserve(10, 20);
+        let greedy = account(AppLimits::default());
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        // Alone, an app gets 80 % of the slots and no more.
+        let held: Vec<Admission> = (0..8)
+            .map(|n| admit(&tracker, &greedy, ip(n)).unwrap())
+            .collect();
+        let held: Vec<Arc<ActiveConn>> = held
+            .into_iter()
+            .enumerate()
+            .map(|(n, a)| {
+                a.finish(
+                    info(100 + n as u64),
+                    Arc::new(ShardLoad::default()),
+                    Box::new(|| {}),
+                )
+            })
+            .collect();
+        assert_eq!(
+            admit(&tracker, &greedy, ip(9)).err(),
+            Some(Refused::GatewayShare)
+        );
+        // Another app still gets the reserve.
+        let other = account(AppLimits::default());
+        let first = admit(&tracker, &other, ip(20)).unwrap();
+        let second = admit(&tracker, &other, ip(21)).unwrap();
+        assert_eq!(
+            admit(&tracker, &other, ip(22)).err(),
+            Some(Refused::GatewayFull)
+        );
+        drop((first, second, held));
+        assert_eq!(tracker.active(), 0);
+        assert_eq!(tracker.apps_holding.load(Ordering::Relaxed), 0);
     }
 
     #[test]

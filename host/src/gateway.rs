@@ -2,12 +2,21 @@
 //! configuration file at start, the admin API at any time), and how one
 //! version replaces another without dropping a connection.
 //!
-//! Every app goes through [`Gateway::deploy`]: load and check the component
+//! Every app goes through one path ([`Gateway::switch`]): check its settings
+//! ([`AppConfig::check`], with the operator's ceilings for deployed apps)
+//! and who owns its domains ([`NamePolicy`]), load and check the component
 //! (compile included) while the old version keeps serving, bind the
-//! listener, persist (for deployed apps), then switch: the router points
-//! new connections at the new version, and the old one drains (its
-//! connections go on until they close or the drain deadline passes).
-//! Nothing changes when any step before the switch fails.
+//! listener, start the new version's instances, persist (for deployed
+//! apps), then switch: the router points new connections at the new
+//! version, and the old one drains (its connections go on until they close
+//! or the drain deadline passes). Nothing changes, and nothing is
+//! persisted, when any step before the switch fails; a bug (a panic) in
+//! one of them fails that deploy, not the gateway.
+//!
+//! At start, a persisted app that cannot be started (a record damaged by
+//! hand, settings over a lowered ceiling, a missing component) is skipped
+//! and reported: in the log, as an event of the app, and as `failed` in
+//! `sockgate ls`. The other apps serve.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,17 +26,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
+use crate::certs::normalize_name;
 use crate::config::{AppConfig, Config, check_app_name};
 use crate::conns::ConnTracker;
+use crate::limits::Ceilings;
 use crate::listen;
 use crate::logs::{AppLog, EventKind};
-use crate::outbound::OutboundPolicy;
-use crate::route::Router;
+use crate::outbound::{OutboundPolicy, OwnPorts};
+use crate::route::{NamePolicy, Router};
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
 use crate::runtime::instance::InstanceSettings;
@@ -51,14 +61,43 @@ struct Inner {
     drain: Duration,
     /// Serializes deploys and holds what each app is.
     slots: Mutex<BTreeMap<String, Slot>>,
-    /// Ports the gateway listens on (apps and admin), protected from guests.
+    /// The admin API's port, once known.
     admin_port: std::sync::Mutex<Option<u16>>,
-    /// The TLS and plain-HTTP listeners' ports, protected from guests too.
+    /// The TLS, plain-HTTP and QUIC listeners' ports.
     tls_ports: Vec<u16>,
+    /// Every port the gateway listens on (apps, admin, TLS, HTTP, QUIC):
+    /// the live set each app's outbound policy consults at connect time.
+    own_ports: Arc<OwnPorts>,
     /// TLS termination and SNI routing, once started (`[tls]`).
     https: std::sync::OnceLock<Arc<listen::tls::Https>>,
+    /// Who may claim which custom domain; `None` without `[tls]`.
+    names: Option<NamePolicy>,
+    /// The most a deployed app may ask for (`[ceilings]`).
+    ceilings: Ceilings,
+    /// Persisted apps that could not be started, by name.
+    failed: std::sync::Mutex<BTreeMap<String, FailedApp>>,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+}
+
+/// A persisted app that could not be started (at start, or when rolled
+/// back): reported in `sockgate ls` until it is deployed anew, rolled back
+/// or removed.
+#[derive(Clone, serde::Serialize)]
+pub struct FailedApp {
+    /// Name.
+    pub name: String,
+    /// Where it comes from (always `deployed`).
+    pub source: Source,
+    /// `failed`.
+    pub state: &'static str,
+    /// The version that could not start (0 if its record is unreadable).
+    pub version: u64,
+    /// Why.
+    pub error: String,
+    /// Its events (the failure), for `sockgate events`.
+    #[serde(skip)]
+    pub log: Arc<AppLog>,
 }
 
 /// Persists a deploy or rollback once the new version is known to load
@@ -109,6 +148,9 @@ pub struct AppStatus {
     pub name: String,
     /// Where it comes from.
     pub source: Source,
+    /// `running` (a persisted app that could not start is a
+    /// [`FailedApp`]).
+    pub state: &'static str,
     /// The version serving (1, 2, …).
     pub version: u64,
     /// SHA-256 of its component.
@@ -143,8 +185,12 @@ impl Gateway {
     /// reported and skipped.
     pub async fn start(config: Config) -> Result<Self> {
         config.validate()?;
-        let runtime = Arc::new(Runtime::new(config.cache_dir())?);
-        let tracker = ConnTracker::new(config.gateway.max_connections);
+        crate::conns::set_client_ipv6_prefix(config.gateway.client_ipv6_prefix);
+        let runtime = Arc::new(Runtime::new(config.cache_dir()?)?);
+        let tracker = ConnTracker::with_reserve(
+            config.gateway.max_connections,
+            config.gateway.reserved_connections_percent,
+        );
         tokio::spawn(tracker.clone().run_sweeper());
         let store = match config.gateway.admin {
             Some(_) => Some(StateStore::open(&config.state_dir())?),
@@ -154,6 +200,11 @@ impl Gateway {
         // once the configured apps are in the router.
         let tls = listen::tls::prepare(&config).await?;
         let tls_ports = tls.as_ref().map(|t| t.ports()).unwrap_or_default();
+        // Protected before any guest runs: the admin port when configured
+        // (a port 0 is added once bound, see `set_admin_port`).
+        let own_ports = OwnPorts::new();
+        let admin_port = config.gateway.admin.map(|a| a.port()).filter(|&p| p != 0);
+        own_ports.replace(tls_ports.iter().copied().chain(admin_port));
         let gateway = Self {
             inner: Arc::new(Inner {
                 runtime,
@@ -162,9 +213,13 @@ impl Gateway {
                 store,
                 drain: Duration::from_secs(config.gateway.drain_secs),
                 slots: Mutex::new(BTreeMap::new()),
-                admin_port: std::sync::Mutex::new(None),
+                admin_port: std::sync::Mutex::new(admin_port),
                 tls_ports,
+                own_ports,
                 https: std::sync::OnceLock::new(),
+                names: config.tls.as_ref().map(|tls| tls.name_policy()),
+                ceilings: config.ceilings.clone(),
+                failed: std::sync::Mutex::new(BTreeMap::new()),
                 cache_hits: AtomicU64::new(0),
                 cache_misses: AtomicU64::new(0),
             }),
@@ -178,7 +233,7 @@ impl Gateway {
                 .context(format!("app `{}`", app.name))
             })?;
             gateway
-                .switch(app.clone(), Source::Config, bytes, 0, None)
+                .switch(app.clone(), Source::Config, Arc::new(bytes), 0, None)
                 .await?;
         }
         if let Some(tls) = tls {
@@ -189,7 +244,8 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Brings back every app persisted in the state directory.
+    /// Brings back every app persisted in the state directory; one that
+    /// cannot start is reported ([`FailedApp`]) and skipped.
     async fn restore(&self) {
         let Some(store) = &self.inner.store else {
             return;
@@ -201,8 +257,11 @@ impl Gateway {
                 return;
             }
         };
-        for problem in problems {
+        for (name, problem) in problems {
             tracing::error!("skipping a damaged app record: {problem}");
+            if let Some(name) = name {
+                self.record_failure(&name, 0, format!("its record is damaged: {problem}"));
+            }
         }
         for record in records {
             if self.inner.slots.lock().await.contains_key(&record.name) {
@@ -213,26 +272,93 @@ impl Gateway {
                 continue;
             }
             let Some(version) = record.current_version().cloned() else {
-                tracing::error!(app = %record.name, "app record names no current version");
+                self.record_failure(
+                    &record.name,
+                    record.current,
+                    format!("its record names no version {}", record.current),
+                );
                 continue;
             };
             let restored = async {
-                let bytes = std::fs::read(&version.config.component).with_context(|| {
-                    format!("cannot read {}", version.config.component.display())
-                })?;
+                let bytes = read_blob(&version)?;
                 self.switch(
                     version.config.clone(),
                     Source::Deployed,
-                    bytes,
+                    Arc::new(bytes),
                     version.number,
                     None,
                 )
                 .await
             };
             if let Err(err) = restored.await {
-                tracing::error!(app = %record.name, "cannot restore app: {err:#}");
+                self.record_failure(&record.name, version.number, format!("{err:#}"));
             }
         }
+    }
+
+    /// Reports that persisted app `name` (at `version`) could not start:
+    /// the log, an event of the app, and `failed` in the list of apps.
+    fn record_failure(&self, name: &str, version: u64, error: String) {
+        tracing::error!(app = %name, "cannot start the deployed app; skipping it: {error}");
+        let log = Arc::new(AppLog::new(name));
+        log.event(
+            None,
+            EventKind::NotStarted {
+                reason: error.clone(),
+            },
+        );
+        let failed = FailedApp {
+            name: name.to_owned(),
+            source: Source::Deployed,
+            state: "failed",
+            version,
+            error,
+            log,
+        };
+        crate::locks::lock(&self.inner.failed).insert(name.to_owned(), failed);
+    }
+
+    /// Checks `config` as the gateway will run it: its settings (with the
+    /// operator's ceilings for a deployed app) and its claims on names
+    /// against the other apps in `slots`.
+    fn check_app(
+        &self,
+        config: &AppConfig,
+        source: Source,
+        slots: &BTreeMap<String, Slot>,
+    ) -> Result<()> {
+        let ceilings = (source == Source::Deployed).then_some(&self.inner.ceilings);
+        config.check(ceilings)?;
+        let Some(policy) = &self.inner.names else {
+            if !config.domains.is_empty() || !config.alpn.is_empty() {
+                bail!(
+                    "app `{}`: `domains` and `alpn` apply to TLS, and this gateway has no \
+                     [tls] section",
+                    config.name
+                );
+            }
+            return Ok(());
+        };
+        for domain in &config.domains {
+            policy.check_claim(&config.name, domain, source == Source::Config)?;
+            let domain = normalize_name(domain);
+            let owner = slots.iter().find(|(name, slot)| {
+                *name != &config.name
+                    && slot
+                        .config
+                        .domains
+                        .iter()
+                        .any(|d| normalize_name(d) == domain)
+            });
+            if let Some((owner, _)) = owner {
+                bail!(
+                    "app `{}`: domain `{domain}` is already app `{owner}`'s (a name serves one \
+                     app): remove it from `{owner}` first",
+                    config.name
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Deploys `bytes` as a new version of app `config.name` (creating the
@@ -251,22 +377,27 @@ impl Gateway {
             .store
             .as_ref()
             .ok_or_else(|| anyhow!("this gateway has no state directory to deploy into"))?;
-        if let Some(slot) = self.inner.slots.lock().await.get(&config.name)
-            && slot.source == Source::Config
         {
-            bail!(
-                "app `{}` is defined in the configuration file; change it there (or pick \
-                 another name)",
-                config.name
-            );
+            let slots = self.inner.slots.lock().await;
+            if let Some(slot) = slots.get(&config.name)
+                && slot.source == Source::Config
+            {
+                bail!(
+                    "app `{}` is defined in the configuration file; change it there (or pick \
+                     another name)",
+                    config.name
+                );
+            }
+            // Settings and names first: a refused deploy costs no compile.
+            self.check_app(&config, Source::Deployed, &slots)?;
         }
         // Check the component before anything is stored: a refused upload
         // leaves no trace. (The compile lands in the compile cache, so the
         // switch below loads it at once.)
         config.component = PathBuf::from(format!("the uploaded component of `{}`", config.name));
+        let bytes = Arc::new(bytes);
         self.load(&config, bytes.clone()).await?;
-        let digest = store.put_blob(&bytes)?;
-        crate::failpoint::hit("deploy-after-blob");
+        let digest = digest_of(&bytes);
         config.component = store.blob_path(&digest);
         let version = VersionRecord {
             number: 0,
@@ -276,9 +407,14 @@ impl Gateway {
         };
         let inner = self.inner.clone();
         let mut version = version;
+        let blob = bytes.clone();
+        // Runs under the slot lock, once the new version is started: the
+        // blob, then the record, then the blobs no record needs any more.
         let persist = move |bound: SocketAddr| -> Result<u64> {
-            crate::failpoint::hit("deploy-before-record");
             let store = inner.store.as_ref().context("no state directory")?;
+            store.put_blob(&blob)?;
+            crate::failpoint::hit("deploy-after-blob");
+            crate::failpoint::hit("deploy-before-record");
             let mut record = store.load_app(&version.config.name)?.unwrap_or(AppRecord {
                 name: version.config.name.clone(),
                 current: 0,
@@ -288,6 +424,7 @@ impl Gateway {
             record.push(version);
             store.save_app(&record)?;
             crate::failpoint::hit("deploy-after-record");
+            collect_blobs(store);
             Ok(record.current)
         };
         let name = config.name.clone();
@@ -314,8 +451,7 @@ impl Gateway {
                 record.current
             )
         })?;
-        let bytes = std::fs::read(&previous.config.component)
-            .with_context(|| format!("cannot read {}", previous.config.component.display()))?;
+        let bytes = read_blob(&previous)?;
         let inner = self.inner.clone();
         let number = previous.number;
         let persist = move |_bound: SocketAddr| -> Result<u64> {
@@ -328,7 +464,7 @@ impl Gateway {
         self.switch(
             previous.config.clone(),
             Source::Deployed,
-            bytes,
+            Arc::new(bytes),
             number,
             Some(Box::new(persist)),
         )
@@ -338,43 +474,89 @@ impl Gateway {
             .ok_or_else(|| anyhow!("the app vanished during its rollback"))
     }
 
-    /// Stops serving app `name` (its connections drain) and forgets it.
+    /// Stops serving app `name` (its connections drain) and forgets it:
+    /// its record, its custom domains (their certificates are no longer
+    /// renewed) and the components no other record needs. A persisted app
+    /// that failed to start is removed the same way.
     pub async fn remove(&self, name: &str) -> Result<()> {
         let mut slots = self.inner.slots.lock().await;
+        let failed = crate::locks::lock(&self.inner.failed).contains_key(name);
         match slots.get(name) {
-            None => bail!("no app `{name}`"),
+            None if !failed => bail!("no app `{name}`"),
             Some(slot) if slot.source == Source::Config => bail!(
                 "app `{name}` is defined in the configuration file; remove it there and restart"
             ),
-            Some(_) => {}
+            _ => {}
         }
         if let Some(store) = &self.inner.store {
             store.remove_app(name)?;
+            collect_blobs(store);
         }
+        crate::locks::lock(&self.inner.failed).remove(name);
         if let Some(slot) = slots.remove(name) {
             slot.accept_task.abort();
             self.inner.router.remove(name);
+            if let Some(https) = self.inner.https.get() {
+                https.remove_app(name);
+            }
             slot.app.log().event(None, EventKind::Removed);
         }
+        self.inner.own_ports.replace(self.listening_ports(&slots));
         Ok(())
     }
 
-    /// Loads, binds, persists (via `persist`) and switches. The slot lock
-    /// is held throughout, so deploys of the gateway are serialized.
+    /// Loads, binds, starts, persists (via `persist`) and switches, in a
+    /// task of its own: a panic in any step (a bug) fails this switch with
+    /// an error, and neither the caller (the admin API, the start) nor the
+    /// other apps. The slot lock is held throughout, so deploys of the
+    /// gateway are serialized.
     async fn switch(
         &self,
         config: AppConfig,
         source: Source,
-        bytes: Vec<u8>,
+        bytes: Arc<Vec<u8>>,
+        version: u64,
+        persist: Option<Persist>,
+    ) -> Result<()> {
+        let name = config.name.clone();
+        let gateway = self.clone();
+        let task = tokio::spawn(async move {
+            gateway
+                .switch_now(config, source, bytes, version, persist)
+                .await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(err) => {
+                let what = match err.try_into_panic() {
+                    Ok(panic) => panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned()),
+                    Err(_) => "cancelled".to_owned(),
+                };
+                Err(anyhow!(
+                    "app `{name}`: the gateway failed while starting it ({what}); this is a \
+                     bug in sockgate, please report it. Nothing was persisted"
+                ))
+            }
+        }
+    }
+
+    /// The steps of [`Gateway::switch`].
+    async fn switch_now(
+        &self,
+        config: AppConfig,
+        source: Source,
+        bytes: Arc<Vec<u8>>,
         mut version: u64,
         persist: Option<Persist>,
     ) -> Result<()> {
         let name = config.name.clone();
         let mut slots = self.inner.slots.lock().await;
-        let digest = {
-            use sha2::Digest;
-            crate::store::hex(&sha2::Sha256::digest(&bytes))
-        };
+        self.check_app(&config, source, &slots)?;
+        let digest = digest_of(&bytes);
         let loaded = self.load(&config, bytes).await?;
 
         // The listener: kept when the address is unchanged, else bound anew.
@@ -398,13 +580,13 @@ impl Gateway {
             (None, Some(slot)) => slot.tcp,
             (None, None) => config.listen,
         };
-        if let Some(persist) = persist {
-            version = persist(bound)?;
-        }
+        // Every app's guests are held to the new port before it serves.
+        self.inner.own_ports.insert(bound.port());
 
-        let mut policy = OutboundPolicy::parse(&config.outbound)
-            .with_context(|| format!("app `{name}`: invalid outbound rule"))?;
-        policy.protect_ports(self.own_ports(&slots, new_listener.as_ref()));
+        let policy = OutboundPolicy::parse(&config.outbound)
+            .with_context(|| format!("app `{name}`: invalid outbound rule"))?
+            .with_own_ports(self.inner.own_ports.clone())
+            .with_budget(&config.limits);
         let log = existing
             .map(|slot| slot.app.log().clone())
             .unwrap_or_else(|| Arc::new(AppLog::new(&name)));
@@ -424,26 +606,45 @@ impl Gateway {
             self.inner.tracker.clone(),
         );
         settings.drain = self.inner.drain;
+        // Started before anything is persisted: a version that cannot
+        // start is never recorded, so it can never fail a later start.
         let app = App::start(&name, settings, config.instance_count());
+        if let Some(https) = self.inner.https.get() {
+            https.add_app(&config)?;
+        }
+        if let Some(persist) = persist {
+            match persist(bound) {
+                Ok(number) => version = number,
+                Err(err) => {
+                    // Nothing switched: the TLS side goes back to the
+                    // version that keeps serving.
+                    if let Some(https) = self.inner.https.get() {
+                        match slots.get(&name) {
+                            Some(old) => {
+                                let _ = https.add_app(&old.config);
+                            }
+                            None => https.remove_app(&name),
+                        }
+                    }
+                    self.inner.own_ports.replace(self.listening_ports(&slots));
+                    return Err(err);
+                }
+            }
+        }
         // The switch: from here on new connections get the new version.
         self.inner.router.insert(&name, app.clone());
-        if let Some(https) = self.inner.https.get()
-            && let Err(err) = https.add_app(&config)
-        {
-            tracing::error!(app = %name, "cannot serve the app over TLS: {err:#}");
-        }
+        crate::locks::lock(&self.inner.failed).remove(&name);
         let (tcp, accept_task) = match (new_listener, slots.remove(&name)) {
             (Some(listener), old) => {
                 if let Some(old) = old {
                     old.accept_task.abort();
                 }
-                let tcp = listener.local_addr()?;
                 let task = tokio::spawn(listen::tcp::serve(
                     listener,
                     name.clone(),
                     self.inner.router.clone(),
                 ));
-                (tcp, task)
+                (bound, task)
             }
             (None, Some(old)) => (old.tcp, old.accept_task),
             (None, None) => unreachable!("a reused listener implies an existing slot"),
@@ -479,10 +680,12 @@ impl Gateway {
                 },
             },
         );
+        // A listener that moved no longer needs protecting.
+        self.inner.own_ports.replace(self.listening_ports(&slots));
         Ok(())
     }
 
-    async fn load(&self, config: &AppConfig, bytes: Vec<u8>) -> Result<LoadedComponent> {
+    async fn load(&self, config: &AppConfig, bytes: Arc<Vec<u8>>) -> Result<LoadedComponent> {
         let runtime = self.inner.runtime.clone();
         let path = config.component.clone();
         let loaded =
@@ -498,9 +701,9 @@ impl Gateway {
         Ok(loaded)
     }
 
-    fn own_ports(&self, slots: &BTreeMap<String, Slot>, extra: Option<&TcpListener>) -> Vec<u16> {
+    /// Every port the gateway listens on now: apps, admin, TLS/HTTP/QUIC.
+    fn listening_ports(&self, slots: &BTreeMap<String, Slot>) -> Vec<u16> {
         let mut ports: Vec<u16> = slots.values().map(|s| s.tcp.port()).collect();
-        ports.extend(extra.and_then(|l| l.local_addr().ok()).map(|a| a.port()));
         ports.extend(
             *self
                 .inner
@@ -512,13 +715,20 @@ impl Gateway {
         ports
     }
 
-    /// Records the admin API's port, which guests may then never reach.
+    /// Records the admin API's port, which guests may then never reach
+    /// (every app's policy reads the live set at connect time).
     pub fn set_admin_port(&self, port: u16) {
         *self
             .inner
             .admin_port
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(port);
+        self.inner.own_ports.insert(port);
+    }
+
+    /// The ports the gateway listens on, as guests' policies see them.
+    pub fn own_ports(&self) -> &Arc<OwnPorts> {
+        &self.inner.own_ports
     }
 
     /// The status of every app, by name.
@@ -542,6 +752,24 @@ impl Gateway {
         self.inner.router.get(name)
     }
 
+    /// Persisted apps that could not be started, by name.
+    pub fn failed_apps(&self) -> Vec<FailedApp> {
+        crate::locks::lock(&self.inner.failed)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The log and events of app `name`, running or failed to start.
+    pub fn log_of(&self, name: &str) -> Option<Arc<AppLog>> {
+        match self.app(name) {
+            Some(app) => Some(app.log().clone()),
+            None => crate::locks::lock(&self.inner.failed)
+                .get(name)
+                .map(|failed| failed.log.clone()),
+        }
+    }
+
     fn describe(&self, name: &str, slot: &Slot) -> AppStatus {
         let counters = &slot.app.account().counters;
         let versions = self
@@ -555,6 +783,7 @@ impl Gateway {
         AppStatus {
             name: name.to_owned(),
             source: slot.source,
+            state: "running",
             version: slot.version,
             digest: slot.digest.clone(),
             component: slot.config.component.clone(),
@@ -609,4 +838,39 @@ fn unix_now() -> u64 {
 
 fn short(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
+}
+
+/// SHA-256 of a component, hex.
+fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    crate::store::hex(&sha2::Sha256::digest(bytes))
+}
+
+/// The component of a persisted version, checked against its digest: a
+/// blob that was damaged or replaced is refused, never run.
+fn read_blob(version: &VersionRecord) -> Result<Vec<u8>> {
+    let path = &version.config.component;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let digest = digest_of(&bytes);
+    if digest != version.digest {
+        bail!(
+            "{} does not hold the component of version {} (its SHA-256 is {}, the record says \
+             {}): it was damaged or replaced; deploy the app anew",
+            path.display(),
+            version.number,
+            short(&digest),
+            short(&version.digest)
+        );
+    }
+    Ok(bytes)
+}
+
+/// Deletes the components no app record needs any more; a failure only
+/// costs disk space, so it is logged.
+fn collect_blobs(store: &StateStore) {
+    match store.collect_blobs() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} component(s) no deployed version uses"),
+        Err(err) => tracing::warn!("cannot collect unused components: {err:#}"),
+    }
 }

@@ -1,6 +1,19 @@
 //! Every bound a guest or a client is held to, with the threat each one
 //! bounds. Apps set them in their `[app.limits]` table; the gateway-wide
-//! ones live in `[gateway]`.
+//! ones live in `[gateway]`; the most a deploy may ask for is the
+//! operator's `[ceilings]` table; nothing goes beyond the hard maxima.
+//!
+//! Bounds set in code, not in the configuration:
+//!
+//! | bound | value | threat | where |
+//! |---|---|---|---|
+//! | pending TLS handshakes | 4096, 64 per client | stalled handshakes holding every slot | `listen::accept` |
+//! | first byte of a TLS or plain-HTTP connection | 3 s | idle connections holding handshake slots | `listen::accept` |
+//! | plain-HTTP request head | 8 KiB in 10 s | slowloris on port 80 | `listen::http` |
+//! | admin connections | 256, 32 per client | connection floods on the admin API | `admin` |
+//! | admin request head | 64 KiB in 10 s | half-sent requests holding memory | `admin` |
+//! | admin upload | 64 MiB in 5 minutes | slow uploads holding a deploy | `admin::api` |
+//! | dashboard sessions | 64, 12 h, 1 h idle | a stolen or forgotten session | `admin::session` |
 
 use std::time::Duration;
 
@@ -56,10 +69,53 @@ pub struct AppLimits {
     /// the per-IP connection count alone would see only as they open.
     pub quic_streams_per_connection: u32,
     /// Bytes a QUIC connection may have in flight to the app over all its
-    /// streams, unread by the guest, in KiB. Threat: a client filling the
-    /// gateway's memory with data the guest does not read.
+    /// streams, unread by the guest, in KiB (at most
+    /// [`MAX_QUIC_RECEIVE_WINDOW_KB`]). Threat: a client filling the
+    /// gateway's memory with data the guest does not read. Granted only
+    /// while the gateway's QUIC receive budget (`quic.receive_budget_mb`)
+    /// has room; a connection past it keeps the 64 KiB it started with.
     pub quic_receive_window_kb: u64,
+    /// Outbound sockets (TCP and UDP, WASI 0.2 and 0.3) the app's guests
+    /// may hold open at once, over all its instances (at most
+    /// [`MAX_OUTBOUND_SOCKETS`]). Threat: a guest opening sockets until the
+    /// gateway process runs out of file descriptors, when every listener
+    /// and the admin API stop accepting. All apps together are also held to
+    /// half of the process's descriptor limit.
+    pub max_outbound_sockets: usize,
+    /// Name lookups the app's guests may have in flight at once (at most
+    /// [`MAX_CONCURRENT_LOOKUPS`]); more wait, up to the lookup timeout.
+    /// Threat: lookups (each a blocked thread until the resolver answers)
+    /// filling the blocking pool that compiles deploys for every app.
+    pub max_concurrent_lookups: usize,
+    /// Lines of guest stdout/stderr per second written to the gateway's own
+    /// log (at most [`MAX_LOG_LINES_PER_SECOND`]); lines beyond it are
+    /// counted and reported as "N lines dropped", and still kept in the
+    /// app's log (`sockgate logs`). Threat: one chatty guest drowning every
+    /// other app's lines (and events) in a slow log sink.
+    pub log_lines_per_second: u32,
+    /// Instances a `conn-handler-sync` app (one instance per connection)
+    /// may have at once, out of the gateway's shared pool of
+    /// `PER_CONNECTION_POOL` (1000) (at most [`MAX_SYNC_INSTANCES`], half of
+    /// the pool). Threat: one app's flood taking every slot of the pool,
+    /// so no other `conn-handler-sync` app can serve a connection.
+    pub max_sync_instances: usize,
 }
+
+/// Largest `quic_receive_window_kb`: 16 MiB, twice what a 1 Gbit/s path
+/// with 100 ms of round trip needs.
+pub const MAX_QUIC_RECEIVE_WINDOW_KB: u64 = 16 * 1024;
+/// Largest `quic_streams_per_connection`. Each open stream is a guest
+/// `handle` call with its buffers.
+pub const MAX_QUIC_STREAMS_PER_CONNECTION: u32 = 1000;
+/// Largest `max_outbound_sockets` an app may ask for.
+pub const MAX_OUTBOUND_SOCKETS: usize = 10_000;
+/// Largest `max_concurrent_lookups`: the gateway-wide cap.
+pub const MAX_CONCURRENT_LOOKUPS: usize = crate::guest_budget::GATEWAY_LOOKUPS;
+/// Largest `log_lines_per_second`.
+pub const MAX_LOG_LINES_PER_SECOND: u32 = 10_000;
+/// Largest `max_sync_instances`: half of the per-connection instance pool,
+/// so one app never holds all of it.
+pub const MAX_SYNC_INSTANCES: usize = crate::runtime::engine::PER_CONNECTION_POOL as usize / 2;
 
 impl Default for AppLimits {
     fn default() -> Self {
@@ -73,7 +129,11 @@ impl Default for AppLimits {
             idle_timeout_secs: 300,
             max_connection_secs: 24 * 3600,
             quic_streams_per_connection: 100,
-            quic_receive_window_kb: 8 * 1024,
+            quic_receive_window_kb: 1024,
+            max_outbound_sockets: 100,
+            max_concurrent_lookups: 4,
+            log_lines_per_second: 200,
+            max_sync_instances: crate::runtime::engine::PER_CONNECTION_POOL as usize / 4,
         }
     }
 }
@@ -89,39 +149,296 @@ impl AppLimits {
         (self.max_connection_secs > 0).then(|| Duration::from_secs(self.max_connection_secs))
     }
 
-    /// Checks that every limit is usable; the error names the field.
+    /// Checks every limit against its hard bounds (what any configuration
+    /// may set); the error names the field. See [`AppLimits::check`].
     pub fn validate(&self) -> anyhow::Result<()> {
-        let positive = [
-            ("cpu_budget_ms", self.cpu_budget_ms as usize),
-            ("wall_budget_ms", self.wall_budget_ms as usize),
-            ("memory_limit_mb", self.memory_limit_mb as usize),
-            ("max_connections", self.max_connections),
+        self.check(None)
+    }
+
+    /// Checks every limit against its hard bounds and, for a deploy through
+    /// the admin API, the operator's `ceilings`; the error names the field,
+    /// the bound and what to do.
+    pub fn check(&self, ceilings: Option<&Ceilings>) -> anyhow::Result<()> {
+        for (name, value, hard_max) in self.rows() {
+            let never = value == 0 && NEVER_AT_ZERO.contains(&name);
+            if value == 0 && !never && !NONE_AT_ZERO.contains(&name) {
+                anyhow::bail!("limits.{name} must be at least 1");
+            }
+            if value > hard_max {
+                anyhow::bail!(
+                    "limits.{name} must be at most {hard_max} (it is {value}){}",
+                    hard_reason(name)
+                );
+            }
+            if let Some(ceiling) = ceilings.and_then(|c| c.limit(name)) {
+                if never {
+                    anyhow::bail!(
+                        "limits.{name} = 0 (never) is over this gateway's ceiling {ceiling} \
+                         (`[ceilings] {name}` in its configuration): set a value up to {ceiling}"
+                    );
+                }
+                if value > ceiling {
+                    anyhow::bail!(
+                        "limits.{name} = {value} is over this gateway's ceiling {ceiling} \
+                         (`[ceilings] {name}` in its configuration): lower it, or ask the \
+                         operator to raise the ceiling"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every limit as `(name, value, hard maximum)`, in the units of the
+    /// configuration.
+    fn rows(&self) -> [(&'static str, u64, u64); 14] {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        [
+            ("cpu_budget_ms", self.cpu_budget_ms, HARD_MAX_BUDGET_MS),
+            ("wall_budget_ms", self.wall_budget_ms, HARD_MAX_BUDGET_MS),
+            ("memory_limit_mb", self.memory_limit_mb, HARD_MAX_MEMORY_MB),
+            (
+                "max_connections",
+                n(self.max_connections),
+                HARD_MAX_CONNECTIONS,
+            ),
             (
                 "max_connections_per_instance",
-                self.max_connections_per_instance,
+                n(self.max_connections_per_instance),
+                HARD_MAX_CONNECTIONS,
             ),
-            ("max_connections_per_ip", self.max_connections_per_ip),
+            (
+                "max_connections_per_ip",
+                n(self.max_connections_per_ip),
+                HARD_MAX_CONNECTIONS,
+            ),
+            ("idle_timeout_secs", self.idle_timeout_secs, HARD_MAX_SECS),
+            (
+                "max_connection_secs",
+                self.max_connection_secs,
+                HARD_MAX_SECS,
+            ),
             (
                 "quic_streams_per_connection",
-                self.quic_streams_per_connection as usize,
+                u64::from(self.quic_streams_per_connection),
+                u64::from(MAX_QUIC_STREAMS_PER_CONNECTION),
             ),
             (
                 "quic_receive_window_kb",
-                self.quic_receive_window_kb as usize,
+                self.quic_receive_window_kb,
+                MAX_QUIC_RECEIVE_WINDOW_KB,
             ),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                anyhow::bail!("limits.{name} must be at least 1");
+            (
+                "max_outbound_sockets",
+                n(self.max_outbound_sockets),
+                n(MAX_OUTBOUND_SOCKETS),
+            ),
+            (
+                "max_concurrent_lookups",
+                n(self.max_concurrent_lookups),
+                n(MAX_CONCURRENT_LOOKUPS),
+            ),
+            (
+                "log_lines_per_second",
+                u64::from(self.log_lines_per_second),
+                u64::from(MAX_LOG_LINES_PER_SECOND),
+            ),
+            (
+                "max_sync_instances",
+                n(self.max_sync_instances),
+                n(MAX_SYNC_INSTANCES),
+            ),
+        ]
+    }
+}
+
+/// Limits where 0 means "never" (no timeout) rather than nothing.
+const NEVER_AT_ZERO: [&str; 2] = ["idle_timeout_secs", "max_connection_secs"];
+/// Limits where 0 means none at all (no outbound socket), which is below
+/// any ceiling.
+const NONE_AT_ZERO: [&str; 1] = ["max_outbound_sockets"];
+
+/// Hard maxima: no configuration, not even the operator's, goes beyond
+/// them (with the `MAX_*` bounds above). Each bounds a host resource a
+/// value near `u64::MAX` would break (a channel sized by
+/// `max_connections_per_instance` panics beyond `usize::MAX >> 3`; a whole
+/// start then fails on the stored record). CPU and wall-clock budgets: one
+/// minute.
+pub const HARD_MAX_BUDGET_MS: u64 = 60_000;
+/// Linear memory: wasm32 addresses 4 GiB.
+pub const HARD_MAX_MEMORY_MB: u64 = 4096;
+/// Connections of one app (and per instance, per client): a million.
+pub const HARD_MAX_CONNECTIONS: u64 = 1_000_000;
+/// Idle timeout and lifetime: a year (0 = never stays allowed).
+pub const HARD_MAX_SECS: u64 = 365 * 86_400;
+/// Instances of one app.
+pub const HARD_MAX_INSTANCES: usize = 1024;
+/// Custom domains of one app.
+pub const HARD_MAX_DOMAINS: usize = 100;
+/// Outbound rules of one app.
+pub const HARD_MAX_OUTBOUND_RULES: usize = 256;
+/// ALPN protocols of one app.
+pub const HARD_MAX_ALPN: usize = 32;
+
+fn hard_reason(name: &str) -> &'static str {
+    match name {
+        "memory_limit_mb" => ": wasm32 addresses 4 GiB",
+        "cpu_budget_ms" | "wall_budget_ms" => ": one minute",
+        "idle_timeout_secs" | "max_connection_secs" => ": a year (0 means never)",
+        _ => "",
+    }
+}
+
+/// `[ceilings]`: the most a deploy through the admin API may ask for, set
+/// by the operator. Apps of the configuration file are the operator's own
+/// and held to the hard maxima only; a deployed app over a ceiling is
+/// refused (and one restored over a lowered ceiling is reported and not
+/// started). Threat: a deployer (anyone with the admin token) choosing
+/// limits that take the host's memory, descriptors or CPU from every other
+/// app: thousands of instances, a 4 GiB memory limit on each, connections
+/// that never time out.
+///
+/// ```toml
+/// [ceilings]                 # defaults shown
+/// instances = 16             # or the number of cores, if more
+/// app_memory_mb = 4096       # instances × memory_limit_mb
+/// memory_limit_mb = 1024
+/// domains = 16
+/// outbound_rules = 64
+/// ```
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ceilings {
+    /// Instances of one app.
+    pub instances: usize,
+    /// Memory of one app over all its instances, in MiB
+    /// (`instances × memory_limit_mb`).
+    pub app_memory_mb: u64,
+    /// Custom domains of one app.
+    pub domains: usize,
+    /// Outbound rules of one app.
+    pub outbound_rules: usize,
+    /// `limits.cpu_budget_ms`.
+    pub cpu_budget_ms: u64,
+    /// `limits.wall_budget_ms`.
+    pub wall_budget_ms: u64,
+    /// `limits.memory_limit_mb`.
+    pub memory_limit_mb: u64,
+    /// `limits.max_connections`.
+    pub max_connections: usize,
+    /// `limits.max_connections_per_instance`.
+    pub max_connections_per_instance: usize,
+    /// `limits.max_connections_per_ip`.
+    pub max_connections_per_ip: usize,
+    /// `limits.idle_timeout_secs` (a deploy may not ask for 0, never).
+    pub idle_timeout_secs: u64,
+    /// `limits.max_connection_secs` (a deploy may not ask for 0, never).
+    pub max_connection_secs: u64,
+    /// `limits.quic_streams_per_connection`.
+    pub quic_streams_per_connection: u32,
+    /// `limits.quic_receive_window_kb`.
+    pub quic_receive_window_kb: u64,
+    /// `limits.max_outbound_sockets`.
+    pub max_outbound_sockets: usize,
+    /// `limits.max_concurrent_lookups`.
+    pub max_concurrent_lookups: usize,
+    /// `limits.log_lines_per_second`.
+    pub log_lines_per_second: u32,
+    /// `limits.max_sync_instances`.
+    pub max_sync_instances: usize,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        let app = AppLimits::default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            instances: cores.max(16),
+            app_memory_mb: 4096,
+            domains: 16,
+            outbound_rules: 64,
+            cpu_budget_ms: 1000,
+            wall_budget_ms: 10_000,
+            memory_limit_mb: 1024,
+            max_connections: app.max_connections,
+            max_connections_per_instance: app.max_connections_per_instance,
+            max_connections_per_ip: app.max_connections_per_ip,
+            idle_timeout_secs: 3600,
+            max_connection_secs: 7 * 86_400,
+            quic_streams_per_connection: app.quic_streams_per_connection,
+            quic_receive_window_kb: 8 * 1024,
+            max_outbound_sockets: 1000,
+            max_concurrent_lookups: MAX_CONCURRENT_LOOKUPS.min(16),
+            log_lines_per_second: 1000,
+            max_sync_instances: app.max_sync_instances,
+        }
+    }
+}
+
+impl Ceilings {
+    /// The ceiling of limit `name` (as [`AppLimits`] names it).
+    fn limit(&self, name: &str) -> Option<u64> {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        Some(match name {
+            "cpu_budget_ms" => self.cpu_budget_ms,
+            "wall_budget_ms" => self.wall_budget_ms,
+            "memory_limit_mb" => self.memory_limit_mb,
+            "max_connections" => n(self.max_connections),
+            "max_connections_per_instance" => n(self.max_connections_per_instance),
+            "max_connections_per_ip" => n(self.max_connections_per_ip),
+            "idle_timeout_secs" => self.idle_timeout_secs,
+            "max_connection_secs" => self.max_connection_secs,
+            "quic_streams_per_connection" => u64::from(self.quic_streams_per_connection),
+            "quic_receive_window_kb" => self.quic_receive_window_kb,
+            "max_outbound_sockets" => n(self.max_outbound_sockets),
+            "max_concurrent_lookups" => n(self.max_concurrent_lookups),
+            "log_lines_per_second" => u64::from(self.log_lines_per_second),
+            "max_sync_instances" => n(self.max_sync_instances),
+            _ => return None,
+        })
+    }
+
+    /// Checks the ceilings themselves: each within the hard maxima.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let as_limits = AppLimits {
+            cpu_budget_ms: self.cpu_budget_ms,
+            wall_budget_ms: self.wall_budget_ms,
+            memory_limit_mb: self.memory_limit_mb,
+            max_connections: self.max_connections,
+            max_connections_per_instance: self.max_connections_per_instance,
+            max_connections_per_ip: self.max_connections_per_ip,
+            idle_timeout_secs: self.idle_timeout_secs,
+            max_connection_secs: self.max_connection_secs,
+            quic_streams_per_connection: self.quic_streams_per_connection,
+            quic_receive_window_kb: self.quic_receive_window_kb,
+            max_outbound_sockets: self.max_outbound_sockets,
+            max_concurrent_lookups: self.max_concurrent_lookups,
+            log_lines_per_second: self.log_lines_per_second,
+            max_sync_instances: self.max_sync_instances,
+        };
+        for (name, value, max) in as_limits.rows() {
+            if (value == 0 && !NONE_AT_ZERO.contains(&name)) || value > max {
+                anyhow::bail!("[ceilings] {name} = {value} must be between 1 and {max}");
             }
         }
-        if self.cpu_budget_ms > 60_000 || self.wall_budget_ms > 60_000 {
-            anyhow::bail!(
-                "limits.cpu_budget_ms and limits.wall_budget_ms must be at most 60000 (one minute)"
-            );
+        for (name, value, max) in [
+            ("instances", self.instances, HARD_MAX_INSTANCES),
+            ("domains", self.domains, HARD_MAX_DOMAINS),
+            (
+                "outbound_rules",
+                self.outbound_rules,
+                HARD_MAX_OUTBOUND_RULES,
+            ),
+        ] {
+            if value > max {
+                anyhow::bail!("[ceilings] {name} = {value} is over its maximum {max}");
+            }
         }
-        if self.memory_limit_mb > 4096 {
-            anyhow::bail!("limits.memory_limit_mb must be at most 4096 (wasm32 addresses 4 GiB)");
+        if self.instances == 0 {
+            anyhow::bail!("[ceilings] instances must be at least 1");
+        }
+        if self.app_memory_mb == 0 {
+            anyhow::bail!("[ceilings] app_memory_mb must be at least 1");
         }
         Ok(())
     }
@@ -141,5 +458,57 @@ impl Default for GatewayLimits {
         Self {
             max_connections: 50_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_maxima_hold_for_everyone_and_ceilings_for_deploys() {
+        let err = |limits: AppLimits, ceilings: Option<&Ceilings>| {
+            format!("{:#}", limits.check(ceilings).unwrap_err())
+        };
+        // The value that used to panic the gateway at every start.
+        let boom = AppLimits {
+            max_connections_per_instance: 1 << 61,
+            ..AppLimits::default()
+        };
+        assert!(err(boom, None).contains("max_connections_per_instance"));
+        let window = AppLimits {
+            quic_receive_window_kb: u64::MAX,
+            ..AppLimits::default()
+        };
+        assert!(err(window, None).contains("quic_receive_window_kb"));
+        let zero = AppLimits {
+            max_connections: 0,
+            ..AppLimits::default()
+        };
+        assert!(err(zero, None).contains("at least 1"));
+
+        // The operator may ask for more than a deployer.
+        let big = AppLimits {
+            memory_limit_mb: 4096,
+            ..AppLimits::default()
+        };
+        big.check(None).unwrap();
+        let ceilings = Ceilings::default();
+        let text = err(big, Some(&ceilings));
+        assert!(text.contains("memory_limit_mb = 4096"), "{text}");
+        assert!(text.contains("[ceilings] memory_limit_mb"), "{text}");
+        let never = AppLimits {
+            idle_timeout_secs: 0,
+            ..AppLimits::default()
+        };
+        never.check(None).unwrap();
+        assert!(err(never, Some(&ceilings)).contains("0 (never)"));
+        AppLimits::default().check(Some(&ceilings)).unwrap();
+        ceilings.validate().unwrap();
+        let wrong = Ceilings {
+            memory_limit_mb: 1 << 20,
+            ..Ceilings::default()
+        };
+        assert!(wrong.validate().is_err());
     }
 }

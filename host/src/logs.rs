@@ -2,12 +2,17 @@
 //! happened to the app (instances started, trapped, replaced).
 //!
 //! Both are bounded rings, so a chatty or crash-looping guest costs a fixed
-//! amount of host memory; everything is also forwarded to `tracing`.
+//! amount of host memory. Both are also forwarded to `tracing` (the
+//! gateway's own log), each under a per-app rate: events at
+//! [`TRACED_EVENTS_PER_SECOND`], guest lines at the app's
+//! `limits.log_lines_per_second`; what is held back is counted and reported
+//! as "N … dropped", and stays in the rings.
 
 use crate::locks::lock;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Log lines kept per app; older lines are dropped first.
 const LOG_LINES_KEPT: usize = 1000;
@@ -98,6 +103,12 @@ pub enum EventKind {
     },
     /// The app was removed; its connections drain.
     Removed,
+    /// A persisted app could not be started (at the gateway's start, or on
+    /// a rollback); the other apps serve.
+    NotStarted {
+        /// Why.
+        reason: String,
+    },
     /// A new version of the app now takes new connections.
     Deployed {
         /// The version's number and component digest.
@@ -151,6 +162,7 @@ impl std::fmt::Display for EventKind {
             ),
             EventKind::Deployed { version } => write!(f, "deployed {version}"),
             EventKind::Removed => write!(f, "removed; open connections drain"),
+            EventKind::NotStarted { reason } => write!(f, "not started: {reason}"),
             EventKind::MemoryRefused { requested, limit } => write!(
                 f,
                 "limit memory_limit_mb hit: memory growth to {} MiB refused (limit {} MiB)",
@@ -179,6 +191,13 @@ pub struct AppLog {
     /// (second, events traced in it, events suppressed in it).
     trace_budget: Mutex<(u64, u32, u64)>,
     events_total: std::sync::atomic::AtomicU64,
+    /// Guest lines traced per second (`limits.log_lines_per_second`).
+    line_rate: AtomicU32,
+    /// The token bucket of traced guest lines (shared with the task that
+    /// reports held-back lines once the guest goes quiet).
+    line_budget: std::sync::Arc<Mutex<LineBudget>>,
+    /// Guest lines not traced since the app started.
+    lines_not_traced: AtomicU64,
     /// New lines, for followers (`sockgate logs -f`); a follower that
     /// falls behind by more than the channel holds skips lines.
     live: tokio::sync::broadcast::Sender<LogLine>,
@@ -193,18 +212,36 @@ impl AppLog {
             events: Mutex::new(VecDeque::new()),
             trace_budget: Mutex::new((0, 0, 0)),
             events_total: std::sync::atomic::AtomicU64::new(0),
+            line_rate: AtomicU32::new(crate::limits::AppLimits::default().log_lines_per_second),
+            line_budget: std::sync::Arc::new(Mutex::new(LineBudget::new())),
+            lines_not_traced: AtomicU64::new(0),
             live: tokio::sync::broadcast::channel(256).0,
         }
     }
 
-    /// Records a line a guest printed.
+    /// Sets how many guest lines per second go to the gateway's log (the
+    /// app's `limits.log_lines_per_second`; a new version may change it).
+    pub fn set_line_rate(&self, per_second: u32) {
+        self.line_rate.store(per_second.max(1), Ordering::Relaxed);
+    }
+
+    /// Guest lines held back from the gateway's log so far (they are in the
+    /// app's log).
+    pub fn lines_not_traced(&self) -> u64 {
+        self.lines_not_traced.load(Ordering::Relaxed)
+    }
+
+    /// Records a line a guest printed: always in the app's log, and in the
+    /// gateway's log while the app is within its line rate.
     pub fn line(&self, instance: u32, stream: Stream, text: String) {
-        match stream {
-            Stream::Stdout => {
-                tracing::info!(target: "sockgate::guest", app = %self.app, instance, "{text}")
-            }
-            Stream::Stderr => {
-                tracing::warn!(target: "sockgate::guest", app = %self.app, instance, "{text}")
+        if self.may_trace_line() {
+            match stream {
+                Stream::Stdout => {
+                    tracing::info!(target: "sockgate::guest", app = %self.app, instance, "{text}")
+                }
+                Stream::Stderr => {
+                    tracing::warn!(target: "sockgate::guest", app = %self.app, instance, "{text}")
+                }
             }
         }
         let line = LogLine {
@@ -267,6 +304,38 @@ impl AppLog {
         }
     }
 
+    /// Whether another guest line may go to `tracing` now. Lines held back
+    /// are reported by a timer a second after the first of them (so a guest
+    /// that keeps flooding, or goes quiet, has them reported about once a
+    /// second); outside a tokio runtime, with the next line let through.
+    fn may_trace_line(&self) -> bool {
+        let rate = self.line_rate.load(Ordering::Relaxed);
+        let mut budget = lock(&self.line_budget);
+        if budget.take(Instant::now(), rate) {
+            // A pending timer reports them, at most once a second.
+            if !budget.report_scheduled {
+                budget.report(&self.app, rate);
+            }
+            return true;
+        }
+        budget.dropped += 1;
+        self.lines_not_traced.fetch_add(1, Ordering::Relaxed);
+        if !budget.report_scheduled
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            budget.report_scheduled = true;
+            let shared = self.line_budget.clone();
+            let app = self.app.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep(LINES_DROPPED_EVERY).await;
+                let mut budget = lock(&shared);
+                budget.report_scheduled = false;
+                budget.report(&app, rate);
+            });
+        }
+        false
+    }
+
     /// How many events were recorded in total (the ring keeps the latest).
     pub fn events_total(&self) -> u64 {
         self.events_total.load(std::sync::atomic::Ordering::Relaxed)
@@ -283,10 +352,101 @@ impl AppLog {
     }
 }
 
+/// How long after the first held-back guest line the held-back lines are
+/// reported (unless a line let through reports them first).
+const LINES_DROPPED_EVERY: Duration = Duration::from_secs(1);
+
+/// A token bucket of guest lines for the gateway's log: `rate` lines a
+/// second, bursts of up to one second's worth.
+struct LineBudget {
+    tokens: f64,
+    refilled: Instant,
+    /// Lines held back since the last report.
+    dropped: u64,
+    /// A timer will report the lines held back.
+    report_scheduled: bool,
+}
+
+impl LineBudget {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            tokens: f64::from(crate::limits::AppLimits::default().log_lines_per_second),
+            refilled: now,
+            dropped: 0,
+            report_scheduled: false,
+        }
+    }
+
+    /// Traces how many lines were held back since the last report, if any.
+    fn report(&mut self, app: &str, rate: u32) {
+        if self.dropped == 0 {
+            return;
+        }
+        tracing::warn!(
+            app = %app,
+            "{} log lines dropped from the gateway's log (over limits.log_lines_per_second = \
+             {rate}); the app's log keeps them: sockgate logs {app}",
+            self.dropped
+        );
+        self.dropped = 0;
+    }
+
+    /// Takes one token at `now` if there is one, refilling at `rate`/s.
+    fn take(&mut self, now: Instant, rate: u32) -> bool {
+        let rate = f64::from(rate);
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 fn push_bounded<T>(ring: &Mutex<VecDeque<T>>, item: T, cap: usize) {
     let mut ring = lock(ring);
     if ring.len() == cap {
         ring.pop_front();
     }
     ring.push_back(item);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_budget_allows_a_seconds_burst_then_the_rate() {
+        let mut budget = LineBudget::new();
+        let start = budget.refilled;
+        let rate = 100;
+        budget.tokens = 100.0;
+        let burst = (0..150).filter(|_| budget.take(start, rate)).count();
+        assert_eq!(burst, 100);
+        // A tenth of a second later, ten more.
+        let later = start + Duration::from_millis(100);
+        let more = (0..50).filter(|_| budget.take(later, rate)).count();
+        assert_eq!(more, 10);
+        // Never more than a second's worth saved up.
+        let much_later = later + Duration::from_secs(60);
+        let saved = (0..500).filter(|_| budget.take(much_later, rate)).count();
+        assert_eq!(saved, 100);
+    }
+
+    #[test]
+    fn lines_over_the_rate_stay_in_the_apps_log_and_are_counted() {
+        let log = AppLog::new("chatty");
+        log.set_line_rate(10);
+        for n in 0..1000 {
+            log.line(0, Stream::Stdout, format!("line {n}"));
+        }
+        assert!(log.lines_not_traced() >= 980, "{}", log.lines_not_traced());
+        let kept = log.lines();
+        assert_eq!(kept.len(), LOG_LINES_KEPT);
+        assert_eq!(kept.last().map(|l| l.text.as_str()), Some("line 999"));
+    }
 }

@@ -2,26 +2,38 @@
 //! per-app allowlist of `host:port` rules.
 //!
 //! A rule's host is one of:
-//! - `*`: any *public* address; loopback, private, link-local and other
-//!   special ranges are never matched by `*`;
+//! - `*`: any *public* address ([`crate::public_ip`]): loopback, private,
+//!   link-local and every other special-purpose range, IPv6 forms that lead
+//!   to such an IPv4 address (NAT64, 6to4, Teredo, IPv4-mapped), and the
+//!   gateway host's own addresses are never matched by `*`;
 //! - an IP literal (`127.0.0.1`, `[::1]`) or a CIDR range (`10.0.0.0/8`):
 //!   exactly those addresses, special ranges included (naming them is the
 //!   explicit permission);
 //! - a DNS name (`api.example.com`) or a wildcard name (`*.example.com`):
-//!   the guest may look the name up, and may connect to the addresses the
-//!   lookup returned.
+//!   the guest may look the name up, and may connect to the *public*
+//!   addresses the lookup returned, judged as `*` judges them. A name is not
+//!   a permission for whatever it resolves to: `localhost`, or a public name
+//!   whose owner points it at `127.0.0.1` or `169.254.169.254`, reaches
+//!   nothing unless an IP or CIDR rule names that address too.
 //!
 //! A rule's port is a number, a range (`8000-8999`) or `*`. Ports the
-//! gateway itself listens on are reachable only through a rule that names
-//! that port exactly, so a guest cannot loop back into the gateway (or its
-//! admin port) by accident of a wildcard.
+//! gateway itself listens on ([`OwnPorts`]: every app's listener, the admin
+//! API, TLS, plain HTTP and QUIC) are reachable only through a rule that
+//! names that port exactly, so a guest cannot loop back into the gateway (or
+//! its admin port) by accident of a wildcard. The set is live: it is
+//! consulted at connect time, so an app started before another (or before
+//! the admin listener) is held to ports bound later.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::locks::lock;
+use crate::guest_budget::AppBudget;
+use crate::locks::{lock, read, write};
+use crate::public_ip::is_public_and_foreign;
 use anyhow::{Context, Result, bail};
+
+pub use crate::public_ip::is_public;
 
 /// Addresses remembered from allowed name lookups; past this, the oldest
 /// lookups are forgotten (a guest can look them up again). Bounds the memory
@@ -64,14 +76,50 @@ impl PortPattern {
     }
 }
 
-/// An app's outbound policy.
+/// The ports the gateway itself listens on (every app's listener, the
+/// admin API, TLS, plain HTTP, QUIC): one live set shared by every app's
+/// policy and read at connect time, so a port bound after an app started
+/// is protected from that app too.
+#[derive(Debug, Default)]
+pub struct OwnPorts {
+    ports: RwLock<BTreeSet<u16>>,
+}
+
+impl OwnPorts {
+    /// An empty set, to share.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Adds `port` (a listener about to serve).
+    pub fn insert(&self, port: u16) {
+        write(&self.ports).insert(port);
+    }
+
+    /// Replaces the set with `ports` at once (after an app was removed or
+    /// moved), so no port is ever briefly unprotected.
+    pub fn replace(&self, ports: impl IntoIterator<Item = u16>) {
+        *write(&self.ports) = ports.into_iter().collect();
+    }
+
+    /// Whether the gateway listens on `port`.
+    pub fn contains(&self, port: u16) -> bool {
+        read(&self.ports).contains(&port)
+    }
+}
+
+/// An app's outbound policy: what its guests may reach, and how much
+/// (sockets, lookups) they may hold at once while reaching it.
 #[derive(Debug, Default)]
 pub struct OutboundPolicy {
     rules: Vec<Rule>,
-    /// Ports the gateway listens on.
-    protected_ports: Vec<u16>,
+    /// Ports the gateway listens on, shared with every app.
+    own_ports: Arc<OwnPorts>,
     /// Address → indices of the name rules whose lookup returned it.
     resolved: Mutex<HashMap<IpAddr, Vec<usize>>>,
+    /// Outbound sockets and name lookups in flight, against the app's and
+    /// the gateway's budgets.
+    budget: AppBudget,
 }
 
 impl OutboundPolicy {
@@ -96,10 +144,23 @@ impl OutboundPolicy {
         })
     }
 
-    /// Marks the gateway's own listening ports as reachable only by rules
-    /// that name them exactly.
-    pub fn protect_ports(&mut self, ports: impl IntoIterator<Item = u16>) {
-        self.protected_ports.extend(ports);
+    /// Holds the policy to the gateway's live set of its own ports: they
+    /// are reachable only by rules that name them exactly.
+    pub fn with_own_ports(mut self, own_ports: Arc<OwnPorts>) -> Self {
+        self.own_ports = own_ports;
+        self
+    }
+
+    /// Gives the policy the app's budgets of outbound sockets and lookups
+    /// (the default has the default limits).
+    pub fn with_budget(mut self, limits: &crate::limits::AppLimits) -> Self {
+        self.budget = AppBudget::new(limits);
+        self
+    }
+
+    /// The app's outbound sockets and lookups in flight.
+    pub fn budget(&self) -> &AppBudget {
+        &self.budget
     }
 
     /// Whether any outbound access is allowed at all.
@@ -111,18 +172,23 @@ impl OutboundPolicy {
     pub fn allows_connect(&self, addr: SocketAddr) -> bool {
         let ip = canonical(addr.ip());
         let port = addr.port();
-        let protected = self.protected_ports.contains(&port);
+        let protected = self.own_ports.contains(port);
         let resolved = lock(&self.resolved);
         self.rules.iter().enumerate().any(|(index, rule)| {
             if !rule.ports.matches(port) || (protected && !rule.ports.is_exactly(port)) {
                 return false;
             }
             match &rule.host {
-                HostPattern::AnyPublic => is_public(ip),
+                HostPattern::AnyPublic => is_public_and_foreign(ip),
                 HostPattern::Network { network, prefix } => in_network(ip, *network, *prefix),
-                HostPattern::Name { .. } => resolved
-                    .get(&ip)
-                    .is_some_and(|rules| rules.contains(&index)),
+                // What a name resolved to is judged as `*` judges it: the
+                // name is a permission to look it up, not for any address.
+                HostPattern::Name { .. } => {
+                    resolved
+                        .get(&ip)
+                        .is_some_and(|rules| rules.contains(&index))
+                        && is_public_and_foreign(ip)
+                }
             }
         })
     }
@@ -263,49 +329,6 @@ fn in_network(ip: IpAddr, network: IpAddr, prefix: u8) -> bool {
     }
 }
 
-/// Whether an address is on the public internet: not loopback, private,
-/// link-local, shared (CGNAT), unspecified, multicast, broadcast or
-/// reserved for documentation.
-pub fn is_public(ip: IpAddr) -> bool {
-    match canonical(ip) {
-        IpAddr::V4(ip) => is_public_v4(ip),
-        IpAddr::V6(ip) => is_public_v6(ip),
-    }
-}
-
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let special: [(Ipv4Addr, u8); 11] = [
-        (Ipv4Addr::new(0, 0, 0, 0), 8),
-        (Ipv4Addr::new(10, 0, 0, 0), 8),
-        (Ipv4Addr::new(100, 64, 0, 0), 10),
-        (Ipv4Addr::new(127, 0, 0, 0), 8),
-        (Ipv4Addr::new(169, 254, 0, 0), 16),
-        (Ipv4Addr::new(172, 16, 0, 0), 12),
-        (Ipv4Addr::new(192, 0, 2, 0), 24),
-        (Ipv4Addr::new(192, 168, 0, 0), 16),
-        (Ipv4Addr::new(198, 18, 0, 0), 15),
-        (Ipv4Addr::new(224, 0, 0, 0), 4),
-        (Ipv4Addr::new(240, 0, 0, 0), 4),
-    ];
-    !special
-        .iter()
-        .any(|(net, prefix)| in_network(IpAddr::V4(ip), IpAddr::V4(*net), *prefix))
-}
-
-fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let special: [(Ipv6Addr, u8); 6] = [
-        (Ipv6Addr::UNSPECIFIED, 128),
-        (Ipv6Addr::LOCALHOST, 128),
-        (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
-        (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
-        (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
-        (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32),
-    ];
-    !special
-        .iter()
-        .any(|(net, prefix)| in_network(IpAddr::V6(ip), IpAddr::V6(*net), *prefix))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,14 +386,68 @@ mod tests {
 
     #[test]
     fn the_gateways_own_ports_need_an_exact_rule() {
-        let mut p = policy(&["127.0.0.1:*", "*:*"]);
-        p.protect_ports([7001, 9090]);
-        assert!(!p.allows_connect(addr("127.0.0.1:9090")));
+        let own = OwnPorts::new();
+        own.insert(7001);
+        let p = policy(&["127.0.0.1:*", "*:*"]).with_own_ports(own.clone());
         assert!(!p.allows_connect(addr("93.184.216.34:7001")));
-        assert!(p.allows_connect(addr("127.0.0.1:9091")));
-        let mut p = policy(&["127.0.0.1:9090"]);
-        p.protect_ports([9090]);
+        // The set is live: a port bound after the policy was made (the
+        // admin API, a later app) is protected from it too.
         assert!(p.allows_connect(addr("127.0.0.1:9090")));
+        own.insert(9090);
+        assert!(!p.allows_connect(addr("127.0.0.1:9090")));
+        assert!(p.allows_connect(addr("127.0.0.1:9091")));
+        let exact = policy(&["127.0.0.1:9090"]).with_own_ports(own.clone());
+        assert!(exact.allows_connect(addr("127.0.0.1:9090")));
+        // A port the gateway no longer listens on is an ordinary port.
+        own.replace([7001]);
+        assert!(p.allows_connect(addr("127.0.0.1:9090")));
+    }
+
+    #[test]
+    fn a_name_rule_reaches_only_public_addresses_of_the_name() {
+        let p = policy(&["localhost:5432", "api.example.com:443", "127.0.0.1:6379"]);
+        for (name, ip, port) in [
+            ("localhost", "127.0.0.1", 5432),
+            ("localhost", "::1", 5432),
+            ("api.example.com", "10.0.0.7", 443),
+            ("api.example.com", "169.254.169.254", 443),
+            ("api.example.com", "64:ff9b::a9fe:a9fe", 443),
+            ("api.example.com", "2002:7f00:1::1", 443),
+            ("api.example.com", "::ffff:192.168.0.1", 443),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            p.record_lookup(name, &[ip]);
+            assert!(
+                !p.allows_connect(SocketAddr::new(ip, port)),
+                "{name} -> {ip} reachable through the name rule"
+            );
+        }
+        p.record_lookup("api.example.com", &["93.184.216.34".parse().unwrap()]);
+        assert!(p.allows_connect(addr("93.184.216.34:443")));
+        // An explicit IP rule still allows the special address it names.
+        p.record_lookup("localhost", &["127.0.0.1".parse().unwrap()]);
+        assert!(p.allows_connect(addr("127.0.0.1:6379")));
+        assert!(!p.allows_connect(addr("127.0.0.1:5432")));
+    }
+
+    #[test]
+    fn a_wildcard_host_never_reaches_translated_special_addresses() {
+        let p = policy(&["*:*"]);
+        for special in [
+            "[64:ff9b::a9fe:a9fe]:80",
+            "[64:ff9b::a00:1]:80",
+            "[64:ff9b:1::1]:80",
+            "[2002:a9fe:a9fe::1]:80",
+            "[2001:0:808:808:0:0:80ff:fffe]:80",
+            "[fec0::1]:80",
+            "[::ffff:0:7f00:1]:80",
+            "192.0.0.1:80",
+            "198.51.100.1:80",
+            "203.0.113.1:80",
+        ] {
+            assert!(!p.allows_connect(addr(special)), "{special} allowed by *");
+        }
+        assert!(p.allows_connect(addr("[64:ff9b::5db8:d822]:80")));
     }
 
     #[test]
@@ -381,13 +458,13 @@ mod tests {
         assert!(!p.allows_lookup("evil.example.com"));
         assert!(p.allows_lookup("db.svc.test"));
         assert!(!p.allows_lookup("svc.test"));
-        let ip: IpAddr = "10.9.8.7".parse().unwrap();
+        let ip: IpAddr = "93.184.216.34".parse().unwrap();
         assert!(!p.allows_connect(SocketAddr::new(ip, 443)));
         p.record_lookup("api.example.com", &[ip]);
         assert!(p.allows_connect(SocketAddr::new(ip, 443)));
         assert!(!p.allows_connect(SocketAddr::new(ip, 80)));
-        p.record_lookup("evil.example.com", &["10.0.0.1".parse().unwrap()]);
-        assert!(!p.allows_connect(addr("10.0.0.1:443")));
+        p.record_lookup("evil.example.com", &["1.1.1.1".parse().unwrap()]);
+        assert!(!p.allows_connect(addr("1.1.1.1:443")));
     }
 
     #[test]

@@ -1,9 +1,18 @@
 //! Which app serves a connection, by name: the table the TLS and QUIC
 //! listeners consult with the client's server name (SNI), and that deploys
-//! update while the gateway runs.
+//! update while the gateway runs; and who may claim which name
+//! ([`NamePolicy`]).
+//!
+//! Names are owned: `<app>.<base domain>` (and every name under it) is app
+//! `<app>`'s alone, a base domain is no app's, a custom domain belongs to
+//! the one app that claimed it, and names outside every base domain are
+//! claimable only as the operator allows (`[tls] allowed_domains`). An
+//! app's custom domains are replaced by each deploy and dropped with it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+use anyhow::{Result, bail};
 
 use crate::app::App;
 use crate::locks::{read, write};
@@ -30,8 +39,9 @@ impl Router {
         write(&self.apps).insert(name.to_owned(), app);
     }
 
-    /// Removes the app called `name`, returning it.
+    /// Removes the app called `name` and its custom domains, returning it.
     pub fn remove(&self, name: &str) -> Option<Arc<App>> {
+        self.set_custom_domains(name, &[]);
         write(&self.apps).remove(name)
     }
 
@@ -57,25 +67,40 @@ impl Router {
         read(&self.domains).clone()
     }
 
-    /// Routes the extra name `domain` to app `app`.
-    pub fn add_custom_domain(&self, domain: &str, app: &str) {
-        write(&self.custom).insert(normalize(domain), app.to_owned());
+    /// Routes the extra names `domains` to app `app`, replacing the ones
+    /// it had: a redeploy without a name stops routing it.
+    pub fn set_custom_domains(&self, app: &str, domains: &[String]) {
+        let mut custom = write(&self.custom);
+        custom.retain(|_, owner| owner != app);
+        for domain in domains {
+            custom.insert(normalize(domain), app.to_owned());
+        }
+    }
+
+    /// The custom domains routed to app `app`.
+    pub fn custom_domains_of(&self, app: &str) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.custom)
+            .iter()
+            .filter(|(_, owner)| owner.as_str() == app)
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     /// The app name a server name selects: `<app>.<base domain>` for a
     /// configured base domain, or a custom domain. `None` for anything
-    /// else, including the bare base domain and deeper subdomains.
+    /// else, including the bare base domain. `<app>.<base domain>` is
+    /// looked at first: it always names app `<app>`.
     pub fn app_name_for_server_name(&self, server_name: &str) -> Option<String> {
         let server_name = normalize(server_name);
-        if let Some(app) = read(&self.custom).get(&server_name) {
-            return Some(app.clone());
-        }
-        read(&self.domains).iter().find_map(|domain| {
+        let by_subdomain = read(&self.domains).iter().find_map(|domain| {
             let label = server_name
                 .strip_suffix(domain.as_str())?
                 .strip_suffix('.')?;
             (!label.is_empty() && !label.contains('.')).then(|| label.to_owned())
-        })
+        });
+        by_subdomain.or_else(|| read(&self.custom).get(&server_name).cloned())
     }
 
     /// The app a server name selects, if it is running.
@@ -88,6 +113,95 @@ fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// Who may claim which server name as a custom domain: the base domains of
+/// `[tls]` and the operator's allowlist of other names (`[tls]
+/// allowed_domains`, exact names or `*.suffix` patterns).
+#[derive(Debug, Clone, Default)]
+pub struct NamePolicy {
+    /// Base domains, normalized.
+    base: Vec<String>,
+    /// Allowed names outside the base domains: `name` exactly, or
+    /// `*.suffix` for every name under `suffix`.
+    allowed: Vec<String>,
+}
+
+impl NamePolicy {
+    /// The policy of base domains `base` and allowlist `allowed` (checked
+    /// by the configuration).
+    pub fn new(base: &[String], allowed: &[String]) -> Self {
+        Self {
+            base: base.iter().map(|d| normalize(d)).collect(),
+            allowed: allowed.iter().map(|d| normalize(d)).collect(),
+        }
+    }
+
+    /// Checks that app `app` may claim `domain` as a custom domain.
+    /// `operator`: the claim comes from the configuration file, whose
+    /// foreign names need no allowlist (the operator wrote them). Who else
+    /// claims the name is the caller's to check.
+    pub fn check_claim(&self, app: &str, domain: &str, operator: bool) -> Result<()> {
+        let domain = normalize(domain);
+        if self.base.contains(&domain) {
+            bail!(
+                "app `{app}`: `{domain}` is a base domain of this gateway ([tls] domains): it \
+                 belongs to no app"
+            );
+        }
+        for base in &self.base {
+            let Some(under) = domain
+                .strip_suffix(base.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+            else {
+                continue;
+            };
+            let owner = under.rsplit('.').next().unwrap_or(under);
+            if owner != app {
+                bail!(
+                    "app `{app}`: `{domain}` is under `{owner}.{base}`, which belongs to app \
+                     `{owner}`: an app may claim names under its own `{app}.{base}` only"
+                );
+            }
+            return Ok(());
+        }
+        if operator || self.allows(&domain) {
+            return Ok(());
+        }
+        bail!(
+            "app `{app}`: `{domain}` is outside this gateway's base domains ({}), and the \
+             operator does not allow it ([tls] allowed_domains = [{}]): ask the operator to \
+             add it (or a `*.` pattern covering it)",
+            self.base.join(", "),
+            self.allowed
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    /// Whether the operator's allowlist covers `domain` (normalized).
+    fn allows(&self, domain: &str) -> bool {
+        self.allowed
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(suffix) => domain
+                    .strip_suffix(suffix)
+                    .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
+                None => pattern == domain,
+            })
+    }
+
+    /// The DNS subtrees certificates may be issued under: the base domains
+    /// and the allowlist (a `*.suffix` pattern as `suffix`).
+    pub fn subtrees(&self) -> Vec<String> {
+        self.base
+            .iter()
+            .chain(&self.allowed)
+            .map(|d| d.strip_prefix("*.").unwrap_or(d).to_owned())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,7 +210,7 @@ mod tests {
     fn server_names_select_apps_by_subdomain_and_custom_domain() {
         let router = Router::new();
         router.set_domains(&["Example.org.".into(), "sockgate.test".into()]);
-        router.add_custom_domain("chat.acme.com", "chat");
+        router.set_custom_domains("chat", &["chat.acme.com".into()]);
         let name = |s: &str| router.app_name_for_server_name(s);
         assert_eq!(name("chat.example.org").as_deref(), Some("chat"));
         assert_eq!(name("CHAT.example.org.").as_deref(), Some("chat"));
@@ -106,5 +220,40 @@ mod tests {
         assert_eq!(name("a.b.example.org"), None);
         assert_eq!(name("chatexample.org"), None);
         assert_eq!(name("chat.other.org"), None);
+        // A redeploy replaces the set; removal drops it.
+        router.set_custom_domains("chat", &["talk.acme.com".into()]);
+        assert_eq!(name("chat.acme.com"), None);
+        assert_eq!(name("talk.acme.com").as_deref(), Some("chat"));
+        router.remove("chat");
+        assert_eq!(name("talk.acme.com"), None);
+    }
+
+    #[test]
+    fn names_are_claimed_by_their_owner_only() {
+        let policy = NamePolicy::new(
+            &["sg.test".into()],
+            &["*.customer.com".into(), "shop.example.net".into()],
+        );
+        let claim = |app: &str, domain: &str| policy.check_claim(app, domain, false);
+        claim("chat", "api.chat.sg.test").unwrap();
+        claim("chat", "Chat.SG.test.").unwrap();
+        claim("chat", "a.customer.com").unwrap();
+        claim("chat", "a.b.customer.com").unwrap();
+        claim("chat", "shop.example.net").unwrap();
+        let refused = |app: &str, domain: &str| format!("{:#}", claim(app, domain).unwrap_err());
+        assert!(refused("squat", "victim.sg.test").contains("belongs to app `victim`"));
+        assert!(refused("squat", "x.victim.sg.test").contains("belongs to app `victim`"));
+        assert!(refused("squat", "sg.test").contains("base domain"));
+        assert!(refused("squat", "www.google.com").contains("allowed_domains"));
+        assert!(refused("squat", "customer.com").contains("allowed_domains"));
+        assert!(refused("squat", "evilcustomer.com").contains("allowed_domains"));
+        // The operator's own configuration names foreign domains freely,
+        // never another app's or a base domain.
+        policy.check_claim("chat", "chat.acme.com", true).unwrap();
+        assert!(policy.check_claim("chat", "echo.sg.test", true).is_err());
+        assert_eq!(
+            policy.subtrees(),
+            ["sg.test", "customer.com", "shop.example.net"]
+        );
     }
 }

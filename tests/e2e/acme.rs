@@ -70,14 +70,26 @@ fn assert_private_state(state: &Path) {
         .collect();
     assert_eq!(dirs.len(), 1, "one directory per ACME CA: {dirs:?}");
     assert_eq!(mode(&dirs[0]), 0o700);
-    let mut files: Vec<String> = std::fs::read_dir(&dirs[0])
-        .unwrap()
-        .map(|e| e.unwrap())
-        .inspect(|e| assert_eq!(mode(&e.path()), 0o600, "{:?}", e.path()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    files.sort();
-    assert_eq!(files, ["account-key.pem", format!("{NAME}.pem").as_str()]);
+    let listing = |dir: &Path, file_mode: u32| {
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .inspect(|e| {
+                let expected = if e.path().is_dir() { 0o700 } else { file_mode };
+                assert_eq!(mode(&e.path()), expected, "{:?}", e.path())
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        files
+    };
+    // Certificates in a directory of their own: no name maps onto the
+    // account key's file.
+    assert_eq!(listing(&dirs[0], 0o600), ["account-key.pem", "certs"]);
+    assert_eq!(
+        listing(&dirs[0].join("certs"), 0o600),
+        [format!("{NAME}.pem").as_str()]
+    );
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use crate::support::{Gateway, Output, ScratchDir, ask, guest, root};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A gateway with an admin API and state directory `state`.
-fn start_admin(state: &Path, failpoint: Option<&str>) -> (Gateway, SocketAddr) {
+pub(crate) fn start_admin(state: &Path, failpoint: Option<&str>) -> (Gateway, SocketAddr) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
     command
         .args(["serve", "--admin", "127.0.0.1:0", "--state-dir"])
@@ -39,7 +39,7 @@ fn start_admin(state: &Path, failpoint: Option<&str>) -> (Gateway, SocketAddr) {
 }
 
 /// Runs the CLI against `admin`; returns exit code, stdout, stderr.
-fn cli(admin: SocketAddr, state: &Path, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn cli(admin: SocketAddr, state: &Path, args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_sockgate"))
         .args(args)
         .env("SOCKGATE_ADMIN", admin.to_string())
@@ -54,7 +54,13 @@ fn cli(admin: SocketAddr, state: &Path, args: &[&str]) -> (i32, String, String) 
     )
 }
 
-fn deploy(admin: SocketAddr, state: &Path, name: &str, component: &Path, extra: &[&str]) {
+pub(crate) fn deploy(
+    admin: SocketAddr,
+    state: &Path,
+    name: &str,
+    component: &Path,
+    extra: &[&str],
+) {
     let component = component.display().to_string();
     let mut args = vec!["deploy", name, component.as_str()];
     args.extend_from_slice(extra);
@@ -62,7 +68,7 @@ fn deploy(admin: SocketAddr, state: &Path, name: &str, component: &Path, extra: 
     assert_eq!(code, 0, "deploy failed: {stdout}{stderr}");
 }
 
-fn ls(admin: SocketAddr, state: &Path) -> Vec<Value> {
+pub(crate) fn ls(admin: SocketAddr, state: &Path) -> Vec<Value> {
     let (code, stdout, stderr) = cli(admin, state, &["ls", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     serde_json::from_str::<Value>(&stdout)
@@ -72,7 +78,7 @@ fn ls(admin: SocketAddr, state: &Path) -> Vec<Value> {
         .clone()
 }
 
-fn app_addr(admin: SocketAddr, state: &Path, name: &str) -> SocketAddr {
+pub(crate) fn app_addr(admin: SocketAddr, state: &Path, name: &str) -> SocketAddr {
     ls(admin, state)
         .iter()
         .find(|a| a["name"] == name)
@@ -93,7 +99,7 @@ async fn version_of(stream: &mut TcpStream) -> &'static str {
     }
 }
 
-fn blobs(state: &Path) -> usize {
+pub(crate) fn blobs(state: &Path) -> usize {
     std::fs::read_dir(state.join("blobs")).map_or(0, |d| d.count())
 }
 
@@ -400,7 +406,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
 /// A request to the admin API with the token of `state`: `head` is the
 /// request line, optionally followed by header lines.
-fn authed(admin: SocketAddr, state: &Path, head: &str) -> String {
+pub(crate) fn authed(admin: SocketAddr, state: &Path, head: &str) -> String {
     let token = std::fs::read_to_string(state.join("admin-token")).unwrap();
     let (request_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
     raw_request(
@@ -412,7 +418,7 @@ fn authed(admin: SocketAddr, state: &Path, head: &str) -> String {
     )
 }
 
-fn raw_request(addr: SocketAddr, request: &str) -> String {
+pub(crate) fn raw_request(addr: SocketAddr, request: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
@@ -558,11 +564,23 @@ async fn the_dashboard_shows_the_apps_in_chromium() {
         &guest("hostile"),
         &["--listen", "127.0.0.1:0"],
     );
+    // The browser logs in as an operator does: the login form posts the
+    // token (a local page submits it, as a person would).
     let token = std::fs::read_to_string(state.join("admin-token")).unwrap();
-    let url = format!("http://{admin}/login?token={}", token.trim());
+    let login = dir.0.join("login.html");
+    std::fs::write(
+        &login,
+        format!(
+            "<!doctype html><form method=\"post\" action=\"http://{admin}/login\">\
+             <input name=\"token\" value=\"{}\"></form>\
+             <script>document.forms[0].submit()</script>",
+            token.trim()
+        ),
+    )
+    .unwrap();
     let profile = dir.0.join("profile");
     let shot: PathBuf = root().join("target/dashboard.png");
-    let browse = |extra: &str| {
+    let browse = |extra: &str, url: &str| {
         Command::new(chromium)
             .args([
                 "--headless",
@@ -574,13 +592,21 @@ async fn the_dashboard_shows_the_apps_in_chromium() {
                 "--disable-component-update",
                 "--disable-sync",
                 "--window-size=1200,900",
+                "--virtual-time-budget=10000",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(extra)
-            .arg(&url)
+            .arg(url)
             .output()
             .unwrap()
     };
+    // Logged in, the profile keeps the session cookie; the dashboard is
+    // then opened as a typed address (its cookie is SameSite=Strict, so
+    // the redirect that follows a post from a local file does not carry
+    // it).
+    browse("--dump-dom", &format!("file://{}", login.display()));
+    let url = format!("http://{admin}/");
+    let browse = |extra: &str| browse(extra, &url);
     let dom = browse("--dump-dom");
     let dom = String::from_utf8_lossy(&dom.stdout);
     for expected in [

@@ -1,8 +1,8 @@
 //! The echo guest: exact bytes back at every size, many connections at
 //! once, and half-close in both directions. The same tests run against the
-//! echo guest of every language, and of both worlds: `rust_sync` and
-//! `starlingmonkey` are `conn-handler-sync` guests, served one instance per
-//! connection.
+//! echo guest of every language, and of both worlds: `rust_sync`,
+//! `starlingmonkey` and `go_sync` are `conn-handler-sync` guests, served one
+//! instance per connection.
 
 use std::time::Duration;
 
@@ -22,6 +22,10 @@ language_tests! {
         c: C,
         rust_sync: RustSync,
         starlingmonkey: StarlingMonkey,
+        zig: Zig,
+        go: Go,
+        go_sync: GoSync,
+        ts: Ts,
     ],
     tests: [
         echoes_exact_bytes_at_every_size,

@@ -22,6 +22,16 @@ pub enum Lang {
     /// `guests/starlingmonkey/<name>`: JavaScript on StarlingMonkey, built
     /// with componentize-js, for the world `conn-handler-sync`.
     StarlingMonkey,
+    /// `guests/zig/<name>`, built with zig over the C bindings.
+    Zig,
+    /// `guests/go/<name>`, built with Go (wasip1) and wit-bindgen-go's
+    /// bindings, for the async world with sockgate's runtime hooks.
+    Go,
+    /// `guests/go/sync-<name>`: Go for the WASI 0.2 world
+    /// `conn-handler-sync`.
+    GoSync,
+    /// `guests/ts/<name>`, checked by tsc, built with componentize-qjs.
+    Ts,
 }
 
 impl Lang {
@@ -35,6 +45,10 @@ impl Lang {
             Lang::C => format!("c/{name}"),
             Lang::RustSync => format!("sync-{name}"),
             Lang::StarlingMonkey => format!("starlingmonkey/{name}"),
+            Lang::Zig => format!("zig/{name}"),
+            Lang::Go => format!("go/{name}"),
+            Lang::GoSync => format!("go/sync-{name}"),
+            Lang::Ts => format!("ts/{name}"),
         }
     }
 
@@ -45,7 +59,10 @@ impl Lang {
             Lang::Python => "python",
             Lang::Js => "js",
             Lang::C => "c",
-            Lang::RustSync | Lang::StarlingMonkey => {
+            Lang::Zig => "zig",
+            Lang::Go => "go",
+            Lang::Ts => "ts",
+            Lang::RustSync | Lang::StarlingMonkey | Lang::GoSync => {
                 unreachable!("`sockgate new` has templates for the main world only")
             }
         }

@@ -10,10 +10,13 @@ mod compile_cache;
 mod deploy;
 mod echo;
 mod fairness;
+mod go_panic;
+mod guest_steps;
 mod http_hello;
 mod limits;
 mod new_project;
 mod refusals;
+mod security_guest;
 mod sync_world;
 mod traps;
 
@@ -23,3 +26,8 @@ mod tls;
 
 // QUIC with the same certificates; quinn and aioquic clients.
 mod quic;
+
+// The security review's findings, each tried as an attacker would.
+mod security_admin;
+mod security_names;
+mod security_net;

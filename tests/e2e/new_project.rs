@@ -4,10 +4,10 @@
 //! unknown language).
 //!
 //! The toolchains are those guests/build-lang.sh installs for the example
-//! guests (componentize-py under guests/target/lang/python-toolchain,
-//! componentize-qjs in guests/js/node_modules, Debian's clang-16), pointed
-//! to instead of installed again: the README's "Set up" step is the only
-//! one not run.
+//! guests (componentize-py, Go and Zig under guests/target/lang/, componentize-qjs
+//! in guests/js/node_modules, tsc in guests/ts/node_modules, Debian's
+//! clang-16), pointed to instead of installed again: the README's "Set up"
+//! step is the only one not run.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const NAME: &str = "hello-app";
 
 language_tests! {
-    languages: [rust: Rust, python: Python, js: Js, c: C],
+    languages: [rust: Rust, python: Python, js: Js, c: C, zig: Zig, go: Go, ts: Ts],
     tests: [a_new_project_builds_as_its_readme_says_and_echoes],
 }
 
@@ -88,7 +88,26 @@ fn toolchain_env(lang: Lang, project: &Path, command: &mut Command) {
         Lang::C => {
             lang_guest("c", "echo"); // clang-16 and wasi-libc are installed
         }
-        Lang::RustSync | Lang::StarlingMonkey => {
+        Lang::Zig => {
+            lang_guest("zig", "echo");
+            let zig = root().join("guests/target/lang/zig-toolchain/ziglang/zig");
+            command.env("ZIG", zig);
+        }
+        Lang::Go => {
+            lang_guest("go", "echo");
+            path.push(root().join("guests/target/lang/go-toolchain/go/bin"));
+        }
+        Lang::Ts => {
+            lang_guest("ts", "echo");
+            // What `npm install` would make: the same pinned tsc and
+            // componentize-qjs.
+            std::os::unix::fs::symlink(
+                root().join("guests/ts/node_modules"),
+                project.join("node_modules"),
+            )
+            .unwrap();
+        }
+        Lang::RustSync | Lang::StarlingMonkey | Lang::GoSync => {
             unreachable!("`sockgate new` has templates for the main world only")
         }
     }
@@ -167,7 +186,7 @@ async fn a_new_project_builds_as_its_readme_says_and_echoes(lang: Lang) {
         String::from_utf8_lossy(&built.stderr)
     );
     assert!(built.status.success(), "`{build}` failed:\n{log}");
-    if matches!(lang, Lang::Rust | Lang::C) {
+    if matches!(lang, Lang::Rust | Lang::C | Lang::Zig | Lang::Go) {
         assert!(
             !log.contains("warning"),
             "the template builds with warnings:\n{log}"
@@ -287,13 +306,14 @@ fn new_refuses_an_unknown_language_and_lists_the_choices() {
         "new".as_ref(),
         "my-app".as_ref(),
         "--lang".as_ref(),
-        "go".as_ref(),
+        "cobol".as_ref(),
         "--dir".as_ref(),
         dir.as_os_str(),
     ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("'go'") && stderr.contains("[possible values: rust, python, js, c]"),
+        stderr.contains("'cobol'")
+            && stderr.contains("[possible values: rust, python, js, c, zig, go, ts]"),
         "{stderr}"
     );
     assert!(!dir.exists());

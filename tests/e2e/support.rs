@@ -195,9 +195,15 @@ impl Gateway {
     /// Starts a gateway serving `apps`, each on a free loopback port, and
     /// waits until it is ready.
     pub fn start(apps: &[TestApp<'_>]) -> Self {
+        Self::start_with("", apps)
+    }
+
+    /// Like [`Gateway::start`], with `gateway` (TOML lines) added to the
+    /// `[gateway]` table.
+    pub fn start_with(gateway: &str, apps: &[TestApp<'_>]) -> Self {
         let dir = ScratchDir::new("gateway");
         let mut config = format!(
-            "[gateway]\ncache_dir = {:?}\n",
+            "[gateway]\ncache_dir = {:?}\n{gateway}",
             shared_cache_dir().display().to_string()
         );
         for app in apps {
@@ -217,17 +223,26 @@ impl Gateway {
 
     /// Spawns `command` (a `sockgate` invocation that serves) and waits for
     /// it to be ready.
-    pub fn spawn(mut command: Command, dir: ScratchDir) -> Self {
+    pub fn spawn(command: Command, dir: ScratchDir) -> Self {
+        Self::spawn_with_stderr(command, dir, None)
+    }
+
+    /// Like [`Gateway::spawn`], with the gateway's stderr going to
+    /// `stderr` instead of being collected (e.g. a pipe nobody reads).
+    pub fn spawn_with_stderr(mut command: Command, dir: ScratchDir, stderr: Option<Stdio>) -> Self {
+        let collect_stderr = stderr.is_none();
         command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(stderr.unwrap_or_else(Stdio::piped));
         let mut child = command.spawn().expect("cannot start sockgate");
         let stdout = Output::default();
         let stderr = Output::default();
         stdout.collect(child.stdout.take().unwrap());
-        stderr.collect(child.stderr.take().unwrap());
+        if collect_stderr {
+            stderr.collect(child.stderr.take().unwrap());
+        }
         let ready = stdout.wait_for(START_TIMEOUT, |text| text.contains("sockgate ready"));
         if !ready {
             let _ = child.kill();

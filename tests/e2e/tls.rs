@@ -403,7 +403,8 @@ async fn an_app_deployed_while_running_is_served_over_tls_with_its_domains_and_a
     let gw = TlsGateway::start(
         &state.0,
         "admin = \"127.0.0.1:0\"\n\n[tls]\nlisten = \"127.0.0.1:0\"\ndomain = \"localhost\"\n\
-         certificates = \"dev-ca\"\n\n[http]\nenabled = false\n",
+         certificates = \"dev-ca\"\nallowed_domains = [\"*.custom.test\"]\n\n\
+         [http]\nenabled = false\n",
         &[],
     );
     let admin = gw

@@ -18,6 +18,20 @@
 //!   `error: <code>`.
 //! - `flood` — writes to the client forever without reading, logging
 //!   `flood: <n> MiB written` after every MiB the client has taken.
+//! - `sockets <n> [udp]` — creates up to `n` outbound TCP (or UDP) sockets
+//!   (no connection needed: the OS socket exists from creation) and keeps
+//!   them, answering `sockets: opened <k>` or
+//!   `sockets: opened <k>, then error: <code>`.
+//! - `streams <n> <ip:port>` — connects up to `n` times, keeps each
+//!   connection's send and receive streams and drops the socket itself,
+//!   answering `streams: kept <k>` or `streams: kept <k>, then error: <code>`.
+//! - `release` — drops every socket and stream kept, answering `released`.
+//! - `stream-pairs <n>` — creates `n` streams (`stream.new`, no host call)
+//!   and keeps both ends, answering `stream-pairs: created <n>`: each one
+//!   is host memory outside the guest's own, bounded by the store's tables.
+//! - `log-flood <n>` — prints `n` lines of 100 bytes to stdout as fast as it
+//!   can (yielding every 100 lines, so only the log limits stop it),
+//!   answering `logged <n>`.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -25,6 +39,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 
 mod spin;
@@ -32,10 +47,24 @@ mod spin;
 use exports::sockgate::gateway::handler::Guest;
 use wasi::sockets::types::{
     IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, TcpSocket,
+    UdpSocket,
 };
 use wit_bindgen::{StreamReader, StreamResult, StreamWriter};
 
 struct Hostile;
+
+/// What `sockets` and `streams` keep, in this instance, until `release`.
+#[derive(Default)]
+struct Kept {
+    sockets: Vec<TcpSocket>,
+    udp: Vec<UdpSocket>,
+    pairs: Vec<(StreamWriter<u8>, StreamReader<u8>)>,
+    streams: Vec<(StreamWriter<u8>, StreamReader<u8>)>,
+}
+
+thread_local! {
+    static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
+}
 
 impl Guest for Hostile {
     async fn handle(id: u64, mut rx: StreamReader<u8>) -> StreamReader<u8> {
@@ -133,6 +162,37 @@ async fn run(command: &str, conn: u64, tx: &mut StreamWriter<u8>) -> Reply {
             }
             None => "info none".to_owned(),
         }),
+        "sockets" => {
+            let (n, kind) = arg.split_once(' ').unwrap_or((arg, "tcp"));
+            Reply::Line(open_sockets(n.parse().unwrap_or(0), kind == "udp"))
+        }
+        "streams" => {
+            let (n, target) = arg.split_once(' ').unwrap_or(("0", ""));
+            Reply::Line(keep_streams(n.parse().unwrap_or(0), target).await)
+        }
+        "stream-pairs" => {
+            let n: usize = arg.parse().unwrap_or(0);
+            for _ in 0..n {
+                let pair = wit_stream::new();
+                KEPT.with(|kept| kept.borrow_mut().pairs.push(pair));
+            }
+            Reply::Line(format!("stream-pairs: created {n}"))
+        }
+        "release" => {
+            KEPT.with(|kept| *kept.borrow_mut() = Kept::default());
+            Reply::Line("released".into())
+        }
+        "log-flood" => {
+            let n: u64 = arg.parse().unwrap_or(0);
+            let line = "x".repeat(100);
+            for i in 0..n {
+                println!("{line}");
+                if i % 100 == 99 {
+                    wit_bindgen::yield_async().await;
+                }
+            }
+            Reply::Line(format!("logged {n}"))
+        }
         "flood" => {
             let chunk = vec![b'x'; 1 << 20];
             let mut mib = 0u64;
@@ -177,11 +237,51 @@ fn alloc_until_refused(step_kib: usize) -> String {
     format!("refused after {} MiB", total >> 20)
 }
 
-async fn connect(target: &str) -> String {
+fn open_sockets(n: usize, udp: bool) -> String {
+    let mut opened = 0;
+    while opened < n {
+        let created = if udp {
+            UdpSocket::create(IpAddressFamily::Ipv4)
+                .map(|socket| KEPT.with(|kept| kept.borrow_mut().udp.push(socket)))
+        } else {
+            TcpSocket::create(IpAddressFamily::Ipv4)
+                .map(|socket| KEPT.with(|kept| kept.borrow_mut().sockets.push(socket)))
+        };
+        match created {
+            Ok(()) => opened += 1,
+            Err(code) => return format!("sockets: opened {opened}, then error: {code:?}"),
+        }
+    }
+    format!("sockets: opened {opened}")
+}
+
+async fn keep_streams(n: usize, target: &str) -> String {
     let Ok(addr) = target.parse::<SocketAddr>() else {
         return format!("error: cannot parse {target:?}");
     };
-    let (family, remote) = match addr {
+    let (family, remote) = socket_address(addr);
+    let mut kept = 0;
+    while kept < n {
+        let socket = match TcpSocket::create(family) {
+            Ok(socket) => socket,
+            Err(code) => return format!("streams: kept {kept}, then error: {code:?}"),
+        };
+        if let Err(code) = socket.connect(remote).await {
+            return format!("streams: kept {kept}, then error: {code:?}");
+        }
+        let (send_tx, send_rx) = wit_stream::new();
+        let _sent = socket.send(send_rx);
+        let (incoming, _received) = socket.receive();
+        // The socket resource goes; its streams keep the connection.
+        drop(socket);
+        KEPT.with(|k| k.borrow_mut().streams.push((send_tx, incoming)));
+        kept += 1;
+    }
+    format!("streams: kept {kept}")
+}
+
+fn socket_address(addr: SocketAddr) -> (IpAddressFamily, IpSocketAddress) {
+    match addr {
         SocketAddr::V4(a) => {
             let [b0, b1, b2, b3] = a.ip().octets();
             (
@@ -204,7 +304,14 @@ async fn connect(target: &str) -> String {
                 }),
             )
         }
+    }
+}
+
+async fn connect(target: &str) -> String {
+    let Ok(addr) = target.parse::<SocketAddr>() else {
+        return format!("error: cannot parse {target:?}");
     };
+    let (family, remote) = socket_address(addr);
     let socket = match TcpSocket::create(family) {
         Ok(socket) => socket,
         Err(code) => return format!("error: {code:?}"),

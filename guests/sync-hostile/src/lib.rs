@@ -11,6 +11,9 @@
 //! - `info` — answers `peer <ip:port> transport <t>` from the conn-info.
 //! - `close-write` — drops its sending side (the client sees end of
 //!   stream) but keeps reading, logging `received after close-write: <line>`.
+//! - `sockets <n>` — creates up to `n` outbound TCP sockets (WASI 0.2) and
+//!   keeps them for the connection's life, answering `sockets: opened <k>`
+//!   or `sockets: opened <k>, then error: <code>`.
 
 wit_bindgen::generate!({
     path: "../../wit/sync",
@@ -24,7 +27,8 @@ mod spin;
 use exports::sockgate::gateway::sync_handler::{ConnInfo, Guest};
 use sockgate::gateway::sync_types::Transport;
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
-use wasi::sockets::network::IpSocketAddress;
+use wasi::sockets::network::{IpAddressFamily, IpSocketAddress};
+use wasi::sockets::tcp::TcpSocket;
 
 struct Hostile;
 
@@ -36,6 +40,8 @@ impl Guest for Hostile {
 
 fn serve(info: &ConnInfo, rx: &InputStream, tx: OutputStream) -> Result<(), StreamError> {
     let mut tx = Some(tx);
+    // Sockets `sockets` opened, kept until the connection ends.
+    let mut kept: Vec<TcpSocket> = Vec::new();
     let mut pending = Vec::new();
     loop {
         let data = match rx.blocking_read(16 * 1024) {
@@ -74,6 +80,11 @@ fn serve(info: &ConnInfo, rx: &InputStream, tx: OutputStream) -> Result<(), Stre
                     }
                 }
                 "close-write" => tx = None,
+                _ if text.starts_with("sockets ") => {
+                    let n: usize = text["sockets ".len()..].trim().parse().unwrap_or(0);
+                    let reply = open_sockets(n, &mut kept);
+                    write_all(out, format!("{reply}\n").as_bytes())?;
+                }
                 _ => {
                     if let Some(rest) = text.strip_prefix("log ") {
                         println!("{rest}");
@@ -83,6 +94,22 @@ fn serve(info: &ConnInfo, rx: &InputStream, tx: OutputStream) -> Result<(), Stre
             }
         }
     }
+}
+
+/// Creates up to `n` TCP sockets into `kept`; says how many, and why not
+/// more.
+fn open_sockets(n: usize, kept: &mut Vec<TcpSocket>) -> String {
+    let mut opened = 0;
+    while opened < n {
+        match wasi::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
+            Ok(socket) => {
+                kept.push(socket);
+                opened += 1;
+            }
+            Err(code) => return format!("sockets: opened {opened}, then error: {code:?}"),
+        }
+    }
+    format!("sockets: opened {opened}")
 }
 
 fn show(addr: IpSocketAddress) -> String {

@@ -2,7 +2,7 @@
 //!
 //! | method and path | does |
 //! |---|---|
-//! | `GET /v1/apps` | list apps |
+//! | `GET /v1/apps` | list apps (`state`: `running`, or `failed` with an `error` for a persisted app that could not start) |
 //! | `GET /v1/apps/{name}` | inspect one |
 //! | `PUT /v1/apps/{name}` | deploy: body = the component, header `sockgate-settings` = JSON settings |
 //! | `DELETE /v1/apps/{name}` | remove (connections drain) |
@@ -10,11 +10,13 @@
 //! | `GET /v1/apps/{name}/logs[?follow=true]` | log lines as JSON lines, following if asked |
 //! | `GET /v1/apps/{name}/events` | events as JSON |
 //!
-//! Errors are `{"error": "..."}` with 400 (bad input), 401, 404, 409 (an
-//! app owned by the configuration file), 413 (too large).
+//! Errors are `{"error": "..."}` with 400 (bad input: the message names
+//! the setting and the bound), 401, 403 (a change by a dashboard session
+//! without its CSRF header), 404, 409 (an app owned by the configuration
+//! file), 413 (too large), 408 (an upload slower than [`UPLOAD_TIMEOUT`]).
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -28,6 +30,11 @@ use crate::config::AppConfig;
 use crate::gateway::{Gateway, MAX_COMPONENT_BYTES};
 use crate::limits::AppLimits;
 use crate::logs::{Event, LogLine, Stream};
+
+/// An upload must arrive whole within this time. Threat: a client
+/// trickling a 64 MiB body to hold a connection (and its buffer) for
+/// hours.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The settings a deploy carries (everything of an app but its name and
 /// component), as JSON in the `sockgate-settings` header.
@@ -92,10 +99,23 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
         return error(StatusCode::BAD_REQUEST, &format!("{err:#}"));
     }
     match (method, segments.as_slice()) {
-        (Method::GET, ["apps"]) => json(StatusCode::OK, &gateway.apps().await),
+        (Method::GET, ["apps"]) => {
+            let mut apps: Vec<serde_json::Value> = Vec::new();
+            for app in gateway.apps().await {
+                apps.push(serde_json::to_value(&app).unwrap_or_default());
+            }
+            for app in gateway.failed_apps() {
+                apps.push(serde_json::to_value(&app).unwrap_or_default());
+            }
+            apps.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            json(StatusCode::OK, &apps)
+        }
         (Method::GET, ["apps", name]) => match gateway.status(name).await {
             Some(status) => json(StatusCode::OK, &status),
-            None => not_found(name),
+            None => match gateway.failed_apps().into_iter().find(|a| a.name == *name) {
+                Some(failed) => json(StatusCode::OK, &failed),
+                None => not_found(name),
+            },
         },
         (Method::PUT, ["apps", name]) => deploy(gateway, name, request).await,
         (Method::DELETE, ["apps", name]) => match gateway.remove(name).await {
@@ -113,9 +133,9 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
                 .is_some_and(|q| q.split('&').any(|p| p == "follow=true" || p == "follow=1"));
             logs(gateway, name, follow)
         }
-        (Method::GET, ["apps", name, "events"]) => match gateway.app(name) {
-            Some(app) => {
-                let events: Vec<EventJson> = app.log().events().iter().map(event_json).collect();
+        (Method::GET, ["apps", name, "events"]) => match gateway.log_of(name) {
+            Some(log) => {
+                let events: Vec<EventJson> = log.events().iter().map(event_json).collect();
                 json(StatusCode::OK, &events)
             }
             None => not_found(name),
@@ -162,12 +182,23 @@ async fn deploy(gateway: &Gateway, name: &str, request: Request<Incoming>) -> Re
             ),
         );
     }
-    let body = match Limited::new(request.into_body(), MAX_COMPONENT_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
+    let upload = tokio::time::timeout(
+        UPLOAD_TIMEOUT,
+        Limited::new(request.into_body(), MAX_COMPONENT_BYTES).collect(),
+    )
+    .await;
+    let body = match upload {
+        Ok(Ok(body)) => body.to_bytes(),
         Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the upload did not arrive within {} s",
+                    UPLOAD_TIMEOUT.as_secs()
+                ),
+            );
+        }
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!(
@@ -183,9 +214,8 @@ async fn deploy(gateway: &Gateway, name: &str, request: Request<Incoming>) -> Re
     config.limits = settings.limits;
     config.domains = settings.domains;
     config.alpn = settings.alpn;
-    if let Err(err) = config.limits.validate() {
-        return error(StatusCode::BAD_REQUEST, &format!("{err:#}"));
-    }
+    // Every setting is checked by the gateway (`AppConfig::check`, with
+    // the operator's ceilings) before anything is compiled or stored.
     match gateway.deploy(config, body.to_vec()).await {
         Ok(status) => json(StatusCode::OK, &status),
         Err(err) => refusal(&err),
@@ -193,10 +223,9 @@ async fn deploy(gateway: &Gateway, name: &str, request: Request<Incoming>) -> Re
 }
 
 fn logs(gateway: &Gateway, name: &str, follow: bool) -> Response<Body> {
-    let Some(app) = gateway.app(name) else {
+    let Some(log) = gateway.log_of(name) else {
         return not_found(name);
     };
-    let log = app.log().clone();
     // Subscribe before reading the backlog, so no line falls in between.
     let live = follow.then(|| log.follow());
     let mut backlog = String::new();

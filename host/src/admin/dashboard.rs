@@ -16,32 +16,42 @@ table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding
 text-align:left}th{background:#f3f3f3}h2{margin-top:2rem}pre{background:#f7f7f7;padding:.5rem;\
 overflow-x:auto;max-height:14rem}.muted{color:#777}";
 
-/// The page for a visitor without the token: a form that logs in.
-pub fn login_page() -> Response<Body> {
+/// The page for a visitor without a session: a form that logs in by
+/// posting the token (never in a URL, so it stays out of the history,
+/// logs and `Referer` headers), with `message` if the last try failed.
+pub fn login_page(status: StatusCode, message: Option<&str>) -> Response<Body> {
+    let message = message
+        .map(|m| format!("<p><strong>{}</strong></p>", escape(m)))
+        .unwrap_or_default();
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>sockgate: log in</title>\
-         <style>{STYLE}</style></head><body><h1>sockgate</h1><p>Paste the admin token (the \
-         <code>admin-token</code> file in the gateway's state directory).</p>\
-         <form method=\"get\" action=\"/login\"><input name=\"token\" type=\"password\" size=\"70\">\
-         <button type=\"submit\">Log in</button></form></body></html>"
+         <style>{STYLE}</style></head><body><h1>sockgate</h1>{message}<p>Paste the admin token \
+         (the <code>admin-token</code> file in the gateway's state directory).</p>\
+         <form method=\"post\" action=\"/login\"><input name=\"token\" type=\"password\" \
+         size=\"70\" autocomplete=\"off\"><button type=\"submit\">Log in</button></form>\
+         </body></html>"
     );
-    respond(StatusCode::UNAUTHORIZED, "text/html; charset=utf-8", html)
+    respond(status, "text/html; charset=utf-8", html)
 }
 
-/// The dashboard.
-pub async fn page(gateway: &Gateway) -> Response<Body> {
+/// The dashboard. `csrf`: the session's CSRF token, in a `<meta>` element
+/// for scripts of this origin that change something.
+pub async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body> {
     let apps = gateway.apps().await;
     let (hits, misses) = gateway.cache_stats();
     let mut html = String::new();
     let _ = write!(
         html,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>sockgate</title>\
+         <meta name=\"sockgate-csrf\" content=\"{csrf}\">\
          <style>{STYLE}</style></head><body><h1>sockgate</h1>\
+         <form method=\"post\" action=\"/logout\"><button type=\"submit\">Log out</button></form>\
          <p>{} app(s), {} connection(s) open; compile cache: {hits} hit(s), {misses} miss(es).</p>\
          <table><tr><th>app</th><th>version</th><th>source</th><th>address</th><th>instances</th>\
          <th>open</th><th>accepted</th><th>refused</th><th>component</th></tr>",
         apps.len(),
         gateway.tracker().active(),
+        csrf = escape(csrf.unwrap_or("")),
     );
     for app in &apps {
         let _ = write!(
@@ -61,7 +71,24 @@ pub async fn page(gateway: &Gateway) -> Response<Body> {
             kib = app.load.size.div_ceil(1024),
         );
     }
-    html.push_str("</table><h2>TLS certificates</h2>");
+    html.push_str("</table>");
+    let failed = gateway.failed_apps();
+    if !failed.is_empty() {
+        html.push_str(
+            "<h2>Not started</h2><table><tr><th>app</th><th>version</th><th>why</th></tr>",
+        );
+        for app in &failed {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&app.name),
+                app.version,
+                escape(&app.error)
+            );
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("<h2>TLS certificates</h2>");
     let certificates = super::certificate_status(gateway, &apps);
     if certificates.is_empty() {
         html.push_str("<p class=\"muted\">TLS is not configured (no [tls] section).</p>");

@@ -56,6 +56,10 @@ pub async fn render(gateway: &Gateway) -> Response<Body> {
         accepted.push((label.clone(), c.accepted.load(Ordering::Relaxed)));
         for (limit, counter) in [
             ("gateway.max_connections", &c.refused_gateway_full),
+            (
+                "gateway.reserved_connections_percent",
+                &c.refused_gateway_share,
+            ),
             ("max_connections", &c.refused_app_full),
             ("max_connections_per_ip", &c.refused_per_ip),
             ("max_connections_per_instance", &c.refused_instances_full),

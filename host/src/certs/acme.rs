@@ -51,6 +51,9 @@ const POLL_MAX: Duration = Duration::from_secs(5);
 /// Polls before an authorization or order is given up (about 3 minutes at
 /// the maximum delay).
 const POLL_ATTEMPTS: u32 = 40;
+/// The account key's file in the CA's directory (certificates live in
+/// `certs/` beside it).
+const ACCOUNT_KEY_FILE: &str = "account-key.pem";
 /// A `badNonce` answer (the CA rejected a replay nonce, which RFC 8555 lets
 /// it do at any time) is retried at once, this many times.
 const BAD_NONCE_RETRIES: u32 = 3;
@@ -240,6 +243,7 @@ impl PreparedAcme {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let dir = state.private_dir(Path::new("acme").join(directory_dir_name(&directory_url)))?;
+        super::store::private_dir(&dir.join("certs"))?;
         Ok(Self {
             directory_url,
             contact: settings.contacts(),
@@ -351,21 +355,35 @@ impl AcmeManager {
         tokio::spawn(self.clone().run(name.to_owned(), stored));
     }
 
+    /// Where the certificate of `name` is kept: `certs/<name>.pem`, in a
+    /// directory of its own, so that no name (a custom domain called
+    /// `account-key`, say) can map onto the account key's file.
     fn cert_path(&self, name: &str) -> PathBuf {
-        self.prepared.dir.join(format!("{name}.pem"))
+        self.prepared.dir.join("certs").join(format!("{name}.pem"))
     }
 
-    /// Deploys the stored certificate of `name`, if there is a usable one.
+    /// Deploys the stored certificate of `name`, if there is a usable one
+    /// (in `certs/`, or where versions before it kept them).
     fn load_stored(&self, name: &str) -> Option<Validity> {
-        let path = self.cert_path(name);
-        let pem = match read_optional(&path) {
-            Ok(Some(pem)) => pem,
-            Ok(None) => return None,
-            Err(err) => {
-                tracing::error!("acme: {err:#}; ordering a new certificate for {name}");
-                return None;
+        let legacy = self.prepared.dir.join(format!("{name}.pem"));
+        let mut found = None;
+        for path in [self.cert_path(name), legacy] {
+            if path.file_name() == Some(std::ffi::OsStr::new(ACCOUNT_KEY_FILE)) {
+                continue;
             }
-        };
+            match read_optional(&path) {
+                Ok(Some(pem)) => {
+                    found = Some((path, pem));
+                    break;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!("acme: {err:#}; ordering a new certificate for {name}");
+                    return None;
+                }
+            }
+        }
+        let (path, pem) = found?;
         match certified_key_from_pem(&pem) {
             Ok((key, validity)) if validity.contains(SystemTime::now()) => {
                 self.deploy(name, key);
@@ -509,7 +527,7 @@ impl AcmeManager {
         if let Some(key) = &*slot {
             return Ok(key.clone());
         }
-        let path = self.prepared.dir.join("account-key.pem");
+        let path = self.prepared.dir.join(ACCOUNT_KEY_FILE);
         let key = match read_optional(&path)? {
             Some(pem) => pem::parse(&pem)
                 .with_context(|| format!("{} is not a PEM private key", path.display()))?

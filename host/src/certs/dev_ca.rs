@@ -3,6 +3,14 @@
 //! gateway's user) that issues short-lived certificates for app names on
 //! the fly. Clients trust the root printed by `sockgate dev-ca`; nothing
 //! else trusts it, so it is for development and tests, never production.
+//!
+//! The root carries name constraints: it can vouch only for names under
+//! `localhost`, the configured base domains, the allowed custom domains
+//! (`[tls] allowed_domains`) and the configuration's own custom domains.
+//! Threat: a client that trusts the root would otherwise trust it for every
+//! name (a deployer once got a leaf for `www.google.com`). When the
+//! configuration needs a name the stored root does not cover, a new root
+//! is made, and clients must trust it instead.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +20,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, anyhow};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose, NameConstraints,
+    PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
@@ -39,6 +48,9 @@ pub struct DevCa {
     /// The root as an issuer (its parameters and key sign the leaves).
     issuer: Certificate,
     issuer_key: KeyPair,
+    /// The DNS subtrees the root is constrained to; empty for a root made
+    /// before constraints existed (replaced at the next gateway start).
+    permitted: Vec<String>,
     /// Issued certificates by name, with their expiry. Only names of
     /// running apps are issued (the resolver checks), so this stays small.
     issued: Mutex<HashMap<String, (Arc<CertifiedKey>, SystemTime)>>,
@@ -46,14 +58,19 @@ pub struct DevCa {
 
 impl DevCa {
     /// The CA kept in `state`'s `dev-ca/` directory, created there if there
-    /// is none yet (or if the stored root is about to expire).
-    pub fn load_or_create(state: &StateDir) -> Result<Self> {
+    /// is none yet (or if the stored root is about to expire). `subtrees`:
+    /// the DNS names (with everything under them) the gateway serves; a
+    /// stored root that does not cover them all is replaced by one that
+    /// does. `None` (`sockgate dev-ca` without a configuration) keeps any
+    /// stored root, and creates one for `localhost` only.
+    pub fn load_or_create(state: &StateDir, subtrees: Option<&[String]>) -> Result<Self> {
         let dir = state.private_dir("dev-ca")?;
-        Self::load_or_create_in(&dir)
+        Self::load_or_create_in(&dir, subtrees)
     }
 
-    fn load_or_create_in(dir: &Path) -> Result<Self> {
+    fn load_or_create_in(dir: &Path, subtrees: Option<&[String]>) -> Result<Self> {
         private_dir(dir)?;
+        let wanted = minimal_subtrees(subtrees.unwrap_or(&["localhost".to_owned()]));
         let root_path = dir.join("root.pem");
         let key_path = dir.join("root-key.pem");
         let stored = match (read_optional(&root_path)?, read_optional(&key_path)?) {
@@ -62,7 +79,18 @@ impl DevCa {
         };
         if let Some((cert, key)) = stored {
             match Self::from_pem(&root_path, &cert, &key) {
-                Ok(Some(ca)) => return Ok(ca),
+                Ok(Some(ca)) if subtrees.is_none() || ca.covers_all(&wanted) => return Ok(ca),
+                Ok(Some(ca)) => tracing::warn!(
+                    "dev CA: the root in {} {}; creating a new root constrained to {} (clients \
+                     must trust the new root: see `sockgate dev-ca`)",
+                    root_path.display(),
+                    if ca.permitted.is_empty() {
+                        "has no name constraints".to_owned()
+                    } else {
+                        format!("covers only {}", ca.permitted.join(", "))
+                    },
+                    wanted.join(", ")
+                ),
                 Ok(None) => tracing::warn!(
                     "dev CA: the root in {} expires soon; creating a new one (clients must \
                      trust the new root: see `sockgate dev-ca`)",
@@ -81,7 +109,7 @@ impl DevCa {
             .context("cannot generate the dev CA key")?;
         let name = root_name(&key);
         let now = SystemTime::now();
-        let mut params = root_params(&name);
+        let mut params = root_params(&name, &wanted);
         params.not_before = (now - CLOCK_SKEW).into();
         params.not_after = (now + ROOT_LIFETIME).into();
         let root = params
@@ -91,8 +119,9 @@ impl DevCa {
         write_private(&key_path, key.serialize_pem().as_bytes())?;
         write_private(&root_path, root.pem().as_bytes())?;
         tracing::info!(
-            "dev CA: created a new root `{name}` in {}",
-            root_path.display()
+            "dev CA: created a new root `{name}` in {}, for names under {}",
+            root_path.display(),
+            wanted.join(", ")
         );
         Self::from_pem(
             &root_path,
@@ -100,6 +129,16 @@ impl DevCa {
             key.serialize_pem().as_bytes(),
         )?
         .ok_or_else(|| anyhow!("the new dev CA root is not valid"))
+    }
+
+    /// Whether the root's constraints cover every name of `subtrees`.
+    fn covers_all(&self, subtrees: &[String]) -> bool {
+        !self.permitted.is_empty() && subtrees.iter().all(|name| self.permits(name))
+    }
+
+    /// Whether the root may vouch for `name`.
+    fn permits(&self, name: &str) -> bool {
+        self.permitted.is_empty() || self.permitted.iter().any(|tree| within(name, tree))
     }
 
     /// Rebuilds the CA from its stored files; `None` if the root expires
@@ -127,10 +166,26 @@ impl DevCa {
         if parsed.public_key().raw != key.public_key_der().as_slice() {
             anyhow::bail!("root-key.pem is not the key of root.pem");
         }
+        let permitted: Vec<String> = parsed
+            .name_constraints()
+            .map_err(|err| anyhow!("invalid name constraints in root.pem: {err}"))?
+            .and_then(|ext| ext.value.permitted_subtrees.as_ref())
+            .map(|trees| {
+                trees
+                    .iter()
+                    .filter_map(|tree| match tree.base {
+                        x509_parser::extensions::GeneralName::DNSName(dns) => {
+                            Some(dns.to_ascii_lowercase())
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         // Leaves name the root by its subject and key identifier, which
         // depend only on these parameters and the key: rebuilding them
         // gives an issuer that matches the stored root.
-        let issuer = root_params(&name)
+        let issuer = root_params(&name, &permitted)
             .self_signed(&key)
             .context("cannot rebuild the dev CA issuer")?;
         Ok(Some(Self {
@@ -138,6 +193,7 @@ impl DevCa {
             root_pem,
             issuer,
             issuer_key: key,
+            permitted,
             issued: Mutex::new(HashMap::new()),
         }))
     }
@@ -152,8 +208,20 @@ impl DevCa {
         &self.root_path
     }
 
-    /// A certificate for `name`, issued now or earlier.
+    /// The DNS subtrees the root is constrained to.
+    pub fn permitted(&self) -> &[String] {
+        &self.permitted
+    }
+
+    /// A certificate for `name`, issued now or earlier; refused for a name
+    /// outside the root's constraints (clients would reject it anyway).
     pub fn certificate(&self, name: &str) -> Result<Arc<CertifiedKey>> {
+        if !self.permits(name) {
+            anyhow::bail!(
+                "`{name}` is outside the dev CA root's name constraints ({})",
+                self.permitted.join(", ")
+            );
+        }
         let now = SystemTime::now();
         let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((cert, not_after)) = issued.get(name)
@@ -196,7 +264,30 @@ fn root_name(key: &KeyPair) -> String {
     format!("sockgate development CA {id}")
 }
 
-fn root_params(name: &str) -> CertificateParams {
+/// `subtrees` without duplicates and without names under another of them,
+/// normalized and sorted.
+fn minimal_subtrees(subtrees: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = subtrees
+        .iter()
+        .map(|n| super::normalize_name(n))
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    let all = names.clone();
+    names.retain(|name| !all.iter().any(|other| other != name && within(name, other)));
+    names
+}
+
+/// Whether `name` is `tree` or under it (DNS name constraint semantics).
+fn within(name: &str, tree: &str) -> bool {
+    name == tree
+        || name
+            .strip_suffix(tree)
+            .is_some_and(|rest| rest.ends_with('.'))
+}
+
+fn root_params(name: &str, permitted: &[String]) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "sockgate");
@@ -204,6 +295,15 @@ fn root_params(name: &str) -> CertificateParams {
     params.distinguished_name = dn;
     // Leaves only, no intermediates.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    if !permitted.is_empty() {
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: permitted
+                .iter()
+                .map(|tree| GeneralSubtree::DnsName(tree.clone()))
+                .collect(),
+            excluded_subtrees: Vec::new(),
+        });
+    }
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -220,8 +320,9 @@ mod tests {
     fn the_root_is_kept_and_issued_certificates_chain_to_it() {
         let dir = std::env::temp_dir().join(format!("sockgate-devca-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let ca = DevCa::load_or_create_in(&dir).unwrap();
-        let again = DevCa::load_or_create_in(&dir).unwrap();
+        let localhost = ["localhost".to_owned()];
+        let ca = DevCa::load_or_create_in(&dir, Some(&localhost)).unwrap();
+        let again = DevCa::load_or_create_in(&dir, Some(&localhost)).unwrap();
         assert_eq!(
             ca.root_pem(),
             again.root_pem(),
@@ -255,6 +356,43 @@ mod tests {
             &leaf,
             &again.certificate("echo.localhost").unwrap()
         ));
+
+        // The root vouches for its subtrees only: nothing is issued for
+        // other names, and a leaf its key signs anyway is rejected.
+        assert_eq!(again.permitted(), ["localhost"]);
+        assert!(again.certificate("www.google.com").is_err());
+        let mut params = CertificateParams::new(vec!["www.google.com".to_owned()]).unwrap();
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let forged = params
+            .signed_by(&key, &again.issuer, &again.issuer_key)
+            .unwrap();
+        let google = rustls::pki_types::ServerName::try_from("www.google.com").unwrap();
+        assert!(
+            verifier
+                .verify_server_cert(
+                    forged.der(),
+                    &[],
+                    &google,
+                    &[],
+                    rustls::pki_types::UnixTime::now(),
+                )
+                .is_err()
+        );
+
+        // A configuration needing another name gets a new root covering it.
+        let wider = ["localhost".to_owned(), "sg.test".to_owned()];
+        let renewed = DevCa::load_or_create_in(&dir, Some(&wider)).unwrap();
+        assert_ne!(renewed.root_pem(), ca.root_pem());
+        assert_eq!(renewed.permitted(), ["localhost", "sg.test"]);
+        renewed.certificate("chat.sg.test").unwrap();
+        // Printing keeps it.
+        let printed = DevCa::load_or_create_in(&dir, None).unwrap();
+        assert_eq!(printed.root_pem(), renewed.root_pem());
+        assert_eq!(
+            minimal_subtrees(&["b.a.test".into(), "A.test.".into(), "x.org".into()]),
+            ["a.test", "x.org"]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

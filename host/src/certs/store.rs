@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -38,19 +37,11 @@ impl StateDir {
 }
 
 /// Creates `dir` and its missing parents with mode 0700, and makes `dir`
-/// itself 0700.
+/// itself 0700; a directory of another user is refused (see
+/// [`crate::fsutil::create_private_dir`]).
 pub fn private_dir(dir: &Path) -> Result<()> {
     crate::fsutil::create_private_dir(dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let mode = fs::metadata(dir)
-        .with_context(|| format!("cannot inspect {}", dir.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
-    }
-    Ok(())
+        .with_context(|| format!("cannot use directory {}", dir.display()))
 }
 
 /// Writes `data` to `path` atomically, readable only by this user (0600).
@@ -72,6 +63,7 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn scratch(label: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

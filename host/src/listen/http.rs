@@ -1,12 +1,15 @@
 //! The plain-HTTP port (80): answers ACME HTTP-01 challenges and sends
 //! every other request to `https://` (308 Permanent Redirect, as Caddy
 //! does), for names that select an app. One request per connection, read
-//! with a deadline and a size cap; nothing else is served here.
+//! with a deadline and a size cap; one client holds only a share of the
+//! connections, and must send its first byte at once
+//! ([`super::accept`]); nothing else is served here.
 //!
 //! ```toml
 //! [http]
 //! listen = "0.0.0.0:80"   # default
 //! enabled = true          # default when [tls] is configured
+//! list_apps = false       # default: the bare base domain lists no app names
 //! ```
 
 use std::net::SocketAddr;
@@ -16,8 +19,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
+use super::accept::{ClientSlots, FIRST_BYTE_TIMEOUT, accept_loop, first_byte};
 use crate::certs::{Certificates, normalize_name};
 use crate::route::Router;
 
@@ -29,6 +32,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; beyond it new ones are closed at once.
 /// Bounds what a flood of idle connections can hold.
 const MAX_CONNECTIONS: usize = 4096;
+/// Connections one client (an IPv4 address, an IPv6 /64) may have open at
+/// once. Threat: one client holding every connection slot, which blocks
+/// ACME HTTP-01 validation for every app.
+const CONNECTIONS_PER_CLIENT: usize = 64;
 /// Headers parsed per request.
 const MAX_HEADERS: usize = 64;
 /// The path prefix of HTTP-01 challenges (RFC 8555, section 8.3).
@@ -44,6 +51,13 @@ pub struct HttpSettings {
     /// The address to listen on (default `0.0.0.0:80`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Whether the bare base domain (`http://example.org/`) answers with a
+    /// page listing every app's name (default: no, 404). Off by default:
+    /// app names can say who the tenants are, and with the dev CA or
+    /// static certificates nothing else publishes them (ACME certificates
+    /// are public in Certificate Transparency logs anyway).
+    #[serde(default)]
+    pub list_apps: bool,
 }
 
 fn enabled_by_default() -> bool {
@@ -59,6 +73,7 @@ impl Default for HttpSettings {
         Self {
             enabled: true,
             listen: default_listen(),
+            list_apps: false,
         }
     }
 }
@@ -69,44 +84,52 @@ pub struct HttpContext {
     certs: Arc<Certificates>,
     /// The TLS port redirects point to (omitted from URLs when 443).
     https_port: u16,
-    connections: Arc<Semaphore>,
+    /// Whether the bare base domain lists the apps.
+    list_apps: bool,
+    connections: Arc<ClientSlots>,
 }
 
 impl HttpContext {
     /// The context for a listener redirecting to TLS port `https_port`.
-    pub fn new(router: Arc<Router>, certs: Arc<Certificates>, https_port: u16) -> Arc<Self> {
+    pub fn new(
+        router: Arc<Router>,
+        certs: Arc<Certificates>,
+        https_port: u16,
+        list_apps: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             router,
             certs,
             https_port,
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            list_apps,
+            connections: ClientSlots::new(MAX_CONNECTIONS, CONNECTIONS_PER_CLIENT),
         })
     }
 }
 
 /// Serves the plain-HTTP port forever.
 pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    if let Err(err) = handle(&ctx, stream).await {
-                        tracing::debug!("http: {peer}: {err}");
-                    }
-                    drop(permit);
-                });
+    accept_loop(&listener, "http", |stream, peer| {
+        let slot = match ctx.connections.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!("http: {peer}: no connection slot ({why:?}); closed");
+                return;
             }
-            Err(err) if matches!(err.raw_os_error(), Some(23) | Some(24)) => {
-                tracing::warn!("http: cannot accept: {err}; pausing accepts");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let served = async {
+                first_byte(&stream, FIRST_BYTE_TIMEOUT).await?;
+                handle(&ctx, stream).await
+            };
+            if let Err(err) = served.await {
+                tracing::debug!("http: {peer}: {err}");
             }
-            Err(err) => tracing::debug!("http: accept failed: {err}"),
-        }
-    }
+            drop(slot);
+        });
+    })
+    .await
 }
 
 /// A response: status, extra headers, body.
@@ -208,7 +231,8 @@ fn respond(ctx: &HttpContext, head: &[u8]) -> Option<Response> {
         .map(str::to_owned);
     // The bare base domain gets the public info page: which apps are
     // served here, and where.
-    if let Some(domain) = host.as_deref().and_then(host_name)
+    if ctx.list_apps
+        && let Some(domain) = host.as_deref().and_then(host_name)
         && ctx.router.domains().contains(&domain)
         && (path == "/" || path.starts_with("/?"))
     {

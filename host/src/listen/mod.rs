@@ -2,6 +2,7 @@
 //! them into [`Connection`](crate::conn::Connection)s for an app. They know
 //! nothing about WebAssembly.
 
+pub mod accept;
 pub mod http;
 pub mod quic;
 pub mod tcp;

@@ -6,7 +6,6 @@ use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,10 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::conn::{ConnInfo, Connection, Transport, next_conn_id};
 use crate::route::Router;
-
-/// Pause after the process ran out of file descriptors, so the accept loop
-/// does not spin while connections are closed and descriptors come back.
-const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
 /// Binds `addr`, explaining the usual failures in the user's terms.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -46,35 +41,22 @@ pub fn bind_hint(err: &io::Error) -> &'static str {
 
 /// Accepts connections forever and dispatches each to the version of app
 /// `name` that `router` holds at that moment (so a deploy switches new
-/// connections at once).
+/// connections at once). The app's own caps admit them
+/// ([`crate::conns`]): a connection here is already the app's.
 pub async fn serve(listener: TcpListener, name: String, router: Arc<Router>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => match (tcp_connection(stream), router.get(&name)) {
-                (Ok(conn), Some(app)) => {
-                    // A refused connection is dropped here, which closes it;
-                    // the app counted it and recorded the event.
-                    let _ = app.dispatch(conn);
-                }
-                (Ok(_), None) => tracing::debug!(app = %name, "app removed: closing connection"),
-                (Err(err), _) => tracing::debug!(app = %name, "dropping connection: {err}"),
-            },
-            Err(err) if is_fd_exhaustion(&err) => {
-                tracing::warn!(
-                    app = %name,
-                    "cannot accept: {err}; pausing accepts for {FD_EXHAUSTED_PAUSE:?}"
-                );
-                tokio::time::sleep(FD_EXHAUSTED_PAUSE).await;
+    let what = format!("app {name}");
+    super::accept::accept_loop(&listener, &what, |stream, _| {
+        match (tcp_connection(stream), router.get(&name)) {
+            (Ok(conn), Some(app)) => {
+                // A refused connection is dropped here, which closes it;
+                // the app counted it and recorded the event.
+                let _ = app.dispatch(conn);
             }
-            // Per-connection failures (reset before accept) are the client's.
-            Err(err) => tracing::debug!(app = %name, "accept failed: {err}"),
+            (Ok(_), None) => tracing::debug!(app = %name, "app removed: closing connection"),
+            (Err(err), _) => tracing::debug!(app = %name, "dropping connection: {err}"),
         }
-    }
-}
-
-fn is_fd_exhaustion(err: &io::Error) -> bool {
-    // EMFILE (per-process) and ENFILE (system-wide) descriptor limits.
-    matches!(err.raw_os_error(), Some(24) | Some(23))
+    })
+    .await
 }
 
 /// Turns an accepted TCP stream into a transport-neutral connection whose

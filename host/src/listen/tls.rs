@@ -5,7 +5,8 @@
 //! The ClientHello is read before any certificate is chosen, so a client
 //! asking for a name that selects no app (or for no name) gets an
 //! `unrecognized_name` alert and never sees a certificate. Each handshake
-//! has a deadline, and the number of handshakes in progress is capped.
+//! has a deadline, its first byte a shorter one, and the handshakes in
+//! progress are capped, with a share per client ([`super::accept`]).
 //! Apps may declare the ALPN protocols they speak; the negotiated one and
 //! the server name reach the guest in its connection info.
 //!
@@ -14,6 +15,8 @@
 //! listen = "0.0.0.0:443"              # default
 //! domain = "example.org"              # or domains = ["example.org", ...]
 //! certificates = "acme"               # "acme" (default), "dev-ca" or "files"
+//! allowed_domains = ["*.customer.com"] # custom domains deploys may claim
+//!                                     # outside the base domains
 //!
 //! [tls.acme]                          # see certs::acme::AcmeSettings
 //! directory = "letsencrypt-staging"
@@ -41,7 +44,6 @@ use rustls::server::{Acceptor, ProducesTickets, ServerSessionMemoryCache, Stores
 use serde::{Deserialize, Deserializer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::app::App;
@@ -52,19 +54,22 @@ use crate::certs::store::StateDir;
 use crate::certs::{CertSource, Certificates, check_dns_name, crypto_provider, normalize_name};
 use crate::config::{AppConfig, Config};
 use crate::conn::{ConnInfo, Connection, Transport, next_conn_id};
+use crate::listen::accept::{ClientSlots, FIRST_BYTE_TIMEOUT, accept_loop, first_byte};
 use crate::listen::http;
 use crate::listen::quic::{PreparedQuic, Quic};
 use crate::listen::tcp::SharedTcp;
-use crate::route::Router;
+use crate::route::{NamePolicy, Router};
 
 /// Handshakes in progress at once, over all clients. Bounds the memory and
 /// CPU that clients which connect and then stall (or flood) can tie up;
 /// beyond it new connections are closed at once.
 const MAX_PENDING_HANDSHAKES: usize = 4096;
+/// Handshakes one client (an IPv4 address, an IPv6 /64) may have in
+/// progress at once. Threat: one client holding every handshake slot (it
+/// took 4,200 idle connections), so that TLS is down for everyone.
+const PENDING_HANDSHAKES_PER_CLIENT: usize = 64;
 /// TLS sessions remembered for resumption by session id (TLS 1.2).
 const SESSION_CACHE_SIZE: usize = 4096;
-/// Pause after the process ran out of file descriptors.
-const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 /// TLS alert descriptions (RFC 8446, section 6).
 const ALERT_INTERNAL_ERROR: u8 = 80;
 const ALERT_UNRECOGNIZED_NAME: u8 = 112;
@@ -94,6 +99,22 @@ pub struct TlsSettings {
     /// Static certificate files (`[[tls.certificate]]`).
     #[serde(default, rename = "certificate")]
     pub files: Vec<CertFileSettings>,
+    /// Custom domains outside the base domains that apps deployed through
+    /// the admin API may claim: exact names, or `*.example.com` for every
+    /// name under `example.com`. Empty (the default): none. Threat: a
+    /// deployer claiming a name that is not theirs (`www.google.com`),
+    /// which the dev CA would sign and for which ACME orders would spend
+    /// the shared account's rate limits. (Apps of the configuration file
+    /// are the operator's own and may name any domain.)
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+}
+
+impl TlsSettings {
+    /// Who may claim which custom domain.
+    pub fn name_policy(&self) -> NamePolicy {
+        NamePolicy::new(&self.domains, &self.allowed_domains)
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -179,29 +200,37 @@ pub fn validate(config: &Config) -> Result<()> {
             bail!("tls.acme.challenge = \"http-01\" needs the plain-HTTP port: enable [http]");
         }
     }
+    for pattern in &tls.allowed_domains {
+        check_dns_name(pattern.strip_prefix("*.").unwrap_or(pattern)).with_context(|| {
+            format!("tls.allowed_domains: `{pattern}` (use names, or `*.example.com`)")
+        })?;
+        let name = normalize_name(pattern.strip_prefix("*.").unwrap_or(pattern));
+        if base
+            .iter()
+            .any(|b| name == *b || name.ends_with(&format!(".{b}")))
+        {
+            bail!(
+                "tls.allowed_domains: `{pattern}` is a base domain or under one; names under \
+                 the base domains belong to the app they name"
+            );
+        }
+    }
+    let policy = tls.name_policy();
     let mut custom: HashMap<String, &str> = HashMap::new();
     for app in &config.apps {
         for domain in &app.domains {
             check_dns_name(domain).with_context(|| format!("app `{}`: domains", app.name))?;
             let domain = normalize_name(domain);
-            if let Some(other) = custom.insert(domain.clone(), &app.name) {
+            if let Some(other) = custom.insert(domain.clone(), &app.name)
+                && other != app.name
+            {
                 bail!(
                     "app `{}`: domain `{domain}` is already app `{other}`'s",
                     app.name
                 );
             }
-            if let Some((label, parent)) = domain.split_once('.')
-                && base.contains(parent)
-                && label != app.name
-                && config.apps.iter().any(|a| a.name == label)
-            {
-                bail!(
-                    "app `{}`: domain `{domain}` already names app `{label}`",
-                    app.name
-                );
-            }
+            policy.check_claim(&app.name, &domain, true)?;
         }
-        check_alpn(app)?;
     }
     if tls.domains.is_empty() && custom.is_empty() {
         bail!(
@@ -214,7 +243,7 @@ pub fn validate(config: &Config) -> Result<()> {
 
 /// Checks an app's ALPN protocol names: 1 to 255 bytes, not ACME's,
 /// each listed once.
-fn check_alpn(app: &AppConfig) -> Result<()> {
+pub fn check_alpn(app: &AppConfig) -> Result<()> {
     let mut seen = HashSet::new();
     for protocol in &app.alpn {
         if protocol.is_empty() || protocol.len() > 255 {
@@ -246,6 +275,7 @@ pub struct PreparedTls {
     settings: TlsSettings,
     tls: TcpListener,
     http: Option<TcpListener>,
+    list_apps: bool,
     files: Arc<StaticCerts>,
     dev_ca: Option<Arc<DevCa>>,
     acme: Option<PreparedAcme>,
@@ -262,7 +292,8 @@ pub async fn prepare(config: &Config) -> Result<Option<PreparedTls>> {
     let (dev_ca, acme) = match settings.certificates {
         CertSource::DevCa => (
             Some(Arc::new(
-                DevCa::load_or_create(&state).context("tls: development CA")?,
+                DevCa::load_or_create(&state, Some(&dev_ca_subtrees(config)))
+                    .context("tls: development CA")?,
             )),
             None,
         ),
@@ -294,11 +325,25 @@ pub async fn prepare(config: &Config) -> Result<Option<PreparedTls>> {
         settings: settings.clone(),
         tls,
         http,
+        list_apps: http_settings.list_apps,
         files,
         dev_ca,
         acme,
         quic,
     }))
+}
+
+/// The DNS subtrees the dev CA's root is constrained to: `localhost`, the
+/// base domains, the allowlist and the configuration's own custom domains.
+pub fn dev_ca_subtrees(config: &Config) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned()];
+    if let Some(tls) = &config.tls {
+        names.extend(tls.name_policy().subtrees());
+    }
+    for app in &config.apps {
+        names.extend(app.domains.iter().map(|d| normalize_name(d)));
+    }
+    names
 }
 
 impl PreparedTls {
@@ -342,7 +387,7 @@ impl PreparedTls {
             base,
             certs: certs.clone(),
             handshake_timeout: Duration::from_millis(self.settings.handshake_timeout_ms),
-            pending: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            pending: ClientSlots::new(MAX_PENDING_HANDSHAKES, PENDING_HANDSHAKES_PER_CLIENT),
         });
         let quic = match self.quic {
             Some(quic) => Some(quic.start(router, certs.clone())?),
@@ -368,7 +413,7 @@ impl PreparedTls {
         if let Some(listener) = self.http {
             tokio::spawn(http::serve(
                 listener,
-                http::HttpContext::new(router.clone(), certs, tls_addr.port()),
+                http::HttpContext::new(router.clone(), certs, tls_addr.port(), self.list_apps),
             ));
         }
         if !self.settings.files.is_empty() {
@@ -413,7 +458,8 @@ struct TlsContext {
     /// For apps with ALPN protocols, by app name.
     app_configs: RwLock<HashMap<String, Arc<ServerConfig>>>,
     handshake_timeout: Duration,
-    pending: Arc<Semaphore>,
+    /// Handshakes in progress, shared out per client.
+    pending: Arc<ClientSlots>,
 }
 
 impl TlsContext {
@@ -472,40 +518,36 @@ impl Https {
             .collect()
     }
 
-    /// Serves `app` over TLS: routes its custom domains, sets its ALPN
-    /// protocols, and gets certificates for its names (ordering them from
-    /// ACME). Call it for an app added while the gateway runs, after
-    /// inserting it into the router.
+    /// Serves `app` over TLS: routes its custom domains (replacing the
+    /// ones it had), sets its ALPN protocols, and gets certificates for its
+    /// names (ordering them from ACME). Call it for an app added while the
+    /// gateway runs, once the gateway checked who owns its domains
+    /// ([`NamePolicy`]). Nothing changes when it fails.
     pub fn add_app(&self, app: &AppConfig) -> Result<()> {
         check_alpn(app)?;
         for domain in &app.domains {
             check_dns_name(domain).with_context(|| format!("app `{}`: domains", app.name))?;
-            // A name another running app answers at stays that app's.
-            if let Some(owner) = self.ctx.router.app_name_for_server_name(domain)
-                && owner != app.name
-                && self.ctx.router.get(&owner).is_some()
-            {
-                bail!("app `{}`: domain `{domain}` is app `{owner}`'s", app.name);
-            }
         }
-        for domain in &app.domains {
-            self.ctx.router.add_custom_domain(domain, &app.name);
+        let config = if app.alpn.is_empty() {
+            None
+        } else {
+            let alpn = app.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+            Some(self.ctx.base.build(alpn)?)
+        };
+        if let Some(quic) = &self.quic {
+            quic.add_app(app)?;
         }
+        self.ctx.router.set_custom_domains(&app.name, &app.domains);
         let mut configs = self
             .ctx
             .app_configs
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        if app.alpn.is_empty() {
-            configs.remove(&app.name);
-        } else {
-            let alpn = app.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-            configs.insert(app.name.clone(), self.ctx.base.build(alpn)?);
-        }
+        match config {
+            None => configs.remove(&app.name),
+            Some(config) => configs.insert(app.name.clone(), config),
+        };
         drop(configs);
-        if let Some(quic) = &self.quic {
-            quic.add_app(app)?;
-        }
         let names = self.names_of(app);
         for name in &names {
             self.ctx.certs.prepare(name);
@@ -515,6 +557,22 @@ impl Https {
             .unwrap_or_else(|p| p.into_inner())
             .insert(app.name.clone(), names);
         Ok(())
+    }
+
+    /// Stops serving app `name` over TLS: its custom domains stop routing
+    /// (so their certificates are no longer renewed, and no longer issued
+    /// by the dev CA) and its ALPN configuration goes.
+    pub fn remove_app(&self, name: &str) {
+        self.ctx.router.set_custom_domains(name, &[]);
+        self.ctx
+            .app_configs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.served
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     /// What `sockgate serve` prints at start: the listeners, where the
@@ -560,47 +618,42 @@ impl Https {
     }
 }
 
-/// Accepts TLS connections forever; each handshake runs in its own task.
+/// Accepts TLS connections forever; each handshake runs in its own task,
+/// holding one of the client's handshake slots until it is done.
 async fn serve(listener: TcpListener, ctx: Arc<TlsContext>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let Ok(permit) = ctx.pending.clone().try_acquire_owned() else {
-                    tracing::debug!(
-                        "tls: {MAX_PENDING_HANDSHAKES} handshakes in progress; closing {peer}"
-                    );
-                    continue;
-                };
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    let outcome =
-                        tokio::time::timeout(ctx.handshake_timeout, handshake(&ctx, stream)).await;
-                    drop(permit);
-                    match outcome {
-                        Ok(Ok(Some((app, conn)))) => {
-                            // A refused connection is dropped, which closes
-                            // it; the app counted it.
-                            let _ = app.dispatch(conn);
-                        }
-                        Ok(Ok(None)) => {}
-                        Ok(Err(err)) => tracing::debug!("tls: {peer}: {err:#}"),
-                        Err(_) => tracing::debug!(
-                            "tls: {peer}: no handshake within {:?}; closed",
-                            ctx.handshake_timeout
-                        ),
-                    }
-                });
+    accept_loop(&listener, "tls", |stream, peer| {
+        let slot = match ctx.pending.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!("tls: {peer}: no handshake slot ({why:?}); closed");
+                return;
             }
-            // EMFILE / ENFILE: wait for descriptors to come back.
-            Err(err) if matches!(err.raw_os_error(), Some(23) | Some(24)) => {
-                tracing::warn!(
-                    "tls: cannot accept: {err}; pausing accepts for {FD_EXHAUSTED_PAUSE:?}"
-                );
-                tokio::time::sleep(FD_EXHAUSTED_PAUSE).await;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let first_byte_within = FIRST_BYTE_TIMEOUT.min(ctx.handshake_timeout);
+            let outcome = tokio::time::timeout(ctx.handshake_timeout, async {
+                first_byte(&stream, first_byte_within).await?;
+                handshake(&ctx, stream).await
+            })
+            .await;
+            drop(slot);
+            match outcome {
+                Ok(Ok(Some((app, conn)))) => {
+                    // A refused connection is dropped, which closes it; the
+                    // app counted it.
+                    let _ = app.dispatch(conn);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(err)) => tracing::debug!("tls: {peer}: {err:#}"),
+                Err(_) => tracing::debug!(
+                    "tls: {peer}: no handshake within {:?}; closed",
+                    ctx.handshake_timeout
+                ),
             }
-            Err(err) => tracing::debug!("tls: accept failed: {err}"),
-        }
-    }
+        });
+    })
+    .await
 }
 
 /// Runs the handshake of one connection. `Ok(None)`: the connection was

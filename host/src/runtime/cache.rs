@@ -34,7 +34,9 @@ pub struct CompileCache {
 }
 
 impl CompileCache {
-    /// Opens (creating it, owner-only) the cache directory.
+    /// Opens (creating it, owner-only) the cache directory; an existing
+    /// directory must belong to this user (see
+    /// [`crate::fsutil::create_private_dir`]).
     pub fn open(dir: PathBuf, engine: &Engine) -> Result<Self> {
         Self::open_labeled(dir, engine, "")
     }
@@ -46,7 +48,7 @@ impl CompileCache {
     /// engines sharing a directory never load each other's artifacts.
     pub fn open_labeled(dir: PathBuf, engine: &Engine, label: &str) -> Result<Self> {
         create_private_dir(&dir)
-            .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
+            .with_context(|| format!("cannot use cache directory {}", dir.display()))?;
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         if !label.is_empty() {
@@ -80,10 +82,25 @@ impl CompileCache {
         bytes: &[u8],
     ) -> Result<(Component, CacheOutcome)> {
         let path = self.dir.join(format!("{}.cwasm", self.key(bytes)));
-        if path.exists() {
+        let trusted = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && crate::fsutil::is_own_file(&meta) => true,
+            Ok(_) => {
+                // Planted while the directory was open to others (it is
+                // narrowed at open), or not a file: never load it as code.
+                tracing::warn!(
+                    path = %path.display(),
+                    "ignoring a compile cache entry not written by the gateway's user"
+                );
+                false
+            }
+            Err(_) => false,
+        };
+        if trusted {
             // SAFETY: the artifact was written by `store` below into a
-            // directory only this user can write, and wasmtime checks its
-            // header against this engine before using it.
+            // directory only this user can write (checked by
+            // `create_private_dir` at open), the file is this user's and
+            // writable by no one else (checked above), and wasmtime checks
+            // its header against this engine before using it.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
                 Err(err) => tracing::warn!(

@@ -111,6 +111,8 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("cannot add WASI 0.3 to the linker")?;
         super::name_lookup::add_to_linker(&mut linker)?;
+        super::guest_sockets::add_p2_to_linker(&mut linker)?;
+        super::guest_sockets::add_p3_to_linker(&mut linker)?;
         // `handler` uses the types-only interface `types`, which guests
         // therefore import; it has nothing to provide but must be present.
         linker
@@ -148,6 +150,7 @@ impl PerConnectionRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot add WASI 0.2 to the per-connection linker")?;
+        super::guest_sockets::add_p2_to_linker(&mut linker)?;
         // `sync-handler` uses the types-only interface `sync-types`.
         linker
             .instance(super::sync_bindings::SYNC_TYPES_IMPORT)

@@ -1,14 +1,29 @@
 //! What each store holds: the guest's WASI context and resource table, with
 //! its stdout and stderr wired into the app's log, its network access bound
-//! to the app's outbound policy, and its memory limiter.
+//! to the app's outbound policy and budget, and its memory limiter.
+//!
+//! The defaults every store gets ([`HostState::new`], [`bound_store`]):
+//! - no environment, arguments, files or preopens;
+//! - stdout and stderr become the app's log lines ([`MAX_LOG_LINE`] bytes at
+//!   most each), traced at `limits.log_lines_per_second`;
+//! - TCP and UDP only when the app has an outbound rule, and only to what
+//!   the rules allow; WASI 0.2 name lookups denied, WASI 0.3 ones checked
+//!   (`name_lookup.rs`); every outbound socket counted against
+//!   `limits.max_outbound_sockets` and the gateway's descriptor budget
+//!   (`guest_sockets.rs`);
+//! - host-side tables bounded: the WASI resource table (sockets, streams,
+//!   pollables) at [`wasi_table_capacity`], the component model's table of
+//!   tasks, streams and futures and its guest handles at
+//!   [`concurrent_table_capacity`] (see [`bound_store`]).
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
-use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -18,12 +33,65 @@ use super::instance::{InstanceSettings, wit_info};
 use super::supervisor::GuestLimiter;
 use crate::conn::ReceiveError;
 use crate::conns::{AppAccount, ConnTracker};
+use crate::guest_budget::{SocketLease, SocketRefusal};
+use crate::limits::AppLimits;
 use crate::logs::{AppLog, EventKind, Stream};
 use crate::outbound::OutboundPolicy;
 
 /// Longest line kept whole; a guest that prints without newlines has its
 /// output cut into entries of this size so it cannot grow host memory.
-const MAX_LOG_LINE: usize = 8 * 1024;
+pub const MAX_LOG_LINE: usize = 8 * 1024;
+
+/// Entries of the WASI resource table every store starts with room for,
+/// besides its sockets: stdio streams, pollables, a `conn-handler-sync`
+/// connection's two streams.
+const WASI_TABLE_BASE: usize = 1024;
+/// Entries one outbound socket may need in the WASI resource table: the
+/// socket, its two WASI 0.2 streams and their pollables.
+const WASI_TABLE_PER_SOCKET: usize = 8;
+/// Entries of the component model's concurrent-state table (tasks,
+/// streams, futures, waitables) and guest handles a store starts with room
+/// for, besides its connections.
+const CONCURRENT_TABLE_BASE: usize = 4096;
+/// Entries one connection of a shared instance may need there: its `handle`
+/// task and subtask, the `rx` stream and the returned one, their pipes, and
+/// the guest's own streams and futures for it.
+const CONCURRENT_TABLE_PER_CONNECTION: usize = 16;
+/// wasmtime's own default for live guest handles per store; never raised.
+const DEFAULT_COMPONENT_HANDLES: usize = 100_000;
+
+/// Capacity of a store's WASI resource table (wasmtime's default is
+/// 1 000 000 entries). Threat: a guest creating resources (pollables,
+/// streams, sockets) in a loop, each held in host memory outside its
+/// `memory_limit_mb`; past the capacity, creating one fails (the guest
+/// traps).
+pub fn wasi_table_capacity(limits: &AppLimits) -> usize {
+    WASI_TABLE_BASE + WASI_TABLE_PER_SOCKET * limits.max_outbound_sockets
+}
+
+/// Capacity of a store's component-model table of tasks, streams and
+/// futures (wasmtime's default is 1 000 000), for a store serving
+/// `connections` at most. Threat: a guest creating streams or futures in a
+/// loop (`stream.new` needs no host call), each held in host memory
+/// outside its `memory_limit_mb`.
+pub fn concurrent_table_capacity(connections: usize) -> usize {
+    CONCURRENT_TABLE_BASE
+        .saturating_add(CONCURRENT_TABLE_PER_CONNECTION.saturating_mul(connections))
+        .min(1_000_000)
+}
+
+/// Bounds what a store may hold on the host outside the guest's memory:
+/// the component model's table of tasks, streams and futures and its live
+/// guest handles, sized for `connections` (1 for a `conn-handler-sync`
+/// store, `max_connections_per_instance` for a shared instance). Call it
+/// right after creating the store.
+pub fn bound_store(store: &mut Store<HostState>, connections: usize) {
+    let capacity = concurrent_table_capacity(connections);
+    if let Some(table) = store.concurrent_resource_table() {
+        table.set_max_capacity(capacity);
+    }
+    store.set_max_component_handles(capacity.min(DEFAULT_COMPONENT_HANDLES));
+}
 
 /// The data of one instance's store.
 pub struct HostState {
@@ -38,6 +106,10 @@ pub struct HostState {
     pub instance: u32,
     account: Arc<AppAccount>,
     tracker: Arc<ConnTracker>,
+    /// The outbound sockets of this store, by resource table index, each
+    /// counted against the app's and the gateway's budgets until dropped
+    /// (see `guest_sockets.rs`).
+    socket_leases: HashMap<u32, Arc<SocketLease>>,
 }
 
 impl HostState {
@@ -48,6 +120,9 @@ impl HostState {
         let log = settings.log.clone();
         let policy = settings.policy.clone();
         let limits = &settings.limits;
+        log.set_line_rate(limits.log_lines_per_second);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(wasi_table_capacity(limits));
         let mut builder = WasiCtx::builder();
         builder
             .stdout(GuestOutput {
@@ -92,14 +167,51 @@ impl HostState {
         });
         Self {
             wasi: builder.build(),
-            table: ResourceTable::new(),
+            table,
             limiter: GuestLimiter::new(limits, log.clone(), instance),
             policy,
             log,
             instance,
             account: settings.account.clone(),
             tracker: settings.tracker.clone(),
+            socket_leases: HashMap::new(),
         }
+    }
+
+    /// Counts a new outbound socket (`kind`: `tcp` or `udp`) against the
+    /// app's and the gateway's budgets, or records why it is refused.
+    pub(crate) fn lease_socket(&self, kind: &str) -> Result<SocketLease, SocketRefusal> {
+        self.policy.budget().open_socket().inspect_err(|refusal| {
+            self.log.event(
+                Some(self.instance),
+                EventKind::LimitHit {
+                    limit: refusal.limit(),
+                    detail: format!("refused a new outbound {kind} socket: {refusal}"),
+                },
+            );
+        })
+    }
+
+    /// Keeps `lease` for as long as the socket at table index `rep` lives.
+    pub(crate) fn keep_socket(&mut self, rep: u32, lease: SocketLease) {
+        self.socket_leases.insert(rep, Arc::new(lease));
+    }
+
+    /// The lease of the socket at table index `rep`, for what outlives the
+    /// socket resource while holding its descriptor (WASI 0.3 streams).
+    pub(crate) fn socket_lease(&self, rep: u32) -> Option<Arc<SocketLease>> {
+        self.socket_leases.get(&rep).cloned()
+    }
+
+    /// The socket at table index `rep` was dropped: its lease goes (the
+    /// count drops once nothing else holds the descriptor).
+    pub(crate) fn release_socket(&mut self, rep: u32) {
+        self.socket_leases.remove(&rep);
+    }
+
+    /// The store's WASI resource table.
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
     /// The store's resource limiter.

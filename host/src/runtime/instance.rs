@@ -147,6 +147,7 @@ pub async fn run_instance(
     let pre = pre.clone();
     let state = HostState::new(&settings, index);
     let mut store = Store::new(pre.engine(), state);
+    super::host_state::bound_store(&mut store, settings.limits.max_connections_per_instance);
     let meter = supervise(&mut store, settings.supervision, &settings.limits);
     // Everything the store's work needs moves into it: it may go on in the
     // slow lane, on another thread.

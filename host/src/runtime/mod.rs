@@ -20,6 +20,8 @@
 //!   more than a time slice go on.
 //! - [`trap`]: why an instance trapped, explained in the app's terms.
 //! - [`name_lookup`]: name lookups checked against the outbound policy.
+//! - [`guest_sockets`]: outbound sockets counted against the app's and the
+//!   gateway's budgets.
 //! - [`sync_bindings`]: the host side of the WASI 0.2 world
 //!   `conn-handler-sync`.
 //! - [`sync_streams`]: a client connection as WASI 0.2 input/output streams.
@@ -56,6 +58,7 @@ pub mod bindings;
 pub mod budget;
 pub mod cache;
 pub mod engine;
+pub mod guest_sockets;
 pub mod host_state;
 pub mod instance;
 pub mod load;

@@ -2,10 +2,19 @@
 //! policy. wasmtime-wasi can only allow or deny all lookups; this replaces
 //! its `resolve-addresses` so that a guest may look up only the names its
 //! policy lists (a lookup is itself traffic: DNS can carry data out), and
-//! so that the addresses returned become connectable for that name's rules.
+//! so that the addresses returned become connectable for that name's rules
+//! (the public ones: see [`crate::outbound`]).
+//!
+//! A lookup is `getaddrinfo` on a thread of tokio's blocking pool, which
+//! deploys (compiles) and certificate saves share; it takes a permit of the
+//! app's `limits.max_concurrent_lookups` and one of the gateway's
+//! [`GATEWAY_LOOKUPS`](crate::guest_budget::GATEWAY_LOOKUPS) first, held
+//! until the thread returns, so guests never hold more threads than that
+//! however slow the resolver is. Waiting for permits and the lookup itself
+//! share one deadline, [`LOOKUP_TIMEOUT`].
 
-use std::net::IpAddr;
-use std::time::Duration;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use wasmtime::component::{Accessor, Linker};
@@ -17,9 +26,10 @@ use crate::logs::EventKind;
 
 /// The interface whose function is replaced.
 const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.3.0";
-/// A lookup that takes longer fails with a temporary error, so a slow
-/// resolver cannot hold a guest's call forever.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A lookup that takes longer (waiting for a permit included) fails with a
+/// temporary error, so a slow resolver or a busy cap cannot hold a guest's
+/// call forever. The resolver thread may go on after it; its permit with it.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest DNS name (RFC 1035).
 const MAX_NAME: usize = 253;
 
@@ -66,19 +76,58 @@ async fn resolve(
     let addrs: Vec<IpAddr> = match name.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
         Err(_) => {
-            let lookup = tokio::net::lookup_host((name.as_str(), 0));
-            match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
-                Err(_) => return Err(ErrorCode::TemporaryResolverFailure),
-                Ok(Err(_)) => return Err(ErrorCode::NameUnresolvable),
-                Ok(Ok(found)) => {
-                    let mut ips: Vec<IpAddr> = found.map(|a| a.ip()).collect();
-                    ips.sort();
-                    ips.dedup();
-                    ips
-                }
-            }
+            let refused = |limit: &'static str, detail: String| {
+                log.event(Some(instance), EventKind::LimitHit { limit, detail });
+            };
+            look_up(&policy, &name, refused).await?
         }
     };
     policy.record_lookup(&name, &addrs);
     Ok(addrs.into_iter().map(IpAddress::from).collect())
+}
+
+/// Resolves `name` on the blocking pool under the app's and the gateway's
+/// caps, within [`LOOKUP_TIMEOUT`]; `refused` records a lookup that a cap
+/// or the timeout stopped.
+async fn look_up(
+    policy: &crate::outbound::OutboundPolicy,
+    name: &str,
+    refused: impl Fn(&'static str, String),
+) -> Result<Vec<IpAddr>, ErrorCode> {
+    let started = Instant::now();
+    let permit = match policy.budget().lookup_permit(LOOKUP_TIMEOUT).await {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            let why =
+                format!("name lookup {name:?} not started within {LOOKUP_TIMEOUT:?}: {refusal}");
+            refused(refusal.limit(), why.clone());
+            return Err(ErrorCode::Other(Some(why)));
+        }
+    };
+    let host = name.to_owned();
+    let resolving = tokio::task::spawn_blocking(move || {
+        // Held until getaddrinfo returns, even when the guest stopped
+        // waiting: the cap counts threads, not waiters.
+        let _permit = permit;
+        (host.as_str(), 0)
+            .to_socket_addrs()
+            .map(|found| found.map(|a| a.ip()).collect::<Vec<IpAddr>>())
+    });
+    let left = LOOKUP_TIMEOUT.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, resolving).await {
+        Err(_) => {
+            refused(
+                "name lookup timeout",
+                format!("name lookup {name:?} took longer than {LOOKUP_TIMEOUT:?}"),
+            );
+            Err(ErrorCode::TemporaryResolverFailure)
+        }
+        Ok(Err(_)) => Err(ErrorCode::TemporaryResolverFailure),
+        Ok(Ok(Err(_))) => Err(ErrorCode::NameUnresolvable),
+        Ok(Ok(Ok(mut ips))) => {
+            ips.sort();
+            ips.dedup();
+            Ok(ips)
+        }
+    }
 }

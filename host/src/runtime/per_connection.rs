@@ -196,6 +196,8 @@ fn supervised_store(
 ) -> (Store<HostState>, Arc<Meter>) {
     let state = HostState::new(settings, PER_CONNECTION_INSTANCE);
     let mut store = Store::new(pre.engine(), state);
+    // One connection per store.
+    super::host_state::bound_store(&mut store, 1);
     let meter = supervise_activations(
         &mut store,
         settings.supervision,

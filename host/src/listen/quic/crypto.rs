@@ -9,11 +9,21 @@
 //! reports every resolver refusal as `access_denied`; [`RoutedSession`]
 //! turns that into the alert the refusal deserves (`unrecognized_name`,
 //! `no_application_protocol`), with a reason the client's library shows.
+//!
+//! ALPN: rustls picks the first protocol of its configuration's list that
+//! the client offers, and one configuration serves the whole endpoint. So
+//! that one app's `alpn` list can never change what another app's clients
+//! negotiate, [`RoutedSession`] holds the client's first handshake bytes
+//! until its ClientHello is complete, reads the server name from it
+//! ([`super::client_hello`]), and only then starts the TLS session, with a
+//! configuration offering that app's protocols alone, in its own order.
+//! Names that select no app get the endpoint's configuration (the union of
+//! all apps' protocols), which the resolver then refuses.
 
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Context, Result};
 use quinn::crypto::rustls::QuicServerConfig;
@@ -27,8 +37,9 @@ use quinn_proto::transport_parameters::TransportParameters;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::client_hello::{self, Hello, MAX_CLIENT_HELLO};
 use crate::certs::{Certificates, crypto_provider, normalize_name};
-use crate::locks::{read, write};
+use crate::locks::{lock, read, write};
 use crate::route::Router;
 
 /// The ALPN protocol an app that declares none accepts over QUIC, where
@@ -173,11 +184,14 @@ impl ResolvesServerCert for QuicCertResolver {
 }
 
 /// The endpoint's crypto configuration: rebuilt when the set of ALPN
-/// protocols changes (an app is deployed), swapped in for new handshakes.
+/// protocols changes (an app is deployed), swapped in for new handshakes;
+/// and one configuration per app protocol list, made on first use.
 pub struct RoutedCrypto {
     resolver: Arc<QuicCertResolver>,
     protocols: Arc<AppProtocols>,
     current: RwLock<Arc<QuicServerConfig>>,
+    /// The configuration offering exactly these protocols, in this order.
+    per_app: Mutex<HashMap<Vec<String>, Arc<QuicServerConfig>>>,
 }
 
 impl RoutedCrypto {
@@ -197,14 +211,42 @@ impl RoutedCrypto {
             resolver,
             protocols,
             current,
+            per_app: Mutex::new(HashMap::new()),
         }))
     }
 
-    /// Offers the current union of the apps' protocols to new handshakes.
+    /// Offers the current union of the apps' protocols to new handshakes,
+    /// and forgets the per-app configurations (rebuilt on first use, so
+    /// lists no app has any more do not accumulate).
     pub fn refresh(&self) -> Result<()> {
         let config = build(&self.resolver, self.protocols.union())?;
         *write(&self.current) = config;
+        lock(&self.per_app).clear();
         Ok(())
+    }
+
+    /// The configuration for a client asking for `server_name`: one that
+    /// offers only the protocols of the app the name selects, or `None`
+    /// when it selects no app.
+    fn config_for(&self, server_name: &str) -> Option<Arc<QuicServerConfig>> {
+        let name = normalize_name(server_name);
+        let app = self.resolver.router.app_name_for_server_name(&name)?;
+        let accepted = self.protocols.of(&app);
+        let mut per_app = lock(&self.per_app);
+        if let Some(config) = per_app.get(&accepted) {
+            return Some(config.clone());
+        }
+        let alpn = accepted.iter().map(|p| p.as_bytes().to_vec()).collect();
+        match build(&self.resolver, alpn) {
+            Ok(config) => {
+                per_app.insert(accepted, config.clone());
+                Some(config)
+            }
+            Err(err) => {
+                tracing::warn!("quic: cannot build the TLS configuration of `{app}`: {err:#}");
+                None
+            }
+        }
     }
 
     fn current(&self) -> Arc<QuicServerConfig> {
@@ -246,13 +288,53 @@ impl ServerConfig for RoutedCrypto {
     ) -> Box<dyn Session> {
         Box::new(RoutedSession {
             inner: self.current().start_session(version, params),
+            pending: Some(PendingHello {
+                crypto: self.clone(),
+                version,
+                params: *params,
+                bytes: Vec::new(),
+            }),
         })
     }
 }
 
-/// A rustls session whose resolver refusals become precise TLS alerts.
+/// A rustls session started on the configuration of the app the client's
+/// server name selects, whose resolver refusals become precise TLS alerts.
 struct RoutedSession {
     inner: Box<dyn Session>,
+    /// Until the ClientHello is complete: the bytes so far, and what is
+    /// needed to start the app's session then.
+    pending: Option<PendingHello>,
+}
+
+struct PendingHello {
+    crypto: Arc<RoutedCrypto>,
+    version: u32,
+    params: TransportParameters,
+    bytes: Vec<u8>,
+}
+
+impl RoutedSession {
+    /// Feeds handshake bytes to the TLS session, turning a resolver
+    /// refusal into its own alert.
+    fn read_inner(&mut self, buf: &[u8]) -> Result<bool, TransportError> {
+        REFUSAL.with(|slot| slot.borrow_mut().take());
+        let result = self.inner.read_handshake(buf);
+        let refusal = REFUSAL.with(|slot| slot.borrow_mut().take());
+        match (result, refusal) {
+            (Err(err), Some(refusal))
+                if err.code == TransportErrorCode::crypto(ALERT_ACCESS_DENIED) =>
+            {
+                tracing::debug!("quic: refused a handshake: {}", refusal.reason());
+                Err(TransportError {
+                    code: TransportErrorCode::crypto(refusal.alert()),
+                    frame: None,
+                    reason: refusal.reason(),
+                })
+            }
+            (result, _) => result,
+        }
+    }
 }
 
 impl Session for RoutedSession {
@@ -281,22 +363,27 @@ impl Session for RoutedSession {
     }
 
     fn read_handshake(&mut self, buf: &[u8]) -> Result<bool, TransportError> {
-        REFUSAL.with(|slot| slot.borrow_mut().take());
-        let result = self.inner.read_handshake(buf);
-        let refusal = REFUSAL.with(|slot| slot.borrow_mut().take());
-        match (result, refusal) {
-            (Err(err), Some(refusal))
-                if err.code == TransportErrorCode::crypto(ALERT_ACCESS_DENIED) =>
-            {
-                tracing::debug!("quic: refused a handshake: {}", refusal.reason());
-                Err(TransportError {
-                    code: TransportErrorCode::crypto(refusal.alert()),
-                    frame: None,
-                    reason: refusal.reason(),
-                })
-            }
-            (result, _) => result,
+        let Some(pending) = &mut self.pending else {
+            return self.read_inner(buf);
+        };
+        pending.bytes.extend_from_slice(buf);
+        let found = client_hello::server_name(&pending.bytes);
+        if found == Hello::Incomplete && pending.bytes.len() <= MAX_CLIENT_HELLO {
+            // Nothing reached rustls yet: nothing to answer.
+            return Ok(false);
         }
+        let Some(pending) = self.pending.take() else {
+            return Ok(false);
+        };
+        if let Hello::Complete(Some(name)) = found
+            && let Some(config) = pending.crypto.config_for(&name)
+        {
+            // Nothing was fed to the endpoint-wide session: start over on
+            // the app's own configuration (initial keys depend only on the
+            // version and connection id, which are the same).
+            self.inner = config.start_session(pending.version, &pending.params);
+        }
+        self.read_inner(&pending.bytes)
     }
 
     fn transport_parameters(&self) -> Result<Option<TransportParameters>, TransportError> {

@@ -20,17 +20,31 @@
 //! idle_timeout_ms = 30000     # a QUIC connection with no packets is closed
 //! retry = "auto"              # stateless retry: "auto", "always" or "never"
 //!
+//! receive_budget_mb = 1024    # unread client data, over all connections
+//!
 //! [app.limits]                # per app, see crate::limits::AppLimits
 //! quic_streams_per_connection = 100
-//! quic_receive_window_kb = 8192
+//! quic_receive_window_kb = 1024
 //! ```
 //!
-//! Address validation: a client's first packet could come from a spoofed
-//! address. With `retry = "auto"`, once more than `retry_above` handshakes
-//! are in progress, unvalidated clients are first sent a stateless Retry
-//! (RFC 9000, section 8.1): a spoofed flood then costs the gateway one
-//! packet per packet and no state, while real clients pay one round trip.
+//! Memory: a QUIC connection buffers what the client sent and the guest
+//! has not read, up to its connection receive window, and what the guest
+//! wrote and the client has not acknowledged, up to [`SEND_WINDOW`]. Every
+//! connection starts with [`INITIAL_RECEIVE_WINDOW`] (the app is not known
+//! before the handshake): `max_connections` × 64 KiB is set aside from
+//! `receive_budget_mb` for those, and the start refuses settings where it
+//! does not fit. Once routed, a connection's window is raised to its app's
+//! `quic_receive_window_kb` only while the rest of the budget has room for
+//! the difference, and stays at 64 KiB otherwise (slower, still served:
+//! raised windows never keep a client from being admitted). So unread
+//! client data never exceeds `receive_budget_mb` over the endpoint. With
+//! the defaults: 10 000 × 64 KiB = 625 MiB set aside, 399 MiB for raised
+//! windows (about 400 connections at the default 1 MiB); one address holds
+//! at most 64 connections. Unsent data: at most `max_connections` × 1 MiB,
+//! only while guests write to clients that do not read (a TCP socket's
+//! kernel send buffer holds as much).
 
+mod client_hello;
 mod crypto;
 mod stream;
 
@@ -56,14 +70,25 @@ pub use stream::codes as stream_codes;
 
 /// Handshakes in progress at once; beyond it new clients are ignored.
 const MAX_PENDING_HANDSHAKES: usize = 4096;
+/// The connection receive window every QUIC connection starts with, before
+/// its app (and so its `quic_receive_window_kb`) is known; `max_connections`
+/// of them are set aside from `quic.receive_budget_mb`.
+pub const INITIAL_RECEIVE_WINDOW: u64 = 64 * 1024;
+/// Data the guest wrote that one QUIC connection may hold unacknowledged
+/// (quinn's default is 10 MB). Threat: a client that stops reading while
+/// a guest writes, keeping the gateway's memory instead of a socket's.
+pub const SEND_WINDOW: u64 = 1 << 20;
 
 /// Application error codes in the `CONNECTION_CLOSE` frames the gateway
 /// sends. Documented in the guest guide.
 pub mod connection_codes {
     /// The app the connection was for is gone (removed).
     pub const APP_GONE: u32 = 0x5311;
-    /// The negotiated ALPN protocol is not one the app accepts: the client
-    /// offered several, and the gateway's preference picked another app's.
+    /// The negotiated ALPN protocol is not one the app accepts. Handshakes
+    /// are started on the app's own protocol list once the ClientHello is
+    /// read, so this happens only to a ClientHello the gateway could not
+    /// read ahead (malformed, or over 16 KiB), negotiated on the union of
+    /// all apps' protocols.
     pub const ALPN_NOT_ACCEPTED: u32 = 0x5312;
 }
 
@@ -103,6 +128,11 @@ pub struct QuicSettings {
     pub max_connections: usize,
     /// QUIC connections at once from one IP address.
     pub max_connections_per_ip: usize,
+    /// Client data all QUIC connections together may hold unread by the
+    /// guests, in MiB (see the module doc for the arithmetic). Threat: a
+    /// client (or many) filling the gateway's memory with data no guest
+    /// reads: 10 000 connections at an 8 MiB window were ~78 GiB.
+    pub receive_budget_mb: u64,
     /// Stateless retry (address validation).
     pub retry: RetryPolicy,
     /// With `retry = "auto"`: handshakes in progress above which
@@ -120,6 +150,7 @@ impl Default for QuicSettings {
             stream_window_kb: 1024,
             max_connections: 10_000,
             max_connections_per_ip: 64,
+            receive_budget_mb: 1024,
             retry: RetryPolicy::Auto,
             retry_above: 32,
         }
@@ -142,6 +173,21 @@ impl QuicSettings {
         }
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             bail!("quic.max_connections and quic.max_connections_per_ip must be positive");
+        }
+        if !(1..=1 << 20).contains(&self.receive_budget_mb) {
+            bail!("quic.receive_budget_mb must be between 1 and 1048576");
+        }
+        let initial_mib =
+            (self.max_connections as u64).saturating_mul(INITIAL_RECEIVE_WINDOW) >> 20;
+        if initial_mib > self.receive_budget_mb {
+            bail!(
+                "quic.max_connections ({}) × the {} KiB receive window every connection starts \
+                 with is {initial_mib} MiB, over quic.receive_budget_mb ({}): raise the budget \
+                 or lower max_connections",
+                self.max_connections,
+                INITIAL_RECEIVE_WINDOW >> 10,
+                self.receive_budget_mb
+            );
         }
         Ok(())
     }
@@ -202,9 +248,8 @@ impl PreparedQuic {
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .datagram_receive_buffer_size(None)
             .stream_receive_window(kib(self.settings.stream_window_kb))
-            .receive_window(kib(
-                crate::limits::AppLimits::default().quic_receive_window_kb
-            ))
+            .receive_window(VarInt::from_u64(INITIAL_RECEIVE_WINDOW).unwrap_or(VarInt::MAX))
+            .send_window(SEND_WINDOW)
             .max_idle_timeout(Some(
                 VarInt::from_u64(self.settings.idle_timeout_ms)
                     .context("quic.idle_timeout_ms")?
@@ -222,6 +267,12 @@ impl PreparedQuic {
             Arc::new(quinn::TokioRuntime),
         )
         .context("cannot start the QUIC endpoint")?;
+        // What the initial windows of `max_connections` leave (validated to
+        // be what they need at least).
+        let receive_budget =
+            ReceiveBudget::new((self.settings.receive_budget_mb << 20).saturating_sub(
+                (self.settings.max_connections as u64).saturating_mul(INITIAL_RECEIVE_WINDOW),
+            ));
         let ctx = Arc::new(QuicContext {
             router: router.clone(),
             protocols,
@@ -230,6 +281,7 @@ impl PreparedQuic {
             handshake_timeout: self.handshake_timeout,
             pending: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
             per_ip: Mutex::new(HashMap::new()),
+            receive_budget,
             counters: QuicCounters::default(),
         });
         tokio::spawn(serve(endpoint, ctx.clone()));
@@ -254,6 +306,41 @@ pub struct QuicCounters {
     pub refused: AtomicU64,
     /// Handshakes that failed or timed out.
     pub failed_handshakes: AtomicU64,
+    /// Connections that kept the initial receive window because
+    /// `quic.receive_budget_mb` had no room for their app's.
+    pub windows_held_back: AtomicU64,
+}
+
+/// The bytes by which QUIC connections' receive windows were raised above
+/// [`INITIAL_RECEIVE_WINDOW`], against what `quic.receive_budget_mb` leaves
+/// after the initial windows of `max_connections`.
+struct ReceiveBudget {
+    limit: u64,
+    reserved: AtomicU64,
+}
+
+impl ReceiveBudget {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            reserved: AtomicU64::new(0),
+        }
+    }
+
+    /// Reserves `bytes` if the budget has room.
+    fn reserve(&self, bytes: u64) -> bool {
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
+                reserved
+                    .checked_add(bytes)
+                    .filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
 /// What the accept loop and the connections share.
@@ -267,6 +354,8 @@ struct QuicContext {
     pending: Arc<Semaphore>,
     /// QUIC connections per client IP, and in total under key `None`.
     per_ip: Mutex<HashMap<Option<IpAddr>, usize>>,
+    /// Receive windows raised over all connections.
+    receive_budget: ReceiveBudget,
     counters: QuicCounters,
 }
 
@@ -331,7 +420,7 @@ async fn serve(endpoint: Endpoint, ctx: Arc<QuicContext>) {
             continue;
         }
         let peer = incoming.remote_address();
-        let Some(slot) = ConnectionSlot::take(&ctx, peer.ip()) else {
+        let Some(slot) = ConnectionSlot::take(&ctx, crate::conns::client_key(peer.ip())) else {
             ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("quic: {peer}: at the connection limit; refused");
             incoming.refuse();
@@ -341,10 +430,14 @@ async fn serve(endpoint: Endpoint, ctx: Arc<QuicContext>) {
     }
 }
 
-/// A QUIC connection's place in the gateway-wide and per-IP counts.
+/// A QUIC connection's place in the gateway-wide and per-IP counts, and
+/// the receive window it holds.
 struct ConnectionSlot {
     ctx: Arc<QuicContext>,
     ip: IpAddr,
+    /// Its receive window: [`INITIAL_RECEIVE_WINDOW`] (set aside for every
+    /// connection) or more, the excess reserved from the receive budget.
+    window: u64,
 }
 
 impl ConnectionSlot {
@@ -360,12 +453,33 @@ impl ConnectionSlot {
         Some(Self {
             ctx: ctx.clone(),
             ip,
+            window: INITIAL_RECEIVE_WINDOW,
         })
+    }
+
+    /// Grows the reserved window to `wanted` bytes if the budget has room;
+    /// returns the window the connection may have.
+    fn grow_window(&mut self, wanted: u64) -> u64 {
+        if wanted <= self.window {
+            return wanted;
+        }
+        if self.ctx.receive_budget.reserve(wanted - self.window) {
+            self.window = wanted;
+        } else {
+            self.ctx
+                .counters
+                .windows_held_back
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.window
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        self.ctx
+            .receive_budget
+            .release(self.window - INITIAL_RECEIVE_WINDOW);
         let mut counts = lock(&self.ctx.per_ip);
         for key in [None, Some(self.ip)] {
             if let Some(count) = counts.get_mut(&key) {
@@ -384,7 +498,7 @@ async fn serve_connection(
     ctx: Arc<QuicContext>,
     incoming: Incoming,
     permit: tokio::sync::OwnedSemaphorePermit,
-    _slot: ConnectionSlot,
+    mut slot: ConnectionSlot,
 ) {
     let peer = incoming.remote_address();
     let local_ip = incoming.local_ip();
@@ -433,7 +547,8 @@ async fn serve_connection(
     if let Some(app) = ctx.router.get(&app_name) {
         let (streams, window_kb) = app.account().quic_limits();
         conn.set_max_concurrent_bi_streams(VarInt::from_u32(streams));
-        conn.set_receive_window(kib(window_kb));
+        let window = slot.grow_window(window_kb.saturating_mul(1024));
+        conn.set_receive_window(VarInt::from_u64(window).unwrap_or(VarInt::MAX));
     }
     let quic_id = next_conn_id();
     let local = SocketAddr::new(local_ip.unwrap_or(ctx.local.ip()), ctx.local.port());
@@ -491,4 +606,37 @@ fn handshake_data(conn: &quinn::Connection) -> Option<(String, String)> {
 fn close(conn: &quinn::Connection, code: u32, reason: &str) {
     tracing::debug!("quic: {}: closing: {reason}", conn.remote_address());
     conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_initial_windows_of_every_connection_must_fit_the_budget() {
+        let defaults = QuicSettings::default();
+        defaults.validate().unwrap();
+        let too_many = QuicSettings {
+            max_connections: 100_000,
+            ..QuicSettings::default()
+        };
+        let err = too_many.validate().unwrap_err().to_string();
+        assert!(err.contains("quic.receive_budget_mb"), "{err}");
+        let fits = QuicSettings {
+            max_connections: 16,
+            receive_budget_mb: 1,
+            ..QuicSettings::default()
+        };
+        fits.validate().unwrap();
+    }
+
+    #[test]
+    fn raised_windows_share_what_the_initial_ones_leave() {
+        let budget = ReceiveBudget::new(3 << 20);
+        assert!(budget.reserve(2 << 20));
+        assert!(!budget.reserve(2 << 20), "over the budget");
+        assert!(budget.reserve(1 << 20));
+        budget.release(2 << 20);
+        assert!(budget.reserve(2 << 20));
+    }
 }
