@@ -186,6 +186,75 @@ impl AppConfig {
     pub fn instance_count(&self) -> usize {
         self.instances.unwrap_or_default().count()
     }
+
+    /// The one check of an app's settings, for apps of the configuration
+    /// file (`ceilings` = `None`: the operator's own, held to the hard
+    /// maxima) and apps deployed through the admin API (held to the
+    /// operator's `ceilings` too). Errors name the setting, the bound and
+    /// what to do. Who owns the app's `domains` is checked by the gateway,
+    /// which knows the other apps ([`crate::route::NamePolicy`]).
+    pub fn check(&self, ceilings: Option<&Ceilings>) -> Result<()> {
+        use crate::limits::{HARD_MAX_ALPN, HARD_MAX_DOMAINS, HARD_MAX_INSTANCES};
+        check_app_name(&self.name)?;
+        let name = &self.name;
+        // (Through `instance_count`, whatever form `instances` takes.)
+        let instances = self.instance_count();
+        let over = |what: &str, value: usize, hard: usize, ceiling: Option<usize>| -> Result<()> {
+            if value > hard {
+                bail!("app `{name}`: {value} {what} is over the maximum {hard}");
+            }
+            if let Some(ceiling) = ceiling
+                && value > ceiling
+            {
+                bail!(
+                    "app `{name}`: {value} {what} is over this gateway's ceiling {ceiling} \
+                     ([ceilings] in its configuration): ask for fewer, or ask the operator"
+                );
+            }
+            Ok(())
+        };
+        over(
+            "instances",
+            instances,
+            HARD_MAX_INSTANCES,
+            ceilings.map(|c| c.instances),
+        )?;
+        self.limits
+            .check(ceilings)
+            .with_context(|| format!("app `{name}`"))?;
+        if let Some(ceilings) = ceilings {
+            let total = self.limits.memory_limit_mb.saturating_mul(instances as u64);
+            if total > ceilings.app_memory_mb {
+                bail!(
+                    "app `{name}`: {instances} instances × limits.memory_limit_mb {} = {total} \
+                     MiB is over this gateway's ceiling of {} MiB per app \
+                     ([ceilings] app_memory_mb): ask for fewer instances or less memory",
+                    self.limits.memory_limit_mb,
+                    ceilings.app_memory_mb
+                );
+            }
+        }
+        over(
+            "outbound rules",
+            self.outbound.len(),
+            crate::limits::HARD_MAX_OUTBOUND_RULES,
+            ceilings.map(|c| c.outbound_rules),
+        )?;
+        crate::outbound::OutboundPolicy::parse(&self.outbound)
+            .with_context(|| format!("app `{name}`: invalid outbound rule"))?;
+        over(
+            "custom domains",
+            self.domains.len(),
+            HARD_MAX_DOMAINS,
+            ceilings.map(|c| c.domains),
+        )?;
+        for domain in &self.domains {
+            crate::certs::check_dns_name(domain)
+                .with_context(|| format!("app `{name}`: domains"))?;
+        }
+        over("ALPN protocols", self.alpn.len(), HARD_MAX_ALPN, None)?;
+        crate::listen::tls::check_alpn(self)
+    }
 }
 
 /// How many instances serve an app: `instances = N` (at least 1) or
@@ -287,78 +356,6 @@ impl<'de> Deserialize<'de> for Instances {
         }
 
         deserializer.deserialize_any(Visitor)
-    }
-
-    /// The one check of an app's settings, for apps of the configuration
-    /// file (`ceilings` = `None`: the operator's own, held to the hard
-    /// maxima) and apps deployed through the admin API (held to the
-    /// operator's `ceilings` too). Errors name the setting, the bound and
-    /// what to do. Who owns the app's `domains` is checked by the gateway,
-    /// which knows the other apps ([`crate::route::NamePolicy`]).
-    pub fn check(&self, ceilings: Option<&Ceilings>) -> Result<()> {
-        use crate::limits::{HARD_MAX_ALPN, HARD_MAX_DOMAINS, HARD_MAX_INSTANCES};
-        check_app_name(&self.name)?;
-        let name = &self.name;
-        // (Through `instance_count`, whatever form `instances` takes.)
-        let instances = self.instance_count();
-        if instances == 0 {
-            bail!("app `{name}`: instances must be at least 1");
-        }
-        let over = |what: &str, value: usize, hard: usize, ceiling: Option<usize>| -> Result<()> {
-            if value > hard {
-                bail!("app `{name}`: {value} {what} is over the maximum {hard}");
-            }
-            if let Some(ceiling) = ceiling
-                && value > ceiling
-            {
-                bail!(
-                    "app `{name}`: {value} {what} is over this gateway's ceiling {ceiling} \
-                     ([ceilings] in its configuration): ask for fewer, or ask the operator"
-                );
-            }
-            Ok(())
-        };
-        over(
-            "instances",
-            instances,
-            HARD_MAX_INSTANCES,
-            ceilings.map(|c| c.instances),
-        )?;
-        self.limits
-            .check(ceilings)
-            .with_context(|| format!("app `{name}`"))?;
-        if let Some(ceilings) = ceilings {
-            let total = self.limits.memory_limit_mb.saturating_mul(instances as u64);
-            if total > ceilings.app_memory_mb {
-                bail!(
-                    "app `{name}`: {instances} instances × limits.memory_limit_mb {} = {total} \
-                     MiB is over this gateway's ceiling of {} MiB per app \
-                     ([ceilings] app_memory_mb): ask for fewer instances or less memory",
-                    self.limits.memory_limit_mb,
-                    ceilings.app_memory_mb
-                );
-            }
-        }
-        over(
-            "outbound rules",
-            self.outbound.len(),
-            crate::limits::HARD_MAX_OUTBOUND_RULES,
-            ceilings.map(|c| c.outbound_rules),
-        )?;
-        crate::outbound::OutboundPolicy::parse(&self.outbound)
-            .with_context(|| format!("app `{name}`: invalid outbound rule"))?;
-        over(
-            "custom domains",
-            self.domains.len(),
-            HARD_MAX_DOMAINS,
-            ceilings.map(|c| c.domains),
-        )?;
-        for domain in &self.domains {
-            crate::certs::check_dns_name(domain)
-                .with_context(|| format!("app `{name}`: domains"))?;
-        }
-        over("ALPN protocols", self.alpn.len(), HARD_MAX_ALPN, None)?;
-        crate::listen::tls::check_alpn(self)
     }
 }
 

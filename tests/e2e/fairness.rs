@@ -30,7 +30,7 @@ const NEIGHBOUR_BOUND: Duration = Duration::from_millis(100);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neighbours_keep_answering_while_k_connections_spin() {
-    let hostile = "[app.limits]\ncpu_budget_ms = 50";
+    let hostile = "instances = 1\n[app.limits]\ncpu_budget_ms = 50";
     let gateway = Gateway::start(&[
         TestApp {
             name: "echo",
@@ -42,9 +42,11 @@ async fn neighbours_keep_answering_while_k_connections_spin() {
             guest: "sync-hostile",
             extra: hostile,
         },
+        // The other world: connections share one long-lived instance,
+        // which each spinner traps (and the gateway restarts, backing off).
         TestApp {
             name: "hostile-b",
-            guest: "sync-hostile",
+            guest: "hostile",
             extra: hostile,
         },
     ]);

@@ -257,9 +257,11 @@ mod tests {
         assert_eq!(a.used_ns, 9 * MS);
         a.start_activation(2);
         assert_eq!(a.used_ns, 0);
-        // The baseline went with the old activation.
-        assert_eq!(a.tick(30 * MS, 3, budget), Verdict::Yield);
+        // The baseline went with the old activation, and a slice began.
+        assert_eq!(a.tick(30 * MS, 3, budget), Verdict::Continue);
         assert_eq!(a.used_ns, 0);
+        assert_eq!(a.tick(31 * MS, 4, budget), Verdict::Yield);
+        assert_eq!(a.used_ns, MS);
     }
 
     /// A guest that holds its activation without computing (blocked in an

@@ -25,7 +25,7 @@ use crate::locks::lock;
 
 /// The epoch tick while guests run: the longest a guest keeps a thread
 /// before yielding is two ticks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// The epoch tick while guests compute in the slow lane.
 pub const FAST_TICK: Duration = Duration::from_micros(250);
