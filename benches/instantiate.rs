@@ -164,7 +164,12 @@ async fn instantiate(settings: &InstanceSettings) {
     };
     let state = HostState::new(settings, 0);
     let mut store = Store::new(pre.engine(), state);
-    let meter = supervise(&mut store, settings.supervision, &settings.limits);
+    let meter = supervise(
+        &mut store,
+        settings.supervision,
+        &settings.limits,
+        Default::default(),
+    );
     let pre = pre.clone();
     // The instance lives in the store, dropped here with it.
     let _store = slow_lane::run(meter, async move {

@@ -248,3 +248,60 @@ async fn the_cpu_budget_stops_endless_recursion() {
 async fn the_cpu_budget_stops_a_loop_of_cheap_imports() {
     stopped_at_its_cpu_budget("spin-clock").await;
 }
+
+/// A guest that moves bytes is doing I/O, not computing, however long it
+/// stays inside one entry into wasm: an echo loop whose reads and writes
+/// complete at once (the client keeps sending) must not be stopped by a
+/// small CPU budget. (It was: the budget counted the whole entry, with the
+/// stream copies and socket writes done on the guest's thread.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_echoing_bulk_data_is_not_stopped_by_its_cpu_budget() {
+    const CONNECTIONS: usize = 4;
+    const BYTES: usize = 32 << 20;
+    let gateway = Gateway::start(&[TestApp {
+        name: "echo",
+        guest: "echo",
+        extra: "instances = 1\n[app.limits]\ncpu_budget_ms = 5\nwall_budget_ms = 20000",
+    }]);
+    let addr = gateway.addr("echo");
+    let transfers: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(addr).await.unwrap();
+                let (mut rd, mut wr) = stream.into_split();
+                let writer = tokio::spawn(async move {
+                    let chunk = vec![0x5a_u8; 64 * 1024];
+                    for _ in 0..BYTES / chunk.len() {
+                        if wr.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buf = vec![0_u8; 64 * 1024];
+                let mut got = 0;
+                while got < BYTES {
+                    match tokio::time::timeout(TIMEOUT, rd.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                        Ok(Ok(n)) => got += n,
+                    }
+                }
+                writer.abort();
+                got
+            })
+        })
+        .collect();
+    for transfer in transfers {
+        let got = transfer.await.unwrap();
+        assert_eq!(
+            got,
+            BYTES,
+            "an echo connection ended early:\n{}",
+            gateway.stderr.text()
+        );
+    }
+    assert!(
+        !gateway.stderr.text().contains("cpu-budget"),
+        "the echo guest was stopped by its CPU budget:\n{}",
+        gateway.stderr.text()
+    );
+}

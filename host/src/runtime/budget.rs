@@ -124,6 +124,16 @@ impl Accounting {
         self.slice_ticks = 0;
     }
 
+    /// The guest moved bytes without leaving its activation: the budgets
+    /// start over at coarse time `now_ms`, as for a new activation, but
+    /// the time slice goes on (the guest still yields its thread on time).
+    /// CPU time before this point is not counted.
+    pub fn renew_budgets(&mut self, now_ms: u64) {
+        self.used_ns = 0;
+        self.started_ms = now_ms;
+        self.baseline_ns = None;
+    }
+
     /// The store's task is polled: the thread may have run anything since
     /// the store last ran, so the CPU baseline is forgotten; a slice begins.
     pub fn polled(&mut self) {
@@ -245,6 +255,32 @@ mod tests {
         assert_eq!(a.used_ns, 0);
         assert_eq!(a.tick(6 * MS, 3, budget), Verdict::Yield);
         assert_eq!(a.used_ns, MS);
+    }
+
+    /// A busy echo loop whose reads and writes complete without leaving
+    /// wasm: every renewal starts the budgets over, and the slices go on.
+    #[test]
+    fn io_inside_an_activation_renews_the_budgets_but_not_the_slice() {
+        let budget = budget(5, 1_000);
+        let mut a = Accounting::default();
+        a.start_activation(0);
+        let mut cpu = 0;
+        let mut yields = 0;
+        for now in 0..100 {
+            cpu += MS;
+            if now % 3 == 0 {
+                a.renew_budgets(now);
+            }
+            match a.tick(cpu, now, budget) {
+                Verdict::Exceeded(e) => panic!("stopped a guest doing I/O: {e}"),
+                Verdict::Yield => {
+                    yields += 1;
+                    a.resumed(cpu);
+                }
+                Verdict::Continue => {}
+            }
+        }
+        assert!(yields > 10, "the guest kept its thread: {yields} yields");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use super::load::GuestPre;
 use super::pump::{ClientReader, ClientWriter, ConnGuard};
 use super::slow_lane;
 use super::supervisor::{Supervision, TrapCause, explain_trap, supervise};
+use super::sync_streams::IoProgress;
 use crate::conn::{ByteReader, ByteWriter, ConnInfo};
 use crate::conns::{AppAccount, ConnTracker, ShardLoad};
 use crate::limits::AppLimits;
@@ -148,7 +149,13 @@ pub async fn run_instance(
     let state = HostState::new(&settings, index);
     let mut store = Store::new(pre.engine(), state);
     super::host_state::bound_store(&mut store, settings.limits.max_connections_per_instance);
-    let meter = supervise(&mut store, settings.supervision, &settings.limits);
+    let progress = IoProgress::default();
+    let meter = supervise(
+        &mut store,
+        settings.supervision,
+        &settings.limits,
+        progress.clone(),
+    );
     // Everything the store's work needs moves into it: it may go on in the
     // slow lane, on another thread.
     let serving = {
@@ -160,8 +167,9 @@ pub async fn run_instance(
                     settings.log.event(Some(index), EventKind::InstanceStarted);
                     Ok(store
                         .run_concurrent(async |accessor| -> wasmtime::Result<()> {
-                            let all =
-                                serve_all(&settings, index, &mut rx, &active, accessor, &handler);
+                            let all = serve_all(
+                                &settings, index, &mut rx, &active, accessor, &handler, &progress,
+                            );
                             WakeGate::new(all).await
                         })
                         .await)
@@ -223,13 +231,14 @@ async fn serve_all(
     active: &ShardLoad,
     accessor: &Accessor<HostState>,
     handler: &ConnHandler,
+    progress: &IoProgress,
 ) -> wasmtime::Result<()> {
     let mut calls = FuturesUnordered::new();
     loop {
         tokio::select! {
             Some(result) = calls.next() => result?,
             assigned = rx.recv() => match assigned {
-                Some(assigned) => calls.push(serve(accessor, handler, assigned)),
+                Some(assigned) => calls.push(serve(accessor, handler, assigned, progress)),
                 None => break,
             },
         }
@@ -331,6 +340,7 @@ async fn serve(
     accessor: &Accessor<HostState>,
     handler: &ConnHandler,
     assigned: Assigned,
+    progress: &IoProgress,
 ) -> wasmtime::Result<()> {
     let Assigned {
         info,
@@ -339,13 +349,13 @@ async fn serve(
         guard,
     } = assigned;
     let id = info.id;
-    let reader = ClientReader::new(reader, guard.clone());
+    let reader = ClientReader::new(reader, guard.clone(), progress.clone());
     let rx = accessor.with(|mut store| StreamReader::new(&mut store, reader))?;
     let tx = handler
         .sockgate_gateway_handler()
         .call_handle(accessor, id, rx)
         .await?;
-    let writer = ClientWriter::new(writer, guard);
+    let writer = ClientWriter::new(writer, guard, progress.clone());
     accessor.with(|mut store| tx.pipe(&mut store, writer))?;
     Ok(())
 }

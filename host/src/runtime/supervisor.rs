@@ -67,8 +67,16 @@ impl Supervision {
 #[derive(Clone)]
 pub enum Activation {
     /// The `conn-handler` world: the guest's event loop returns to the
-    /// gateway's (`run_concurrent`); only entries into wasm start one.
-    EventLoop,
+    /// gateway's (`run_concurrent`), and every entry into wasm starts one.
+    /// So does I/O inside one entry: a guest's stream reads and writes can
+    /// complete without leaving wasm (the host end is ready, and on TLS the
+    /// encryption runs on this thread), so a busy echo loop may stay in one
+    /// entry for as long as its clients send. The flag is set whenever a
+    /// connection of the instance moved bytes; the epoch callback clears it
+    /// and renews the budgets (the time slices go on: the guest still
+    /// yields its thread every tick). A guest that computes without moving
+    /// bytes never sets it.
+    EventLoop(super::sync_streams::IoProgress),
     /// The `conn-handler-sync` world: a guest waits for I/O inside a
     /// blocking import (`blocking-read`, `poll`), so the return of an import
     /// during which the guest waited also starts one. The flag says so: set
@@ -134,6 +142,14 @@ impl Meter {
         self.started_ms.store(coarse_now_ms(), Ordering::Relaxed);
         self.baseline_ns.store(NO_BASELINE, Ordering::Relaxed);
         self.slice_ticks.store(0, Ordering::Relaxed);
+    }
+
+    /// The guest did I/O inside its activation ([`Activation::EventLoop`]):
+    /// its budgets start over from here, its time slice goes on.
+    fn renew_budgets(&self) {
+        let mut accounting = self.load();
+        accounting.renew_budgets(coarse_now_ms());
+        self.save(&accounting);
     }
 
     fn load(&self) -> Accounting {
@@ -226,12 +242,15 @@ pub fn thread_cpu_ns() -> u64 {
 /// and the memory limits to a fresh store of the `conn-handler` world.
 /// The store's task must run in [`super::slow_lane::run`] with the
 /// returned meter.
+/// `progress` is set by the instance's connections whenever they move
+/// bytes ([`Activation::EventLoop`]).
 pub fn supervise(
     store: &mut Store<HostState>,
     supervision: Supervision,
     limits: &AppLimits,
+    progress: super::sync_streams::IoProgress,
 ) -> Arc<Meter> {
-    supervise_activations(store, supervision, limits, Activation::EventLoop)
+    supervise_activations(store, supervision, limits, Activation::EventLoop(progress))
 }
 
 /// Like [`supervise`], with the activation rule of the store's world.
@@ -249,7 +268,18 @@ pub fn supervise_activations(
     let budget = Budget::new(limits);
     store.set_epoch_deadline(1);
     let ticked = meter.clone();
-    store.epoch_deadline_callback(move |_store| ticked.tick(budget));
+    let moved_bytes = match &activation {
+        Activation::EventLoop(progress) => Some(progress.clone()),
+        Activation::HostWait(_) => None,
+    };
+    store.epoch_deadline_callback(move |_store| {
+        if let Some(progress) = &moved_bytes
+            && progress.swap(false, Ordering::Relaxed)
+        {
+            ticked.renew_budgets();
+        }
+        ticked.tick(budget)
+    });
     let hooked = meter.clone();
     store.call_hook(move |mut store, hook| {
         let starts = match hook {
@@ -258,7 +288,7 @@ pub fn supervise_activations(
             // An import returns after the guest waited for it.
             CallHook::ReturningFromHost => match &activation {
                 Activation::HostWait(progress) => progress.swap(false, Ordering::Relaxed),
-                Activation::EventLoop => false,
+                Activation::EventLoop(_) => false,
             },
             _ => false,
         };
