@@ -1,8 +1,8 @@
 //! Host↔guest per message: the cost of one small message's round trip
 //! through the component boundary, with no sockets. A 64-byte message
 //! goes into an in-memory duplex, the echo guest (one long-lived instance
-//! with the gateway's supervision: fuel and epoch) reads it through its
-//! `rx` stream and writes it back through the stream it returned, and the
+//! with the gateway's supervision: time slices and CPU budgets) reads it
+//! through its `rx` stream and writes it back through the stream it returned, and the
 //! client reads it back. The baseline is the same duplex round trip with a
 //! tokio echo task. Both run on one current-thread runtime, so the figure
 //! is the CPU cost of the path, not of waking another thread.
@@ -47,22 +47,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    // Profiling only: `SOCKGATE_BOUNDARY_SUPERVISION=none|epoch|fuel` to
-    // see what supervision costs (the table always uses the gateway's).
+    // Profiling only: `SOCKGATE_BOUNDARY_SUPERVISION=none` to see what
+    // supervision costs (the table always uses the gateway's).
     let supervision = match std::env::var("SOCKGATE_BOUNDARY_SUPERVISION").as_deref() {
-        Ok("none") => Supervision {
-            fuel: false,
-            epoch: false,
-        },
-        Ok("epoch") => Supervision {
-            fuel: false,
-            epoch: true,
-        },
-        Ok("fuel") => Supervision {
-            fuel: true,
-            epoch: false,
-        },
-        _ => Supervision::default(),
+        Ok("none") => Supervision::Off,
+        _ => Supervision::On,
     };
     let gateway =
         Runtime::with_supervision(root().join("target/bench-cache"), supervision).unwrap();
@@ -138,7 +127,7 @@ fn main() {
          current-thread runtime, median of criterion's samples\n\n\
          | path | ns per round trip | vs native | original design's mark |\n\
          |---|---:|---:|---:|\n\
-         | sockgate: echo guest, fuel + epoch | {guest:.0} | {:.2}× | {MARK_NS:.0} ns ({:.2}× of it) |\n\
+         | sockgate: echo guest, supervised | {guest:.0} | {:.2}× | {MARK_NS:.0} ns ({:.2}× of it) |\n\
          | native tokio echo task | {native:.0} | 1.00× | |\n",
         guest / native,
         guest / MARK_NS,

@@ -35,7 +35,8 @@ use sockgate_host::runtime::engine::Supervision;
 use sockgate_host::runtime::host_state::HostState;
 use sockgate_host::runtime::instance::InstanceSettings;
 use sockgate_host::runtime::load::GuestPre;
-use sockgate_host::runtime::supervisor::{CpuBudget, supervise};
+use sockgate_host::runtime::slow_lane;
+use sockgate_host::runtime::supervisor::supervise;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 /// The target for one instantiation.
@@ -116,7 +117,7 @@ fn main() {
     common::publish("instantiate", &md, &json);
 }
 
-/// An engine configured as the gateway's (component model async, fuel,
+/// An engine configured as the gateway's (component model async,
 /// epochs) plus the pooling allocator, sized for a benchmark, keeping
 /// `keep_resident` bytes of each slot resident between instances.
 fn pooling_engine(keep_resident: usize) -> Engine {
@@ -134,7 +135,6 @@ fn pooling_engine(keep_resident: usize) -> Engine {
         .wasm_component_model(true)
         .wasm_component_model_async(true)
         .cranelift_opt_level(wasmtime::OptLevel::Speed)
-        .consume_fuel(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config).unwrap()
@@ -164,14 +164,19 @@ async fn instantiate(settings: &InstanceSettings) {
     };
     let state = HostState::new(settings, 0);
     let mut store = Store::new(pre.engine(), state);
-    supervise(
+    let meter = supervise(
         &mut store,
         settings.supervision,
-        CpuBudget::new(&settings.limits),
-    )
-    .unwrap();
+        &settings.limits,
+        Default::default(),
+    );
+    let pre = pre.clone();
     // The instance lives in the store, dropped here with it.
-    let _handler = pre.instantiate_async(&mut store).await.unwrap();
+    let _store = slow_lane::run(meter, async move {
+        pre.instantiate_async(&mut store).await.map(|_| store)
+    })
+    .await
+    .unwrap();
 }
 
 /// Median time from starting the gateway to the first byte echoed.

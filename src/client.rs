@@ -19,6 +19,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use sockgate_host::admin::api::{DeploySettings, EventJson, LogLineJson};
+use sockgate_host::config::Instances;
 use sockgate_host::limits::AppLimits;
 use tokio::net::TcpStream;
 
@@ -57,9 +58,11 @@ pub struct DeployArgs {
     /// TCP address to serve on (default: the app's current one).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Instances (default: one per core).
-    #[arg(long)]
-    pub instances: Option<usize>,
+    /// Instances serving the app: a number, or `auto` for one per core
+    /// (default 1: every connection shares the instance's state; with
+    /// several, each instance has its own).
+    #[arg(long, value_name = "N|auto")]
+    pub instances: Option<Instances>,
     /// Outbound rule `host:port` the guest may reach (repeatable).
     #[arg(long)]
     pub outbound: Vec<String>,

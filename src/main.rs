@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sockgate_host::config::{AppConfig, Config};
+use sockgate_host::config::{AppConfig, Config, Instances};
 
 /// Serve network connections from WebAssembly components.
 #[derive(Parser)]
@@ -37,10 +37,14 @@ enum Command {
         /// App name, used in logs (default: the file's stem).
         #[arg(long)]
         name: Option<String>,
-        /// Instances serving the app (default: one per core); set 1 when
-        /// connections must share the instance's state.
-        #[arg(long)]
-        instances: Option<usize>,
+        /// Instances serving the app: a number, or `auto` for one per core.
+        /// The default, 1, serves every connection from one long-lived
+        /// instance, so they share its state (a chat room, a cache). With
+        /// several, connections are spread over instances that each have
+        /// their own state, and a trap closes only one instance's
+        /// connections.
+        #[arg(long, value_name = "N|auto")]
+        instances: Option<Instances>,
         /// Where compiled components are cached.
         #[arg(long)]
         cache_dir: Option<PathBuf>,

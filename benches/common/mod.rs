@@ -92,6 +92,27 @@ pub fn process_cpu(pid: u32) -> Duration {
     Duration::from_millis((field(11) + field(12)) * 10)
 }
 
+/// CPU time the threads of process `pid` whose name is not `except` have
+/// run so far (the first field of each `/proc/<pid>/task/<tid>/schedstat`,
+/// the scheduler's own count in nanoseconds, which
+/// `CLOCK_THREAD_CPUTIME_ID` also reads); far finer than
+/// `/proc/<pid>/stat`'s 10 ms ticks.
+pub fn threads_cpu(pid: u32, except: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() != except)
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
 /// Whether servers and load generators can be pinned to separate CPUs.
 pub fn has_taskset() -> bool {
     Command::new("taskset")
@@ -380,6 +401,64 @@ pub fn sockgate_serve(bench: &str, app_toml: &str, pinned: bool) -> Server {
         .arg(&config)
         .env("RUST_LOG", "warn");
     Server::spawn(command, pinned, " listening on tcp ")
+}
+
+/// `BINARY serve` with a configuration of `apps_toml` (`[[app]]` tables,
+/// compile cache `target/bench-cache`), ready once it printed `sockgate
+/// ready`; returns it with each app's address, by name.
+pub fn sockgate_serve_apps(
+    binary: &Path,
+    bench: &str,
+    apps_toml: &str,
+) -> (Server, std::collections::HashMap<String, SocketAddr>) {
+    let dir = root().join("target/bench-tmp").join(bench);
+    std::fs::create_dir_all(&dir).expect("cannot create target/bench-tmp");
+    let config = dir.join("sockgate.toml");
+    let toml = format!(
+        "[gateway]\ncache_dir = \"{}\"\n\n{apps_toml}\n",
+        root().join("target/bench-cache").display(),
+    );
+    std::fs::write(&config, toml).expect("cannot write the benchmark configuration");
+    let mut child = Command::new(binary)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start sockgate");
+    let started = Instant::now();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addrs = std::collections::HashMap::new();
+    let mut first = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("sockgate ready") {
+            break;
+        }
+        // `app NAME listening on tcp ADDR ...`
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["app", name, "listening", "on", "tcp", addr, ..] = words[..] {
+            addrs.insert(name.to_owned(), addr.parse().unwrap());
+            if first.is_empty() {
+                first = line.clone();
+            }
+        }
+    }
+    assert!(!addrs.is_empty(), "{} served no app", binary.display());
+    std::thread::spawn(move || for _ in lines {});
+    let addr = *addrs.values().next().unwrap();
+    (
+        Server {
+            child,
+            addr,
+            ready_line: first,
+            started,
+        },
+        addrs,
+    )
 }
 
 /// Per-iteration times recorded from criterion's `iter_custom` samples, so

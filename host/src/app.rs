@@ -219,7 +219,7 @@ impl App {
                 let mut alive = per.alive.subscribe();
                 tokio::spawn(async move {
                     let draining = async move { while alive.changed().await.is_ok() {} };
-                    serve_connection(&settings, &pre, assigned, draining).await;
+                    serve_connection(settings, pre, assigned, draining).await;
                 });
                 return Ok(());
             }
@@ -297,7 +297,9 @@ async fn shard_loop(
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        let kind = match run_instance(&settings, index, &mut rx, &active).await {
+        let (outcome, returned) = run_instance(settings.clone(), index, rx, active.clone()).await;
+        rx = returned;
+        let kind = match outcome {
             Ok(()) => return,
             Err(InstanceError::Instantiate(err)) => EventKind::InstanceFailed {
                 reason: format!("{err:#}"),

@@ -9,7 +9,7 @@
 //! name = "echo"
 //! component = "echo.wasm"             # relative to this file
 //! listen = "127.0.0.1:7001"
-//! instances = 2                       # optional, default: one per core
+//! instances = 1                       # optional, default 1 (shared state); N or "auto" shard it
 //! outbound = ["api.example.com:443"]  # optional, default: no outbound access
 //!
 //! [app.limits]                         # optional, see `AppLimits`
@@ -24,6 +24,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -138,11 +139,17 @@ pub struct AppConfig {
     /// The TCP address to accept connections on (port 0 picks a free port,
     /// which the gateway prints when it starts).
     pub listen: SocketAddr,
-    /// How many instances serve the app; default one per core. Instance
-    /// state (a chat room, a cache) is per instance: set 1 to share it.
+    /// How many instances serve the app (shards), default 1: one long-lived
+    /// instance serves every connection, so state the guest keeps in
+    /// ordinary variables (a chat room, a cache) is shared by all of them.
+    /// `instances = N` or `"auto"` (one per core) opts into shards, which
+    /// spread the app's guest work over several threads and contain a trap
+    /// to the connections of one shard, but each shard has its own state: a
+    /// connection sees the state of the shard it was assigned to.
     /// Meaningless for a `conn-handler-sync` component, which gets an
     /// instance per connection (the gateway logs a warning when it is set).
-    pub instances: Option<usize>,
+    #[serde(default)]
+    pub instances: Option<Instances>,
     /// Outbound destinations the guest may reach through `wasi:sockets`, as
     /// `host:port` patterns (see [`crate::outbound`]); empty: none.
     #[serde(default)]
@@ -177,11 +184,7 @@ impl AppConfig {
 
     /// The number of instances to run, resolving the default.
     pub fn instance_count(&self) -> usize {
-        self.instances.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+        self.instances.unwrap_or_default().count()
     }
 
     /// The one check of an app's settings, for apps of the configuration
@@ -196,9 +199,6 @@ impl AppConfig {
         let name = &self.name;
         // (Through `instance_count`, whatever form `instances` takes.)
         let instances = self.instance_count();
-        if instances == 0 {
-            bail!("app `{name}`: instances must be at least 1");
-        }
         let over = |what: &str, value: usize, hard: usize, ceiling: Option<usize>| -> Result<()> {
             if value > hard {
                 bail!("app `{name}`: {value} {what} is over the maximum {hard}");
@@ -254,6 +254,108 @@ impl AppConfig {
         }
         over("ALPN protocols", self.alpn.len(), HARD_MAX_ALPN, None)?;
         crate::listen::tls::check_alpn(self)
+    }
+}
+
+/// How many instances serve an app: `instances = N` (at least 1) or
+/// `instances = "auto"` (one per core) in the configuration, `--instances
+/// N|auto` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instances {
+    /// This many instances.
+    Count(NonZeroUsize),
+    /// One per core the process may run on.
+    Auto,
+}
+
+impl Default for Instances {
+    /// One instance: state shared by every connection.
+    fn default() -> Self {
+        Instances::Count(NonZeroUsize::MIN)
+    }
+}
+
+impl Instances {
+    /// The number of instances, resolving `auto`.
+    pub fn count(self) -> usize {
+        match self {
+            Instances::Count(n) => n.get(),
+            Instances::Auto => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+
+    fn from_number(n: u64) -> Result<Self, String> {
+        usize::try_from(n)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .map(Instances::Count)
+            .ok_or_else(|| INSTANCES_EXPECTED.to_owned())
+    }
+}
+
+/// What `instances` may be, for error messages.
+const INSTANCES_EXPECTED: &str =
+    "instances must be a number of instances, at least 1, or \"auto\" (one per core)";
+
+impl std::str::FromStr for Instances {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "auto" {
+            return Ok(Instances::Auto);
+        }
+        match text.parse::<u64>() {
+            Ok(n) => Instances::from_number(n),
+            Err(_) => Err(format!("{INSTANCES_EXPECTED}, not `{text}`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Instances::Count(n) => write!(f, "{n}"),
+            Instances::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for Instances {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Instances::Count(n) => serializer.serialize_u64(n.get() as u64),
+            Instances::Auto => serializer.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Instances {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Instances;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of instances (at least 1) or \"auto\"")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Instances, E> {
+                Instances::from_number(n).map_err(E::custom)
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Instances, E> {
+                Instances::from_number(u64::try_from(n).unwrap_or(0)).map_err(E::custom)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Instances, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -442,6 +544,41 @@ mod tests {
     }
 
     #[test]
+    fn one_instance_by_default_and_shards_on_request() {
+        let app = |extra: &str| -> Result<AppConfig, String> {
+            let text = format!(
+                "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nlisten = \"127.0.0.1:1\"\n{extra}"
+            );
+            toml::from_str::<Config>(&text)
+                .map(|mut c| c.apps.remove(0))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(app("").unwrap().instance_count(), 1);
+        assert_eq!(app("instances = 3").unwrap().instance_count(), 3);
+        let auto = app("instances = \"auto\"").unwrap();
+        assert_eq!(auto.instances, Some(Instances::Auto));
+        assert_eq!(
+            auto.instance_count(),
+            std::thread::available_parallelism().unwrap().get()
+        );
+        for bad in ["instances = 0", "instances = -2", "instances = \"many\""] {
+            let err = app(bad).unwrap_err();
+            assert!(
+                err.contains("at least 1") && err.contains("auto"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!("auto".parse(), Ok(Instances::Auto));
+        assert_eq!("2".parse::<Instances>().unwrap().count(), 2);
+        assert!("0".parse::<Instances>().is_err());
+        // Written back as it was read (deployed apps are persisted as JSON).
+        for instances in [Instances::Auto, "4".parse().unwrap()] {
+            let json = serde_json::to_string(&instances).unwrap();
+            assert_eq!(serde_json::from_str::<Instances>(&json).unwrap(), instances);
+        }
+    }
+
+    #[test]
     fn the_admin_api_stays_on_loopback_unless_allowed() {
         let remote = "[gateway]\nadmin = \"0.0.0.0:9900\"\n";
         let config: Config = toml::from_str(remote).unwrap();
@@ -454,8 +591,9 @@ mod tests {
 
     #[test]
     fn one_check_for_file_and_deploy_with_ceilings_for_deploys() {
+        let count = |n: usize| Instances::Count(NonZeroUsize::new(n).unwrap());
         let mut app = AppConfig::new("a", PathBuf::from("a.wasm"), "127.0.0.1:0".parse().unwrap());
-        app.instances = Some(64);
+        app.instances = Some(count(64));
         app.check(None).unwrap();
         let ceilings = Ceilings {
             instances: 16,
@@ -466,13 +604,13 @@ mod tests {
             err.contains("64 instances") && err.contains("ceiling 16"),
             "{err}"
         );
-        app.instances = Some(8);
+        app.instances = Some(count(8));
         app.limits.memory_limit_mb = 1024;
         let err = format!("{:#}", app.check(Some(&ceilings)).unwrap_err());
         assert!(err.contains("app_memory_mb"), "{err}");
-        app.instances = Some(100_000);
+        app.instances = Some(count(100_000));
         assert!(app.check(None).is_err());
-        app.instances = Some(1);
+        app.instances = Some(count(1));
         app.domains = (0..17).map(|i| format!("d{i}.example.com")).collect();
         assert!(app.check(Some(&ceilings)).is_err());
         app.check(None).unwrap();

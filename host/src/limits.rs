@@ -25,17 +25,22 @@ use crate::http::HttpLimits;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppLimits {
-    /// CPU a guest may compute for without calling the host, in
-    /// milliseconds (as fuel: `FUEL_PER_MS` wasm operators per ms). Threat:
-    /// a guest that computes forever (a bug, or a tenant mining coins)
-    /// would hold a gateway thread and starve every app scheduled on it.
-    /// The guest traps when it is spent.
+    /// CPU time a guest may use in one activation — from the gateway
+    /// handing it control (an event for its event loop, a new call; for a
+    /// `conn-handler-sync` guest also the end of a wait for I/O) to the
+    /// guest handing it back — in milliseconds of its thread's CPU time,
+    /// whatever it computes (integer or float work, memory-bound loops,
+    /// recursion, cheap imports in a loop). Threat: a guest that computes
+    /// forever (a bug, or a tenant mining coins) would hold its instance
+    /// (every connection on it waits) and a share of the gateway's cores.
+    /// Measured on epoch ticks (1 ms); the guest traps when it is spent.
     pub cpu_budget_ms: u64,
-    /// Wall-clock time a guest may run before handing control back to the
-    /// gateway's event loop, in milliseconds, even while it calls imports.
-    /// Threat: a guest spinning on a cheap import (a clock, a zero-length
-    /// read), which keeps refilling its fuel. Enforced by epoch deadlines;
-    /// the guest traps when it is spent.
+    /// Wall-clock time a guest may run in one activation, in milliseconds,
+    /// whether it computes, is blocked in an import or waits for a core.
+    /// Threat: a guest holding its instance (and every connection on it)
+    /// without computing, e.g. blocked in a synchronous sleep, or starved
+    /// of CPU; the backstop to the CPU budget. The guest traps when it is
+    /// spent.
     pub wall_budget_ms: u64,
     /// Linear memory one instance may grow to, in MiB. Threat: a guest
     /// allocating without bound would exhaust the host's memory; past the

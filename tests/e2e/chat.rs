@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::languages::{Lang, language_tests};
-use crate::support::{Gateway, TestApp};
+use crate::support::{Gateway, ScratchDir, TestApp, guest, shared_cache_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -93,4 +93,35 @@ async fn a_line_reaches_every_other_client_and_not_the_sender(lang: Lang) {
     assert_eq!(b.next_line().await, format!("{}: after c left\n", a.addr));
     b.say("still here").await;
     assert_eq!(a.next_line().await, format!("{}: still here\n", b.addr));
+}
+
+/// `sockgate run chat.wasm`, with no `--instances`: one instance, so one
+/// room for every client (with an instance per core, clients would land in
+/// different rooms).
+#[tokio::test]
+async fn sockgate_run_serves_one_room_to_every_client() {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sockgate"));
+    command
+        .arg("run")
+        .arg(guest("chat"))
+        .args(["--listen", "127.0.0.1:0", "--cache-dir"])
+        .arg(shared_cache_dir());
+    let gateway = Gateway::spawn(command, ScratchDir::new("run-chat"));
+    let addr = gateway.addr("chat");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(Client::join(addr).await);
+    }
+    for speaker in 0..clients.len() {
+        let text = format!("line {speaker}");
+        clients[speaker].say(&text).await;
+        let expected = format!("{}: {text}\n", clients[speaker].addr);
+        for listener in (0..clients.len()).filter(|&i| i != speaker) {
+            assert_eq!(
+                clients[listener].next_line().await,
+                expected,
+                "client {listener} missed client {speaker}'s line"
+            );
+        }
+    }
 }

@@ -90,9 +90,8 @@ async fn a_spinning_guest_is_stopped_within_its_budget_while_another_app_keeps_a
          during the attack {during_max:?} over {} round trips",
         during.len()
     );
-    // Fuel bounds the slice at ~50 ms of CPU, the epoch backstop at ~110 ms
-    // of wall time; allow for a loaded CI machine, but not for a guest that
-    // was never stopped.
+    // 50 ms of CPU time; allow for a loaded CI machine, but not for a
+    // guest that was never stopped.
     assert!(
         time_to_kill < Duration::from_secs(2),
         "killed after {time_to_kill:?}"
@@ -101,8 +100,10 @@ async fn a_spinning_guest_is_stopped_within_its_budget_while_another_app_keeps_a
         !during.is_empty(),
         "the bystander made no progress during the attack"
     );
+    // The spinner yields its thread every millisecond or two (it used to
+    // hold it, and the bystander, until it was stopped).
     assert!(
-        during_max < *idle_max + Duration::from_millis(500),
+        during_max < *idle_max + Duration::from_millis(100),
         "the bystander stalled for {during_max:?} during the attack (idle max {idle_max:?})"
     );
     assert!(
@@ -118,12 +119,15 @@ async fn a_spinning_guest_is_stopped_within_its_budget_while_another_app_keeps_a
     assert_eq!(ask(&mut next, "back").await, "back");
 }
 
+/// With a CPU budget larger than the wall-clock budget, the wall clock
+/// stops a guest first: it bounds the time an activation holds its
+/// instance, whatever it spends it on.
 #[tokio::test]
 async fn a_guest_spinning_on_an_import_is_stopped_by_the_wall_clock_budget() {
     let gateway = Gateway::start(&[TestApp {
         name: "spinner",
         guest: "hostile",
-        extra: "instances = 1\n[app.limits]\nwall_budget_ms = 200",
+        extra: "instances = 1\n[app.limits]\ncpu_budget_ms = 60000\nwall_budget_ms = 200",
     }]);
     let mut attacker = TcpStream::connect(gateway.addr("spinner")).await.unwrap();
     assert_eq!(ask(&mut attacker, "hello").await, "hello");

@@ -107,18 +107,31 @@ async fn cpu_and_wall_clock_budgets_end_only_the_spinning_connection() {
     let mut others = bystanders(addr, 3).await;
     let stderr = &gateway.stderr;
 
-    // Computing without calling the host: fuel runs out.
-    let mut spinner = TcpStream::connect(addr).await.unwrap();
-    spinner.write_all(b"spin\n").await.unwrap();
-    assert!(closed_by_gateway(&mut spinner).await, "spin not stopped");
-    assert!(
-        stderr.wait_for(TIMEOUT, |t| t.contains("trapped its instance (cpu-budget)")),
-        "no cpu-budget event:\n{}",
-        stderr.text()
-    );
+    // Computing without waiting for I/O, with or without calling cheap
+    // imports (the clock): the CPU budget ends it.
+    for (round, spin) in ["spin\n", "spin-clock\n"].into_iter().enumerate() {
+        let mut spinner = TcpStream::connect(addr).await.unwrap();
+        spinner.write_all(spin.as_bytes()).await.unwrap();
+        assert!(closed_by_gateway(&mut spinner).await, "{spin} not stopped");
+        assert!(
+            stderr.wait_for_count(TIMEOUT, "trapped its instance (cpu-budget)", round + 1),
+            "no cpu-budget event for {spin}:\n{}",
+            stderr.text()
+        );
+    }
+    // The bystanders sat waiting for I/O for longer than the budgets:
+    // waiting is not running, and they are still served.
+    still_served(&mut others, "the CPU budget's traps").await;
+}
 
-    // Calling a cheap import in a loop keeps refilling fuel, but never
-    // waits for I/O: the wall-clock budget ends it.
+/// With a CPU budget larger than the wall-clock budget, the wall clock
+/// ends a connection that never waits for I/O first.
+#[tokio::test]
+async fn the_wall_clock_budget_ends_a_connection_that_never_waits() {
+    let gateway = hostile_gateway("[app.limits]\ncpu_budget_ms = 60000\nwall_budget_ms = 300");
+    let addr = gateway.addr("hostile");
+    let mut others = bystanders(addr, 3).await;
+    let stderr = &gateway.stderr;
     let started = Instant::now();
     let mut clock_spinner = TcpStream::connect(addr).await.unwrap();
     clock_spinner.write_all(b"spin-clock\n").await.unwrap();
@@ -135,10 +148,7 @@ async fn cpu_and_wall_clock_budgets_end_only_the_spinning_connection() {
         "no wall-clock event:\n{}",
         stderr.text()
     );
-
-    // The bystanders sat waiting for I/O for longer than the wall-clock
-    // budget: waiting is not running, and they are still served.
-    still_served(&mut others, "the budgets' traps").await;
+    still_served(&mut others, "the wall-clock budget's trap").await;
 }
 
 #[tokio::test]

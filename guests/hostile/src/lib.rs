@@ -5,9 +5,9 @@
 //! - `close-write` — closes the guest's sending side (the client sees end of
 //!   stream) but keeps reading, logging `received after close-write: <line>`
 //!   for every further line.
-//! - `spin` — computes forever without yielding.
-//! - `spin-clock` — loops forever reading the clock (an import), never
-//!   waiting for I/O.
+//! - `spin`, `spin-float`, `spin-memory`, `spin-recurse`, `spin-clock` —
+//!   compute forever without handing control back, in one of several loop
+//!   shapes (see `spin.rs`; `spin-clock` calls the clock, an import).
 //! - `compute <n>` — runs `n` rounds of a hash and answers `computed <hash>`.
 //! - `alloc <step-kib>` — allocates (and touches) memory step by step until
 //!   the allocator is refused, answers `refused after <n> MiB`, and frees it.
@@ -41,6 +41,8 @@ wit_bindgen::generate!({
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+
+mod spin;
 
 use exports::sockgate::gateway::handler::Guest;
 use wasi::sockets::types::{
@@ -114,6 +116,11 @@ enum Reply {
 
 async fn run(command: &str, conn: u64, tx: &mut StreamWriter<u8>) -> Reply {
     let (verb, arg) = command.split_once(' ').unwrap_or((command, ""));
+    if let Some(shape) = spin::Shape::parse(verb) {
+        spin::forever(shape, || {
+            std::hint::black_box(wasi::clocks::monotonic_clock::now());
+        });
+    }
     match verb {
         "panic" => panic!("hostile guest asked to panic on connection {conn}"),
         "log" => {
@@ -122,15 +129,6 @@ async fn run(command: &str, conn: u64, tx: &mut StreamWriter<u8>) -> Reply {
             Reply::Echo
         }
         "close-write" => Reply::CloseWrite,
-        "spin" => {
-            let mut x = 0u64;
-            loop {
-                x = std::hint::black_box(x.wrapping_add(1));
-            }
-        }
-        "spin-clock" => loop {
-            std::hint::black_box(wasi::clocks::monotonic_clock::now());
-        },
         "compute" => Reply::Line(format!("computed {}", compute(arg.parse().unwrap_or(0)))),
         "alloc" => Reply::Line(alloc_until_refused(arg.parse().unwrap_or(1024))),
         "alloc-abort" => {

@@ -2,9 +2,9 @@
 //! connection) that misbehaves on request, for the gateway's tests. Each
 //! connection is a line echo until a line names a misdeed:
 //! - `panic` — the guest panics, which traps this connection's instance.
-//! - `spin` — computes forever without calling the host.
-//! - `spin-clock` — loops forever reading the clock (an import), never
-//!   waiting for I/O.
+//! - `spin`, `spin-float`, `spin-memory`, `spin-recurse`, `spin-clock` —
+//!   compute forever without waiting for I/O, in one of several loop shapes
+//!   (the `hostile` guest's `spin.rs`; `spin-clock` calls the clock).
 //! - `alloc-abort` — allocates memory until the allocator is refused, the
 //!   Rust way: abort (trap).
 //! - `log <text>` — writes `<text>` to stdout, then goes on echoing.
@@ -20,6 +20,9 @@ wit_bindgen::generate!({
     world: "sockgate:gateway/conn-handler-sync",
     generate_all,
 });
+
+#[path = "../../hostile/src/spin.rs"]
+mod spin;
 
 use exports::sockgate::gateway::sync_handler::{ConnInfo, Guest};
 use sockgate::gateway::sync_types::Transport;
@@ -54,12 +57,13 @@ fn serve(info: &ConnInfo, rx: &InputStream, tx: OutputStream) -> Result<(), Stre
                 println!("received after close-write: {text}");
                 continue;
             };
+            if let Some(shape) = spin::Shape::parse(&text) {
+                spin::forever(shape, || {
+                    std::hint::black_box(wasi::clocks::monotonic_clock::now());
+                });
+            }
             match text.as_str() {
                 "panic" => panic!("asked to panic"),
-                "spin" => spin(),
-                "spin-clock" => loop {
-                    std::hint::black_box(wasi::clocks::monotonic_clock::now());
-                },
                 "info" => {
                     let transport = match info.transport {
                         Transport::Tcp => "tcp",
@@ -106,14 +110,6 @@ fn open_sockets(n: usize, kept: &mut Vec<TcpSocket>) -> String {
         }
     }
     format!("sockets: opened {opened}")
-}
-
-/// Computes forever.
-fn spin() -> ! {
-    let mut x = 1u64;
-    loop {
-        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-    }
 }
 
 fn show(addr: IpSocketAddress) -> String {

@@ -43,9 +43,9 @@ pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct DeploySettings {
     /// TCP address to serve on.
     pub listen: SocketAddr,
-    /// Instances (default: one per core).
+    /// Instances (default 1; a number or `"auto"`).
     #[serde(default)]
-    pub instances: Option<usize>,
+    pub instances: Option<crate::config::Instances>,
     /// Outbound rules.
     #[serde(default)]
     pub outbound: Vec<String>,

@@ -215,9 +215,13 @@ fn engine_config(supervision: Supervision) -> Config {
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    // CPU supervision (see `supervisor.rs`): fuel for the deterministic
-    // bound, epochs for the wall-clock backstop.
-    config.consume_fuel(supervision.fuel);
-    config.epoch_interruption(supervision.epoch);
+    // CPU supervision (see `supervisor.rs`): epoch checks in every loop
+    // and function, for time slices and the CPU and wall-clock budgets.
+    config.epoch_interruption(supervision.epoch());
+    // Trap backtraces name functions (from the name section) but are not
+    // symbolised from DWARF, whatever WASMTIME_BACKTRACE_DETAILS says:
+    // reading a large guest's debug information would take the serving
+    // thread of the trap for as long.
+    config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
     config
 }

@@ -26,7 +26,9 @@ use super::bindings::sockgate::gateway::types as wit;
 use super::host_state::HostState;
 use super::load::GuestPre;
 use super::pump::{ClientReader, ClientWriter, ConnGuard};
-use super::supervisor::{CpuBudget, Supervision, TrapCause, explain_trap, supervise};
+use super::slow_lane;
+use super::supervisor::{Supervision, TrapCause, explain_trap, supervise};
+use super::sync_streams::IoProgress;
 use crate::conn::{ByteReader, ByteWriter, ConnInfo};
 use crate::conns::{AppAccount, ConnTracker, ShardLoad};
 use crate::limits::AppLimits;
@@ -129,54 +131,95 @@ pub enum InstanceError {
 
 /// Creates instance `index` and serves connections from `rx` on it until
 /// the channel closes (`Ok`) or the instance traps. `active` counts the
-/// connections assigned to this shard.
+/// connections assigned to this shard. Returns `rx` for the next instance.
 pub async fn run_instance(
-    settings: &InstanceSettings,
+    settings: Arc<InstanceSettings>,
     index: u32,
-    rx: &mut mpsc::Receiver<Assigned>,
-    active: &ShardLoad,
-) -> Result<(), InstanceError> {
+    mut rx: mpsc::Receiver<Assigned>,
+    active: Arc<ShardLoad>,
+) -> (Result<(), InstanceError>, mpsc::Receiver<Assigned>) {
     let GuestPre::Shared(pre) = &settings.pre else {
-        return Err(InstanceError::Instantiate(wasmtime::format_err!(
+        let error = wasmtime::format_err!(
             "a conn-handler-sync component is served one instance per connection, not by \
              shared instances"
-        )));
+        );
+        return (Err(InstanceError::Instantiate(error)), rx);
     };
-    let state = HostState::new(settings, index);
+    let pre = pre.clone();
+    let state = HostState::new(&settings, index);
     let mut store = Store::new(pre.engine(), state);
     super::host_state::bound_store(&mut store, settings.limits.max_connections_per_instance);
-    supervise(
+    let progress = IoProgress::default();
+    let meter = supervise(
         &mut store,
         settings.supervision,
-        CpuBudget::new(&settings.limits),
-    )
-    .map_err(InstanceError::Instantiate)?;
-    let handler = pre
-        .instantiate_async(&mut store)
-        .await
-        .map_err(InstanceError::Instantiate)?;
-    settings.log.event(Some(index), EventKind::InstanceStarted);
-
-    let served = store
-        .run_concurrent(async |accessor| -> wasmtime::Result<()> {
-            WakeGate::new(serve_all(settings, index, rx, active, accessor, &handler)).await
-        })
-        .await;
-    match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) | Err(error) => {
-            let (cause, reason) =
-                explain_trap(&error, store.data().refused_memory(), &settings.limits);
-            Err(InstanceError::Trap {
-                cause,
-                reason,
-                // Read before the store (and so every connection) is
-                // dropped; connections still queued are not lost and not
-                // counted.
-                connections: active.active().saturating_sub(rx.len()),
-            })
+        &settings.limits,
+        progress.clone(),
+    );
+    // Everything the store's work needs moves into it: it may go on in the
+    // slow lane, on another thread.
+    let serving = {
+        let settings = settings.clone();
+        let active = active.clone();
+        async move {
+            let served = match pre.instantiate_async(&mut store).await {
+                Ok(handler) => {
+                    settings.log.event(Some(index), EventKind::InstanceStarted);
+                    Ok(store
+                        .run_concurrent(async |accessor| -> wasmtime::Result<()> {
+                            let all = serve_all(
+                                &settings, index, &mut rx, &active, accessor, &handler, &progress,
+                            );
+                            WakeGate::new(all).await
+                        })
+                        .await)
+                }
+                Err(error) => Err(error),
+            };
+            (store, rx, served)
         }
-    }
+    };
+    let (store, rx, served) = slow_lane::run(meter, serving).await;
+    let error = match served {
+        Ok(Ok(Ok(()))) => return (Ok(()), rx),
+        Err(error) => return (Err(InstanceError::Instantiate(error)), rx),
+        Ok(Ok(Err(error)) | Err(error)) => error,
+    };
+    let refused_memory = store.data().refused_memory();
+    // Read before the store (and so every connection) is dropped;
+    // connections still queued are not lost and not counted.
+    let connections = active.active().saturating_sub(rx.len());
+    let (cause, reason) = dispose_after_trap(store, error, refused_memory, &settings.limits).await;
+    let trapped = InstanceError::Trap {
+        cause,
+        reason,
+        connections,
+    };
+    (Err(trapped), rx)
+}
+
+/// What a trapped store leaves to do, off the threads that serve
+/// connections: dropping the store (unmapping its memories, closing the
+/// connections it served) and explaining the trap (formatting, and
+/// demangling, a backtrace that may be thousands of frames deep).
+pub async fn dispose_after_trap<T: Send + 'static>(
+    store: Store<T>,
+    error: wasmtime::Error,
+    refused_memory: Option<usize>,
+    limits: &AppLimits,
+) -> (TrapCause, String) {
+    let limits = limits.clone();
+    tokio::task::spawn_blocking(move || {
+        drop(store);
+        explain_trap(&error, refused_memory, &limits)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        (
+            TrapCause::Guest,
+            "the instance trapped; explaining why failed (see the gateway's log)".to_owned(),
+        )
+    })
 }
 
 /// The instance's own work inside its event loop: starts a `handle` call
@@ -188,13 +231,14 @@ async fn serve_all(
     active: &ShardLoad,
     accessor: &Accessor<HostState>,
     handler: &ConnHandler,
+    progress: &IoProgress,
 ) -> wasmtime::Result<()> {
     let mut calls = FuturesUnordered::new();
     loop {
         tokio::select! {
             Some(result) = calls.next() => result?,
             assigned = rx.recv() => match assigned {
-                Some(assigned) => calls.push(serve(accessor, handler, assigned)),
+                Some(assigned) => calls.push(serve(accessor, handler, assigned, progress)),
                 None => break,
             },
         }
@@ -296,6 +340,7 @@ async fn serve(
     accessor: &Accessor<HostState>,
     handler: &ConnHandler,
     assigned: Assigned,
+    progress: &IoProgress,
 ) -> wasmtime::Result<()> {
     let Assigned {
         info,
@@ -304,13 +349,13 @@ async fn serve(
         guard,
     } = assigned;
     let id = info.id;
-    let reader = ClientReader::new(reader, guard.clone());
+    let reader = ClientReader::new(reader, guard.clone(), progress.clone());
     let rx = accessor.with(|mut store| StreamReader::new(&mut store, reader))?;
     let tx = handler
         .sockgate_gateway_handler()
         .call_handle(accessor, id, rx)
         .await?;
-    let writer = ClientWriter::new(writer, guard);
+    let writer = ClientWriter::new(writer, guard, progress.clone());
     accessor.with(|mut store| tx.pipe(&mut store, writer))?;
     Ok(())
 }

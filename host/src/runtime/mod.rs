@@ -12,7 +12,13 @@
 //! - [`host_state`]: what each store holds (WASI context, guest output).
 //! - [`pump`]: moving bytes between a client connection and guest streams.
 //! - [`instance`]: one instance's task, serving the connections sent to it.
-//! - [`supervisor`]: CPU (fuel, epoch) and memory limits, trap explanations.
+//! - [`supervisor`]: time slices, CPU and wall-clock budgets (the epoch
+//!   ticker), memory limits.
+//! - [`budget`]: the budgets' policy, a plain struct driven by samples.
+//! - [`ticker`]: the epoch ticker thread and the coarse clock.
+//! - [`slow_lane`]: the low-priority threads where guests that compute for
+//!   more than a time slice go on.
+//! - [`trap`]: why an instance trapped, explained in the app's terms.
 //! - [`name_lookup`]: name lookups checked against the outbound policy.
 //! - [`guest_sockets`]: outbound sockets counted against the app's and the
 //!   gateway's budgets.
@@ -49,6 +55,7 @@ macro_rules! wit_conn_info {
 }
 
 pub mod bindings;
+pub mod budget;
 pub mod cache;
 pub mod engine;
 pub mod guest_sockets;
@@ -59,8 +66,11 @@ pub mod load;
 pub mod name_lookup;
 pub mod per_connection;
 pub mod pump;
+pub mod slow_lane;
 pub mod supervisor;
 pub mod sync_bindings;
 pub mod sync_streams;
+pub mod ticker;
+pub mod trap;
 
 pub use engine::Runtime;

@@ -9,6 +9,7 @@
 //! connection, is recorded as an app event with its cause, and touches
 //! nothing else.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -17,10 +18,11 @@ use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 
 use super::host_state::HostState;
-use super::instance::{Assigned, InstanceSettings};
-use super::supervisor::{Activation, CpuBudget, explain_trap, supervise_activations};
+use super::instance::{Assigned, InstanceSettings, dispose_after_trap};
+use super::slow_lane;
+use super::supervisor::{Activation, Meter, supervise_activations};
+use super::sync_bindings::ConnHandlerSyncPre;
 use super::sync_bindings::sockgate::gateway::sync_types as wit;
-use super::sync_bindings::{ConnHandlerSync, ConnHandlerSyncPre};
 use super::sync_streams::{ConnInput, ConnOutput, IoProgress};
 use crate::conn::ConnInfo;
 use crate::logs::EventKind;
@@ -48,8 +50,8 @@ pub enum Outcome {
 /// deadline passes after it. Records instantiation failures and traps in
 /// the app's events and counters.
 pub async fn serve_connection(
-    settings: &InstanceSettings,
-    pre: &ConnHandlerSyncPre<HostState>,
+    settings: Arc<InstanceSettings>,
+    pre: ConnHandlerSyncPre<HostState>,
     assigned: Assigned,
     draining: impl Future<Output = ()>,
 ) -> Outcome {
@@ -57,7 +59,7 @@ pub async fn serve_connection(
     let peer = assigned.info.peer;
     let guard = assigned.guard.clone();
     let log = &settings.log;
-    let served = serve(settings, pre, assigned);
+    let served = serve(&settings, pre, assigned);
     let deadline = async {
         draining.await;
         tokio::time::sleep(settings.drain).await;
@@ -119,8 +121,8 @@ enum Failure {
 }
 
 async fn serve(
-    settings: &InstanceSettings,
-    pre: &ConnHandlerSyncPre<HostState>,
+    settings: &Arc<InstanceSettings>,
+    pre: ConnHandlerSyncPre<HostState>,
     assigned: Assigned,
 ) -> Result<(), Failure> {
     let Assigned {
@@ -130,64 +132,79 @@ async fn serve(
         guard,
     } = assigned;
     let progress = IoProgress::default();
-    let waited = progress.clone();
-    let (mut store, handler) = instantiate(settings, pre, progress.clone())
-        .await
-        .map_err(Failure::Instantiate)?;
-    let table = store.data_mut().ctx().table;
-    let rx: DynInputStream = Box::new(ConnInput::new(reader, guard.clone(), progress.clone()));
-    let tx: DynOutputStream = Box::new(ConnOutput::new(writer, guard, progress));
-    let (rx, tx) = match (table.push(rx), table.push(tx)) {
-        (Ok(rx), Ok(tx)) => (rx, tx),
-        (Err(err), _) | (_, Err(err)) => return Err(Failure::Instantiate(err.into())),
+    let (mut store, meter) = supervised_store(settings, &pre, progress.clone());
+    // Everything the store's work needs moves into it: it may go on in the
+    // slow lane, on another thread.
+    let serving = {
+        let meter = meter.clone();
+        async move {
+            let handler = match pre.instantiate_async(&mut store).await {
+                Ok(handler) => handler,
+                Err(error) => return (store, Err(Failure::Instantiate(error))),
+            };
+            let table = store.data_mut().ctx().table;
+            let rx: DynInputStream =
+                Box::new(ConnInput::new(reader, guard.clone(), progress.clone()));
+            let tx: DynOutputStream = Box::new(ConnOutput::new(writer, guard, progress.clone()));
+            let (rx, tx) = match (table.push(rx), table.push(tx)) {
+                (Ok(rx), Ok(tx)) => (rx, tx),
+                (Err(err), _) | (_, Err(err)) => {
+                    return (store, Err(Failure::Instantiate(err.into())));
+                }
+            };
+            let info = wit_info(&info);
+            let result = {
+                let call = handler
+                    .sockgate_gateway_sync_handler()
+                    .call_handle(&mut store, &info, rx, tx);
+                let mut call = std::pin::pin!(call);
+                // The call returning `Pending` means the guest's fiber is
+                // suspended in an import: it waits for I/O (see
+                // `Activation::HostWait`) — unless it only yielded its time
+                // slice, which the epoch callback does from an import too.
+                std::future::poll_fn(|cx| {
+                    let polled = call.as_mut().poll(cx);
+                    if polled.is_pending() && !meter.yielding() {
+                        progress.store(true, Ordering::Relaxed);
+                    }
+                    polled
+                })
+                .await
+            };
+            (store, Ok(result))
+        }
     };
-    let info = wit_info(&info);
-    let result = {
-        let call = handler
-            .sockgate_gateway_sync_handler()
-            .call_handle(&mut store, &info, rx, tx);
-        let mut call = std::pin::pin!(call);
-        // The call returning `Pending` means the guest's fiber is suspended
-        // in an import: it waits for I/O (see `Activation::HostWait`).
-        std::future::poll_fn(|cx| {
-            let polled = call.as_mut().poll(cx);
-            if polled.is_pending() {
-                waited.store(true, Ordering::Relaxed);
-            }
-            polled
-        })
-        .await
-    };
-    match result {
+    let (store, result) = slow_lane::run(meter, serving).await;
+    match result? {
         // Dropping the store (here) drops the streams the guest still
         // holds: the writer task sends what is queued and shuts down.
         Ok(()) => Ok(()),
         Err(error) => {
+            let refused_memory = store.data().refused_memory();
             let (cause, reason) =
-                explain_trap(&error, store.data().refused_memory(), &settings.limits);
+                dispose_after_trap(store, error, refused_memory, &settings.limits).await;
             Err(Failure::Trap { cause, reason })
         }
     }
 }
 
-/// A supervised store with a fresh instance of `pre` in it.
-async fn instantiate(
+/// A store for one instance of `pre`, supervised as a connection's is.
+fn supervised_store(
     settings: &InstanceSettings,
     pre: &ConnHandlerSyncPre<HostState>,
     progress: IoProgress,
-) -> wasmtime::Result<(Store<HostState>, ConnHandlerSync)> {
+) -> (Store<HostState>, Arc<Meter>) {
     let state = HostState::new(settings, PER_CONNECTION_INSTANCE);
     let mut store = Store::new(pre.engine(), state);
     // One connection per store.
     super::host_state::bound_store(&mut store, 1);
-    supervise_activations(
+    let meter = supervise_activations(
         &mut store,
         settings.supervision,
-        CpuBudget::new(&settings.limits),
+        &settings.limits,
         Activation::HostWait(progress),
-    )?;
-    let handler = pre.instantiate_async(&mut store).await?;
-    Ok((store, handler))
+    );
+    (store, meter)
 }
 
 /// Creates one instance of `pre` in a supervised store, as a connection
@@ -199,7 +216,12 @@ pub async fn instantiate_once(
     pre: &ConnHandlerSyncPre<HostState>,
 ) -> wasmtime::Result<Duration> {
     let started = Instant::now();
-    let (store, _handler) = instantiate(settings, pre, IoProgress::default()).await?;
+    let (mut store, meter) = supervised_store(settings, pre, IoProgress::default());
+    let pre = pre.clone();
+    let store = slow_lane::run(meter, async move {
+        pre.instantiate_async(&mut store).await.map(|_| store)
+    })
+    .await?;
     // Destroying the instance is part of a connection's cost: its pool
     // slots are returned here.
     drop(store);

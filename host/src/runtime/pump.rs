@@ -9,6 +9,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::io::{AsyncWriteExt, ReadBuf};
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Destination, Source, StreamConsumer, StreamProducer, StreamResult};
 
+use super::sync_streams::IoProgress;
 use crate::conn::{ByteReader, ByteWriter};
 use crate::conns::ActiveConn;
 
@@ -38,12 +40,20 @@ pub type ConnGuard = Arc<ActiveConn>;
 pub struct ClientReader {
     io: ByteReader,
     guard: ConnGuard,
+    /// Set when bytes reach the guest: I/O renews its CPU budget
+    /// ([`super::supervisor::Activation::EventLoop`]).
+    progress: IoProgress,
 }
 
 impl ClientReader {
-    /// Reads from `io` on behalf of the guest.
-    pub fn new(io: ByteReader, guard: ConnGuard) -> Self {
-        Self { io, guard }
+    /// Reads from `io` on behalf of the guest, setting `progress` whenever
+    /// bytes move.
+    pub fn new(io: ByteReader, guard: ConnGuard, progress: IoProgress) -> Self {
+        Self {
+            io,
+            guard,
+            progress,
+        }
     }
 }
 
@@ -91,6 +101,7 @@ impl<D> StreamProducer<D> for ClientReader {
             Poll::Ready(Ok(0)) => StreamResult::Dropped,
             Poll::Ready(Ok(n)) => {
                 self.guard.received(n);
+                self.progress.store(true, Ordering::Relaxed);
                 StreamResult::Completed
             }
             Poll::Ready(Err(err)) => {
@@ -111,15 +122,19 @@ pub struct ClientWriter {
     /// A write went out but its flush did not finish yet.
     flushing: bool,
     guard: ConnGuard,
+    /// Set when the client takes the guest's bytes (see [`ClientReader`]).
+    progress: IoProgress,
 }
 
 impl ClientWriter {
-    /// Writes the guest's bytes to `io`.
-    pub fn new(io: ByteWriter, guard: ConnGuard) -> Self {
+    /// Writes the guest's bytes to `io`, setting `progress` whenever bytes
+    /// move.
+    pub fn new(io: ByteWriter, guard: ConnGuard, progress: IoProgress) -> Self {
         Self {
             io: Some(io),
             flushing: false,
             guard,
+            progress,
         }
     }
 }
@@ -159,6 +174,7 @@ impl<D> StreamConsumer<D> for ClientWriter {
             Poll::Ready(Ok(n)) => {
                 src.mark_read(n);
                 this.guard.sent(n);
+                this.progress.store(true, Ordering::Relaxed);
                 match io.as_mut().poll_flush(cx) {
                     Poll::Ready(Ok(())) => Poll::Ready(Ok(StreamResult::Completed)),
                     Poll::Ready(Err(err)) => Poll::Ready(Ok(this.fail(err))),

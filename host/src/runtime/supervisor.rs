@@ -1,207 +1,304 @@
 //! CPU and memory supervision of guests.
 //!
-//! One thread for the whole process ticks the engine's epoch (and a coarse
-//! clock the connection sweeper reads) — no timer per call. Two budgets
-//! bound every stretch of guest execution, so a guest that keeps doing I/O
-//! runs for as long as it likes while a guest that computes without end
-//! traps:
+//! One thread for the whole process ticks the engines' epoch every
+//! [`EPOCH_TICK`] while guests run ([`super::ticker`]) — no timer per
+//! call. Every guest running when a tick comes calls back into the
+//! supervisor, which:
 //!
-//! - **Fuel** (deterministic: the same code traps at the same point) bounds
-//!   the computation between two contacts with the host. It is refilled
-//!   whenever the guest enters wasm from the host: a new call, an event
-//!   for its event loop, and the return of every import it calls (stream
-//!   reads and writes that complete at once are imports, and are the I/O of
-//!   a busy connection).
-//! - **The epoch deadline** (wall clock) bounds one *activation*: the time
-//!   between the gateway's event loop handing control to the guest and the
-//!   guest handing it back. It is refilled only by the event loop, so a
-//!   guest that spins while calling cheap imports (which keep refilling its
-//!   fuel) still traps, after `limits.wall_budget_ms`.
+//! - **shares the threads**: a guest that has held its thread for a full
+//!   tick yields (an async yield of its fiber), and goes on in the slow
+//!   lane ([`super::slow_lane`]): threads of lower OS priority, so the
+//!   tokio workers stay free for every app's connections and the I/O
+//!   driver, and anything that needs a core gets it before the guest;
+//! - **enforces the budgets** of the activation in progress
+//!   ([`super::budget`]): `limits.cpu_budget_ms` of the thread's CPU time
+//!   (sampled from `CLOCK_THREAD_CPUTIME_ID`, whatever the shape of the
+//!   guest's loop, imports included) and `limits.wall_budget_ms` of wall
+//!   time. A guest that spends one traps, with [`Exceeded`] as the cause.
 //!
-//! Memory is bounded by a store limiter.
+//! A budget is per activation — from the gateway handing control to the
+//! guest to the guest handing it back — so a guest that keeps doing I/O
+//! runs for as long as it likes, while one that computes without end
+//! traps. An epoch yield alone would not do: a guest yielding with its
+//! store held keeps every other connection of its instance waiting, so a
+//! spinning guest must end in a trap.
+//!
+//! Memory is bounded by a store limiter ([`GuestLimiter`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-use wasmtime::{CallHook, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{CallHook, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
+use super::budget::{Accounting, Budget, Verdict};
 use super::host_state::HostState;
+use super::ticker;
 use crate::limits::AppLimits;
 use crate::logs::{AppLog, EventKind};
 
-/// How often the epoch advances; the granularity of the wall-clock
-/// backstop and of the coarse clock.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub use super::budget::Exceeded;
+pub use super::trap::{TrapCause, explain_trap};
 
-/// Fuel per millisecond of CPU budget. Fuel counts wasm operators, so the
-/// rate depends on the code: ALU-bound guest code (the `compute` request
-/// of `benches/supervision.rs`, ~28 operators per round) runs about 14 M
-/// operators per ms on this machine kind, memory- and call-heavy code
-/// fewer. 10 M per ms makes the budget a slightly generous bound in CPU
-/// time for ordinary code; the epoch backstop bounds wall time whatever
-/// the code.
-pub const FUEL_PER_MS: u64 = 10_000_000;
+pub use super::ticker::{EPOCH_TICK, coarse_now_ms, start_ticker};
 
-/// Milliseconds since the process started, advanced by the ticker; cheap
-/// to read on every transfer (a relaxed load).
-static COARSE_NOW_MS: AtomicU64 = AtomicU64::new(0);
-
-/// The coarse clock: milliseconds since the supervisor started, at
-/// [`EPOCH_TICK`] resolution.
-pub fn coarse_now_ms() -> u64 {
-    COARSE_NOW_MS.load(Ordering::Relaxed)
+/// Whether guests are supervised. Always in the gateway; only the
+/// benchmarks that measure what supervision costs turn it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Supervision {
+    /// Epoch interruption on: time slices and the CPU and wall-clock
+    /// budgets.
+    #[default]
+    On,
+    /// No epoch checks in the compiled code: a spinning guest is never
+    /// stopped.
+    Off,
 }
 
-/// Engines whose epoch the ticker advances. Usually one per process; the
-/// supervision benchmark builds several.
-static TICKED_ENGINES: Mutex<Vec<Engine>> = Mutex::new(Vec::new());
-
-/// Makes the process's ticker thread (started on first use) advance
-/// `engine`'s epoch.
-pub fn start_ticker(engine: &Engine) {
-    static STARTED: OnceLock<()> = OnceLock::new();
-    TICKED_ENGINES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push(engine.clone());
-    STARTED.get_or_init(|| {
-        let started = Instant::now();
-        std::thread::Builder::new()
-            .name("sockgate-epoch".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(EPOCH_TICK);
-                    for engine in TICKED_ENGINES
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .iter()
-                    {
-                        engine.increment_epoch();
-                    }
-                    let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    COARSE_NOW_MS.store(now, Ordering::Relaxed);
-                }
-            })
-            .expect("cannot start the epoch ticker thread");
-    });
-}
-
-/// Which CPU bounds the engine enforces. Both are on in production: fuel
-/// for the deterministic bound, the epoch as the wall-clock backstop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Supervision {
-    /// Count fuel (`Config::consume_fuel`).
-    pub fuel: bool,
-    /// Check epoch deadlines (`Config::epoch_interruption`).
-    pub epoch: bool,
-}
-
-impl Default for Supervision {
-    fn default() -> Self {
-        Self {
-            fuel: true,
-            epoch: true,
-        }
+impl Supervision {
+    /// Whether the engine checks epoch deadlines.
+    pub fn epoch(self) -> bool {
+        self == Supervision::On
     }
 }
 
-/// The CPU budgets of guest execution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuBudget {
-    /// Fuel between two contacts with the host.
-    pub fuel: u64,
-    /// Epoch ticks per activation (plus one, so a deadline set just before
-    /// a tick still allows the full budget).
-    pub epoch_ticks: u64,
-}
-
-impl CpuBudget {
-    /// The budgets of an app's limits.
-    pub fn new(limits: &AppLimits) -> Self {
-        let tick = EPOCH_TICK.as_millis() as u64;
-        Self {
-            fuel: limits.cpu_budget_ms.saturating_mul(FUEL_PER_MS),
-            epoch_ticks: limits.wall_budget_ms.div_ceil(tick) + 1,
-        }
-    }
-}
-
-/// What ends an *activation* (and so refills the epoch deadline): how a
-/// guest hands control back to the gateway.
+/// What ends an *activation* (and so renews the budgets): how a guest
+/// hands control back to the gateway.
 #[derive(Clone)]
 pub enum Activation {
     /// The `conn-handler` world: the guest's event loop returns to the
-    /// gateway's (`run_concurrent`); only entries into wasm refill it.
-    EventLoop,
+    /// gateway's (`run_concurrent`), and every entry into wasm starts one.
+    /// So does I/O inside one entry: a guest's stream reads and writes can
+    /// complete without leaving wasm (the host end is ready, and on TLS the
+    /// encryption runs on this thread), so a busy echo loop may stay in one
+    /// entry for as long as its clients send. The flag is set whenever a
+    /// connection of the instance moved bytes; the epoch callback clears it
+    /// and renews the budgets (the time slices go on: the guest still
+    /// yields its thread every tick). A guest that computes without moving
+    /// bytes never sets it.
+    EventLoop(super::sync_streams::IoProgress),
     /// The `conn-handler-sync` world: a guest waits for I/O inside a
     /// blocking import (`blocking-read`, `poll`), so the return of an import
-    /// during which the guest waited also refills it. The flag says so: set
-    /// when the call's future returned `Pending` to the event loop (the
-    /// guest's fiber was suspended: a real wait) or the connection's streams
+    /// during which the guest waited also starts one. The flag says so: set
+    /// when the call's future returned `Pending` to the executor (the
+    /// guest's fiber was suspended in an import: a real wait, unless it was
+    /// only yielding its time slice, [`Meter::yielding`]) or the connection's streams
     /// moved bytes (a busy connection, whose reads and writes complete at
     /// once, is doing I/O); the call hook clears it. A guest spinning on
     /// imports that return at once (a non-blocking read with nothing to
-    /// read, the clock) never sets it, and traps after
-    /// `limits.wall_budget_ms`.
+    /// read, the clock) never sets it, and traps at its CPU budget.
     HostWait(super::sync_streams::IoProgress),
 }
 
-/// Applies the CPU budget (as far as `supervision` enables it) and the
-/// memory limits to a fresh store of the `conn-handler` world.
+/// One store's supervision state, shared by its call hook, its epoch
+/// callback and the task that polls it ([`super::slow_lane::run`]): the
+/// [`Accounting`] of the activation in progress, in atomics (only the
+/// thread running the store touches them, one at a time), and whether the
+/// guest is yielding its time slice.
+pub struct Meter {
+    /// [`Accounting::baseline_ns`], [`NO_BASELINE`] for `None`.
+    baseline_ns: AtomicU64,
+    used_ns: AtomicU64,
+    started_ms: AtomicU64,
+    slice_ticks: AtomicU32,
+    /// Set while the guest waits in [`Meter::next_slice`].
+    yielding: AtomicBool,
+}
+
+/// [`Meter::baseline_ns`] when there is no baseline.
+const NO_BASELINE: u64 = u64::MAX;
+
+impl Meter {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            baseline_ns: AtomicU64::new(NO_BASELINE),
+            used_ns: AtomicU64::new(0),
+            started_ms: AtomicU64::new(coarse_now_ms()),
+            slice_ticks: AtomicU32::new(0),
+            yielding: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the guest is yielding its time slice: a store's task that
+    /// returned `Pending` for this reason is not waiting for anything but
+    /// its next slice (nor, in the `conn-handler-sync` world, for I/O: see
+    /// [`Activation::HostWait`]).
+    pub fn yielding(&self) -> bool {
+        self.yielding.load(Ordering::Relaxed)
+    }
+
+    /// The store's task is polled: it has a thread from now on, which may
+    /// have run anything since ([`Accounting::polled`]).
+    pub fn polled(&self) {
+        self.baseline_ns.store(NO_BASELINE, Ordering::Relaxed);
+        self.slice_ticks.store(0, Ordering::Relaxed);
+    }
+
+    /// [`Accounting::start_activation`]: on the path of every message, so
+    /// a few relaxed stores and no clock read.
+    fn start_activation(&self) {
+        ticker::guest_active();
+        self.used_ns.store(0, Ordering::Relaxed);
+        self.started_ms.store(coarse_now_ms(), Ordering::Relaxed);
+        self.baseline_ns.store(NO_BASELINE, Ordering::Relaxed);
+        self.slice_ticks.store(0, Ordering::Relaxed);
+    }
+
+    /// The guest did I/O inside its activation ([`Activation::EventLoop`]):
+    /// its budgets start over from here, its time slice goes on.
+    fn renew_budgets(&self) {
+        let mut accounting = self.load();
+        accounting.renew_budgets(coarse_now_ms());
+        self.save(&accounting);
+    }
+
+    fn load(&self) -> Accounting {
+        let baseline = self.baseline_ns.load(Ordering::Relaxed);
+        Accounting {
+            baseline_ns: (baseline != NO_BASELINE).then_some(baseline),
+            used_ns: self.used_ns.load(Ordering::Relaxed),
+            started_ms: self.started_ms.load(Ordering::Relaxed),
+            slice_ticks: self.slice_ticks.load(Ordering::Relaxed),
+        }
+    }
+
+    fn save(&self, accounting: &Accounting) {
+        self.baseline_ns.store(
+            accounting.baseline_ns.unwrap_or(NO_BASELINE),
+            Ordering::Relaxed,
+        );
+        self.used_ns.store(accounting.used_ns, Ordering::Relaxed);
+        self.started_ms
+            .store(accounting.started_ms, Ordering::Relaxed);
+        self.slice_ticks
+            .store(accounting.slice_ticks, Ordering::Relaxed);
+    }
+
+    /// The epoch callback: samples the clocks and carries out the verdict.
+    fn tick(self: &Arc<Self>, budget: Budget) -> wasmtime::Result<UpdateDeadline> {
+        ticker::guest_active();
+        let mut accounting = self.load();
+        let verdict = accounting.tick(thread_cpu_ns(), coarse_now_ms(), budget);
+        self.save(&accounting);
+        match verdict {
+            Verdict::Continue => Ok(UpdateDeadline::Continue(1)),
+            Verdict::Yield => {
+                self.yielding.store(true, Ordering::Relaxed);
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(self.clone().next_slice()),
+                ))
+            }
+            Verdict::Exceeded(exceeded) => Err(exceeded.into()),
+        }
+    }
+
+    /// What a yielding guest waits for: its task to be polled again —
+    /// by the slow lane ([`super::slow_lane`]), which takes it from here
+    /// on, or, without one, by the tokio worker after its other tasks. The
+    /// guest resumes on whichever thread polls it, counted from there.
+    async fn next_slice(self: Arc<Self>) {
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            if yielded {
+                return std::task::Poll::Ready(());
+            }
+            yielded = true;
+            if !super::slow_lane::on_slow_lane() {
+                cx.waker().wake_by_ref();
+            }
+            std::task::Poll::Pending
+        })
+        .await;
+        let mut accounting = self.load();
+        accounting.resumed(thread_cpu_ns());
+        self.save(&accounting);
+        self.yielding.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), in
+/// nanoseconds: a system call, so read only on epoch ticks and when a
+/// yielded guest resumes. Falls back to the monotonic clock (counting
+/// wall time, so budgets are met early rather than never) where the
+/// thread clock is not available.
+pub fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given, nothing else.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if read == 0 {
+        let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+        let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+        return secs.saturating_mul(1_000_000_000).saturating_add(nanos);
+    }
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Applies the budgets of `limits` (as far as `supervision` enables them)
+/// and the memory limits to a fresh store of the `conn-handler` world.
+/// The store's task must run in [`super::slow_lane::run`] with the
+/// returned meter.
+/// `progress` is set by the instance's connections whenever they move
+/// bytes ([`Activation::EventLoop`]).
 pub fn supervise(
     store: &mut Store<HostState>,
     supervision: Supervision,
-    budget: CpuBudget,
-) -> wasmtime::Result<()> {
-    supervise_activations(store, supervision, budget, Activation::EventLoop)
+    limits: &AppLimits,
+    progress: super::sync_streams::IoProgress,
+) -> Arc<Meter> {
+    supervise_activations(store, supervision, limits, Activation::EventLoop(progress))
 }
 
 /// Like [`supervise`], with the activation rule of the store's world.
 pub fn supervise_activations(
     store: &mut Store<HostState>,
     supervision: Supervision,
-    budget: CpuBudget,
+    limits: &AppLimits,
     activation: Activation,
-) -> wasmtime::Result<()> {
+) -> Arc<Meter> {
     store.limiter(|state| state.limiter());
-    if supervision.fuel {
-        store.set_fuel(budget.fuel)?;
+    let meter = Meter::new();
+    if !supervision.epoch() {
+        return meter;
     }
-    if supervision.epoch {
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(budget.epoch_ticks);
-    }
-    if supervision.fuel || supervision.epoch {
-        store.call_hook(move |mut store, hook| {
-            if let Activation::HostWait(progress) = &activation
-                && supervision.epoch
-                && matches!(hook, CallHook::ReturningFromHost)
-                && progress.swap(false, Ordering::Relaxed)
-            {
-                store.set_epoch_deadline(budget.epoch_ticks);
-            }
-            match hook {
-                // The event loop (or a new call) enters the guest: a new
-                // activation.
-                CallHook::CallingWasm => {
-                    if supervision.fuel {
-                        store.set_fuel(budget.fuel)?;
-                    }
-                    if supervision.epoch {
-                        store.set_epoch_deadline(budget.epoch_ticks);
-                    }
-                }
-                // An import returns: new fuel, same activation.
-                CallHook::ReturningFromHost if supervision.fuel => {
-                    store.set_fuel(budget.fuel)?;
-                }
-                _ => {}
-            }
-            Ok(())
-        });
-    }
-    Ok(())
+    let budget = Budget::new(limits);
+    store.set_epoch_deadline(1);
+    let ticked = meter.clone();
+    let moved_bytes = match &activation {
+        Activation::EventLoop(progress) => Some(progress.clone()),
+        Activation::HostWait(_) => None,
+    };
+    store.epoch_deadline_callback(move |_store| {
+        if let Some(progress) = &moved_bytes
+            && progress.swap(false, Ordering::Relaxed)
+        {
+            ticked.renew_budgets();
+        }
+        ticked.tick(budget)
+    });
+    let hooked = meter.clone();
+    store.call_hook(move |mut store, hook| {
+        let starts = match hook {
+            // The event loop (or a new call) enters the guest.
+            CallHook::CallingWasm => true,
+            // An import returns after the guest waited for it.
+            CallHook::ReturningFromHost => match &activation {
+                Activation::HostWait(progress) => progress.swap(false, Ordering::Relaxed),
+                Activation::EventLoop(_) => false,
+            },
+            _ => false,
+        };
+        if starts {
+            hooked.start_activation();
+            store.set_epoch_deadline(1);
+        }
+        Ok(())
+    });
+    meter
 }
 
 /// Bounds one instance's memories and tables, and remembers refusals so a
@@ -288,108 +385,5 @@ impl ResourceLimiter for GuestLimiter {
 
     fn memories(&self) -> usize {
         self.limits.memories()
-    }
-}
-
-/// Why an instance trapped, in the categories operators and metrics use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrapCause {
-    /// The guest used up its CPU budget for one slice (fuel).
-    CpuBudget,
-    /// The guest ran past the wall-clock backstop (epoch deadline).
-    WallClock,
-    /// A memory growth was refused at the limit before the trap.
-    Memory,
-    /// Anything else: a guest panic, an out-of-bounds access, a bug.
-    Guest,
-}
-
-impl TrapCause {
-    /// Every cause, in the order of [`crate::conns::AppCounters::traps`].
-    pub const ALL: [TrapCause; 4] = [
-        TrapCause::CpuBudget,
-        TrapCause::WallClock,
-        TrapCause::Memory,
-        TrapCause::Guest,
-    ];
-
-    /// This cause's index in [`TrapCause::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// A short name for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TrapCause::CpuBudget => "cpu-budget",
-            TrapCause::WallClock => "wall-clock",
-            TrapCause::Memory => "memory-limit",
-            TrapCause::Guest => "guest",
-        }
-    }
-}
-
-/// Classifies a trap, given whether the instance had a memory growth
-/// refused, and explains it in the app's terms.
-pub fn explain_trap(
-    error: &wasmtime::Error,
-    refused_memory: Option<usize>,
-    limits: &AppLimits,
-) -> (TrapCause, String) {
-    let trap = error.downcast_ref::<Trap>().copied();
-    let (cause, what) = match trap {
-        Some(Trap::OutOfFuel) => (
-            TrapCause::CpuBudget,
-            format!(
-                "CPU budget exceeded: the guest computed for more than its {} ms budget \
-                 without calling the host (limits.cpu_budget_ms)",
-                limits.cpu_budget_ms
-            ),
-        ),
-        Some(Trap::Interrupt) => (
-            TrapCause::WallClock,
-            format!(
-                "wall-clock budget exceeded: the guest ran for more than {} ms without \
-                 waiting for I/O (limits.wall_budget_ms)",
-                limits.wall_budget_ms
-            ),
-        ),
-        _ if refused_memory.is_some() => (
-            TrapCause::Memory,
-            format!(
-                "memory limit reached: the guest asked for {} MiB, over its {} MiB \
-                 (limits.memory_limit_mb), and then trapped ({})",
-                refused_memory.unwrap_or(0) >> 20,
-                limits.memory_limit_mb,
-                trap.map(|t| t.to_string())
-                    .unwrap_or_else(|| error.root_cause().to_string())
-            ),
-        ),
-        Some(trap) => (TrapCause::Guest, format!("wasm trap: {trap}")),
-        None => (TrapCause::Guest, error.root_cause().to_string()),
-    };
-    let detail = match error.downcast_ref::<wasmtime::WasmBacktrace>() {
-        Some(backtrace) => format!("{what}\n{backtrace}"),
-        None => what,
-    };
-    (cause, detail)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budgets_follow_the_limits() {
-        let b = CpuBudget::new(&AppLimits::default());
-        assert_eq!(b.fuel, 50 * FUEL_PER_MS);
-        assert_eq!(b.epoch_ticks, 101);
-        let b = CpuBudget::new(&AppLimits {
-            cpu_budget_ms: 60_000,
-            wall_budget_ms: 5,
-            ..AppLimits::default()
-        });
-        assert_eq!(b.fuel, 600_000_000_000);
-        assert_eq!(b.epoch_ticks, 2);
     }
 }

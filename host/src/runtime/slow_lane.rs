@@ -1,0 +1,343 @@
+//! The slow lane: where a guest that computes for longer than a time slice
+//! goes on, so that it never keeps a thread the gateway's other work needs.
+//!
+//! A store's task (a shared instance, or a per-connection instance) runs
+//! on the gateway's tokio workers, which also move every app's bytes, so
+//! every piece of guest work starts there: handling a message takes
+//! microseconds, and stays on the worker. When a guest has held the worker
+//! for a full epoch tick, it yields (see [`super::supervisor`]) and its
+//! task's future moves here: to a few threads of their own, at a lower OS
+//! priority ([`SLOW_LANE_NICE`]), which run the guests they hold a time
+//! slice each in turn. The guest computes on as fast as the machine has
+//! spare CPU, while anything else that wants a core — the tokio workers
+//! with other apps' connections, TLS handshakes, the I/O driver — gets it
+//! at once. Once the guest waits for something (I/O, a timer) or its store
+//! is done, the future goes back to its tokio task.
+//!
+//! Moving a future between threads is what tokio does for any task (work
+//! stealing); here the future stays owned by its task ([`run`]), which
+//! lends it to the slow lane and gets it back, and wakers registered while
+//! it is away wake that task, which looks for it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use super::supervisor::Meter;
+use crate::locks::lock;
+
+/// The nice value of the slow lane's threads (0 is the default, 19 the
+/// lowest priority): the kernel gives a nice-10 thread about a tenth of
+/// the CPU of a nice-0 one that wants it, and lets nice-0 threads preempt
+/// it on wake-up. Raising a thread's nice value needs no privilege.
+pub const SLOW_LANE_NICE: i32 = 10;
+
+/// Runs `future`, the task that owns a supervised store, on the current
+/// task — lending it to the slow lane whenever its guest yields a time
+/// slice ([`Meter::yielding`]). The meter is told whenever the store gets
+/// a thread ([`Meter::polled`]).
+pub fn run<F>(meter: Arc<Meter>, future: F) -> impl Future<Output = F::Output> + Send
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    Run {
+        home: Some(Box::pin(future)),
+        lent: None,
+        meter,
+    }
+}
+
+/// The future [`run`] returns.
+struct Run<F: Future> {
+    /// The future, while it is here.
+    home: Option<Pin<Box<F>>>,
+    /// Where it is while lent to the slow lane.
+    lent: Option<Arc<Lent<F>>>,
+    meter: Arc<Meter>,
+}
+
+/// A future lent to the slow lane, and what comes back.
+struct Lent<F: Future> {
+    slot: Mutex<Slot<F>>,
+    meter: Arc<Meter>,
+    /// The home task's runtime, entered on the slow lane (guest imports use
+    /// its timers and I/O).
+    runtime: tokio::runtime::Handle,
+}
+
+struct Slot<F: Future> {
+    /// The future, unless a slow lane thread is polling it.
+    future: Option<Pin<Box<F>>>,
+    /// Whether the slow lane has it (queued or being polled).
+    away: bool,
+    /// What it completed with.
+    output: Option<F::Output>,
+    /// The home task's waker.
+    waker: Waker,
+    /// The home task is gone: drop the future.
+    abandoned: bool,
+    /// Polling it panicked (a bug of the host): the panic, to resume in
+    /// the home task as if it had happened there.
+    panicked: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl<F> Future for Run<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        if let Some(lent) = &this.lent {
+            let mut slot = lock(&lent.slot);
+            if let Some(output) = slot.output.take() {
+                drop(slot);
+                this.lent = None;
+                return Poll::Ready(output);
+            }
+            if let Some(panic) = slot.panicked.take() {
+                drop(slot);
+                this.lent = None;
+                std::panic::resume_unwind(panic);
+            }
+            if slot.away {
+                if !slot.waker.will_wake(cx.waker()) {
+                    slot.waker = cx.waker().clone();
+                }
+                return Poll::Pending;
+            }
+            // Back from the slow lane: it waits for something, or was woken.
+            this.home = slot.future.take();
+            drop(slot);
+            this.lent = None;
+        }
+        let Some(future) = this.home.as_mut() else {
+            // Polled after completion.
+            return Poll::Pending;
+        };
+        this.meter.polled();
+        let polled = future.as_mut().poll(cx);
+        if polled.is_pending()
+            && this.meter.yielding()
+            && let Some(lane) = slow_lane()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // The guest has held this worker for a time slice: it goes on
+            // in the slow lane.
+            let lent = Arc::new(Lent {
+                slot: Mutex::new(Slot {
+                    future: this.home.take(),
+                    away: true,
+                    output: None,
+                    waker: cx.waker().clone(),
+                    abandoned: false,
+                    panicked: None,
+                }),
+                meter: this.meter.clone(),
+                runtime,
+            });
+            this.lent = Some(lent.clone());
+            lane.lend(lent);
+        }
+        polled
+    }
+}
+
+impl<F: Future> Drop for Run<F> {
+    fn drop(&mut self) {
+        if let Some(lent) = &self.lent {
+            let mut slot = lock(&lent.slot);
+            slot.abandoned = true;
+            // Dropped here if queued; by the slow lane if it is polling it.
+            let future = slot.future.take();
+            drop(slot);
+            drop(future);
+        }
+    }
+}
+
+/// Work for the slow lane: one time slice of a lent future.
+trait Slice: Send + Sync {
+    /// Polls the future once; returns whether it wants another slice.
+    fn slice(&self) -> bool;
+
+    /// Polling it panicked: hands the panic to the home task.
+    fn panicked(&self, panic: Box<dyn std::any::Any + Send>);
+}
+
+impl<F> Slice for Lent<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    fn slice(&self) -> bool {
+        let (mut future, waker) = {
+            let mut slot = lock(&self.slot);
+            match slot.future.take() {
+                Some(future) if !slot.abandoned => (future, slot.waker.clone()),
+                _ => return false,
+            }
+        };
+        let polled = {
+            let _entered = self.runtime.enter();
+            self.meter.polled();
+            future.as_mut().poll(&mut Context::from_waker(&waker))
+        };
+        let mut slot = lock(&self.slot);
+        if slot.abandoned {
+            drop(slot);
+            // Dropping a store closes its connections, which may spawn.
+            let _entered = self.runtime.enter();
+            drop(future);
+            return false;
+        }
+        match polled {
+            Poll::Ready(output) => {
+                slot.output = Some(output);
+                slot.away = false;
+            }
+            Poll::Pending if self.meter.yielding() => {
+                slot.future = Some(future);
+                return true;
+            }
+            Poll::Pending => {
+                // It waits for something: home, where its wakers lead.
+                slot.future = Some(future);
+                slot.away = false;
+            }
+        }
+        let waker = slot.waker.clone();
+        drop(slot);
+        // Woken even if its wake-up came while it was here.
+        waker.wake();
+        false
+    }
+
+    fn panicked(&self, panic: Box<dyn std::any::Any + Send>) {
+        let mut slot = lock(&self.slot);
+        slot.panicked = Some(panic);
+        slot.away = false;
+        let waker = slot.waker.clone();
+        drop(slot);
+        waker.wake();
+    }
+}
+
+/// The slow lane's queue and threads.
+struct SlowLane {
+    queue: Mutex<VecDeque<Arc<dyn Slice>>>,
+    ready: Condvar,
+}
+
+/// Futures lent to the slow lane and not back yet.
+static LENT: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a guest is computing in the slow lane (or waiting there for its
+/// turn); the supervisor ticks faster meanwhile.
+pub fn busy() -> bool {
+    LENT.load(Ordering::Relaxed) > 0
+}
+
+impl SlowLane {
+    /// Takes a future lent by its task.
+    fn lend(&self, slice: Arc<dyn Slice>) {
+        LENT.fetch_add(1, Ordering::Relaxed);
+        self.push(slice);
+    }
+
+    fn push(&self, slice: Arc<dyn Slice>) {
+        lock(&self.queue).push_back(slice);
+        self.ready.notify_one();
+    }
+
+    /// One slow lane thread: time slices, first come first served.
+    fn serve(&self) {
+        ON_SLOW_LANE.with(|on| on.set(true));
+        lower_priority();
+        loop {
+            let next = {
+                let mut queue = lock(&self.queue);
+                loop {
+                    match queue.pop_front() {
+                        Some(next) => break next,
+                        None => {
+                            queue = self
+                                .ready
+                                .wait(queue)
+                                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        }
+                    }
+                }
+            };
+            // A panic (a host bug) goes to the home task, as it would have
+            // there; this thread goes on.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| next.slice())) {
+                Ok(true) => self.push(next),
+                Ok(false) => {
+                    LENT.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(panic) => {
+                    LENT.fetch_sub(1, Ordering::Relaxed);
+                    next.panicked(panic);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static ON_SLOW_LANE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is one of the slow lane's, which polls a
+/// yielding guest again without being woken.
+pub fn on_slow_lane() -> bool {
+    ON_SLOW_LANE.with(|on| on.get())
+}
+
+/// The process's slow lane: one thread per core, started on first use;
+/// `None` if no thread could be started (guests then yield on the tokio
+/// workers, which still share them, less well).
+fn slow_lane() -> Option<&'static SlowLane> {
+    static LANE: OnceLock<Option<&'static SlowLane>> = OnceLock::new();
+    *LANE.get_or_init(|| {
+        let lane: &'static SlowLane = Box::leak(Box::new(SlowLane {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+        }));
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut started = 0;
+        for _ in 0..threads {
+            match std::thread::Builder::new()
+                .name("sockgate-slow".into())
+                .spawn(|| lane.serve())
+            {
+                Ok(_) => started += 1,
+                Err(err) => tracing::error!("cannot start a slow lane thread: {err}"),
+            }
+        }
+        (started > 0).then_some(lane)
+    })
+}
+
+/// Lowers the calling thread's scheduling priority to
+/// [`SLOW_LANE_NICE`] (on Linux the nice value is per thread).
+fn lower_priority() {
+    // SAFETY: setpriority changes the calling thread's nice value and
+    // touches no memory.
+    let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SLOW_LANE_NICE) };
+    if set != 0 {
+        tracing::warn!(
+            "cannot lower the slow lane's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
