@@ -48,12 +48,12 @@ use crate::http::{ConnMeta, Exchange, Front, Origin, Protocol, Refusal, Served};
 use crate::logs::{EventKind, Stream};
 use crate::route::Router;
 use crate::runtime::host_state::{HostState, bound_store, http_view};
+use crate::runtime::instance::dispose_after_trap;
 use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings};
 use crate::runtime::load::GuestPre;
 use crate::runtime::per_connection::PER_CONNECTION_INSTANCE;
-use crate::runtime::supervisor::{
-    Activation, CpuBudget, explain_trap, supervise, supervise_activations,
-};
+use crate::runtime::slow_lane;
+use crate::runtime::supervisor::{Activation, explain_trap, supervise, supervise_activations};
 use crate::runtime::sync_streams::IoProgress;
 
 /// Calls past their deadline (answered `504`, still running in the guest)
@@ -404,26 +404,30 @@ impl HttpApp {
             HostState::new(settings, PER_CONNECTION_INSTANCE),
         );
         bound_store(&mut store, 1);
-        if let Err(err) = supervise_activations(
+        let meter = supervise_activations(
             &mut store,
             settings.supervision,
-            CpuBudget::new(&settings.limits),
+            &settings.limits,
             Activation::HostWait(progress.clone()),
-        ) {
-            return ready(Err(Refusal::Failed(format!(
-                "cannot supervise an instance: {err:#}"
-            ))))
-            .boxed();
-        }
+        );
         let limits = settings.limits.clone();
+        let yielding = meter.clone();
         let (run, response) = proxy::start(
             pre.clone(),
             store,
             http_view,
             request.map(to_wasi),
-            move || progress.store(true, Ordering::Relaxed),
+            // Suspended in an import: a wait for I/O, unless the guest only
+            // yielded its time slice.
+            move || {
+                if !yielding.yielding() {
+                    progress.store(true, Ordering::Relaxed);
+                }
+            },
             move |error, state: &HostState| explain_trap(error, state.refused_memory(), &limits),
         );
+        // The store's work may go on in the slow lane, on another thread.
+        let run = slow_lane::run(meter, run);
         let in_flight = InFlight::new(active.clone());
         let log = settings.log.clone();
         let account = settings.account.clone();
@@ -572,7 +576,9 @@ async fn instance_loop(
     let mut backoff = crate::app::Backoff::default();
     loop {
         let started = std::time::Instant::now();
-        let kind = match run_instance(&settings, index, &mut jobs, &load).await {
+        let (outcome, returned) = run_instance(settings.clone(), index, jobs, load.clone()).await;
+        jobs = returned;
+        let kind = match outcome {
             Ok(ServiceEnd::Closed) => return,
             Ok(ServiceEnd::Recycle { lingering }) => {
                 log.event(
@@ -618,50 +624,79 @@ async fn instance_loop(
 
 /// One WASI 0.3 instance: created, supervised, serving jobs until the
 /// channel closes, it must be recycled, or it traps (`connections` in the
-/// error then counts the requests it was serving).
+/// error then counts the requests it was serving). Returns `jobs` for the
+/// next instance.
 async fn run_instance(
-    settings: &InstanceSettings,
+    settings: Arc<InstanceSettings>,
     index: u32,
-    jobs: &mut mpsc::Receiver<HttpJob>,
-    load: &ShardLoad,
-) -> Result<ServiceEnd, InstanceError> {
+    mut jobs: mpsc::Receiver<HttpJob>,
+    load: Arc<ShardLoad>,
+) -> (Result<ServiceEnd, InstanceError>, mpsc::Receiver<HttpJob>) {
     let GuestPre::Http(HttpPre::Service(pre)) = &settings.pre else {
-        return Err(InstanceError::Instantiate(wasmtime::format_err!(
+        let error = wasmtime::format_err!(
             "only a wasi:http/service component runs on long-lived HTTP instances"
-        )));
+        );
+        return (Err(InstanceError::Instantiate(error)), jobs);
     };
-    let mut store = Store::new(pre.engine(), HostState::new(settings, index));
+    let pre = pre.clone();
+    let mut store = Store::new(pre.engine(), HostState::new(&settings, index));
     bound_store(&mut store, settings.limits.max_connections_per_instance);
-    supervise(
+    // Request and response bodies move inside wasmtime-wasi-http, not
+    // through the gateway's byte pumps: nothing sets the progress flag, and
+    // every entry into wasm starts an activation.
+    let meter = supervise(
         &mut store,
         settings.supervision,
-        CpuBudget::new(&settings.limits),
-    )
-    .map_err(InstanceError::Instantiate)?;
-    let service = pre
-        .instantiate_async(&mut store)
-        .await
-        .map_err(InstanceError::Instantiate)?;
-    settings.log.event(Some(index), EventKind::InstanceStarted);
-    let service_settings = ServiceSettings {
-        drain: settings.drain,
-        max_lingering: MAX_LINGERING_CALLS,
-    };
-    let served = store
-        .run_concurrent(async |accessor| {
-            serve_jobs(accessor, &service, http_view, jobs, load, service_settings).await
-        })
-        .await;
-    match served {
-        Ok(Ok(end)) => Ok(end),
-        Ok(Err(error)) | Err(error) => {
-            let (cause, reason) =
-                explain_trap(&error, store.data().refused_memory(), &settings.limits);
-            Err(InstanceError::Trap {
-                cause,
-                reason,
-                connections: load.active().saturating_sub(jobs.len()),
-            })
+        &settings.limits,
+        IoProgress::default(),
+    );
+    // Everything the store's work needs moves into it: it may go on in the
+    // slow lane, on another thread.
+    let serving = {
+        let settings = settings.clone();
+        let load = load.clone();
+        async move {
+            let served = match pre.instantiate_async(&mut store).await {
+                Ok(service) => {
+                    settings.log.event(Some(index), EventKind::InstanceStarted);
+                    let service_settings = ServiceSettings {
+                        drain: settings.drain,
+                        max_lingering: MAX_LINGERING_CALLS,
+                    };
+                    Ok(store
+                        .run_concurrent(async |accessor| {
+                            serve_jobs(
+                                accessor,
+                                &service,
+                                http_view,
+                                &mut jobs,
+                                &load,
+                                service_settings,
+                            )
+                            .await
+                        })
+                        .await)
+                }
+                Err(error) => Err(error),
+            };
+            (store, jobs, served)
         }
-    }
+    };
+    let (store, jobs, served) = slow_lane::run(meter, serving).await;
+    let error = match served {
+        Ok(Ok(Ok(end))) => return (Ok(end), jobs),
+        Err(error) => return (Err(InstanceError::Instantiate(error)), jobs),
+        Ok(Ok(Err(error)) | Err(error)) => error,
+    };
+    let refused_memory = store.data().refused_memory();
+    // Read before the store (and so every request in it) is dropped; jobs
+    // still queued are not lost and not counted.
+    let connections = load.active().saturating_sub(jobs.len());
+    let (cause, reason) = dispose_after_trap(store, error, refused_memory, &settings.limits).await;
+    let trapped = InstanceError::Trap {
+        cause,
+        reason,
+        connections,
+    };
+    (Err(trapped), jobs)
 }
