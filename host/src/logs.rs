@@ -281,6 +281,25 @@ impl AppLog {
         push_bounded(&self.lines, line, LOG_LINES_KEPT);
     }
 
+    /// Records the access line of one HTTP request: kept and followed
+    /// like a guest's line (stream `access`), but outside the guest's line
+    /// budget, and traced only at debug level (target `sockgate::access`):
+    /// at thousands of requests per second, the gateway's own log would
+    /// drown, and the guest's output with it.
+    pub fn access(&self, text: String) {
+        tracing::debug!(target: "sockgate::access", app = %self.app, "{text}");
+        let line = LogLine {
+            at: SystemTime::now(),
+            instance: 0,
+            stream: Stream::Access,
+            text,
+        };
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(line.clone());
+        }
+        push_bounded(&self.lines, line, LOG_LINES_KEPT);
+    }
+
     /// Lines printed from now on.
     pub fn follow(&self) -> tokio::sync::broadcast::Receiver<LogLine> {
         self.live.subscribe()

@@ -232,7 +232,9 @@ impl Gateway {
     pub fn spawn_with_stderr(mut command: Command, dir: ScratchDir, stderr: Option<Stdio>) -> Self {
         let collect_stderr = stderr.is_none();
         command
-            .env("RUST_LOG", "info")
+            // HTTP apps' access lines are traced at debug level; the tests
+            // read them.
+            .env("RUST_LOG", "info,sockgate::access=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr.unwrap_or_else(Stdio::piped));

@@ -45,7 +45,7 @@ use crate::http::front::Deadline;
 use crate::http::server::{self, Mode};
 use crate::http::stats::{HttpStats, access_line};
 use crate::http::{ConnMeta, Exchange, Front, Origin, Protocol, Refusal, Served};
-use crate::logs::{EventKind, Stream};
+use crate::logs::EventKind;
 use crate::route::Router;
 use crate::runtime::host_state::{HostState, bound_store, http_view};
 use crate::runtime::instance::dispose_after_trap;
@@ -530,11 +530,7 @@ impl Origin for HttpApp {
 
     fn record(&self, exchange: &Exchange) {
         self.site.stats.record(exchange);
-        self.settings.log.line(
-            PER_CONNECTION_INSTANCE,
-            Stream::Access,
-            access_line(exchange),
-        );
+        self.settings.log.access(access_line(exchange));
     }
 }
 
