@@ -517,7 +517,10 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut parts = rest.split(' ');
             typed.insert(parts.next().unwrap().to_owned());
-            assert!(matches!(parts.next(), Some("counter" | "gauge")), "{line}");
+            assert!(
+                matches!(parts.next(), Some("counter" | "gauge" | "histogram")),
+                "{line}"
+            );
             continue;
         }
         if line.starts_with("# HELP ") {
@@ -527,7 +530,12 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("bad sample {line}"));
         let name = series.split('{').next().unwrap();
-        assert!(typed.contains(name), "sample before its TYPE: {line}");
+        // A histogram's samples are its name with `_bucket`, `_sum`, `_count`.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "sample before its TYPE: {line}");
         assert!(series.ends_with('}') || !series.contains('{'), "{line}");
         samples.insert(
             series.to_owned(),
