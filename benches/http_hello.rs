@@ -187,11 +187,18 @@ fn wrk(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
     if let Some(errors) = errors {
         println!("http_hello: wrk reported: {}", errors.trim());
     }
+    // Answers that are not 2xx (a `503` is quick to send) do not count.
+    let failed: f64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0.0);
     let rate: f64 = out
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(requests / elapsed.as_secs_f64());
+        .unwrap_or(requests / elapsed.as_secs_f64())
+        * ((requests - failed) / requests.max(1.0));
     Wrk {
         requests_per_sec: rate,
         server_cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests.max(1.0),

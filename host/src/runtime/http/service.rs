@@ -18,6 +18,17 @@
 //! [`ServiceSettings::max_lingering`] such calls stops taking requests,
 //! waits for the others, and returns [`ServiceEnd::Recycle`], so that a
 //! guest that hangs requests cannot pile them up in one store forever.
+//!
+//! An instance holds at most [`ServiceSettings::max_requests`] requests at
+//! once, each counted from its call until its response body has ended (or
+//! been read to its end after the client left, see [`Guarded`]). The
+//! bound is what keeps a busy instance alive: wasmtime's event loop runs a
+//! guest task that yields (as `wasip3`'s `spawn_local` tasks do, writing a
+//! body after `handle` returned) only when no new call is waiting, so under
+//! a steady stream of requests the ends of earlier ones would pile up, each
+//! holding about nine entries of the store's table, until the table is
+//! full and the instance traps. With the bound, new calls wait while the
+//! instance finishes what it started.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -28,7 +39,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::{Either, select};
 use futures::stream::FuturesUnordered;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use wasmtime::component::Accessor;
 use wasmtime_wasi_http::p3::bindings::Service;
@@ -89,6 +100,9 @@ pub struct ServiceSettings {
     /// Calls past their deadline an instance may carry before it is
     /// recycled.
     pub max_lingering: usize,
+    /// Requests in the instance at once, each from its call until its
+    /// response body ends (the app's `max_connections_per_instance`).
+    pub max_requests: usize,
 }
 
 /// Why [`serve_jobs`] returned.
@@ -118,6 +132,8 @@ pub async fn serve_jobs<T: Send + 'static>(
     settings: ServiceSettings,
 ) -> wasmtime::Result<ServiceEnd> {
     let lingering = AtomicUsize::new(0);
+    let slots = Arc::new(Semaphore::new(settings.max_requests.max(1)));
+    let mut slot: Option<OwnedSemaphorePermit> = None;
     let mut calls = FuturesUnordered::new();
     let mut end = ServiceEnd::Closed;
     loop {
@@ -127,10 +143,24 @@ pub async fn serve_jobs<T: Send + 'static>(
             };
             break;
         }
+        // A slot first, then a job: while the instance is full, jobs wait
+        // in the channel and the store finishes the requests it has.
+        let Some(held) = slot.take() else {
+            tokio::select! {
+                Some(result) = calls.next() => result?,
+                permit = slots.clone().acquire_owned() => {
+                    slot = Some(permit.expect("the semaphore is never closed"));
+                }
+            }
+            continue;
+        };
         tokio::select! {
-            Some(result) = calls.next() => result?,
+            Some(result) = calls.next() => {
+                slot = Some(held);
+                result?;
+            }
             job = jobs.recv() => match job {
-                Some(job) => calls.push(call(accessor, service, view, job, &lingering)),
+                Some(job) => calls.push(call(accessor, service, view, job, held, &lingering)),
                 None => break,
             },
         }
@@ -183,6 +213,7 @@ async fn call<T: Send + 'static>(
     service: &Service,
     view: View<T>,
     job: HttpJob,
+    slot: OwnedSemaphorePermit,
     lingering: &AtomicUsize,
 ) -> wasmtime::Result<()> {
     let HttpJob {
@@ -226,7 +257,7 @@ async fn call<T: Send + 'static>(
             let answer = match outcome? {
                 Ok(response) => Ok(response.map(|body| {
                     use http_body_util::BodyExt;
-                    Guarded::new(body, guard).boxed_unsync()
+                    Guarded::new(body, (guard, slot)).boxed_unsync()
                 })),
                 Err(code) => Err(JobError::GuestError(code)),
             };

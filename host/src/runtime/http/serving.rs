@@ -62,6 +62,16 @@ use crate::runtime::sync_streams::IoProgress;
 /// each holding guest memory and host table entries, forever.
 pub const MAX_LINGERING_CALLS: usize = 64;
 
+/// Requests one WASI 0.3 instance holds at once (fewer if the app's
+/// `max_connections_per_instance` is lower), each from its call until its
+/// response body has ended; more wait in the instance's queue (up to
+/// `max_connections_per_instance`, then `503`). Bounds the store's table of
+/// tasks, streams and futures (about nine entries per request) and the
+/// backlog of requests whose ends wait behind new calls (see
+/// `service.rs`). An app with more long-lived responses at once (event
+/// streams) runs more `instances`.
+pub const MAX_REQUESTS_IN_STORE: usize = 1024;
+
 /// What an HTTP app needs from the gateway around it.
 #[derive(Clone, Default)]
 pub struct HttpSite {
@@ -658,6 +668,10 @@ async fn run_instance(
                     let service_settings = ServiceSettings {
                         drain: settings.drain,
                         max_lingering: MAX_LINGERING_CALLS,
+                        max_requests: settings
+                            .limits
+                            .max_connections_per_instance
+                            .min(MAX_REQUESTS_IN_STORE),
                     };
                     Ok(store
                         .run_concurrent(async |accessor| {

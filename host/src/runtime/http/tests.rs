@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{AsContextMut, Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
@@ -158,6 +158,7 @@ fn start_service(policy: OutboundPolicy, log: &Arc<AppLog>, max_lingering: usize
         let settings = ServiceSettings {
             drain: Duration::from_secs(5),
             max_lingering,
+            max_requests: 1000,
         };
         store
             .run_concurrent(async |accessor| {
@@ -462,4 +463,96 @@ async fn a_wasi_02_request_gets_an_instance_of_its_own() {
     let (status, body) = serve_p2(policy(), &log, request("GET", "http://x.test/trap", b"")).await;
     assert_eq!(status, 0);
     assert!(body.starts_with("trapped"), "{body}");
+}
+
+/// Requests in the instance at once in
+/// [`a_busy_instance_finishes_its_requests_before_taking_more`].
+const MAX_REQUESTS: usize = 16;
+/// Table entries one request of `wasi-http-hello-p3` holds at most, with
+/// room to spare (about nine were measured).
+const ENTRIES_PER_REQUEST: usize = 16;
+
+/// Entries in the store's two tables: the component model's (tasks,
+/// streams, futures, waitable sets) and `wasi:http`'s resources.
+fn table_entries(store: &mut wasmtime::StoreContextMut<'_, State>) -> (usize, usize) {
+    let concurrent = store
+        .concurrent_resource_table()
+        .map_or(0, |table| table.iter_mut().count());
+    (concurrent, store.data_mut().table.iter_mut().count())
+}
+
+/// 50 clients that drop each response body after its data (as hyper does
+/// once `content-length` bytes are out) keep one instance busy: the ends
+/// of their requests must not pile up in the store's table.
+#[tokio::test]
+async fn a_busy_instance_finishes_its_requests_before_taking_more() {
+    let log = Arc::new(AppLog::new("hello"));
+    let pre = ServicePre::new(
+        host()
+            .linker
+            .instantiate_pre(&component("wasi-http-hello-p3"))
+            .unwrap(),
+    )
+    .unwrap();
+    let (jobs, mut rx) = mpsc::channel(64);
+    let load = Arc::new(ShardLoad::default());
+    let mut store = Store::new(&host().engine, state(OutboundPolicy::default(), &log));
+    let service = pre.instantiate_async(&mut store).await.unwrap();
+    let settings = ServiceSettings {
+        drain: Duration::from_secs(5),
+        max_lingering: 4,
+        max_requests: MAX_REQUESTS,
+    };
+    let counts = store
+        .run_concurrent(async |accessor| {
+            let serving = serve_jobs(accessor, &service, view, &mut rx, &load, settings);
+            let driving = async {
+                let mut counts = Vec::new();
+                for _round in 0..3 {
+                    // 50 clients at once, 4 requests each.
+                    let clients = (0..50).map(|_| async {
+                        for _ in 0..4 {
+                            let (reply, answer) = oneshot::channel();
+                            let job = HttpJob {
+                                request: request("GET", "http://hello.localhost/", b""),
+                                deadline: Instant::now() + Duration::from_secs(10),
+                                reply,
+                                guard: InFlight::new(load.clone()),
+                            };
+                            jobs.send(job).await.unwrap();
+                            let response = answer.await.unwrap().unwrap();
+                            assert_eq!(response.status(), 200);
+                            // As hyper does once `content-length` bytes are
+                            // out: the body is dropped before its end.
+                            let mut body = response.into_body();
+                            let frame = body.frame().await.unwrap().unwrap();
+                            assert!(frame.is_data());
+                            drop(body);
+                        }
+                    });
+                    futures::future::join_all(clients).await;
+                    counts.push(
+                        accessor.with(|mut store| table_entries(&mut store.as_context_mut())),
+                    );
+                }
+                drop(jobs);
+                counts
+            };
+            let (served, counts) = futures::join!(serving, driving);
+            served.unwrap();
+            counts
+        })
+        .await
+        .unwrap();
+    // Without the bound on requests in the instance: 1 880, 3 767, 5 630
+    // entries (the ends of the bodies wait behind new calls, growing until
+    // the table is full and the instance traps).
+    eprintln!("table entries after 200, 400, 600 requests: {counts:?}");
+    for (concurrent, wasi) in counts {
+        assert!(
+            concurrent <= ENTRIES_PER_REQUEST * MAX_REQUESTS
+                && wasi <= ENTRIES_PER_REQUEST * MAX_REQUESTS,
+            "{concurrent} and {wasi} entries for at most {MAX_REQUESTS} requests in the instance"
+        );
+    }
 }
