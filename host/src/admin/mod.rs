@@ -273,11 +273,7 @@ impl Admin {
             .header(hyper::header::LOCATION, "/")
             .header(
                 hyper::header::SET_COOKIE,
-                format!(
-                    "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-                    session::COOKIE,
-                    session::LIFETIME.as_secs()
-                ),
+                session_cookie(&id, session::LIFETIME.as_secs()),
             )
             .header(CSRF_HEADER, csrf)
             .body(full(""))
@@ -297,13 +293,7 @@ impl Admin {
         Response::builder()
             .status(StatusCode::SEE_OTHER)
             .header(hyper::header::LOCATION, "/")
-            .header(
-                hyper::header::SET_COOKIE,
-                format!(
-                    "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-                    session::COOKIE
-                ),
-            )
+            .header(hyper::header::SET_COOKIE, session_cookie("", 0))
             .body(full(""))
             .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
     }
@@ -491,6 +481,16 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
         status,
         "application/json",
         serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+/// The `Set-Cookie` value carrying session `value` for `max_age_secs`
+/// (0 with an empty value ends it): HttpOnly so page scripts cannot read
+/// it, SameSite=Strict so other sites' pages cannot send it.
+fn session_cookie(value: &str, max_age_secs: u64) -> String {
+    format!(
+        "{}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age_secs}",
+        session::COOKIE
     )
 }
 
