@@ -133,10 +133,7 @@ where
 {
     let mut fields = vec![("content-type".to_owned(), content_type.as_bytes().to_vec())];
     if let Some(length) = length {
-        fields.push((
-            "content-length".to_owned(),
-            length.to_string().into_bytes(),
-        ));
+        fields.push(("content-length".to_owned(), length.to_string().into_bytes()));
     }
     let headers = Fields::from_list(&fields).unwrap_or_else(|_| Fields::new());
     let (tx, contents) = wit_stream::new();
@@ -172,16 +169,20 @@ fn echo(request: Request) -> Response {
 /// `bytes` bytes of `x`, in chunks.
 fn big(bytes: u64) -> Response {
     let length = usize::try_from(bytes).unwrap_or(usize::MAX);
-    respond("application/octet-stream", Some(length), move |mut tx| async move {
-        let mut left = length;
-        while left > 0 {
-            let n = left.min(CHUNK);
-            if !tx.write_all(vec![b'x'; n]).await.is_empty() {
-                return;
+    respond(
+        "application/octet-stream",
+        Some(length),
+        move |mut tx| async move {
+            let mut left = length;
+            while left > 0 {
+                let n = left.min(CHUNK);
+                if !tx.write_all(vec![b'x'; n]).await.is_empty() {
+                    return;
+                }
+                left -= n;
             }
-            left -= n;
-        }
-    })
+        },
+    )
 }
 
 /// GETs `url` (`http://host[:port]/path` or `https://…`) and answers with
@@ -215,7 +216,10 @@ async fn get(url: &str) -> Result<(u16, String), ErrorCode> {
     let status = response.get_status_code();
     let (_, done) = wit_future::new(|| Ok(()));
     let (body, _trailers) = Response::consume_body(response, done);
-    Ok((status, String::from_utf8_lossy(&read_all(body).await).into_owned()))
+    Ok((
+        status,
+        String::from_utf8_lossy(&read_all(body).await).into_owned(),
+    ))
 }
 
 async fn read_all(mut body: StreamReader<u8>) -> Vec<u8> {
