@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::http::HttpLimits;
+use crate::http::limits as http;
 
 /// Per-app limits.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -221,7 +222,7 @@ impl AppLimits {
 
     /// Every limit as `(name, value, hard maximum)`, in the units of the
     /// configuration.
-    fn rows(&self) -> [(&'static str, u64, u64); 14] {
+    fn rows(&self) -> [(&'static str, u64, u64); 18] {
         let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         [
             ("cpu_budget_ms", self.cpu_budget_ms, HARD_MAX_BUDGET_MS),
@@ -277,6 +278,22 @@ impl AppLimits {
                 "max_sync_instances",
                 n(self.max_sync_instances),
                 n(MAX_SYNC_INSTANCES),
+            ),
+            ("http_max_body_kb", self.http_max_body_kb, http::MAX_BODY_KB),
+            (
+                "http_max_header_kb",
+                u64::from(self.http_max_header_kb),
+                u64::from(http::MAX_HEADER_KB),
+            ),
+            (
+                "http_request_timeout_ms",
+                self.http_request_timeout_ms,
+                http::MAX_REQUEST_TIMEOUT_MS,
+            ),
+            (
+                "http2_max_streams",
+                u64::from(self.http2_max_streams),
+                u64::from(http::MAX_STREAMS),
             ),
         ]
     }
@@ -376,6 +393,14 @@ pub struct Ceilings {
     pub log_lines_per_second: u32,
     /// `limits.max_sync_instances`.
     pub max_sync_instances: usize,
+    /// `limits.http_max_body_kb`.
+    pub http_max_body_kb: u64,
+    /// `limits.http_max_header_kb`.
+    pub http_max_header_kb: u32,
+    /// `limits.http_request_timeout_ms`.
+    pub http_request_timeout_ms: u64,
+    /// `limits.http2_max_streams`.
+    pub http2_max_streams: u32,
 }
 
 impl Default for Ceilings {
@@ -401,6 +426,10 @@ impl Default for Ceilings {
             max_concurrent_lookups: MAX_CONCURRENT_LOOKUPS.min(16),
             log_lines_per_second: 1000,
             max_sync_instances: app.max_sync_instances,
+            http_max_body_kb: 100 * 1024,
+            http_max_header_kb: 256,
+            http_request_timeout_ms: 300_000,
+            http2_max_streams: 250,
         }
     }
 }
@@ -424,6 +453,10 @@ impl Ceilings {
             "max_concurrent_lookups" => n(self.max_concurrent_lookups),
             "log_lines_per_second" => u64::from(self.log_lines_per_second),
             "max_sync_instances" => n(self.max_sync_instances),
+            "http_max_body_kb" => self.http_max_body_kb,
+            "http_max_header_kb" => u64::from(self.http_max_header_kb),
+            "http_request_timeout_ms" => self.http_request_timeout_ms,
+            "http2_max_streams" => u64::from(self.http2_max_streams),
             _ => return None,
         })
     }
@@ -445,8 +478,15 @@ impl Ceilings {
             max_concurrent_lookups: self.max_concurrent_lookups,
             log_lines_per_second: self.log_lines_per_second,
             max_sync_instances: self.max_sync_instances,
-            ..AppLimits::default()
+            http_max_body_kb: self.http_max_body_kb,
+            http_max_header_kb: self.http_max_header_kb,
+            http_request_timeout_ms: self.http_request_timeout_ms,
+            http2_max_streams: self.http2_max_streams,
         };
+        as_limits
+            .http()
+            .validate()
+            .map_err(|err| anyhow::anyhow!("[ceilings]: {err:#}"))?;
         for (name, value, max) in as_limits.rows() {
             if (value == 0 && !NONE_AT_ZERO.contains(&name)) || value > max {
                 anyhow::bail!("[ceilings] {name} = {value} must be between 1 and {max}");
@@ -541,5 +581,30 @@ mod tests {
             ..Ceilings::default()
         };
         assert!(wrong.validate().is_err());
+
+        // HTTP apps' limits too: an hour-long request timeout is for the
+        // operator to allow.
+        let slow = AppLimits {
+            http_request_timeout_ms: 3_600_000,
+            ..AppLimits::default()
+        };
+        slow.check(None).unwrap();
+        let text = err(slow, Some(&ceilings));
+        assert!(
+            text.contains(
+                "http_request_timeout_ms = 3600000 is over this gateway's ceiling 300000"
+            ),
+            "{text}"
+        );
+        let uploads = AppLimits {
+            http_max_body_kb: 1 << 20,
+            ..AppLimits::default()
+        };
+        assert!(err(uploads, Some(&ceilings)).contains("[ceilings] http_max_body_kb"));
+        let tiny_head = Ceilings {
+            http_max_header_kb: 1,
+            ..Ceilings::default()
+        };
+        assert!(tiny_head.validate().is_err());
     }
 }
