@@ -90,6 +90,13 @@ pub struct DeployArgs {
     /// limits.idle_timeout_secs
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
+    /// limits.http_request_timeout_ms (HTTP apps: no response head in time
+    /// is `504`)
+    #[arg(long)]
+    pub http_request_timeout_ms: Option<u64>,
+    /// limits.http_max_body_kb (HTTP apps: larger request bodies are `413`)
+    #[arg(long)]
+    pub http_max_body_kb: Option<u64>,
 }
 
 /// A failed operation, with the exit code that says what kind.
@@ -297,6 +304,11 @@ impl Client {
             args.max_connections_per_ip,
         );
         set(&mut limits.idle_timeout_secs, args.idle_timeout_secs);
+        set(
+            &mut limits.http_request_timeout_ms,
+            args.http_request_timeout_ms,
+        );
+        set(&mut limits.http_max_body_kb, args.http_max_body_kb);
         let settings = DeploySettings {
             listen,
             instances: args.instances,

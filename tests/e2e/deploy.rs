@@ -510,7 +510,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
 
 /// Parses the text exposition format strictly enough to catch mistakes:
 /// every family has HELP and TYPE, every sample `name{labels} number`.
-fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+pub(crate) fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
     let mut samples = std::collections::HashMap::new();
     let mut typed = std::collections::HashSet::new();
     for line in text.lines().filter(|l| !l.is_empty()) {

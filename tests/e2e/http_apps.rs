@@ -796,3 +796,78 @@ async fn an_http_app_gets_its_certificate_from_acme_and_serves_h1_h2_and_h3_with
     assert!(body.contains("scheme: https"), "{body}");
     assert_eq!(pebble.orders(), 1);
 }
+
+/// Through `sockgate deploy` and the admin API: a WASI 0.3 app deployed
+/// with a short request timeout answers a slow request `504` (and a quick
+/// one `200`), `ls` shows its world, `/metrics` counts both answers and
+/// their durations, and a timeout over the operator's ceiling is refused.
+#[tokio::test]
+async fn a_deployed_http_app_times_out_with_504_and_is_counted_in_metrics() {
+    use crate::deploy::{authed, cli, deploy, ls, parse_prometheus, start_admin};
+    use crate::support::guest;
+
+    let dir = ScratchDir::new("http-deploy-metrics");
+    let state = dir.0.join("state");
+    let (_gateway, admin) = start_admin(&state, None);
+    deploy(
+        admin,
+        &state,
+        "slow",
+        &guest("wasi-http-probe"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--http-request-timeout-ms",
+            "300",
+        ],
+    );
+    let apps = ls(admin, &state);
+    let app = apps.iter().find(|a| a["name"] == "slow").unwrap();
+    assert_eq!(app["load"]["world"], "http-service", "{app}");
+    let addr: std::net::SocketAddr = app["tcp"].as_str().unwrap().parse().unwrap();
+
+    let started = std::time::Instant::now();
+    let slow = curl_async(vec![format!("http://{addr}/sleep?ms=5000")]).await;
+    assert_eq!(slow.0, 504, "{}", slow.1);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the 504 came after {:?}",
+        started.elapsed()
+    );
+    let quick = curl_async(vec![format!("http://{addr}/info")]).await;
+    assert_eq!(quick.0, 200, "{}", quick.1);
+
+    let raw = authed(admin, &state, "GET /metrics HTTP/1.1");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let metrics = parse_prometheus(body);
+    for code in ["504", "200"] {
+        let key =
+            format!("sockgate_http_requests_total{{app=\"slow\",protocol=\"h1\",code=\"{code}\"}}");
+        assert_eq!(metrics.get(&key), Some(&1.0), "{key} in:\n{body}");
+    }
+    let count = "sockgate_http_request_duration_seconds_count{app=\"slow\"}";
+    assert_eq!(metrics.get(count), Some(&2.0), "{count} in:\n{body}");
+
+    // A deployer may not ask for more than the operator's ceiling.
+    let guest_path = guest("wasi-http-probe").display().to_string();
+    let (code, stdout, stderr) = cli(
+        admin,
+        &state,
+        &[
+            "deploy",
+            "slower",
+            &guest_path,
+            "--listen",
+            "127.0.0.1:0",
+            "--http-request-timeout-ms",
+            "3600000",
+        ],
+    );
+    assert_ne!(code, 0, "{stdout}");
+    assert!(
+        stderr.contains("http_request_timeout_ms = 3600000 is over this gateway's ceiling"),
+        "{stderr}"
+    );
+    assert!(ls(admin, &state).iter().all(|a| a["name"] != "slower"));
+}
