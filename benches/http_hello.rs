@@ -3,9 +3,11 @@
 //!
 //! - sockgate serving the `http-hello` guest (raw TCP; the guest parses
 //!   HTTP/1.1 itself) on its long-lived instances;
-//! - `wasmtime serve` running `wasi-http-hello`, a `wasi:http` 0.2 proxy
-//!   component with the same page (wasmtime's own HTTP server, an instance
-//!   per request);
+//! - `wasmtime serve` (with its pooling allocator) running the same
+//!   `wasi:http` components: `wasi-http-hello`, a 0.2 proxy component (an
+//!   instance per request), and `wasi-http-hello-p3`, a 0.3 service
+//!   (instances reused, 16 requests at once each); each `wasi:http` row is
+//!   compared with the one of its world;
 //! - a native hyper server on one tokio worker thread;
 //! - sockgate serving the `wasi:http` hello as an HTTP app, WASI 0.3
 //!   (`wasi-http-hello-p3`, long-lived instances) and WASI 0.2
@@ -119,24 +121,32 @@ fn main() {
         }
     }
 
-    let wasmtime_row = match find_wasmtime() {
-        Some(wasmtime) => {
-            let server = WasmtimeServe::start(&wasmtime, &wasi_http, pinned);
-            Some(wrk(server.addr, server.child.id(), duration, pinned))
-        }
-        None => {
-            println!(
-                "http_hello: `wasmtime serve` row skipped: no wasmtime CLI found (set \
-                 SOCKGATE_WASMTIME, put it on PATH, or `cargo install wasmtime-cli --version \
-                 48.0.8 --locked --root /work/.wasmtime-cli`)"
-            );
-            None
-        }
-    };
-    rows.push((
-        "wasmtime serve + wasi:http hello (instance per request)",
-        wasmtime_row,
-    ));
+    let wasmtime = find_wasmtime();
+    if wasmtime.is_none() {
+        println!(
+            "http_hello: `wasmtime serve` rows skipped: no wasmtime CLI found (set \
+             SOCKGATE_WASMTIME, put it on PATH, or `cargo install wasmtime-cli --version \
+             48.0.8 --locked --root /work/.wasmtime-cli`)"
+        );
+    }
+    for (component, p3, name) in [
+        (
+            &wasi_http_p3,
+            true,
+            "wasmtime serve + wasi:http 0.3 hello (instance reuse)",
+        ),
+        (
+            &wasi_http,
+            false,
+            "wasmtime serve + wasi:http 0.2 hello (instance per request)",
+        ),
+    ] {
+        let row = wasmtime.as_ref().map(|wasmtime| {
+            let server = WasmtimeServe::start(wasmtime, component, p3, pinned);
+            wrk(server.addr, server.child.id(), duration, pinned)
+        });
+        rows.push((name, row));
+    }
     report(&rows, duration, pinned);
 }
 
@@ -262,10 +272,14 @@ fn h2load_run(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
 
 fn report(rows: &[(&str, Option<Wrk>)], seconds: u64, pinned: bool) {
     let native = rows[0].1.expect("the native row always runs");
-    let wasmtime = rows
-        .iter()
-        .find(|(name, _)| name.starts_with("wasmtime serve"))
-        .and_then(|(_, row)| *row);
+    // Each `wasi:http` row is compared with `wasmtime serve` running the
+    // same world's component.
+    let wasmtime_of = |world: &str| {
+        rows.iter()
+            .find(|(name, _)| name.starts_with("wasmtime serve") && name.contains(world))
+            .and_then(|(_, row)| *row)
+    };
+    let world_of = |name: &str| ["0.3", "0.2"].into_iter().find(|w| name.contains(w));
     let mut md = format!(
         "HTTP/1.1 hello ({} bytes), `wrk -t1 -c{CONNECTIONS}` for {seconds} s, {}\n\n\
          | server | req/s | vs native hyper | vs wasmtime serve | server CPU µs/req |\n\
@@ -281,7 +295,8 @@ fn report(rows: &[(&str, Option<Wrk>)], seconds: u64, pinned: bool) {
     for (name, row) in rows {
         match row {
             Some(row) => {
-                let vs_wasmtime = wasmtime
+                let vs_wasmtime = world_of(name)
+                    .and_then(wasmtime_of)
                     .map(|w| format!("{:.2}×", row.requests_per_sec / w.requests_per_sec))
                     .unwrap_or_else(|| "—".into());
                 md.push_str(&format!(
@@ -333,11 +348,19 @@ struct WasmtimeServe {
 }
 
 impl WasmtimeServe {
-    fn start(wasmtime: &Path, component: &Path, pinned: bool) -> Self {
+    /// `component` served by `wasmtime serve` with the pooling allocator,
+    /// as WASI 0.3 (`p3`: instances reused, 16 requests at once each) or
+    /// WASI 0.2 (an instance per request).
+    fn start(wasmtime: &Path, component: &Path, p3: bool, pinned: bool) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // Rust guests import wasi:cli (their standard library): -Scli.
-        let child = Command::new(wasmtime)
-            .args(["serve", "-Scli", "--addr", &addr.to_string()])
+        let mut command = Command::new(wasmtime);
+        command.args(["serve", "-Scli", "-O", "pooling-allocator=y"]);
+        if p3 {
+            command.args(["-Sp3", "-Wcomponent-model-async=y"]);
+        }
+        let child = command
+            .args(["--addr", &addr.to_string()])
             .arg(component)
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
