@@ -157,18 +157,23 @@ struct Wrk {
     server_cpu_us_per_request: f64,
 }
 
+/// `tool`, pinned to CPU 0 when `pinned` (the server has CPU 1).
+fn load_generator(tool: &str, pinned: bool) -> Command {
+    if pinned {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0", tool]);
+        command
+    } else {
+        Command::new(tool)
+    }
+}
+
 /// Runs `wrk -t1 -c50` against `addr` for `seconds` (after a warm-up) and
 /// reads the server's CPU.
 fn wrk(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
     let url = format!("http://{addr}/");
     let run = |seconds: u64| {
-        let mut command = if pinned {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0", "wrk"]);
-            c
-        } else {
-            Command::new("wrk")
-        };
+        let mut command = load_generator("wrk", pinned);
         command.args([
             "-t1",
             &format!("-c{CONNECTIONS}"),
@@ -220,13 +225,7 @@ fn wrk(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
 fn h2load_run(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
     let url = format!("http://{addr}/");
     let run = |seconds: u64| {
-        let mut command = if pinned {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0", "h2load"]);
-            c
-        } else {
-            Command::new("h2load")
-        };
+        let mut command = load_generator("h2load", pinned);
         command.args([
             "-c",
             &CONNECTIONS.to_string(),

@@ -185,11 +185,10 @@ pub async fn run_instance(
         Err(error) => return (Err(InstanceError::Instantiate(error)), rx),
         Ok(Ok(Err(error)) | Err(error)) => error,
     };
-    let refused_memory = store.data().refused_memory();
     // Read before the store (and so every connection) is dropped;
     // connections still queued are not lost and not counted.
     let connections = active.active().saturating_sub(rx.len());
-    let (cause, reason) = dispose_after_trap(store, error, refused_memory, &settings.limits).await;
+    let (cause, reason) = dispose_after_trap(store, error, &settings.limits).await;
     let trapped = InstanceError::Trap {
         cause,
         reason,
@@ -201,13 +200,14 @@ pub async fn run_instance(
 /// What a trapped store leaves to do, off the threads that serve
 /// connections: dropping the store (unmapping its memories, closing the
 /// connections it served) and explaining the trap (formatting, and
-/// demangling, a backtrace that may be thousands of frames deep).
-pub async fn dispose_after_trap<T: Send + 'static>(
-    store: Store<T>,
+/// demangling, a backtrace that may be thousands of frames deep; a memory
+/// growth the store refused names the limit).
+pub async fn dispose_after_trap(
+    store: Store<HostState>,
     error: wasmtime::Error,
-    refused_memory: Option<usize>,
     limits: &AppLimits,
 ) -> (TrapCause, String) {
+    let refused_memory = store.data().refused_memory();
     let limits = limits.clone();
     tokio::task::spawn_blocking(move || {
         drop(store);

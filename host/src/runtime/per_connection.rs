@@ -180,9 +180,7 @@ async fn serve(
         // holds: the writer task sends what is queued and shuts down.
         Ok(()) => Ok(()),
         Err(error) => {
-            let refused_memory = store.data().refused_memory();
-            let (cause, reason) =
-                dispose_after_trap(store, error, refused_memory, &settings.limits).await;
+            let (cause, reason) = dispose_after_trap(store, error, &settings.limits).await;
             Err(Failure::Trap { cause, reason })
         }
     }

@@ -698,11 +698,10 @@ async fn run_instance(
         Err(error) => return (Err(InstanceError::Instantiate(error)), jobs),
         Ok(Ok(Err(error)) | Err(error)) => error,
     };
-    let refused_memory = store.data().refused_memory();
     // Read before the store (and so every request in it) is dropped; jobs
     // still queued are not lost and not counted.
     let connections = load.active().saturating_sub(jobs.len());
-    let (cause, reason) = dispose_after_trap(store, error, refused_memory, &settings.limits).await;
+    let (cause, reason) = dispose_after_trap(store, error, &settings.limits).await;
     let trapped = InstanceError::Trap {
         cause,
         reason,
