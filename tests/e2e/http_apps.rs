@@ -371,6 +371,20 @@ async fn trapping_and_spinning_http_guests_leave_their_neighbours_alone() {
         let (status, body) = curl_async(vec![format!("http://{addr}/info")]).await;
         assert_eq!(status, 200, "{body}");
     }
+    // A trap and a spin alone on the WASI 0.3 instance: above, either may
+    // end the shared instance (and the other requests in it) first.
+    for (path, cause) in [("trap", "guest"), ("spin", "cpu-budget")] {
+        let (status, body) = curl_async(vec![format!("http://{web}/{path}")]).await;
+        assert_eq!(status, 500, "{body}");
+        let event = format!("instance trapped ({cause})");
+        assert!(
+            gw.gateway
+                .stderr
+                .wait_for(Duration::from_secs(10), |log| log.contains(&event)),
+            "no `{event}`:\n{}",
+            gw.gateway.stderr.text()
+        );
+    }
     let log = gw.gateway.stderr.text();
     assert!(log.contains("instance trapped (guest)"), "{log}");
     assert!(log.contains("instance trapped (cpu-budget)"), "{log}");
