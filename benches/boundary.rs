@@ -22,14 +22,14 @@ use common::{Samples, build_guest, root};
 
 use std::time::Instant;
 
-use sockgate_host::app::App;
-use sockgate_host::conns::ConnTracker;
+use sockgate_host::apps::app::App;
 use sockgate_host::limits::AppLimits;
-use sockgate_host::outbound::OutboundPolicy;
 use sockgate_host::runtime::Runtime;
 use sockgate_host::runtime::engine::Supervision;
 use sockgate_host::runtime::instance::InstanceSettings;
 use sockgate_host::runtime::load::load_component;
+use sockgate_host::tenant::conns::ConnTracker;
+use sockgate_host::tenant::outbound::OutboundPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 
 /// The original design's figure for one message through the boundary.

@@ -25,9 +25,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sockgate_host::conns::ConnTracker;
 use sockgate_host::limits::AppLimits;
-use sockgate_host::outbound::OutboundPolicy;
 use sockgate_host::runtime::Runtime;
 use sockgate_host::runtime::bindings::ConnHandlerPre;
 use sockgate_host::runtime::cache::CompileCache;
@@ -37,6 +35,8 @@ use sockgate_host::runtime::instance::InstanceSettings;
 use sockgate_host::runtime::load::GuestPre;
 use sockgate_host::runtime::slow_lane;
 use sockgate_host::runtime::supervisor::supervise;
+use sockgate_host::tenant::conns::ConnTracker;
+use sockgate_host::tenant::outbound::OutboundPolicy;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 /// The target for one instantiation.

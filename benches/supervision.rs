@@ -38,14 +38,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sockgate_host::app::App;
-use sockgate_host::conns::ConnTracker;
+use sockgate_host::apps::app::App;
 use sockgate_host::limits::AppLimits;
-use sockgate_host::outbound::OutboundPolicy;
 use sockgate_host::runtime::Runtime;
 use sockgate_host::runtime::engine::Supervision;
 use sockgate_host::runtime::instance::InstanceSettings;
 use sockgate_host::runtime::load::load_component;
+use sockgate_host::tenant::conns::ConnTracker;
+use sockgate_host::tenant::outbound::OutboundPolicy;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::net::TcpStream;
 

@@ -13,7 +13,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
     config.validate()?;
     let state_dir = config.state_dir();
     // Before anything is opened: the guests' outbound budget is half of it.
-    let descriptors = sockgate_host::guest_budget::raise_descriptor_limit();
+    let descriptors = sockgate_host::tenant::guest_budget::raise_descriptor_limit();
     // The admin listener is bound before any app starts, so its port is
     // known (and protected from guests) from the first app on.
     let admin = match config.gateway.admin {
@@ -56,7 +56,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
 /// Says what the descriptor limit is (raised to the hard limit before the
 /// gateway opened anything), and the guests' share of it.
 fn describe_descriptors(raised: std::io::Result<(u64, u64)>) {
-    use sockgate_host::guest_budget::outbound_socket_budget;
+    use sockgate_host::tenant::guest_budget::outbound_socket_budget;
     match raised {
         Ok((before, now)) => tracing::info!(
             "file descriptors: limit {now}{}; guests' outbound sockets may use {} of them",

@@ -506,8 +506,11 @@ pub fn criterion() -> criterion::Criterion {
 /// Hands `app` one end of an in-memory duplex of `buffer` bytes, as a TCP
 /// connection from 127.0.0.1:1, and returns the client's end: the message
 /// path without sockets.
-pub fn connect_in_memory(app: &sockgate_host::app::App, buffer: usize) -> tokio::io::DuplexStream {
-    use sockgate_host::conn::{ConnInfo, Connection, Transport, next_conn_id};
+pub fn connect_in_memory(
+    app: &sockgate_host::apps::app::App,
+    buffer: usize,
+) -> tokio::io::DuplexStream {
+    use sockgate_host::base::conn::{ConnInfo, Connection, Transport, next_conn_id};
     let (client, server) = tokio::io::duplex(buffer);
     let (server_rd, server_wr) = tokio::io::split(server);
     let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();

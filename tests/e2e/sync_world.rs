@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use sockgate_host::conns::ConnTracker;
 use sockgate_host::limits::AppLimits;
-use sockgate_host::outbound::OutboundPolicy;
 use sockgate_host::runtime::Runtime;
 use sockgate_host::runtime::instance::InstanceSettings;
 use sockgate_host::runtime::load::{GuestPre, World, load_component};
 use sockgate_host::runtime::per_connection::instantiate_once;
+use sockgate_host::tenant::conns::ConnTracker;
+use sockgate_host::tenant::outbound::OutboundPolicy;
 
 use crate::support::{Gateway, TestApp, ask, guest, lang_guest, shared_cache_dir};
 

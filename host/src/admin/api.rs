@@ -29,7 +29,7 @@ use super::{Body, error, json};
 use crate::config::AppConfig;
 use crate::gateway::{Gateway, MAX_COMPONENT_BYTES};
 use crate::limits::AppLimits;
-use crate::logs::{Event, LogLine, Stream};
+use crate::tenant::logs::{Event, LogLine, Stream};
 
 /// An upload must arrive whole within this time. Threat: a client
 /// trickling a 64 MiB body to hold a connection (and its buffer) for

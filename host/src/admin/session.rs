@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::conns::client_key;
-use crate::locks::lock;
+use crate::base::locks::lock;
+use crate::tenant::conns::client_key;
 
 /// Sessions kept at once; logging in beyond it forgets the oldest. Threat:
 /// logins (each needs the token) filling memory.
@@ -133,7 +133,7 @@ fn random_hex() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|err| anyhow::anyhow!("cannot get random bytes for a session: {err}"))?;
-    Ok(crate::store::hex(&bytes))
+    Ok(crate::state::hex(&bytes))
 }
 
 #[cfg(test)]

@@ -32,8 +32,8 @@ use tokio::sync::Semaphore;
 use super::renewal::{Renewal, RenewalPolicy, Step, Validity};
 use super::store::{StateDir, read_optional, write_private};
 use super::{certified_key_from_pem, crypto_provider, format_time};
-use crate::locks::lock;
-use crate::route::Router;
+use crate::apps::route::Router;
+use crate::base::locks::lock;
 
 /// Upper bound on one order, from directory discovery to the downloaded
 /// certificate: a CA that stops answering must not stall renewals forever.

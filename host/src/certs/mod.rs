@@ -31,7 +31,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
-use crate::route::Router;
+use crate::apps::route::Router;
 use renewal::Validity;
 
 /// Where the certificates for app names come from (names that no static

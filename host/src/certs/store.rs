@@ -38,16 +38,16 @@ impl StateDir {
 
 /// Creates `dir` and its missing parents with mode 0700, and makes `dir`
 /// itself 0700; a directory of another user is refused (see
-/// [`crate::fsutil::create_private_dir`]).
+/// [`crate::base::fsutil::create_private_dir`]).
 pub fn private_dir(dir: &Path) -> Result<()> {
-    crate::fsutil::create_private_dir(dir)
+    crate::base::fsutil::create_private_dir(dir)
         .with_context(|| format!("cannot use directory {}", dir.display()))
 }
 
 /// Writes `data` to `path` atomically, readable only by this user (0600).
 /// The parent directory must exist.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    crate::fsutil::write_atomic(path, data, 0o600)
+    crate::base::fsutil::write_atomic(path, data, 0o600)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -34,7 +34,7 @@ pub const ALPN_H3: &str = "h3";
 pub async fn serve(
     conn: quinn::Connection,
     front: Arc<Front>,
-    record: Arc<crate::conns::ActiveConn>,
+    record: Arc<crate::tenant::conns::ActiveConn>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
     let limits = *front.limits();

@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::conn::{ByteReader, ByteWriter};
-use crate::conns::ActiveConn;
+use crate::base::conn::{ByteReader, ByteWriter};
+use crate::tenant::conns::ActiveConn;
 
 /// A connection's reader and writer, metered into its record.
 pub struct ConnIo {

@@ -1,5 +1,5 @@
 //! HTTP apps, the protocol side: HTTP/1.1 and HTTP/2 (hyper) over a
-//! gateway [`Connection`](crate::conn::Connection), HTTP/3 (`h3` over quinn)
+//! gateway [`Connection`](crate::base::conn::Connection), HTTP/3 (`h3` over quinn)
 //! over a whole QUIC connection, and what every request goes through before
 //! and after an app serves it.
 //!

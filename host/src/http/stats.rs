@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Exchange, Protocol};
-use crate::locks::lock;
+use crate::base::locks::lock;
 
 /// Upper bounds of the duration histogram's buckets, in seconds: from a
 /// cached answer (1 ms) to the default request timeout (30 s).

@@ -10,7 +10,7 @@
 //! 4,096 TLS handshake slots of the gateway for their whole 10 s deadline,
 //! and every other client was turned away; ~420 connections a second kept
 //! TLS (and ACME HTTP-01 on port 80) down. With them, one client (an IPv4
-//! address or an IPv6 /64, [`crate::conns::client_key`]) holds at most its
+//! address or an IPv6 /64, [`crate::tenant::conns::client_key`]) holds at most its
 //! share, and a connection that sends nothing for [`FIRST_BYTE_TIMEOUT`]
 //! gives its slot back.
 
@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::conns::client_key;
-use crate::locks::lock;
+use crate::base::locks::lock;
+use crate::tenant::conns::client_key;
 
 /// Pause after the process ran out of file descriptors, so an accept loop
 /// does not spin while connections are closed and descriptors come back.

@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::accept::{ClientSlots, FIRST_BYTE_TIMEOUT, accept_loop, first_byte};
+use crate::apps::route::Router;
 use crate::certs::{Certificates, normalize_name};
-use crate::route::Router;
 
 /// The longest request head accepted; real requests to this port are a few
 /// hundred bytes. Bounds memory per connection.

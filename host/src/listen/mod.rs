@@ -1,5 +1,5 @@
 //! Listeners: they accept client connections on one transport and turn
-//! them into [`Connection`](crate::conn::Connection)s for an app. They know
+//! them into [`Connection`](crate::base::conn::Connection)s for an app. They know
 //! nothing about WebAssembly.
 
 pub mod accept;

@@ -11,8 +11,8 @@ use anyhow::{Result, anyhow};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::conn::{ConnInfo, Connection, Transport, next_conn_id};
-use crate::route::Router;
+use crate::apps::route::Router;
+use crate::base::conn::{ConnInfo, Connection, Transport, next_conn_id};
 
 /// Binds `addr`, explaining the usual failures in the user's terms.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -42,7 +42,7 @@ pub fn bind_hint(err: &io::Error) -> &'static str {
 /// Accepts connections forever and dispatches each to the version of app
 /// `name` that `router` holds at that moment (so a deploy switches new
 /// connections at once). The app's own caps admit them
-/// ([`crate::conns`]): a connection here is already the app's.
+/// ([`crate::tenant::conns`]): a connection here is already the app's.
 pub async fn serve(listener: TcpListener, name: String, router: Arc<Router>) {
     let what = format!("app {name}");
     super::accept::accept_loop(&listener, &what, |stream, _| {

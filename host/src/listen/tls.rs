@@ -46,19 +46,19 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
-use crate::app::App;
+use crate::apps::app::App;
+use crate::apps::route::{NamePolicy, Router};
+use crate::base::conn::{ConnInfo, Connection, Transport, next_conn_id};
 use crate::certs::acme::{AcmeSettings, Challenge, PreparedAcme};
 use crate::certs::dev_ca::DevCa;
 use crate::certs::files::{CertFileSettings, StaticCerts};
 use crate::certs::store::StateDir;
 use crate::certs::{CertSource, Certificates, check_dns_name, crypto_provider, normalize_name};
 use crate::config::{AppConfig, Config};
-use crate::conn::{ConnInfo, Connection, Transport, next_conn_id};
 use crate::listen::accept::{ClientSlots, FIRST_BYTE_TIMEOUT, accept_loop, first_byte};
 use crate::listen::http;
 use crate::listen::quic::{PreparedQuic, Quic};
 use crate::listen::tcp::SharedTcp;
-use crate::route::{NamePolicy, Router};
 
 /// Handshakes in progress at once, over all clients. Bounds the memory and
 /// CPU that clients which connect and then stall (or flood) can tie up;

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::fsutil::{create_private_dir, write_atomic};
+use crate::base::fsutil::{create_private_dir, write_atomic};
 
 /// Whether a component came from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct CompileCache {
 impl CompileCache {
     /// Opens (creating it, owner-only) the cache directory; an existing
     /// directory must belong to this user (see
-    /// [`crate::fsutil::create_private_dir`]).
+    /// [`crate::base::fsutil::create_private_dir`]).
     pub fn open(dir: PathBuf, engine: &Engine) -> Result<Self> {
         Self::open_labeled(dir, engine, "")
     }
@@ -83,7 +83,7 @@ impl CompileCache {
     ) -> Result<(Component, CacheOutcome)> {
         let path = self.dir.join(format!("{}.cwasm", self.key(bytes)));
         let trusted = match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() && crate::fsutil::is_own_file(&meta) => true,
+            Ok(meta) if meta.is_file() && crate::base::fsutil::is_own_file(&meta) => true,
             Ok(_) => {
                 // Planted while the directory was open to others (it is
                 // narrowed at open), or not a file: never load it as code.

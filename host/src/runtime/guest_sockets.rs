@@ -1,5 +1,5 @@
 //! Outbound sockets counted against the app's `limits.max_outbound_sockets`
-//! and the gateway's descriptor budget ([`crate::guest_budget`]).
+//! and the gateway's descriptor budget ([`crate::tenant::guest_budget`]).
 //!
 //! wasmtime-wasi opens the OS socket when the guest creates the socket
 //! resource (`create-tcp-socket`, `tcp-socket.create`, …) and keeps no
@@ -35,7 +35,7 @@ use wasmtime_wasi::p3::bindings::sockets::types::{
 use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsCtxView, WasiSocketsView};
 
 use super::host_state::HostState;
-use crate::guest_budget::SocketLease;
+use crate::tenant::guest_budget::SocketLease;
 
 /// The WASI 0.2 interfaces whose items are replaced (the version
 /// wasmtime-wasi 48 defines; guests importing older 0.2 versions are

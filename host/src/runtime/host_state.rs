@@ -34,12 +34,12 @@ use super::http::hooks::GatewayHooks;
 use super::http::outbound::Outbound;
 use super::instance::{InstanceSettings, wit_info};
 use super::supervisor::GuestLimiter;
-use crate::conn::ReceiveError;
-use crate::conns::{AppAccount, ConnTracker};
-use crate::guest_budget::{SocketLease, SocketRefusal};
+use crate::base::conn::ReceiveError;
 use crate::limits::AppLimits;
-use crate::logs::{AppLog, EventKind, Stream};
-use crate::outbound::OutboundPolicy;
+use crate::tenant::conns::{AppAccount, ConnTracker};
+use crate::tenant::guest_budget::{SocketLease, SocketRefusal};
+use crate::tenant::logs::{AppLog, EventKind, Stream};
+use crate::tenant::outbound::OutboundPolicy;
 
 /// Longest line kept whole; a guest that prints without newlines has its
 /// output cut into entries of this size so it cannot grow host memory.

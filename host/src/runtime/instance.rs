@@ -29,11 +29,11 @@ use super::pump::{ClientReader, ClientWriter, ConnGuard};
 use super::slow_lane;
 use super::supervisor::{Supervision, TrapCause, explain_trap, supervise};
 use super::sync_streams::IoProgress;
-use crate::conn::{ByteReader, ByteWriter, ConnInfo};
-use crate::conns::{AppAccount, ConnTracker, ShardLoad};
+use crate::base::conn::{ByteReader, ByteWriter, ConnInfo};
 use crate::limits::AppLimits;
-use crate::logs::{AppLog, EventKind};
-use crate::outbound::OutboundPolicy;
+use crate::tenant::conns::{AppAccount, ConnTracker, ShardLoad};
+use crate::tenant::logs::{AppLog, EventKind};
+use crate::tenant::outbound::OutboundPolicy;
 
 /// A connection assigned to an instance, with the record that counts it
 /// as active.

@@ -28,19 +28,19 @@
 //! - [`per_connection`]: serving a `conn-handler-sync` app, one instance per
 //!   connection.
 
-/// Converts a [`ConnInfo`](crate::conn::ConnInfo) into the `conn-info`
+/// Converts a [`ConnInfo`](crate::base::conn::ConnInfo) into the `conn-info`
 /// record of a generated bindings module (`$wit`): both worlds' records
 /// have the same fields, in their own generated types.
 macro_rules! wit_conn_info {
     ($wit:path, $info:expr) => {{
         use $wit as wit;
-        let info: &crate::conn::ConnInfo = $info;
+        let info: &crate::base::conn::ConnInfo = $info;
         wit::ConnInfo {
             id: info.id,
             transport: match info.transport {
-                crate::conn::Transport::Tcp => wit::Transport::Tcp,
-                crate::conn::Transport::Tls => wit::Transport::Tls,
-                crate::conn::Transport::Quic => wit::Transport::Quic,
+                crate::base::conn::Transport::Tcp => wit::Transport::Tcp,
+                crate::base::conn::Transport::Tls => wit::Transport::Tls,
+                crate::base::conn::Transport::Quic => wit::Transport::Quic,
             },
             peer: info.peer.into(),
             local: info.local.into(),

@@ -3,12 +3,12 @@
 //! its `resolve-addresses` so that a guest may look up only the names its
 //! policy lists (a lookup is itself traffic: DNS can carry data out), and
 //! so that the addresses returned become connectable for that name's rules
-//! (the public ones: see [`crate::outbound`]).
+//! (the public ones: see [`crate::tenant::outbound`]).
 //!
 //! A lookup is `getaddrinfo` on a thread of tokio's blocking pool, which
 //! deploys (compiles) and certificate saves share; it takes a permit of the
 //! app's `limits.max_concurrent_lookups` and one of the gateway's
-//! [`GATEWAY_LOOKUPS`](crate::guest_budget::GATEWAY_LOOKUPS) first, held
+//! [`GATEWAY_LOOKUPS`](crate::tenant::guest_budget::GATEWAY_LOOKUPS) first, held
 //! until the thread returns, so guests never hold more threads than that
 //! however slow the resolver is. Waiting for permits and the lookup itself
 //! share one deadline, [`LOOKUP_TIMEOUT`].
@@ -22,7 +22,7 @@ use wasmtime_wasi::p3::bindings::sockets::ip_name_lookup::ErrorCode;
 use wasmtime_wasi::p3::bindings::sockets::types::IpAddress;
 
 use super::host_state::HostState;
-use crate::logs::EventKind;
+use crate::tenant::logs::EventKind;
 
 /// The interface whose function is replaced.
 const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.3.0";
@@ -90,7 +90,7 @@ async fn resolve(
 /// caps, within [`LOOKUP_TIMEOUT`]; `refused` records a lookup that a cap
 /// or the timeout stopped.
 async fn look_up(
-    policy: &crate::outbound::OutboundPolicy,
+    policy: &crate::tenant::outbound::OutboundPolicy,
     name: &str,
     refused: impl Fn(&'static str, String),
 ) -> Result<Vec<IpAddr>, ErrorCode> {

@@ -24,8 +24,8 @@ use super::supervisor::{Activation, Meter, supervise_activations};
 use super::sync_bindings::ConnHandlerSyncPre;
 use super::sync_bindings::sockgate::gateway::sync_types as wit;
 use super::sync_streams::{ConnInput, ConnOutput, IoProgress};
-use crate::conn::ConnInfo;
-use crate::logs::EventKind;
+use crate::base::conn::ConnInfo;
+use crate::tenant::logs::EventKind;
 
 /// The instance index per-connection instances report in logs and events
 /// (there are no shards; events name the connection instead).

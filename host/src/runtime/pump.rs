@@ -19,8 +19,8 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Destination, Source, StreamConsumer, StreamProducer, StreamResult};
 
 use super::sync_streams::IoProgress;
-use crate::conn::{ByteReader, ByteWriter};
-use crate::conns::ActiveConn;
+use crate::base::conn::{ByteReader, ByteWriter};
+use crate::tenant::conns::ActiveConn;
 
 /// Most bytes moved per guest read when the reader is the host itself
 /// (guest reads use the guest's own buffer size).
@@ -107,7 +107,7 @@ impl<D> StreamProducer<D> for ClientReader {
             Poll::Ready(Err(err)) => {
                 tracing::debug!("client read failed: {err}");
                 self.guard
-                    .set_receive_error(crate::conn::ReceiveError::from_io(&err));
+                    .set_receive_error(crate::base::conn::ReceiveError::from_io(&err));
                 StreamResult::Dropped
             }
             Poll::Pending if finish => StreamResult::Cancelled,

@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use super::supervisor::Meter;
-use crate::locks::lock;
+use crate::base::locks::lock;
 
 /// The nice value of the slow lane's threads (0 is the default, 19 the
 /// lowest priority): the kernel gives a nice-10 thread about a tenth of

@@ -35,7 +35,7 @@ use super::budget::{Accounting, Budget, Verdict};
 use super::host_state::HostState;
 use super::ticker;
 use crate::limits::AppLimits;
-use crate::logs::{AppLog, EventKind};
+use crate::tenant::logs::{AppLog, EventKind};
 
 pub use super::budget::Exceeded;
 pub use super::trap::{TrapCause, explain_trap};

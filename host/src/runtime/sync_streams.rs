@@ -25,7 +25,7 @@ use tokio::io::{AsyncWriteExt, ReadBuf};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 use super::pump::ConnGuard;
-use crate::conn::{ByteReader, ByteWriter};
+use crate::base::conn::{ByteReader, ByteWriter};
 
 /// Most bytes read from the client at once (and so buffered by the
 /// gateway per connection, at most).

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
 
-use crate::locks::lock;
+use crate::base::locks::lock;
 
 /// The epoch tick while guests run: the longest a guest keeps a thread
 /// before yielding is two ticks.

@@ -34,7 +34,7 @@ pub enum TrapCause {
 }
 
 impl TrapCause {
-    /// Every cause, in the order of [`crate::conns::AppCounters::traps`].
+    /// Every cause, in the order of [`crate::tenant::conns::AppCounters::traps`].
     pub const ALL: [TrapCause; 4] = [
         TrapCause::CpuBudget,
         TrapCause::WallClock,

@@ -62,11 +62,11 @@ use quinn::{Endpoint, EndpointConfig, Incoming, TransportConfig, VarInt};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
+use crate::apps::route::Router;
+use crate::base::conn::{ConnInfo, Connection, QuicStream, Transport, next_conn_id};
+use crate::base::locks::lock;
 use crate::certs::Certificates;
 use crate::config::AppConfig;
-use crate::conn::{ConnInfo, Connection, QuicStream, Transport, next_conn_id};
-use crate::locks::lock;
-use crate::route::Router;
 
 pub use crypto::DEFAULT_ALPN;
 pub use stream::codes as stream_codes;
@@ -442,7 +442,8 @@ async fn serve(endpoint: Endpoint, ctx: Arc<QuicContext>) {
             continue;
         }
         let peer = incoming.remote_address();
-        let Some(slot) = ConnectionSlot::take(&ctx, crate::conns::client_key(peer.ip())) else {
+        let Some(slot) = ConnectionSlot::take(&ctx, crate::tenant::conns::client_key(peer.ip()))
+        else {
             ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("quic: {peer}: at the connection limit; refused");
             incoming.refuse();
@@ -591,7 +592,7 @@ async fn serve_connection(
             alpn: Some(alpn),
             quic: None,
         };
-        let closer: crate::conns::Closer = Box::new(move || {
+        let closer: crate::tenant::conns::Closer = Box::new(move || {
             closing.close(VarInt::from_u32(0), b"closed by the gateway");
         });
         let held = conn.clone();

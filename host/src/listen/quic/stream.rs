@@ -1,5 +1,5 @@
 //! One QUIC bidirectional stream as the byte reader and writer a
-//! [`Connection`](crate::conn::Connection) carries, with the gateway's
+//! [`Connection`](crate::base::conn::Connection) carries, with the gateway's
 //! stream error codes.
 //!
 //! Each half lives behind a mutex shared with the connection's closer, so
@@ -15,8 +15,8 @@ use std::task::{Context, Poll, Waker};
 use quinn::{ReadError, RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::conn::StreamReset;
-use crate::locks::lock;
+use crate::base::conn::StreamReset;
+use crate::base::locks::lock;
 
 /// Application error codes on streams the gateway resets or stops (in
 /// `RESET_STREAM` and `STOP_SENDING`). Documented in the guest guide.

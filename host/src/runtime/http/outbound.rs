@@ -1,6 +1,6 @@
 //! Guests' outbound HTTP requests, sent by the gateway under the app's
 //! outbound policy: the same rules and budgets as `wasi:sockets`
-//! ([`crate::outbound`]).
+//! ([`crate::tenant::outbound`]).
 //!
 //! One request: the URI's host is looked up only if the policy lists the
 //! name (an IP literal needs no lookup), under the app's and the gateway's
@@ -33,9 +33,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
-use crate::guest_budget::SocketLease;
-use crate::logs::{AppLog, EventKind};
-use crate::outbound::OutboundPolicy;
+use crate::tenant::guest_budget::SocketLease;
+use crate::tenant::logs::{AppLog, EventKind};
+use crate::tenant::outbound::OutboundPolicy;
 
 /// How long establishing a connection (TCP, TLS, HTTP) may take unless the
 /// guest asks for less or more (wasmtime's own default is 10 minutes).

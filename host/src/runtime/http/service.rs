@@ -46,7 +46,7 @@ use wasmtime_wasi_http::p3::bindings::Service;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtxView};
 
 use super::bodies::Guarded;
-use crate::conns::ShardLoad;
+use crate::tenant::conns::ShardLoad;
 
 /// How a store's data gives the `wasi:http` view.
 pub type View<T> = fn(&mut T) -> WasiHttpCtxView<'_>;

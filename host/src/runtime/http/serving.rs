@@ -39,14 +39,12 @@ use super::HttpPre;
 use super::bodies::{from_wasi, to_wasi};
 use super::proxy::{self, ProxyEnd};
 use super::service::{HttpJob, InFlight, JobError, ServiceEnd, ServiceSettings, serve_jobs};
-use crate::conn::Transport;
-use crate::conns::ShardLoad;
+use crate::apps::route::Router;
+use crate::base::conn::Transport;
 use crate::http::front::Deadline;
 use crate::http::server::{self, Mode};
 use crate::http::stats::{HttpStats, access_line};
 use crate::http::{ConnMeta, Exchange, Front, Origin, Protocol, Refusal, Served};
-use crate::logs::EventKind;
-use crate::route::Router;
 use crate::runtime::host_state::{HostState, bound_store, http_view};
 use crate::runtime::instance::dispose_after_trap;
 use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings};
@@ -55,6 +53,8 @@ use crate::runtime::per_connection::PER_CONNECTION_INSTANCE;
 use crate::runtime::slow_lane;
 use crate::runtime::supervisor::{Activation, explain_trap, supervise, supervise_activations};
 use crate::runtime::sync_streams::IoProgress;
+use crate::tenant::conns::ShardLoad;
+use crate::tenant::logs::EventKind;
 
 /// Calls past their deadline (answered `504`, still running in the guest)
 /// one WASI 0.3 instance may carry before it is replaced. Threat: a guest
@@ -90,7 +90,7 @@ pub struct HttpApp {
     name: String,
     settings: Arc<InstanceSettings>,
     site: HttpSite,
-    /// Held by the app's [`crate::app::App`] (the version the router
+    /// Held by the app's [`crate::apps::app::App`] (the version the router
     /// serves): once it is replaced or removed, this version takes no new
     /// requests (its instances drain) while its connections live on.
     workers: Weak<Workers>,
@@ -284,7 +284,7 @@ impl HttpApp {
     pub fn serve_h3(
         self: &Arc<Self>,
         conn: quinn::Connection,
-        info: crate::conn::ConnInfo,
+        info: crate::base::conn::ConnInfo,
         record: crate::runtime::pump::ConnGuard,
         retired: watch::Receiver<()>,
     ) {
@@ -579,7 +579,7 @@ async fn instance_loop(
     load: Arc<ShardLoad>,
 ) {
     let log = settings.log.clone();
-    let mut backoff = crate::app::Backoff::default();
+    let mut backoff = crate::apps::app::Backoff::default();
     loop {
         let started = std::time::Instant::now();
         let (outcome, returned) = run_instance(settings.clone(), index, jobs, load.clone()).await;

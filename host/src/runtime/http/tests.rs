@@ -22,9 +22,9 @@ use super::outbound::Outbound;
 use super::proxy::{self, ProxyEnd};
 use super::service::{HttpJob, InFlight, JobError, ServiceEnd, ServiceSettings, serve_jobs};
 use super::{Detected, HttpWorld, detect};
-use crate::conns::ShardLoad;
-use crate::logs::{AppLog, EventKind};
-use crate::outbound::OutboundPolicy;
+use crate::tenant::conns::ShardLoad;
+use crate::tenant::logs::{AppLog, EventKind};
+use crate::tenant::outbound::OutboundPolicy;
 
 /// A store's data with what `wasi:http` needs, and nothing of the
 /// gateway's own (the gateway's `HostState` adds supervision and budgets).

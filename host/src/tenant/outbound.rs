@@ -2,7 +2,7 @@
 //! per-app allowlist of `host:port` rules.
 //!
 //! A rule's host is one of:
-//! - `*`: any *public* address ([`crate::public_ip`]): loopback, private,
+//! - `*`: any *public* address ([`crate::tenant::public_ip`]): loopback, private,
 //!   link-local and every other special-purpose range, IPv6 forms that lead
 //!   to such an IPv4 address (NAT64, 6to4, Teredo, IPv4-mapped), and the
 //!   gateway host's own addresses are never matched by `*`;
@@ -28,12 +28,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::guest_budget::AppBudget;
-use crate::locks::{lock, read, write};
-use crate::public_ip::is_public_and_foreign;
+use crate::base::locks::{lock, read, write};
+use crate::tenant::guest_budget::AppBudget;
+use crate::tenant::public_ip::is_public_and_foreign;
 use anyhow::{Context, Result, bail};
 
-pub use crate::public_ip::is_public;
+pub use crate::tenant::public_ip::is_public;
 
 /// Addresses remembered from allowed name lookups; past this, the oldest
 /// lookups are forgotten (a guest can look them up again). Bounds the memory

@@ -7,7 +7,7 @@
 //! ([`run_instance`]); when the instance traps, the shard records why and
 //! starts a fresh one, after a delay if it keeps crashing ([`Backoff`]).
 //! A new connection is admitted against the gateway's, the app's and the
-//! per-IP caps ([`crate::conns`]), then goes to the shard with the fewest
+//! per-IP caps ([`crate::tenant::conns`]), then goes to the shard with the fewest
 //! active connections, or is refused when every shard is at its cap.
 
 use std::sync::Arc;
@@ -16,15 +16,15 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::conn::Connection;
-use crate::conns::{Admission, AppAccount, ConnTracker, Refused, ShardLoad, admit};
-use crate::logs::{AppLog, EventKind};
+use crate::base::conn::Connection;
 use crate::runtime::host_state::HostState;
 use crate::runtime::http::serving::{HttpApp, HttpSite, Workers};
 use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings, run_instance};
 use crate::runtime::load::GuestPre;
 use crate::runtime::per_connection::serve_connection;
 use crate::runtime::sync_bindings::ConnHandlerSyncPre;
+use crate::tenant::conns::{Admission, AppAccount, ConnTracker, Refused, ShardLoad, admit};
+use crate::tenant::logs::{AppLog, EventKind};
 
 /// A running app.
 pub struct App {
@@ -250,8 +250,8 @@ impl App {
     pub fn dispatch_h3(
         &self,
         conn: quinn::Connection,
-        info: crate::conn::ConnInfo,
-        closer: crate::conns::Closer,
+        info: crate::base::conn::ConnInfo,
+        closer: crate::tenant::conns::Closer,
     ) -> Result<(), Refused> {
         let peer = info.peer.ip();
         let Serving::Http { http, alive, .. } = &self.serving else {

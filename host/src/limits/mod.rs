@@ -126,7 +126,7 @@ pub const MAX_QUIC_STREAMS_PER_CONNECTION: u32 = 1000;
 /// Largest `max_outbound_sockets` an app may ask for.
 pub const MAX_OUTBOUND_SOCKETS: usize = 10_000;
 /// Largest `max_concurrent_lookups`: the gateway-wide cap.
-pub const MAX_CONCURRENT_LOOKUPS: usize = crate::guest_budget::GATEWAY_LOOKUPS;
+pub const MAX_CONCURRENT_LOOKUPS: usize = crate::tenant::guest_budget::GATEWAY_LOOKUPS;
 /// Largest `log_lines_per_second`.
 pub const MAX_LOG_LINES_PER_SECOND: u32 = 10_000;
 /// Largest `max_sync_instances`: half of the per-connection instance pool,

@@ -67,7 +67,7 @@ pub struct GatewaySettings {
     /// Concurrent connections over all apps.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Where deployed apps are kept (see [`crate::store`]); default
+    /// Where deployed apps are kept (see [`crate::state`]); default
     /// `$XDG_DATA_HOME/sockgate` or `~/.local/share/sockgate`.
     pub state_dir: Option<PathBuf>,
     /// Address of the admin API and dashboard. No admin API when unset.
@@ -85,7 +85,7 @@ pub struct GatewaySettings {
     pub drain_secs: u64,
     /// The top share of `max_connections`, in percent, kept for apps that
     /// hold less than an equal share of it; no app holds more than the
-    /// rest (see [`crate::conns`]). Threat: one app taking every
+    /// rest (see [`crate::tenant::conns`]). Threat: one app taking every
     /// gateway-wide connection slot. 0 turns the reserve off.
     #[serde(default = "default_reserved_percent")]
     pub reserved_connections_percent: u8,
@@ -101,11 +101,11 @@ fn default_drain_secs() -> u64 {
 }
 
 fn default_reserved_percent() -> u8 {
-    crate::conns::DEFAULT_RESERVED_PERCENT
+    crate::tenant::conns::DEFAULT_RESERVED_PERCENT
 }
 
 fn default_ipv6_prefix() -> u8 {
-    crate::conns::DEFAULT_IPV6_PREFIX
+    crate::tenant::conns::DEFAULT_IPV6_PREFIX
 }
 
 impl Default for GatewaySettings {
@@ -151,7 +151,7 @@ pub struct AppConfig {
     #[serde(default)]
     pub instances: Option<Instances>,
     /// Outbound destinations the guest may reach through `wasi:sockets`, as
-    /// `host:port` patterns (see [`crate::outbound`]); empty: none.
+    /// `host:port` patterns (see [`crate::tenant::outbound`]); empty: none.
     #[serde(default)]
     pub outbound: Vec<String>,
     /// CPU, memory and connection limits.
@@ -192,7 +192,7 @@ impl AppConfig {
     /// maxima) and apps deployed through the admin API (held to the
     /// operator's `ceilings` too). Errors name the setting, the bound and
     /// what to do. Who owns the app's `domains` is checked by the gateway,
-    /// which knows the other apps ([`crate::route::NamePolicy`]).
+    /// which knows the other apps ([`crate::apps::route::NamePolicy`]).
     pub fn check(&self, ceilings: Option<&Ceilings>) -> Result<()> {
         use crate::limits::{HARD_MAX_ALPN, HARD_MAX_DOMAINS, HARD_MAX_INSTANCES};
         check_app_name(&self.name)?;
@@ -240,7 +240,7 @@ impl AppConfig {
             crate::limits::HARD_MAX_OUTBOUND_RULES,
             ceilings.map(|c| c.outbound_rules),
         )?;
-        crate::outbound::OutboundPolicy::parse(&self.outbound)
+        crate::tenant::outbound::OutboundPolicy::parse(&self.outbound)
             .with_context(|| format!("app `{name}`: invalid outbound rule"))?;
         over(
             "custom domains",

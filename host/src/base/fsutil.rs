@@ -50,7 +50,7 @@ pub fn write_atomic_marked(
         file.write_all(bytes)?;
         file.sync_all()?;
         if let Some(point) = before_rename {
-            crate::failpoint::hit(point);
+            crate::base::failpoint::hit(point);
         }
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()

@@ -25,10 +25,10 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::conn::{ConnInfo, ReceiveError};
-use crate::locks::lock;
-use crate::logs::{AppLog, EventKind};
+use crate::base::conn::{ConnInfo, ReceiveError};
+use crate::base::locks::lock;
 use crate::runtime::supervisor::coarse_now_ms;
+use crate::tenant::logs::{AppLog, EventKind};
 
 /// How often the sweeper looks at every connection: the precision of
 /// idle timeouts and lifetimes.
@@ -637,7 +637,7 @@ mod tests {
         let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
         ConnInfo {
             id,
-            transport: crate::conn::Transport::Tcp,
+            transport: crate::base::conn::Transport::Tcp,
             peer: addr,
             local: addr,
             server_name: None,

@@ -106,5 +106,5 @@ pub struct Connection {
     /// Bytes to the client.
     pub writer: ByteWriter,
     /// Aborts the transport in both directions, from outside (limits).
-    pub closer: crate::conns::Closer,
+    pub closer: crate::tenant::conns::Closer,
 }

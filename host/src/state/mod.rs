@@ -9,7 +9,7 @@
 //! ```
 //!
 //! A deploy writes the blob first and the app record last, each atomically
-//! (see [`crate::fsutil`]): a crash before the record's rename leaves the
+//! (see [`crate::base::fsutil`]): a crash before the record's rename leaves the
 //! old record (the old version serves after restart), a crash after it
 //! leaves the new record whose blob is already complete. There is no state
 //! in between. Blobs no record references any more (an app removed, old
@@ -28,10 +28,10 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::AppConfig;
-use crate::fsutil::{
+use crate::base::fsutil::{
     create_private_dir, is_own_file, is_temporary, write_atomic, write_atomic_marked,
 };
+use crate::config::AppConfig;
 
 /// Versions kept per app (for rollback); older ones are forgotten.
 const VERSIONS_KEPT: usize = 10;

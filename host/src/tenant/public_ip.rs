@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::locks::{read, write};
+use crate::base::locks::{read, write};
 
 /// How long the host's interface addresses are trusted before they are read
 /// again: addresses come and go (DHCP, SLAAC privacy addresses, a VPN).

@@ -8,7 +8,7 @@
 //! `limits.log_lines_per_second`; what is held back is counted and reported
 //! as "N … dropped", and stays in the rings.
 
-use crate::locks::lock;
+use crate::base::locks::lock;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::{Result, bail};
 
-use crate::app::App;
-use crate::locks::{read, write};
+use crate::apps::app::App;
+use crate::base::locks::{read, write};
 
 /// The apps by name, and the base domains whose subdomains name them.
 #[derive(Default)]

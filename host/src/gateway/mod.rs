@@ -29,21 +29,21 @@ use anyhow::{Context, Result, anyhow, bail};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::app::App;
+use crate::apps::app::App;
+use crate::apps::route::{NamePolicy, Router};
 use crate::certs::normalize_name;
 use crate::config::{AppConfig, Config, check_app_name};
-use crate::conns::ConnTracker;
 use crate::limits::Ceilings;
 use crate::listen;
-use crate::logs::{AppLog, EventKind};
-use crate::outbound::{OutboundPolicy, OwnPorts};
-use crate::route::{NamePolicy, Router};
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
 use crate::runtime::http::serving::HttpSite;
 use crate::runtime::instance::InstanceSettings;
 use crate::runtime::load::{LoadedComponent, World, load_component_bytes};
-use crate::store::{AppRecord, StateStore, VersionRecord};
+use crate::state::{AppRecord, StateStore, VersionRecord};
+use crate::tenant::conns::ConnTracker;
+use crate::tenant::logs::{AppLog, EventKind};
+use crate::tenant::outbound::{OutboundPolicy, OwnPorts};
 
 /// Largest component accepted (a Python guest is about 22 MB).
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -189,7 +189,7 @@ impl Gateway {
     /// reported and skipped.
     pub async fn start(config: Config) -> Result<Self> {
         config.validate()?;
-        crate::conns::set_client_ipv6_prefix(config.gateway.client_ipv6_prefix);
+        crate::tenant::conns::set_client_ipv6_prefix(config.gateway.client_ipv6_prefix);
         let runtime = Arc::new(Runtime::new(config.cache_dir()?)?);
         let tracker = ConnTracker::with_reserve(
             config.gateway.max_connections,
@@ -339,7 +339,7 @@ impl Gateway {
             error,
             log,
         };
-        crate::locks::lock(&self.inner.failed).insert(name.to_owned(), failed);
+        crate::base::locks::lock(&self.inner.failed).insert(name.to_owned(), failed);
     }
 
     /// Checks `config` as the gateway will run it: its settings (with the
@@ -437,8 +437,8 @@ impl Gateway {
         let persist = move |bound: SocketAddr| -> Result<u64> {
             let store = inner.store.as_ref().context("no state directory")?;
             store.put_blob(&blob)?;
-            crate::failpoint::hit("deploy-after-blob");
-            crate::failpoint::hit("deploy-before-record");
+            crate::base::failpoint::hit("deploy-after-blob");
+            crate::base::failpoint::hit("deploy-before-record");
             let mut record = store.load_app(&version.config.name)?.unwrap_or(AppRecord {
                 name: version.config.name.clone(),
                 current: 0,
@@ -447,7 +447,7 @@ impl Gateway {
             version.config.listen = bound;
             record.push(version);
             store.save_app(&record)?;
-            crate::failpoint::hit("deploy-after-record");
+            crate::base::failpoint::hit("deploy-after-record");
             collect_blobs(store);
             Ok(record.current)
         };
@@ -504,7 +504,7 @@ impl Gateway {
     /// that failed to start is removed the same way.
     pub async fn remove(&self, name: &str) -> Result<()> {
         let mut slots = self.inner.slots.lock().await;
-        let failed = crate::locks::lock(&self.inner.failed).contains_key(name);
+        let failed = crate::base::locks::lock(&self.inner.failed).contains_key(name);
         match slots.get(name) {
             None if !failed => bail!("no app `{name}`"),
             Some(slot) if slot.source == Source::Config => bail!(
@@ -516,7 +516,7 @@ impl Gateway {
             store.remove_app(name)?;
             collect_blobs(store);
         }
-        crate::locks::lock(&self.inner.failed).remove(name);
+        crate::base::locks::lock(&self.inner.failed).remove(name);
         if let Some(slot) = slots.remove(name) {
             slot.accept_task.abort();
             self.inner.router.remove(name);
@@ -676,7 +676,7 @@ impl Gateway {
         }
         // The switch: from here on new connections get the new version.
         self.inner.router.insert(&name, app.clone());
-        crate::locks::lock(&self.inner.failed).remove(&name);
+        crate::base::locks::lock(&self.inner.failed).remove(&name);
         let (tcp, accept_task) = match (new_listener, slots.remove(&name)) {
             (Some(listener), old) => {
                 if let Some(old) = old {
@@ -797,7 +797,7 @@ impl Gateway {
 
     /// Persisted apps that could not be started, by name.
     pub fn failed_apps(&self) -> Vec<FailedApp> {
-        crate::locks::lock(&self.inner.failed)
+        crate::base::locks::lock(&self.inner.failed)
             .values()
             .cloned()
             .collect()
@@ -807,7 +807,7 @@ impl Gateway {
     pub fn log_of(&self, name: &str) -> Option<Arc<AppLog>> {
         match self.app(name) {
             Some(app) => Some(app.log().clone()),
-            None => crate::locks::lock(&self.inner.failed)
+            None => crate::base::locks::lock(&self.inner.failed)
                 .get(name)
                 .map(|failed| failed.log.clone()),
         }
@@ -886,7 +886,7 @@ fn short(digest: &str) -> &str {
 /// SHA-256 of a component, hex.
 fn digest_of(bytes: &[u8]) -> String {
     use sha2::Digest;
-    crate::store::hex(&sha2::Sha256::digest(bytes))
+    crate::state::hex(&sha2::Sha256::digest(bytes))
 }
 
 /// The component of a persisted version, checked against its digest: a

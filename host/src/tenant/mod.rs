@@ -1,0 +1,15 @@
+//! What the gateway keeps for each app (tenant) while it runs, and hands
+//! to the runtime as its inputs: the connection account and its sweeper
+//! ([`conns`]), the budgets of host resources a guest may hold
+//! ([`guest_budget`]), the log and event records ([`logs`]) and the
+//! outbound policy ([`outbound`], with [`public_ip`]).
+//!
+//! **Architecture invariant:** these sit below the runtime: they know
+//! nothing of WebAssembly, listeners or the routing table, so the runtime
+//! can be handed them and tested with them alone.
+
+pub mod conns;
+pub mod guest_budget;
+pub mod logs;
+pub mod outbound;
+pub mod public_ip;
