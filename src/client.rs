@@ -275,7 +275,7 @@ impl Client {
 
     /// `sockgate deploy`.
     pub async fn deploy(&self, args: DeployArgs) -> Result<(), Failure> {
-        sockgate_host::config::check_app_name(&args.name).map_err(|e| Failure::new(2, e))?;
+        sockgate_host::base::names::check_app_name(&args.name).map_err(|e| Failure::new(2, e))?;
         let bytes = std::fs::read(&args.component)
             .with_context(|| format!("cannot read {}", args.component.display()))
             .map_err(|e| Failure::new(1, e))?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use sockgate_host::config::check_app_name;
+use sockgate_host::base::names::check_app_name;
 
 /// The languages `sockgate new` has templates for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -94,7 +94,7 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
     let method = request.method().clone();
     if let Some(name) = segments.get(1)
         && segments.first() == Some(&"apps")
-        && let Err(err) = crate::config::check_app_name(name)
+        && let Err(err) = crate::base::names::check_app_name(name)
     {
         return error(StatusCode::BAD_REQUEST, &format!("{err:#}"));
     }

@@ -5,17 +5,17 @@
 //!
 //! Each shard is a task that runs one instance at a time
 //! ([`run_instance`]); when the instance traps, the shard records why and
-//! starts a fresh one, after a delay if it keeps crashing ([`Backoff`]).
+//! starts a fresh one, after a delay if it keeps crashing ([`Backoff`](crate::base::backoff::Backoff)).
 //! A new connection is admitted against the gateway's, the app's and the
 //! per-IP caps ([`crate::tenant::conns`]), then goes to the shard with the fewest
 //! active connections, or is refused when every shard is at its cap.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::base::backoff::Backoff;
 use crate::base::conn::Connection;
 use crate::runtime::host_state::HostState;
 use crate::runtime::http::serving::{HttpApp, HttpSite, Workers};
@@ -251,7 +251,7 @@ impl App {
         &self,
         conn: quinn::Connection,
         info: crate::base::conn::ConnInfo,
-        closer: crate::tenant::conns::Closer,
+        closer: crate::base::conn::Closer,
     ) -> Result<(), Refused> {
         let peer = info.peer.ip();
         let Serving::Http { http, alive, .. } = &self.serving else {
@@ -331,38 +331,6 @@ async fn shard_loop(
     }
 }
 
-/// Crash-loop protection: an instance that fails soon after it started is
-/// restarted after a delay that doubles with each quick failure, so a guest
-/// that traps on every connection cannot make the gateway spin on
-/// instantiation. An instance that ran for a while is replaced at once.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    quick_failures: u32,
-}
-
-impl Backoff {
-    /// A failure after this long counts as a fresh start.
-    pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
-    /// The first delay.
-    pub const INITIAL: Duration = Duration::from_millis(100);
-    /// The longest delay.
-    pub const MAX: Duration = Duration::from_secs(10);
-
-    /// Called when an instance stopped after running for `lived`; returns
-    /// how long to wait before the next one.
-    pub fn after_exit(&mut self, lived: Duration) -> Option<Duration> {
-        if lived >= Self::HEALTHY_AFTER {
-            self.quick_failures = 0;
-        }
-        self.quick_failures = self.quick_failures.saturating_add(1);
-        if self.quick_failures == 1 {
-            return None;
-        }
-        let exponent = (self.quick_failures - 2).min(16);
-        Some((Self::INITIAL * 2u32.pow(exponent)).min(Self::MAX))
-    }
-}
-
 /// Gives an admitted connection its place in `active` (a shard's or the
 /// per-connection instances' count) and the guard that releases every
 /// count it holds once the connection is done.
@@ -380,26 +348,5 @@ fn assign(conn: Connection, admission: Admission, active: &Arc<ShardLoad>) -> As
         reader,
         writer,
         guard,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_on_quick_failures_and_resets_after_health() {
-        let mut b = Backoff::default();
-        let quick = Duration::from_millis(5);
-        assert_eq!(b.after_exit(quick), None);
-        assert_eq!(b.after_exit(quick), Some(Duration::from_millis(100)));
-        assert_eq!(b.after_exit(quick), Some(Duration::from_millis(200)));
-        assert_eq!(b.after_exit(quick), Some(Duration::from_millis(400)));
-        for _ in 0..20 {
-            b.after_exit(quick);
-        }
-        assert_eq!(b.after_exit(quick), Some(Backoff::MAX));
-        assert_eq!(b.after_exit(Duration::from_secs(60)), None);
-        assert_eq!(b.after_exit(quick), Some(Duration::from_millis(100)));
     }
 }

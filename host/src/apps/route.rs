@@ -16,6 +16,9 @@ use anyhow::{Result, bail};
 
 use crate::apps::app::App;
 use crate::base::locks::{read, write};
+use crate::base::names::normalize_name;
+use crate::certs::ServedNames;
+use crate::runtime::http::serving::{HttpApp, SiteMap};
 
 /// The apps by name, and the base domains whose subdomains name them.
 #[derive(Default)]
@@ -59,7 +62,7 @@ impl Router {
 
     /// Sets the base domains.
     pub fn set_domains(&self, domains: &[String]) {
-        *write(&self.domains) = domains.iter().map(|d| normalize(d)).collect();
+        *write(&self.domains) = domains.iter().map(|d| normalize_name(d)).collect();
     }
 
     /// The base domains.
@@ -73,7 +76,7 @@ impl Router {
         let mut custom = write(&self.custom);
         custom.retain(|_, owner| owner != app);
         for domain in domains {
-            custom.insert(normalize(domain), app.to_owned());
+            custom.insert(normalize_name(domain), app.to_owned());
         }
     }
 
@@ -93,7 +96,7 @@ impl Router {
     /// else, including the bare base domain. `<app>.<base domain>` is
     /// looked at first: it always names app `<app>`.
     pub fn app_name_for_server_name(&self, server_name: &str) -> Option<String> {
-        let server_name = normalize(server_name);
+        let server_name = normalize_name(server_name);
         let by_subdomain = read(&self.domains).iter().find_map(|domain| {
             let label = server_name
                 .strip_suffix(domain.as_str())?
@@ -109,8 +112,20 @@ impl Router {
     }
 }
 
-fn normalize(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
+impl ServedNames for Router {
+    fn serves(&self, server_name: &str) -> bool {
+        self.app_for_server_name(server_name).is_some()
+    }
+}
+
+impl SiteMap for Router {
+    fn current_http(&self, name: &str) -> Option<Arc<HttpApp>> {
+        self.get(name)?.http().cloned()
+    }
+
+    fn app_for_host(&self, host: &str) -> Option<String> {
+        self.app_name_for_server_name(host)
+    }
 }
 
 /// Who may claim which server name as a custom domain: the base domains of
@@ -130,8 +145,8 @@ impl NamePolicy {
     /// by the configuration).
     pub fn new(base: &[String], allowed: &[String]) -> Self {
         Self {
-            base: base.iter().map(|d| normalize(d)).collect(),
-            allowed: allowed.iter().map(|d| normalize(d)).collect(),
+            base: base.iter().map(|d| normalize_name(d)).collect(),
+            allowed: allowed.iter().map(|d| normalize_name(d)).collect(),
         }
     }
 
@@ -140,7 +155,7 @@ impl NamePolicy {
     /// foreign names need no allowlist (the operator wrote them). Who else
     /// claims the name is the caller's to check.
     pub fn check_claim(&self, app: &str, domain: &str, operator: bool) -> Result<()> {
-        let domain = normalize(domain);
+        let domain = normalize_name(domain);
         if self.base.contains(&domain) {
             bail!(
                 "app `{app}`: `{domain}` is a base domain of this gateway ([tls] domains): it \

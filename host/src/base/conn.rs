@@ -106,5 +106,9 @@ pub struct Connection {
     /// Bytes to the client.
     pub writer: ByteWriter,
     /// Aborts the transport in both directions, from outside (limits).
-    pub closer: crate::tenant::conns::Closer,
+    pub closer: Closer,
 }
+
+/// Aborts a connection's transport from outside (both directions), so a
+/// connection can be closed even while its guest is not reading or writing.
+pub type Closer = Box<dyn Fn() + Send + Sync>;

@@ -29,10 +29,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use super::ServedNames;
 use super::renewal::{Renewal, RenewalPolicy, Step, Validity};
 use super::store::{StateDir, read_optional, write_private};
 use super::{certified_key_from_pem, crypto_provider, format_time};
-use crate::apps::route::Router;
 use crate::base::locks::lock;
 
 /// Upper bound on one order, from directory discovery to the downloaded
@@ -254,12 +254,12 @@ impl PreparedAcme {
         })
     }
 
-    /// Starts managing certificates for the names of the apps `router`
-    /// holds (see [`AcmeManager::manage`]).
-    pub fn start(self, router: Arc<Router>) -> Arc<AcmeManager> {
+    /// Starts managing certificates for the names `names` serves (see
+    /// [`AcmeManager::manage`]).
+    pub fn start(self, names: Arc<dyn ServedNames>) -> Arc<AcmeManager> {
         Arc::new(AcmeManager {
             prepared: self,
-            router,
+            names,
             certs: RwLock::new(HashMap::new()),
             managed: Mutex::new(HashSet::new()),
             tls_alpn: Mutex::new(HashMap::new()),
@@ -294,7 +294,8 @@ fn directory_dir_name(url: &str) -> String {
 /// Certificates ordered from one ACME CA, with their renewals.
 pub struct AcmeManager {
     prepared: PreparedAcme,
-    router: Arc<Router>,
+    /// Which names select a running app (the routing table).
+    names: Arc<dyn ServedNames>,
     /// The certificate served for each name.
     certs: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     /// Names with a renewal task.
@@ -421,7 +422,7 @@ impl AcmeManager {
 
     /// Whether `name` still selects a running app.
     fn wanted(&self, name: &str) -> bool {
-        self.router.app_for_server_name(name).is_some()
+        self.names.serves(name)
     }
 
     /// Orders, renews and retries for one name until its app goes away.

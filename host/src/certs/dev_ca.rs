@@ -269,7 +269,7 @@ fn root_name(key: &KeyPair) -> String {
 fn minimal_subtrees(subtrees: &[String]) -> Vec<String> {
     let mut names: Vec<String> = subtrees
         .iter()
-        .map(|n| super::normalize_name(n))
+        .map(|n| crate::base::names::normalize_name(n))
         .filter(|n| !n.is_empty())
         .collect();
     names.sort();

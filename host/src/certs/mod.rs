@@ -31,7 +31,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
-use crate::apps::route::Router;
+use crate::base::names::normalize_name;
 use renewal::Validity;
 
 /// Where the certificates for app names come from (names that no static
@@ -65,36 +65,6 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
         .clone()
-}
-
-/// A server name as routing and certificates compare it: lowercase,
-/// without a trailing dot.
-pub fn normalize_name(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// Checks that `name` is a DNS name a certificate can be ordered for:
-/// dot-separated labels of letters, digits and inner hyphens, at most 253
-/// characters; a trailing dot (a fully qualified name) is allowed.
-pub fn check_dns_name(name: &str) -> Result<()> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let valid = name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
-    if !valid {
-        anyhow::bail!(
-            "`{name}` is not a valid DNS name: use dot-separated labels of letters, digits \
-             and inner hyphens, such as `chat.example.org`"
-        );
-    }
-    Ok(())
 }
 
 /// The validity period of a DER certificate.
@@ -141,10 +111,19 @@ pub fn format_time(t: SystemTime) -> String {
         .unwrap_or_else(|_| format!("{t}"))
 }
 
+/// Which server names the gateway serves now: a name gets a certificate
+/// from ACME or the dev CA only while it selects a running app. The
+/// routing table ([`crate::apps::route::Router`]) answers; certificates
+/// never read it themselves.
+pub trait ServedNames: Send + Sync {
+    /// Whether `server_name` selects a running app.
+    fn serves(&self, server_name: &str) -> bool;
+}
+
 /// The one certificate resolver of the TLS listener: static files first,
 /// then the configured source for names that select a running app.
 pub struct Certificates {
-    router: Arc<Router>,
+    names: Arc<dyn ServedNames>,
     source: CertSource,
     files: Arc<files::StaticCerts>,
     acme: Option<Arc<acme::AcmeManager>>,
@@ -163,14 +142,14 @@ impl Certificates {
     /// Assembles the resolver. `acme` must be set for [`CertSource::Acme`]
     /// and `dev_ca` for [`CertSource::DevCa`].
     pub fn new(
-        router: Arc<Router>,
+        names: Arc<dyn ServedNames>,
         source: CertSource,
         files: Arc<files::StaticCerts>,
         acme: Option<Arc<acme::AcmeManager>>,
         dev_ca: Option<Arc<dev_ca::DevCa>>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            router,
+            names,
             source,
             files,
             acme,
@@ -196,7 +175,7 @@ impl Certificates {
     /// Whether a name selects a running app (and so may get a certificate
     /// from ACME or the dev CA).
     fn serves(&self, name: &str) -> bool {
-        self.router.app_for_server_name(name).is_some()
+        self.names.serves(name)
     }
 
     /// Makes sure `name` (an app's name under a base domain, or a custom
@@ -300,16 +279,6 @@ pub fn certified_key_from_pem(pem: &[u8]) -> Result<(CertifiedKey, Validity)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dns_names_are_checked() {
-        for good in ["chat.example.org", "a.b", "x-1.sockgate.test", "localhost"] {
-            check_dns_name(good).unwrap();
-        }
-        for bad in ["", "-a.b", "a..b", "a b.c", "*.example.org", "a_b.c"] {
-            assert!(check_dns_name(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     #[test]
     fn times_format_as_rfc3339() {

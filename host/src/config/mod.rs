@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::base::names::check_app_name;
 use crate::limits::{AppLimits, Ceilings, GatewayLimits};
 
 /// The whole configuration.
@@ -249,7 +250,7 @@ impl AppConfig {
             ceilings.map(|c| c.domains),
         )?;
         for domain in &self.domains {
-            crate::certs::check_dns_name(domain)
+            crate::base::names::check_dns_name(domain)
                 .with_context(|| format!("app `{name}`: domains"))?;
         }
         over("ALPN protocols", self.alpn.len(), HARD_MAX_ALPN, None)?;
@@ -482,47 +483,9 @@ impl Config {
     }
 }
 
-/// App names become subdomains, so they must be DNS labels: 1 to 63
-/// characters of lowercase letters, digits and inner hyphens.
-pub fn check_app_name(name: &str) -> Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !valid {
-        bail!(
-            "invalid app name `{name}`: use 1-63 lowercase letters, digits and inner hyphens \
-             (it becomes a DNS label)"
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn app_names_are_dns_labels() {
-        for good in ["echo", "a", "my-app-2", &"x".repeat(63)] {
-            check_app_name(good).unwrap();
-        }
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "Echo",
-            "a.b",
-            "../x",
-            "a_b",
-            &"x".repeat(64),
-        ] {
-            assert!(check_app_name(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     #[test]
     fn relative_component_paths_resolve_against_the_file() {

@@ -31,13 +31,14 @@ use tokio::task::JoinHandle;
 
 use crate::apps::app::App;
 use crate::apps::route::{NamePolicy, Router};
-use crate::certs::normalize_name;
-use crate::config::{AppConfig, Config, check_app_name};
+use crate::base::names::check_app_name;
+use crate::base::names::normalize_name;
+use crate::config::{AppConfig, Config};
 use crate::limits::Ceilings;
 use crate::listen;
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
-use crate::runtime::http::serving::HttpSite;
+use crate::runtime::http::serving::{HttpSite, SiteMap};
 use crate::runtime::instance::InstanceSettings;
 use crate::runtime::load::{LoadedComponent, World, load_component_bytes};
 use crate::state::{AppRecord, StateStore, VersionRecord};
@@ -642,7 +643,7 @@ impl Gateway {
         // Started before anything is persisted: a version that cannot
         // start is never recorded, so it can never fail a later start.
         let site = HttpSite {
-            router: Arc::downgrade(&self.inner.router),
+            router: Arc::downgrade(&(self.inner.router.clone() as Arc<dyn SiteMap>)),
             alt_svc: self.inner.alt_svc.clone(),
             stats: existing
                 .and_then(|slot| slot.app.http().map(|http| http.stats().clone()))

@@ -17,7 +17,7 @@
 //!    gets `421 Misdirected Request`; the client's address is set in
 //!    [`request::CLIENT_ADDR_HEADER`], inbound copies removed; `CONNECT`
 //!    and the asterisk form are refused (no tunnels through `wasi:http`).
-//! 2. **Caps** ([`limits::HttpLimits`]): a declared body over
+//! 2. **Caps** ([`HttpLimits`]): a declared body over
 //!    `http_max_body_kb` gets `413` before the app sees it, an undeclared
 //!    one is cut at that size; header sizes and HTTP/2 streams are bounded by
 //!    the protocol stacks.
@@ -34,7 +34,6 @@ pub mod body;
 pub mod front;
 pub mod h3;
 pub mod io;
-pub mod limits;
 pub mod request;
 pub mod server;
 pub mod stats;
@@ -49,8 +48,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::combinators::UnsyncBoxBody;
 
+pub use crate::limits::http::HttpLimits;
 pub use front::Front;
-pub use limits::HttpLimits;
 
 /// An error inside a request or response body, of any origin.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -18,8 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::limits::{HEADER_READ_TIMEOUT, MAX_LOCAL_RESETS, MAX_PENDING_RESETS};
 use super::{BoxError, Front};
+use crate::limits::http::{HEADER_READ_TIMEOUT, MAX_LOCAL_RESETS, MAX_PENDING_RESETS};
 
 /// The ALPN protocol of HTTP/2 over TLS.
 pub const ALPN_H2: &str = "h2";

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::HttpLimits;
-use crate::http::limits as http;
+pub mod http;
+
+pub use http::HttpLimits;
 
 /// Per-app limits.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -103,19 +104,32 @@ pub struct AppLimits {
     /// so no other `conn-handler-sync` app can serve a connection.
     pub max_sync_instances: usize,
     /// HTTP apps: request body bytes an app receives at most, in KiB
-    /// (see [`crate::http::HttpLimits::max_body_kb`] for the threat).
+    /// (see [`http::HttpLimits::max_body_kb`] for the threat).
     pub http_max_body_kb: u64,
     /// HTTP apps: request head bytes at most, in KiB (see
-    /// [`crate::http::HttpLimits::max_header_kb`]).
+    /// [`http::HttpLimits::max_header_kb`]).
     pub http_max_header_kb: u32,
     /// HTTP apps: time from a request's head to its response's head, in
     /// milliseconds; past it the client gets `504` (see
-    /// [`crate::http::HttpLimits::request_timeout_ms`]).
+    /// [`http::HttpLimits::request_timeout_ms`]).
     pub http_request_timeout_ms: u64,
     /// HTTP apps: requests one HTTP/2 connection may have in flight (see
-    /// [`crate::http::HttpLimits::max_streams`]).
+    /// [`http::HttpLimits::max_streams`]).
     pub http2_max_streams: u32,
 }
+
+/// Name lookups in flight over all apps. Each blocks a thread of tokio's
+/// blocking pool (512 threads) in `getaddrinfo`, for as long as the
+/// resolver takes, even after the guest stopped waiting. Threat: guests
+/// filling the pool that deploys (compiles) and certificate saves need.
+pub const GATEWAY_LOOKUPS: usize = 32;
+
+/// Per-connection instances that may exist at once, over all
+/// `conn-handler-sync` apps: the size of the instance pool. Threat: every
+/// slot reserves address space (a memory reservation per memory) and a
+/// fiber stack, so the pool is bounded; a connection that finds it full is
+/// closed and counted as a limit hit (`per-connection instance pool`).
+pub const PER_CONNECTION_POOL: u32 = 1000;
 
 /// Largest `quic_receive_window_kb`: 16 MiB, twice what a 1 Gbit/s path
 /// with 100 ms of round trip needs.
@@ -126,12 +140,12 @@ pub const MAX_QUIC_STREAMS_PER_CONNECTION: u32 = 1000;
 /// Largest `max_outbound_sockets` an app may ask for.
 pub const MAX_OUTBOUND_SOCKETS: usize = 10_000;
 /// Largest `max_concurrent_lookups`: the gateway-wide cap.
-pub const MAX_CONCURRENT_LOOKUPS: usize = crate::tenant::guest_budget::GATEWAY_LOOKUPS;
+pub const MAX_CONCURRENT_LOOKUPS: usize = GATEWAY_LOOKUPS;
 /// Largest `log_lines_per_second`.
 pub const MAX_LOG_LINES_PER_SECOND: u32 = 10_000;
 /// Largest `max_sync_instances`: half of the per-connection instance pool,
 /// so one app never holds all of it.
-pub const MAX_SYNC_INSTANCES: usize = crate::runtime::engine::PER_CONNECTION_POOL as usize / 2;
+pub const MAX_SYNC_INSTANCES: usize = PER_CONNECTION_POOL as usize / 2;
 
 impl Default for AppLimits {
     fn default() -> Self {
@@ -149,7 +163,7 @@ impl Default for AppLimits {
             max_outbound_sockets: 100,
             max_concurrent_lookups: 4,
             log_lines_per_second: 200,
-            max_sync_instances: crate::runtime::engine::PER_CONNECTION_POOL as usize / 4,
+            max_sync_instances: PER_CONNECTION_POOL as usize / 4,
             http_max_body_kb: HttpLimits::default().max_body_kb,
             http_max_header_kb: HttpLimits::default().max_header_kb,
             http_request_timeout_ms: HttpLimits::default().request_timeout_ms,

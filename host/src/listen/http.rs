@@ -22,7 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::accept::{ClientSlots, FIRST_BYTE_TIMEOUT, accept_loop, first_byte};
 use crate::apps::route::Router;
-use crate::certs::{Certificates, normalize_name};
+use crate::base::names::normalize_name;
+use crate::certs::Certificates;
 
 /// The longest request head accepted; real requests to this port are a few
 /// hundred bytes. Bounds memory per connection.

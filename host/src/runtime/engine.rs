@@ -48,12 +48,7 @@ pub struct PerConnectionRuntime {
     pub cache: CompileCache,
 }
 
-/// Per-connection instances that may exist at once, over all
-/// `conn-handler-sync` apps: the size of the instance pool. Threat: every
-/// slot reserves address space (a memory reservation per memory) and a
-/// fiber stack, so the pool is bounded; a connection that finds it full is
-/// closed and counted as a limit hit (`per-connection instance pool`).
-pub const PER_CONNECTION_POOL: u32 = 1000;
+pub use crate::limits::PER_CONNECTION_POOL;
 /// Core instances (modules) a component may instantiate on average: Rust
 /// guests use about 4, StarlingMonkey ones about 10.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 16;

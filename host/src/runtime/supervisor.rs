@@ -40,7 +40,8 @@ use crate::tenant::logs::{AppLog, EventKind};
 pub use super::budget::Exceeded;
 pub use super::trap::{TrapCause, explain_trap};
 
-pub use super::ticker::{EPOCH_TICK, coarse_now_ms, start_ticker};
+pub use super::ticker::{EPOCH_TICK, start_ticker};
+use crate::base::clock::coarse_now_ms;
 
 /// Whether guests are supervised. Always in the gateway; only the
 /// benchmarks that measure what supervision costs turn it off.

@@ -14,13 +14,14 @@
 //! - [`IDLE_TICK`] when no guest ran during a tick, until one starts
 //!   ([`guest_active`] wakes the ticker).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
 
+use crate::base::clock;
 use crate::base::locks::lock;
 
 /// The epoch tick while guests run: the longest a guest keeps a thread
@@ -59,13 +60,6 @@ pub fn pace(active: bool, since_busy: Option<Duration>) -> Pace {
     }
 }
 
-/// Milliseconds since the process started, advanced by the ticker; cheap
-/// to read on every transfer (a relaxed load).
-static COARSE_NOW_MS: AtomicU64 = AtomicU64::new(0);
-
-/// When the process's clocks started.
-static STARTED: OnceLock<Instant> = OnceLock::new();
-
 /// Set when a guest runs; cleared by the ticker at each tick.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
@@ -76,25 +70,13 @@ static TICKER: OnceLock<Thread> = OnceLock::new();
 /// process; the supervision benchmark builds several.
 static TICKED_ENGINES: Mutex<Vec<Engine>> = Mutex::new(Vec::new());
 
-/// The coarse clock: milliseconds since the process's clocks started, at
-/// the ticker's resolution ([`EPOCH_TICK`] while guests run).
-pub fn coarse_now_ms() -> u64 {
-    COARSE_NOW_MS.load(Ordering::Relaxed)
-}
-
-fn refresh_coarse_clock() {
-    let started = STARTED.get_or_init(Instant::now);
-    let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    COARSE_NOW_MS.store(now, Ordering::Relaxed);
-}
-
 /// A guest runs (an activation starts, or a tick found one running): on
 /// the path of every message, so one relaxed load, except for the first
 /// guest after the ticker went idle, which refreshes the coarse clock and
 /// wakes the ticker.
 pub fn guest_active() {
     if !ACTIVE.load(Ordering::Relaxed) && !ACTIVE.swap(true, Ordering::Relaxed) {
-        refresh_coarse_clock();
+        clock::refresh();
         if let Some(ticker) = TICKER.get() {
             ticker.unpark();
         }
@@ -106,7 +88,7 @@ pub fn guest_active() {
 pub fn start_ticker(engine: &Engine) {
     lock(&TICKED_ENGINES).push(engine.clone());
     TICKER.get_or_init(|| {
-        refresh_coarse_clock();
+        clock::refresh();
         std::thread::Builder::new()
             .name("sockgate-epoch".into())
             .spawn(tick_forever)
@@ -132,7 +114,7 @@ fn tick_forever() {
         for engine in lock(&TICKED_ENGINES).iter() {
             engine.increment_epoch();
         }
-        refresh_coarse_clock();
+        clock::refresh();
     }
 }
 

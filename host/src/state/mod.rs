@@ -235,7 +235,7 @@ impl StateStore {
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
-                .filter(|s| crate::config::check_app_name(s).is_ok());
+                .filter(|s| crate::base::names::check_app_name(s).is_ok());
             let parsed = self.read_record(&path).and_then(|record| {
                 if name.as_deref() != Some(record.name.as_str()) {
                     bail!("it holds app `{}`, not the app its file names", record.name);

@@ -25,18 +25,14 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::base::conn::{ConnInfo, ReceiveError};
+use crate::base::clock::coarse_now_ms;
+use crate::base::conn::{Closer, ConnInfo, ReceiveError};
 use crate::base::locks::lock;
-use crate::runtime::supervisor::coarse_now_ms;
 use crate::tenant::logs::{AppLog, EventKind};
 
 /// How often the sweeper looks at every connection: the precision of
 /// idle timeouts and lifetimes.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Aborts a connection's transport from outside (both directions), so a
-/// connection can be closed even while its guest is not reading or writing.
-pub type Closer = Box<dyn Fn() + Send + Sync>;
 
 /// The default share of the gateway-wide cap kept for apps below an equal
 /// share, in percent (`gateway.reserved_connections_percent`).

@@ -30,11 +30,7 @@ use crate::limits::AppLimits;
 /// connections, TLS handshakes in progress, files (state, cache,
 /// certificates), the runtime's own (epoll, eventfds, pipes).
 pub const RESERVED_DESCRIPTORS: u64 = 256;
-/// Name lookups in flight over all apps. Each blocks a thread of tokio's
-/// blocking pool (512 threads) in `getaddrinfo`, for as long as the
-/// resolver takes, even after the guest stopped waiting. Threat: guests
-/// filling the pool that deploys (compiles) and certificate saves need.
-pub const GATEWAY_LOOKUPS: usize = 32;
+pub use crate::limits::GATEWAY_LOOKUPS;
 /// Largest descriptor limit used for the budget (`RLIMIT_NOFILE` may be
 /// "unlimited").
 const MAX_DESCRIPTORS: u64 = 1 << 22;

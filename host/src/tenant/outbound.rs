@@ -298,7 +298,7 @@ fn parse_rule(rule: &str) -> Result<Rule> {
             None => (host, false),
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        crate::certs::check_dns_name(&name).context("invalid host name")?;
+        crate::base::names::check_dns_name(&name).context("invalid host name")?;
         HostPattern::Name { name, wildcard }
     };
     Ok(Rule { host, ports })

@@ -40,7 +40,8 @@ use rustls::sign::CertifiedKey;
 use super::client_hello::{self, Hello, MAX_CLIENT_HELLO};
 use crate::apps::route::Router;
 use crate::base::locks::{lock, read, write};
-use crate::certs::{Certificates, crypto_provider, normalize_name};
+use crate::base::names::normalize_name;
+use crate::certs::{Certificates, crypto_provider};
 
 /// The ALPN protocol an app that declares none accepts over QUIC, where
 /// ALPN is mandatory (RFC 9001, section 8.1). Clients of such apps offer it.

@@ -592,7 +592,7 @@ async fn serve_connection(
             alpn: Some(alpn),
             quic: None,
         };
-        let closer: crate::tenant::conns::Closer = Box::new(move || {
+        let closer: crate::base::conn::Closer = Box::new(move || {
             closing.close(VarInt::from_u32(0), b"closed by the gateway");
         });
         let held = conn.clone();
@@ -665,7 +665,7 @@ fn handshake_data(conn: &quinn::Connection) -> Option<(String, String)> {
         .handshake_data()?
         .downcast::<quinn::crypto::rustls::HandshakeData>()
         .ok()?;
-    let name = crate::certs::normalize_name(data.server_name.as_deref()?);
+    let name = crate::base::names::normalize_name(data.server_name.as_deref()?);
     let alpn = String::from_utf8_lossy(data.protocol.as_deref()?).into_owned();
     Some((name, alpn))
 }

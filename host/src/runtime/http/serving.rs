@@ -39,7 +39,6 @@ use super::HttpPre;
 use super::bodies::{from_wasi, to_wasi};
 use super::proxy::{self, ProxyEnd};
 use super::service::{HttpJob, InFlight, JobError, ServiceEnd, ServiceSettings, serve_jobs};
-use crate::apps::route::Router;
 use crate::base::conn::Transport;
 use crate::http::front::Deadline;
 use crate::http::server::{self, Mode};
@@ -72,17 +71,53 @@ pub const MAX_LINGERING_CALLS: usize = 64;
 /// streams) runs more `instances`.
 pub const MAX_REQUESTS_IN_STORE: usize = 1024;
 
+/// What an HTTP app asks of the routing table around it, which the
+/// runtime never reads itself ([`crate::apps::route::Router`] implements
+/// it): which version of an app is current, and which app a host selects.
+pub trait SiteMap: Send + Sync {
+    /// The current version of app `name` when it is served as an HTTP app
+    /// (`None` once it was removed or redeployed as a raw app).
+    fn current_http(&self, name: &str) -> Option<Arc<HttpApp>>;
+    /// The name of the app that `host` (a request's `Host` or
+    /// `:authority`, without port) selects, if any.
+    fn app_for_host(&self, host: &str) -> Option<String>;
+}
+
+/// The site of an app started alone (tests, benchmarks): no other app,
+/// no redeploys.
+struct NoSite;
+
+impl SiteMap for NoSite {
+    fn current_http(&self, _: &str) -> Option<Arc<HttpApp>> {
+        None
+    }
+    fn app_for_host(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
 /// What an HTTP app needs from the gateway around it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HttpSite {
     /// The routing table, to tell whether a request's host selects this
-    /// app (else `421`). Weak: the table holds the app.
-    pub router: Weak<Router>,
+    /// app (else `421`) and which version is current. Weak: the table
+    /// holds the app.
+    pub router: Weak<dyn SiteMap>,
     /// `Alt-Svc` for HTTP/1.1 and HTTP/2 answers, set once the QUIC
     /// endpoint serves HTTP/3.
     pub alt_svc: Arc<OnceLock<HeaderValue>>,
     /// The app's request counters, shared by its versions.
     pub stats: Arc<HttpStats>,
+}
+
+impl Default for HttpSite {
+    fn default() -> Self {
+        Self {
+            router: Weak::<NoSite>::new(),
+            alt_svc: Arc::default(),
+            stats: Arc::default(),
+        }
+    }
 }
 
 /// A running HTTP app (one version of it).
@@ -167,9 +202,8 @@ impl HttpApp {
     /// there, so a keep-alive connection moves to the new version between
     /// two requests, and the old version's instances drain.
     fn successor(&self) -> Option<Arc<HttpApp>> {
-        let current = self.site.router.upgrade()?.get(&self.name)?;
-        let http = current.http()?;
-        (!std::ptr::eq(Arc::as_ptr(http), self)).then(|| http.clone())
+        let http = self.site.router.upgrade()?.current_http(&self.name)?;
+        (!std::ptr::eq(Arc::as_ptr(&http), self)).then_some(http)
     }
 
     /// Whether the app is still an HTTP app (this version or a newer one):
@@ -179,8 +213,7 @@ impl HttpApp {
         self.site
             .router
             .upgrade()
-            .and_then(|router| router.get(&self.name))
-            .is_some_and(|app| app.http().is_some())
+            .is_some_and(|router| router.current_http(&self.name).is_some())
     }
 
     /// The app's request counters.
@@ -517,9 +550,10 @@ impl HttpApp {
 
 impl Origin for HttpApp {
     fn serves_host(&self, host: &str) -> bool {
-        self.site.router.upgrade().is_some_and(|router| {
-            router.app_name_for_server_name(host).as_deref() == Some(self.name.as_str())
-        })
+        self.site
+            .router
+            .upgrade()
+            .is_some_and(|router| router.app_for_host(host).as_deref() == Some(self.name.as_str()))
     }
 
     fn serve(
@@ -579,7 +613,7 @@ async fn instance_loop(
     load: Arc<ShardLoad>,
 ) {
     let log = settings.log.clone();
-    let mut backoff = crate::apps::app::Backoff::default();
+    let mut backoff = crate::base::backoff::Backoff::default();
     loop {
         let started = std::time::Instant::now();
         let (outcome, returned) = run_instance(settings.clone(), index, jobs, load.clone()).await;
