@@ -15,7 +15,7 @@ use super::{AppStatus, Gateway, Source, digest_of, short, unix_now};
 use crate::base::locks::lock;
 use crate::base::names::check_app_name;
 use crate::config::AppConfig;
-use crate::state::{AppRecord, StateStore, VersionRecord};
+use crate::state::{AppRecord, StateDir, VersionRecord};
 use crate::tenant::logs::EventKind;
 
 /// Largest component accepted (a Python guest is about 22 MB). Threat: an
@@ -37,9 +37,9 @@ impl Gateway {
                 limit: MAX_COMPONENT_BYTES,
             });
         }
-        let store = self
+        let state = self
             .inner
-            .store
+            .state
             .as_ref()
             .ok_or(DeployError::NoStateDirectory {
                 change: Change::Deploy,
@@ -65,7 +65,7 @@ impl Gateway {
         let bytes = Arc::new(bytes);
         self.load(&config, bytes.clone()).await?;
         let digest = digest_of(&bytes);
-        config.component = store.blob_path(&digest);
+        config.component = state.blob_path(&digest);
         let mut version = VersionRecord {
             number: 0,
             digest,
@@ -77,20 +77,20 @@ impl Gateway {
         // Runs under the slot lock, once the new version is started: the
         // blob, then the record, then the blobs no record needs any more.
         let persist = move |bound: SocketAddr| -> anyhow::Result<u64> {
-            let store = inner.store.as_ref().context("no state directory")?;
-            store.put_blob(&blob)?;
+            let state = inner.state.as_ref().context("no state directory")?;
+            state.put_blob(&blob)?;
             crate::base::failpoint::hit("deploy-after-blob");
             crate::base::failpoint::hit("deploy-before-record");
-            let mut record = store.load_app(&version.config.name)?.unwrap_or(AppRecord {
+            let mut record = state.load_app(&version.config.name)?.unwrap_or(AppRecord {
                 name: version.config.name.clone(),
                 current: 0,
                 versions: Vec::new(),
             });
             version.config.listen = bound;
             record.push(version);
-            store.save_app(&record)?;
+            state.save_app(&record)?;
             crate::base::failpoint::hit("deploy-after-record");
-            collect_blobs(store);
+            collect_blobs(state);
             Ok(record.current)
         };
         let name = config.name.clone();
@@ -103,34 +103,35 @@ impl Gateway {
 
     /// Switches app `name` back to its previous version.
     pub async fn rollback(&self, name: &str) -> Result<AppStatus, DeployError> {
-        let store = self
+        let state = self
             .inner
-            .store
+            .state
             .as_ref()
             .ok_or(DeployError::NoStateDirectory {
                 change: Change::Rollback,
             })?;
-        let record = store
+        let record = state
             .load_app(name)
             .map_err(DeployError::State)?
             .ok_or_else(|| DeployError::NotDeployed {
                 name: name.to_owned(),
             })?;
-        let previous = record
-            .previous()
-            .cloned()
-            .ok_or_else(|| DeployError::NoPreviousVersion {
-                name: name.to_owned(),
-                current: record.current,
-            })?;
+        let previous =
+            record
+                .previous()
+                .cloned()
+                .ok_or_else(|| DeployError::NoPreviousVersion {
+                    name: name.to_owned(),
+                    current: record.current,
+                })?;
         let bytes = read_blob(&previous).map_err(DeployError::State)?;
         let inner = self.inner.clone();
         let number = previous.number;
         let persist = move |_bound: SocketAddr| -> anyhow::Result<u64> {
-            let store = inner.store.as_ref().context("no state directory")?;
+            let state = inner.state.as_ref().context("no state directory")?;
             let mut record = record;
             record.current = number;
-            store.save_app(&record)?;
+            state.save_app(&record)?;
             Ok(number)
         };
         self.switch(
@@ -167,9 +168,9 @@ impl Gateway {
             }
             _ => {}
         }
-        if let Some(store) = &self.inner.store {
-            store.remove_app(name).map_err(DeployError::State)?;
-            collect_blobs(store);
+        if let Some(state) = &self.inner.state {
+            state.remove_app(name).map_err(DeployError::State)?;
+            collect_blobs(state);
         }
         lock(&self.inner.failed).remove(name);
         if let Some(slot) = slots.remove(name) {
@@ -206,8 +207,8 @@ pub(super) fn read_blob(version: &VersionRecord) -> anyhow::Result<Vec<u8>> {
 
 /// Deletes the components no app record needs any more; a failure only
 /// costs disk space, so it is logged.
-fn collect_blobs(store: &StateStore) {
-    match store.collect_blobs() {
+fn collect_blobs(state: &StateDir) {
+    match state.collect_blobs() {
         Ok(0) => {}
         Ok(n) => tracing::info!("removed {n} component(s) no deployed version uses"),
         Err(err) => tracing::warn!("cannot collect unused components: {err:#}"),

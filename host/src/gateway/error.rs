@@ -154,3 +154,87 @@ pub enum DeployError {
     #[error(transparent)]
     Internal(anyhow::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the admin API returns for `err`.
+    fn api_text(err: DeployError) -> String {
+        format!("{:#}", anyhow::Error::new(err))
+    }
+
+    #[test]
+    fn messages_are_those_operators_and_scripts_knew() {
+        let name = || "echo".to_owned();
+        let table = [
+            (DeployError::NoSuchApp { name: name() }, "no app `echo`"),
+            (
+                DeployError::NotDeployed { name: name() },
+                "no deployed app `echo`",
+            ),
+            (
+                DeployError::OwnedByConfig {
+                    name: name(),
+                    change: Change::Deploy,
+                },
+                "app `echo` is defined in the configuration file; change it there (or pick \
+                 another name)",
+            ),
+            (
+                DeployError::OwnedByConfig {
+                    name: name(),
+                    change: Change::Remove,
+                },
+                "app `echo` is defined in the configuration file; remove it there and restart",
+            ),
+            (
+                DeployError::TooLarge {
+                    size: 65 << 20,
+                    limit: 64 << 20,
+                },
+                "the component is 65 MiB, over the 64 MiB limit",
+            ),
+            (
+                DeployError::NoStateDirectory {
+                    change: Change::Deploy,
+                },
+                "this gateway has no state directory to deploy into",
+            ),
+            (
+                DeployError::NoStateDirectory {
+                    change: Change::Rollback,
+                },
+                "this gateway has no state directory",
+            ),
+            (
+                DeployError::NoPreviousVersion {
+                    name: name(),
+                    current: 1,
+                },
+                "app `echo` has no version before version 1",
+            ),
+            // A wrapped error keeps its whole chain, contexts first.
+            (
+                DeployError::InvalidSettings(
+                    anyhow::anyhow!("`instances` is 0").context("app `echo`"),
+                ),
+                "app `echo`: `instances` is 0",
+            ),
+            (
+                DeployError::InvalidComponent {
+                    app: name(),
+                    source: LoadError::NotWasm {
+                        path: "x.wasm".into(),
+                    },
+                },
+                "app `echo`: x.wasm is not a WebAssembly file (it does not start with the \
+                 `\\0asm` magic): point the app at the `.wasm` component your guest build \
+                 produced",
+            ),
+        ];
+        for (err, expected) in table {
+            assert_eq!(api_text(err), expected);
+        }
+    }
+}

@@ -48,9 +48,9 @@ use anyhow::Result;
 use tokio::sync::Mutex;
 
 pub use self::deploy::MAX_COMPONENT_BYTES;
+use self::deploy::read_blob;
 pub use self::error::{Change, DeployError};
 pub use self::status::{AppStatus, FailedApp, LoadFacts, Source};
-use self::deploy::read_blob;
 use self::switch::Slot;
 use crate::apps::route::{NamePolicy, Router};
 use crate::base::locks::lock;
@@ -58,7 +58,7 @@ use crate::config::Config;
 use crate::limits::Ceilings;
 use crate::listen;
 use crate::runtime::Runtime;
-use crate::state::StateStore;
+use crate::state::StateDir;
 use crate::tenant::conns::ConnTracker;
 use crate::tenant::logs::{AppLog, EventKind};
 use crate::tenant::outbound::OwnPorts;
@@ -73,7 +73,8 @@ struct Inner {
     runtime: Arc<Runtime>,
     tracker: Arc<ConnTracker>,
     router: Arc<Router>,
-    store: Option<StateStore>,
+    /// Where deployed apps persist; `None` without an admin API.
+    state: Option<StateDir>,
     drain: Duration,
     /// Serializes deploys and holds what each app is.
     slots: Mutex<BTreeMap<String, Slot>>,
@@ -114,8 +115,8 @@ impl Gateway {
             config.gateway.reserved_connections_percent,
         );
         tokio::spawn(tracker.clone().run_sweeper());
-        let store = match config.gateway.admin {
-            Some(_) => Some(StateStore::open(&config.state_dir())?),
+        let state = match config.gateway.admin {
+            Some(_) => Some(StateDir::open(&config.state_dir())?),
             None => None,
         };
         // TLS: bound and certificates loaded before any app serves, started
@@ -132,7 +133,7 @@ impl Gateway {
                 runtime,
                 tracker,
                 router: Router::new(),
-                store,
+                state,
                 drain: Duration::from_secs(config.gateway.drain_secs),
                 slots: Mutex::new(BTreeMap::new()),
                 admin_port: std::sync::Mutex::new(admin_port),
@@ -189,10 +190,10 @@ impl Gateway {
     /// Brings back every app persisted in the state directory; one that
     /// cannot start is reported ([`FailedApp`]) and skipped.
     async fn restore(&self) {
-        let Some(store) = &self.inner.store else {
+        let Some(state) = &self.inner.state else {
             return;
         };
-        let (records, problems) = match store.load_apps() {
+        let (records, problems) = match state.load_apps() {
             Ok(found) => found,
             Err(err) => {
                 tracing::error!("cannot read deployed apps: {err:#}");
@@ -276,7 +277,7 @@ impl Gateway {
     /// The admin API token (generated into the state directory on first
     /// use), when the gateway has a state directory.
     pub fn admin_token(&self) -> Option<Result<String>> {
-        self.inner.store.as_ref().map(StateStore::admin_token)
+        self.inner.state.as_ref().map(StateDir::admin_token)
     }
 
     /// Gateway-wide connection accounting.
@@ -311,4 +312,3 @@ fn digest_of(bytes: &[u8]) -> String {
     use sha2::Digest;
     crate::state::hex(&sha2::Sha256::digest(bytes))
 }
-

@@ -146,7 +146,7 @@ impl Gateway {
         let counters = &slot.app.account().counters;
         let versions = self
             .inner
-            .store
+            .state
             .as_ref()
             .filter(|_| slot.source == Source::Deployed)
             .and_then(|s| s.load_app(name).ok().flatten())
