@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Body, error, json};
 use crate::config::AppConfig;
-use crate::gateway::{Gateway, MAX_COMPONENT_BYTES};
+use crate::gateway::{DeployError, Gateway, MAX_COMPONENT_BYTES};
 use crate::limits::AppLimits;
 use crate::tenant::logs::{Event, LogLine, Stream};
 
@@ -120,11 +120,11 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
         (Method::PUT, ["apps", name]) => deploy(gateway, name, request).await,
         (Method::DELETE, ["apps", name]) => match gateway.remove(name).await {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
-            Err(err) => refusal(&err),
+            Err(err) => refusal(err),
         },
         (Method::POST, ["apps", name, "rollback"]) => match gateway.rollback(name).await {
             Ok(status) => json(StatusCode::OK, &status),
-            Err(err) => refusal(&err),
+            Err(err) => refusal(err),
         },
         (Method::GET, ["apps", name, "logs"]) => {
             let follow = request
@@ -218,7 +218,7 @@ async fn deploy(gateway: &Gateway, name: &str, request: Request<Incoming>) -> Re
     // the operator's ceilings) before anything is compiled or stored.
     match gateway.deploy(config, body.to_vec()).await {
         Ok(status) => json(StatusCode::OK, &status),
-        Err(err) => refusal(&err),
+        Err(err) => refusal(err),
     }
 }
 
@@ -300,16 +300,25 @@ fn not_found(name: &str) -> Response<Body> {
     error(StatusCode::NOT_FOUND, &format!("no app `{name}`"))
 }
 
-/// Maps a refused operation to its status: configuration-owned apps are a
-/// conflict, unknown apps not found, anything else bad input.
-fn refusal(err: &anyhow::Error) -> Response<Body> {
-    let message = format!("{err:#}");
-    let status = if message.contains("defined in the configuration file") {
-        StatusCode::CONFLICT
-    } else if message.starts_with("no app") || message.starts_with("no deployed app") {
-        StatusCode::NOT_FOUND
-    } else {
-        StatusCode::BAD_REQUEST
+/// Maps a refused change to its status, by kind: an app owned by the
+/// configuration file is a conflict, an unknown app not found, a component
+/// over the limit too large, anything else bad input. Every variant is
+/// named, so a new one needs a decision here (the CLI's exit codes rest on
+/// these codes: 404 is exit code 5, the others 1).
+fn refusal(err: DeployError) -> Response<Body> {
+    let status = match &err {
+        DeployError::NoSuchApp { .. } | DeployError::NotDeployed { .. } => StatusCode::NOT_FOUND,
+        DeployError::OwnedByConfig { .. } => StatusCode::CONFLICT,
+        DeployError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        DeployError::InvalidSettings(_)
+        | DeployError::InvalidComponent { .. }
+        | DeployError::Bind(_)
+        | DeployError::Tls(_)
+        | DeployError::NoStateDirectory { .. }
+        | DeployError::NoPreviousVersion { .. }
+        | DeployError::State(_)
+        | DeployError::Internal(_) => StatusCode::BAD_REQUEST,
     };
-    error(status, &message)
+    // The whole chain, as the operator needs it.
+    error(status, &format!("{:#}", anyhow::Error::new(err)))
 }

@@ -1,0 +1,173 @@
+//! What the gateway tells about its apps: the types the admin API, the
+//! dashboard, the metrics and `sockgate serve` read ([`AppStatus`],
+//! [`FailedApp`], [`LoadFacts`], [`Source`]) and the [`Gateway`] methods
+//! that produce them. Read-only: nothing here changes an app.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Gateway;
+use super::switch::Slot;
+use crate::apps::app::App;
+use crate::base::locks::lock;
+use crate::config::AppConfig;
+use crate::runtime::load::World;
+use crate::tenant::logs::AppLog;
+
+/// Where an app comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The configuration file; changed by editing it and restarting.
+    Config,
+    /// The admin API; persisted in the state directory.
+    Deployed,
+}
+
+/// A persisted app that could not be started (at start, or when rolled
+/// back): reported in `sockgate ls` until it is deployed anew, rolled back
+/// or removed.
+#[derive(Clone, serde::Serialize)]
+pub struct FailedApp {
+    /// Name.
+    pub name: String,
+    /// Where it comes from (always `deployed`).
+    pub source: Source,
+    /// `failed`.
+    pub state: &'static str,
+    /// The version that could not start (0 if its record is unreadable).
+    pub version: u64,
+    /// Why.
+    pub error: String,
+    /// Its events (the failure), for `sockgate events`.
+    #[serde(skip)]
+    pub log: Arc<AppLog>,
+}
+
+/// What loading a component found out.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct LoadFacts {
+    /// Whether the compiled component came from the cache.
+    pub cache_hit: bool,
+    /// Compile (or cache load) time in milliseconds.
+    pub load_ms: u64,
+    /// Component size in bytes.
+    pub size: usize,
+    /// The WIT world the component implements (`conn-handler` or
+    /// `conn-handler-sync`), detected when it was loaded.
+    pub world: World,
+}
+
+/// An app as operators see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AppStatus {
+    /// Name.
+    pub name: String,
+    /// Where it comes from.
+    pub source: Source,
+    /// `running` (a persisted app that could not start is a
+    /// [`FailedApp`]).
+    pub state: &'static str,
+    /// The version serving (1, 2, …).
+    pub version: u64,
+    /// SHA-256 of its component.
+    pub digest: String,
+    /// The component file (a blob in the state directory for deployed apps).
+    pub component: PathBuf,
+    /// The TCP address it is served on.
+    pub tcp: SocketAddr,
+    /// When the serving version was deployed (Unix seconds).
+    pub deployed_at: u64,
+    /// Instances running.
+    pub instances: usize,
+    /// Connections active now.
+    pub active_connections: usize,
+    /// Connections accepted since the version started.
+    pub accepted: u64,
+    /// Connections refused by a limit since the version started.
+    pub refused: u64,
+    /// Loading facts of the serving version.
+    pub load: LoadFacts,
+    /// Versions available for rollback (deployed apps only).
+    pub versions: Vec<u64>,
+    /// The app's settings.
+    pub config: AppConfig,
+}
+
+impl Gateway {
+    /// The status of every app, by name.
+    pub async fn apps(&self) -> Vec<AppStatus> {
+        let slots = self.inner.slots.lock().await;
+        let mut out = Vec::new();
+        for (name, slot) in slots.iter() {
+            out.push(self.describe(name, slot));
+        }
+        out
+    }
+
+    /// The status of app `name`.
+    pub async fn status(&self, name: &str) -> Option<AppStatus> {
+        let slots = self.inner.slots.lock().await;
+        slots.get(name).map(|slot| self.describe(name, slot))
+    }
+
+    /// The running app `name` (its log, events and counters).
+    pub fn app(&self, name: &str) -> Option<Arc<App>> {
+        self.inner.router.get(name)
+    }
+
+    /// Persisted apps that could not be started, by name.
+    pub fn failed_apps(&self) -> Vec<FailedApp> {
+        lock(&self.inner.failed).values().cloned().collect()
+    }
+
+    /// The log and events of app `name`, running or failed to start.
+    pub fn log_of(&self, name: &str) -> Option<Arc<AppLog>> {
+        match self.app(name) {
+            Some(app) => Some(app.log().clone()),
+            None => lock(&self.inner.failed)
+                .get(name)
+                .map(|failed| failed.log.clone()),
+        }
+    }
+
+    /// Compile cache hits and misses since start.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.inner.cache_hits.load(Ordering::Relaxed),
+            self.inner.cache_misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The status of the app `name` whose serving version is `slot`.
+    fn describe(&self, name: &str, slot: &Slot) -> AppStatus {
+        let counters = &slot.app.account().counters;
+        let versions = self
+            .inner
+            .state
+            .as_ref()
+            .filter(|_| slot.source == Source::Deployed)
+            .and_then(|s| s.load_app(name).ok().flatten())
+            .map(|r| r.versions.iter().map(|v| v.number).collect())
+            .unwrap_or_default();
+        AppStatus {
+            name: name.to_owned(),
+            source: slot.source,
+            state: "running",
+            version: slot.version,
+            digest: slot.digest.clone(),
+            component: slot.config.component.clone(),
+            tcp: slot.tcp,
+            deployed_at: slot.deployed_at,
+            instances: slot.app.instance_count(),
+            active_connections: slot.app.account().active(),
+            accepted: counters.accepted.load(Ordering::Relaxed),
+            refused: counters.refused(),
+            load: slot.load,
+            versions,
+            config: slot.config.clone(),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Switching an app to a new version: the one path every app takes
+//! (configured, restored, deployed, rolled back), and the [`Slot`] that
+//! holds what an app runs.
+//!
+//! The steps, in order: check the settings and the names claimed, load the
+//! component (the old version keeps serving meanwhile), take the listener
+//! ([`plan_listener`]: kept or bound anew), start the new version's
+//! instances, tell the TLS side, persist, then switch the router. Any step
+//! before the switch that fails leaves everything as it was.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, anyhow};
+use tokio::task::JoinHandle;
+
+use super::plan::{ListenerPlan, Listening, plan_listener, version_number};
+use super::{DeployError, Gateway, LoadFacts, Source, digest_of, short, unix_now};
+use crate::apps::app::App;
+use crate::base::locks::lock;
+use crate::base::names::normalize_name;
+use crate::config::AppConfig;
+use crate::listen;
+use crate::runtime::cache::CacheOutcome;
+use crate::runtime::http::serving::{HttpSite, SiteMap};
+use crate::runtime::instance::InstanceSettings;
+use crate::runtime::load::{LoadedComponent, World, load_component_bytes};
+use crate::tenant::logs::{AppLog, EventKind};
+use crate::tenant::outbound::OutboundPolicy;
+
+/// Persists a deploy or rollback once the new version is known to load
+/// and its listener is bound (at the given address, recorded so that a
+/// restart binds the same port); returns the version number now current.
+pub(super) type Persist = Box<dyn FnOnce(SocketAddr) -> anyhow::Result<u64> + Send>;
+
+/// What an app runs: its serving version and the listener that feeds it.
+/// The gateway keeps one per app, by name, under its deploy lock.
+///
+/// # Lifecycle
+///
+/// A slot exists only while its app serves; the states of an app are:
+///
+/// - **Absent**: no slot. A switch that succeeds goes to *Serving*; one
+///   that fails stays here (a persisted app that fails is also recorded as
+///   a [`FailedApp`](super::FailedApp), until it is deployed anew, rolled
+///   back or removed).
+/// - **Serving** version *n*: the router hands new connections to
+///   [`Slot::app`]; [`Slot::accept_task`] accepts on [`Slot::tcp`].
+///   - A switch that succeeds replaces the slot (still *Serving*, version
+///     *n′*). The old [`App`] is dropped from the router and drains: its
+///     connections go on until they close or the drain deadline passes.
+///     The accept task goes to the new slot when the listener is kept, and
+///     is aborted when a new one was bound.
+///   - A switch that fails leaves the slot as it was (version *n* serves).
+///   - A removal goes to *Absent*: the accept task is aborted, the router
+///     entry and TLS names go, and the app drains as above.
+///
+/// There is no state in between: the deploy lock is held from the checks
+/// to the replacement, so no one sees a slot half switched.
+pub(super) struct Slot {
+    /// The version serving (in the router too).
+    pub(super) app: Arc<App>,
+    /// Its settings.
+    pub(super) config: AppConfig,
+    /// Who owns the app.
+    pub(super) source: Source,
+    /// The address its listener is bound to.
+    pub(super) tcp: SocketAddr,
+    /// The accept loop of that listener.
+    pub(super) accept_task: JoinHandle<()>,
+    /// Its version number (0 for an app of the configuration file).
+    pub(super) version: u64,
+    /// SHA-256 of its component, hex.
+    pub(super) digest: String,
+    /// When it started serving (Unix seconds).
+    pub(super) deployed_at: u64,
+    /// What loading its component found out.
+    pub(super) load: LoadFacts,
+}
+
+impl Slot {
+    /// Its listener, as the listener rule sees it.
+    fn listening(&self) -> Listening {
+        Listening {
+            asked: self.config.listen,
+            bound: self.tcp,
+        }
+    }
+}
+
+impl Gateway {
+    /// Loads, binds, starts, persists (via `persist`) and switches, in a
+    /// task of its own: a panic in any step (a bug) fails this switch with
+    /// an error, and neither the caller (the admin API, the start) nor the
+    /// other apps. The slot lock is held throughout, so deploys of the
+    /// gateway are serialized.
+    pub(super) async fn switch(
+        &self,
+        config: AppConfig,
+        source: Source,
+        bytes: Arc<Vec<u8>>,
+        version: u64,
+        persist: Option<Persist>,
+    ) -> Result<(), DeployError> {
+        let name = config.name.clone();
+        let gateway = self.clone();
+        let task = tokio::spawn(async move {
+            gateway
+                .switch_now(config, source, bytes, version, persist)
+                .await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(err) => {
+                let what = match err.try_into_panic() {
+                    Ok(panic) => panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned()),
+                    Err(_) => "cancelled".to_owned(),
+                };
+                Err(DeployError::Internal(anyhow!(
+                    "app `{name}`: the gateway failed while starting it ({what}); this is a \
+                     bug in sockgate, please report it. Nothing was persisted"
+                )))
+            }
+        }
+    }
+
+    /// The steps of [`Gateway::switch`].
+    async fn switch_now(
+        &self,
+        config: AppConfig,
+        source: Source,
+        bytes: Arc<Vec<u8>>,
+        version: u64,
+        persist: Option<Persist>,
+    ) -> Result<(), DeployError> {
+        let name = config.name.clone();
+        let mut slots = self.inner.slots.lock().await;
+        self.check_app(&config, source, &slots)
+            .map_err(DeployError::InvalidSettings)?;
+        let digest = digest_of(&bytes);
+        let loaded = self.load(&config, bytes).await?;
+
+        // The listener: kept when the address is unchanged, else bound anew.
+        let existing = slots.get(&name);
+        let (new_listener, bound) =
+            match plan_listener(existing.map(Slot::listening), config.listen) {
+                ListenerPlan::Keep(bound) => (None, bound),
+                ListenerPlan::Bind(addr) => {
+                    let listener = listen::tcp::bind(addr)
+                        .await
+                        .with_context(|| format!("app `{name}`"))
+                        .map_err(DeployError::Bind)?;
+                    let bound = listener
+                        .local_addr()
+                        .map_err(|err| DeployError::Bind(err.into()))?;
+                    (Some(listener), bound)
+                }
+            };
+        // Every app's guests are held to the new port before it serves.
+        self.inner.own_ports.insert(bound.port());
+
+        let policy = OutboundPolicy::parse(&config.outbound)
+            .with_context(|| format!("app `{name}`: invalid outbound rule"))
+            .map_err(DeployError::InvalidSettings)?
+            .with_own_ports(self.inner.own_ports.clone())
+            .with_budget(&config.limits);
+        let log = existing
+            .map(|slot| slot.app.log().clone())
+            .unwrap_or_else(|| Arc::new(AppLog::new(&name)));
+        if loaded.world.is_http() && !config.alpn.is_empty() {
+            return Err(DeployError::InvalidSettings(anyhow!(
+                "app `{name}`: `alpn` does not apply to an HTTP app ({}): the gateway offers \
+                 h2 and http/1.1 over TLS and h3 over QUIC itself; remove `alpn`",
+                loaded.world.name()
+            )));
+        }
+        if matches!(loaded.world, World::ConnHandlerSync | World::HttpProxy)
+            && config.instances.is_some()
+        {
+            tracing::warn!(
+                app = %name,
+                "`instances` has no effect on a conn-handler-sync app: each connection gets \
+                 an instance of its own (a wasi:http/proxy app: each request)"
+            );
+        }
+        let mut settings = InstanceSettings::with_log(
+            log.clone(),
+            loaded.pre,
+            config.limits.clone(),
+            policy,
+            self.inner.runtime.supervision,
+            self.inner.tracker.clone(),
+        );
+        settings.drain = self.inner.drain;
+        // Started before anything is persisted: a version that cannot
+        // start is never recorded, so it can never fail a later start.
+        let site = HttpSite {
+            router: Arc::downgrade(&(self.inner.router.clone() as Arc<dyn SiteMap>)),
+            alt_svc: self.inner.alt_svc.clone(),
+            stats: existing
+                .and_then(|slot| slot.app.http().map(|http| http.stats().clone()))
+                .unwrap_or_default(),
+        };
+        let app = App::start_with_site(&name, settings, config.instance_count(), site);
+        if let Some(https) = self.inner.https.get() {
+            https.add_app(&config).map_err(DeployError::Tls)?;
+            if let Some(quic) = https.quic().filter(|_| loaded.world.is_http()) {
+                quic.serve_http(&name).map_err(DeployError::Tls)?;
+            }
+        }
+        let persisted = match persist {
+            None => None,
+            Some(persist) => match persist(bound) {
+                Ok(number) => Some(number),
+                Err(err) => {
+                    // Nothing switched: the TLS side goes back to the
+                    // version that keeps serving.
+                    if let Some(https) = self.inner.https.get() {
+                        match slots.get(&name) {
+                            Some(old) => {
+                                let _ = https.add_app(&old.config);
+                            }
+                            None => https.remove_app(&name),
+                        }
+                    }
+                    self.inner.own_ports.replace(self.listening_ports(&slots));
+                    return Err(DeployError::State(err));
+                }
+            },
+        };
+        let version = version_number(version, persisted);
+        // The switch: from here on new connections get the new version.
+        self.inner.router.insert(&name, app.clone());
+        lock(&self.inner.failed).remove(&name);
+        let (tcp, accept_task) = match (new_listener, slots.remove(&name)) {
+            (Some(listener), old) => {
+                if let Some(old) = old {
+                    old.accept_task.abort();
+                }
+                let task = tokio::spawn(listen::tcp::serve(
+                    listener,
+                    name.clone(),
+                    self.inner.router.clone(),
+                ));
+                (bound, task)
+            }
+            (None, Some(old)) => (old.tcp, old.accept_task),
+            (None, None) => unreachable!("a kept listener implies an existing slot"),
+        };
+        if let Some(number) = version {
+            log.event(
+                None,
+                EventKind::Deployed {
+                    version: format!(
+                        "version {number} ({}, world {})",
+                        short(&digest),
+                        loaded.world.name()
+                    ),
+                },
+            );
+        }
+        slots.insert(
+            name,
+            Slot {
+                app,
+                config,
+                source,
+                tcp,
+                accept_task,
+                version: version.unwrap_or(0),
+                digest,
+                deployed_at: unix_now(),
+                load: LoadFacts {
+                    cache_hit: loaded.cache == CacheOutcome::Hit,
+                    load_ms: loaded.load_time.as_millis() as u64,
+                    size: loaded.size,
+                    world: loaded.world,
+                },
+            },
+        );
+        // A listener that moved no longer needs protecting.
+        self.inner.own_ports.replace(self.listening_ports(&slots));
+        Ok(())
+    }
+
+    /// Checks `config` as the gateway will run it: its settings (with the
+    /// operator's ceilings for a deployed app) and its claims on names
+    /// against the other apps in `slots`.
+    pub(super) fn check_app(
+        &self,
+        config: &AppConfig,
+        source: Source,
+        slots: &BTreeMap<String, Slot>,
+    ) -> anyhow::Result<()> {
+        let ceilings = (source == Source::Deployed).then_some(&self.inner.ceilings);
+        config.check(ceilings)?;
+        let Some(policy) = &self.inner.names else {
+            if !config.domains.is_empty() || !config.alpn.is_empty() {
+                anyhow::bail!(
+                    "app `{}`: `domains` and `alpn` apply to TLS, and this gateway has no \
+                     [tls] section",
+                    config.name
+                );
+            }
+            return Ok(());
+        };
+        for domain in &config.domains {
+            policy.check_claim(&config.name, domain, source == Source::Config)?;
+            let domain = normalize_name(domain);
+            let owner = slots.iter().find(|(name, slot)| {
+                *name != &config.name
+                    && slot
+                        .config
+                        .domains
+                        .iter()
+                        .any(|d| normalize_name(d) == domain)
+            });
+            if let Some((owner, _)) = owner {
+                anyhow::bail!(
+                    "app `{}`: domain `{domain}` is already app `{owner}`'s (a name serves one \
+                     app): remove it from `{owner}` first",
+                    config.name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads (compiles, or takes from the compile cache) the component of
+    /// `config`, on a blocking thread, and counts the cache outcome.
+    pub(super) async fn load(
+        &self,
+        config: &AppConfig,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<LoadedComponent, DeployError> {
+        let runtime = self.inner.runtime.clone();
+        let path = config.component.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || load_component_bytes(&runtime, &path, &bytes))
+                .await
+                .map_err(|err| {
+                    DeployError::Internal(
+                        anyhow::Error::new(err).context("component loader panicked"),
+                    )
+                })?
+                .map_err(|source| DeployError::InvalidComponent {
+                    app: config.name.clone(),
+                    source,
+                })?;
+        match loaded.cache {
+            CacheOutcome::Hit => &self.inner.cache_hits,
+            CacheOutcome::Miss => &self.inner.cache_misses,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        Ok(loaded)
+    }
+
+    /// Every port the gateway listens on now: apps, admin, TLS/HTTP/QUIC.
+    pub(super) fn listening_ports(&self, slots: &BTreeMap<String, Slot>) -> Vec<u16> {
+        let mut ports: Vec<u16> = slots.values().map(|s| s.tcp.port()).collect();
+        ports.extend(*lock(&self.inner.admin_port));
+        ports.extend(self.inner.tls_ports.iter().copied());
+        ports
+    }
+}

@@ -1,0 +1,144 @@
+//! The records of deployed apps (`apps/<name>.json`): each app's versions,
+//! which one serves, and how a new version is numbered. A record is
+//! written whole and atomically; one that cannot be read, or that another
+//! user could have written, is reported, never trusted.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::StateDir;
+use crate::base::fsutil::{is_own_file, write_atomic_marked};
+use crate::config::AppConfig;
+
+/// Versions kept per app (for rollback); older ones are forgotten.
+/// Threat: a client deploying in a loop to fill the state directory.
+const VERSIONS_KEPT: usize = 10;
+
+/// An app as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppRecord {
+    /// The app's name.
+    pub name: String,
+    /// Number of the version serving.
+    pub current: u64,
+    /// Known versions, oldest first.
+    pub versions: Vec<VersionRecord>,
+}
+
+/// One deployed version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// 1, 2, 3… per app.
+    pub number: u64,
+    /// SHA-256 of the component, hex.
+    pub digest: String,
+    /// When it was deployed (seconds since the Unix epoch).
+    pub deployed_at: u64,
+    /// Its settings; `component` points at the blob.
+    pub config: AppConfig,
+}
+
+impl AppRecord {
+    /// The version serving.
+    pub fn current_version(&self) -> Option<&VersionRecord> {
+        self.versions.iter().find(|v| v.number == self.current)
+    }
+
+    /// Adds `version` as the newest and makes it current, forgetting the
+    /// oldest beyond [`VERSIONS_KEPT`].
+    pub fn push(&mut self, mut version: VersionRecord) {
+        version.number = self.versions.last().map_or(1, |v| v.number + 1);
+        self.current = version.number;
+        self.versions.push(version);
+        if self.versions.len() > VERSIONS_KEPT {
+            self.versions.remove(0);
+        }
+    }
+
+    /// The version before the current one, for rollback.
+    pub fn previous(&self) -> Option<&VersionRecord> {
+        self.versions.iter().rev().find(|v| v.number < self.current)
+    }
+}
+
+impl StateDir {
+    /// Persists an app record atomically.
+    pub fn save_app(&self, record: &AppRecord) -> Result<()> {
+        let path = self.app_path(&record.name);
+        let json = serde_json::to_vec_pretty(record)?;
+        write_atomic_marked(&path, &json, 0o600, Some("deploy-before-record-rename"))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Forgets an app.
+    pub fn remove_app(&self, name: &str) -> Result<()> {
+        let path = self.app_path(name);
+        match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(err).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every persisted app. Records that cannot be read (or that another
+    /// user could have written) are reported with the app name their file
+    /// gives, if it is one, not fatal: one damaged file must not keep the
+    /// other apps down.
+    #[allow(clippy::type_complexity)]
+    pub fn load_apps(&self) -> Result<(Vec<AppRecord>, Vec<(Option<String>, String)>)> {
+        let dir = self.dir.join("apps");
+        let mut records = Vec::new();
+        let mut problems = Vec::new();
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue; // temporary files of an interrupted write
+            }
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|s| crate::base::names::check_app_name(s).is_ok());
+            let parsed = self.read_record(&path).and_then(|record| {
+                if name.as_deref() != Some(record.name.as_str()) {
+                    bail!("it holds app `{}`, not the app its file names", record.name);
+                }
+                Ok(record)
+            });
+            match parsed {
+                Ok(record) => records.push(record),
+                Err(err) => problems.push((name, format!("{}: {err:#}", path.display()))),
+            }
+        }
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((records, problems))
+    }
+
+    /// Reads one record, refusing a file this user did not write.
+    fn read_record(&self, path: &Path) -> Result<AppRecord> {
+        let meta = std::fs::symlink_metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if !meta.is_file() || !is_own_file(&meta) {
+            bail!(
+                "{} is not a file of the gateway's user (or others may write it): not trusted",
+                path.display()
+            );
+        }
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("cannot parse {}", path.display()))
+    }
+
+    /// The persisted record of app `name`, if any.
+    pub fn load_app(&self, name: &str) -> Result<Option<AppRecord>> {
+        let path = self.app_path(name);
+        match std::fs::symlink_metadata(&path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => self.read_record(&path).map(Some),
+        }
+    }
+}
