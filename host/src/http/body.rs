@@ -172,6 +172,7 @@ impl Drop for Metered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::locks::lock;
     use crate::http::answer::full;
     use http_body_util::BodyExt;
     use std::sync::{Arc, Mutex};
@@ -194,13 +195,13 @@ mod tests {
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let record = |seen: &Seen| -> OnEnd {
             let seen = seen.clone();
-            Box::new(move |bytes, note| seen.lock().unwrap().push((bytes, note)))
+            Box::new(move |bytes, note| lock(&seen).push((bytes, note)))
         };
         let body = Metered::new(full(Bytes::from_static(b"hello")), record(&seen));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
         let abandoned = Metered::new(full(Bytes::from_static(b"never read")), record(&seen));
         drop(abandoned);
-        let seen = seen.lock().unwrap();
+        let seen = lock(&seen);
         assert_eq!(seen[0], (5, None));
         assert_eq!(seen[1].0, 0);
         assert!(seen[1].1.as_deref().unwrap().contains("abandoned"));

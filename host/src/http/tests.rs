@@ -18,6 +18,7 @@ use super::{
     Body, BoxError, ConnMeta, Exchange, Front, HttpLimits, Origin, Protocol, Refusal, Served,
     answer,
 };
+use crate::base::locks::lock;
 
 /// Serves `api.example.org` and its custom domain: echoes what it saw as
 /// text, `/slow` sleeps a second, `/read` reads the whole body first.
@@ -62,7 +63,7 @@ impl Origin for Echo {
     }
 
     fn record(&self, exchange: &Exchange) {
-        self.exchanges.lock().unwrap().push(exchange.clone());
+        lock(&self.exchanges).push(exchange.clone());
     }
 }
 
@@ -124,7 +125,7 @@ async fn text(response: http::Response<hyper::body::Incoming>) -> (u16, String) 
 /// when the response body ends, which the client may see first).
 async fn recorded(origin: &Echo, n: usize) -> Vec<Exchange> {
     for _ in 0..200 {
-        let exchanges = origin.exchanges.lock().unwrap().clone();
+        let exchanges = lock(&origin.exchanges).clone();
         if exchanges.len() >= n {
             return exchanges;
         }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use super::supervisor::Meter;
-use crate::base::locks::lock;
+use crate::base::locks::{lock, wait};
 
 /// The nice value of the slow lane's threads (0 is the default, 19 the
 /// lowest priority): the kernel gives a nice-10 thread about a tenth of
@@ -266,12 +266,7 @@ impl SlowLane {
                 loop {
                     match queue.pop_front() {
                         Some(next) => break next,
-                        None => {
-                            queue = self
-                                .ready
-                                .wait(queue)
-                                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        }
+                        None => queue = wait(&self.ready, queue),
                     }
                 }
             };

@@ -302,8 +302,22 @@ pub fn supervise_activations(
     meter
 }
 
-/// Bounds one instance's memories and tables, and remembers refusals so a
-/// later trap can be explained.
+/// Elements one table of a store may grow to. Threat: a guest growing a
+/// table without bound, in host memory outside its `memory_limit_mb`.
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Core instances one store may hold (a component has a handful). Threat: a
+/// guest instantiating without bound.
+pub const MAX_INSTANCES: usize = 100;
+/// Tables one store may hold (a component has a handful).
+pub const MAX_TABLES: usize = 100;
+/// Memories one store may hold (a component has a handful); each is held to
+/// `memory_limit_mb`, so this bounds their sum.
+pub const MAX_MEMORIES: usize = 100;
+
+/// Bounds one instance's memories and tables ([`MAX_TABLE_ELEMENTS`],
+/// [`MAX_INSTANCES`], [`MAX_TABLES`], [`MAX_MEMORIES`], and the app's
+/// `memory_limit_mb`), and remembers refusals so a later trap can be
+/// explained.
 pub struct GuestLimiter {
     limits: StoreLimits,
     memory_limit: usize,
@@ -323,10 +337,10 @@ impl GuestLimiter {
                 .memory_size(memory_limit)
                 // A component has a handful of tables and core instances;
                 // these bounds stop a guest from creating unbounded numbers.
-                .table_elements(1 << 20)
-                .instances(100)
-                .tables(100)
-                .memories(100)
+                .table_elements(MAX_TABLE_ELEMENTS)
+                .instances(MAX_INSTANCES)
+                .tables(MAX_TABLES)
+                .memories(MAX_MEMORIES)
                 .trap_on_grow_failure(false)
                 .build(),
             memory_limit,

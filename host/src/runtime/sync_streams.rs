@@ -26,6 +26,7 @@ use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, Stream
 
 use super::pump::ConnGuard;
 use crate::base::conn::{ByteReader, ByteWriter};
+use crate::base::locks::lock;
 
 /// Most bytes read from the client at once (and so buffered by the
 /// gateway per connection, at most).
@@ -155,12 +156,6 @@ struct WriteState {
 }
 
 type Shared = Arc<Mutex<WriteState>>;
-
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, WriteState> {
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The guest's `tx`: bytes to the client, sent by a task that owns the
 /// connection's writer.

@@ -30,9 +30,12 @@
 pub mod bodies;
 pub mod hooks;
 pub mod outbound;
+mod per_request;
 pub mod proxy;
 pub mod service;
+mod service_instance;
 pub mod serving;
+pub mod site;
 
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
