@@ -15,10 +15,10 @@
 //! `SOCKGATE_BOUNDARY_PROFILE=N` runs N guest round trips and nothing else,
 //! for a profiler.
 
-#[path = "common/mod.rs"]
-mod common;
-
-use common::{Samples, build_guest, root};
+use sockgate_testkit::bench::{Samples, criterion, publish};
+use sockgate_testkit::guests::guest;
+use sockgate_testkit::in_memory::connect_in_memory;
+use sockgate_testkit::paths::bench_cache_dir;
 
 use std::time::Instant;
 
@@ -42,7 +42,7 @@ fn main() {
     // Profiling only: another build of the echo guest.
     let echo = std::env::var_os("SOCKGATE_BOUNDARY_GUEST")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| build_guest("echo"));
+        .unwrap_or_else(|| guest("echo"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -53,8 +53,7 @@ fn main() {
         Ok("none") => Supervision::Off,
         _ => Supervision::On,
     };
-    let gateway =
-        Runtime::with_supervision(root().join("target/bench-cache"), supervision).unwrap();
+    let gateway = Runtime::with_supervision(bench_cache_dir(), supervision).unwrap();
     let loaded = load_component(&gateway, &echo).unwrap();
     let settings = InstanceSettings::new(
         "echo",
@@ -87,7 +86,7 @@ fn main() {
         return;
     }
 
-    let mut c = common::criterion();
+    let mut c = criterion();
     let mut group = c.benchmark_group("boundary");
     group.throughput(criterion::Throughput::Elements(1));
 
@@ -135,7 +134,7 @@ fn main() {
     let json = [format!(
         "{{\"sockgate_ns_per_rt\":{guest:.1},\"native_ns_per_rt\":{native:.1},\"mark_ns\":{MARK_NS}}}"
     )];
-    common::publish("boundary", &md, &json);
+    publish("boundary", &md, &json);
 }
 
 async fn round_trip(rd: &mut ReadHalf<DuplexStream>, wr: &mut WriteHalf<DuplexStream>) {
@@ -169,5 +168,5 @@ fn native_echo(
 
 /// Hands the app one end of an in-memory duplex; returns the other.
 fn connect(app: &App) -> (ReadHalf<DuplexStream>, WriteHalf<DuplexStream>) {
-    tokio::io::split(common::connect_in_memory(app, DUPLEX_BUFFER))
+    tokio::io::split(connect_in_memory(app, DUPLEX_BUFFER))
 }

@@ -30,10 +30,12 @@
 //! Run: `cargo bench --bench http_hello` (`SOCKGATE_BENCH_QUICK=1` for a
 //! short run). Results also go to `target/bench-results/http_hello.{md,json}`.
 
-#[path = "common/mod.rs"]
-mod common;
-
-use common::{Server, build_guest, free_port, has_taskset, pin, process_cpu, quick, root};
+use sockgate_testkit::bench::{publish, quick};
+use sockgate_testkit::guests::guest;
+use sockgate_testkit::net::free_port;
+use sockgate_testkit::os::{has_command, has_taskset, pin, process_cpu};
+use sockgate_testkit::paths::bench_cache_dir;
+use sockgate_testkit::server::Server;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -66,10 +68,10 @@ fn main() {
     }
     let duration = if quick() { 1 } else { 5 };
     let pinned = has_taskset();
-    let hello = build_guest("http-hello");
-    let wasi_http = build_guest("wasi-http-hello");
-    let wasi_http_p3 = build_guest("wasi-http-hello-p3");
-    let cache = root().join("target/bench-cache");
+    let hello = guest("http-hello");
+    let wasi_http = guest("wasi-http-hello");
+    let wasi_http_p3 = guest("wasi-http-hello-p3");
+    let cache = bench_cache_dir();
 
     let mut rows: Vec<(&str, Option<Wrk>)> = Vec::new();
     let native = {
@@ -315,16 +317,7 @@ fn report(rows: &[(&str, Option<Wrk>)], seconds: u64, pinned: bool) {
             }
         }
     }
-    common::publish("http_hello", &md, &json);
-}
-
-fn has_command(name: &str, arg: &str) -> bool {
-    Command::new(name)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
+    publish("http_hello", &md, &json);
 }
 
 /// The wasmtime CLI: `$SOCKGATE_WASMTIME`, `wasmtime` on PATH, or the

@@ -14,10 +14,11 @@
 //! Run: `cargo bench --bench instantiate` (`SOCKGATE_BENCH_QUICK=1` for a
 //! short run). Results also go to `target/bench-results/instantiate.{md,json}`.
 
-#[path = "common/mod.rs"]
-mod common;
-
-use common::{Samples, build_guest, free_port, quick, root};
+use sockgate_testkit::bench::{Samples, criterion, publish, quick};
+use sockgate_testkit::guests::guest;
+use sockgate_testkit::net::free_port;
+use sockgate_testkit::paths::{bench_cache_dir, bench_dir, sockgate_binary};
+use sockgate_testkit::server::write_bench_config;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -47,7 +48,7 @@ const TARGET_US: f64 = 10.0;
 const KEEP_RESIDENT: usize = 1 << 20;
 
 fn main() {
-    let echo = build_guest("echo");
+    let echo = guest("echo");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,10 +56,10 @@ fn main() {
 
     let pooled = settings(&pooling_engine(0), &echo);
     let resident = settings(&pooling_engine(KEEP_RESIDENT), &echo);
-    let gateway = Runtime::new(root().join("target/bench-cache")).unwrap();
+    let gateway = Runtime::new(bench_cache_dir()).unwrap();
     let on_demand = settings(&gateway.engine, &echo);
 
-    let mut c = common::criterion();
+    let mut c = criterion();
     let mut group = c.benchmark_group("instantiate");
     let mut figures = Vec::new();
     for (name, settings) in [
@@ -114,7 +115,7 @@ fn main() {
         "{{\"kind\":\"deploy_to_first_byte\",\"ms\":{:.2}}}",
         first_byte.as_secs_f64() * 1e3
     ));
-    common::publish("instantiate", &md, &json);
+    publish("instantiate", &md, &json);
 }
 
 /// An engine configured as the gateway's (component model async,
@@ -142,7 +143,7 @@ fn pooling_engine(keep_resident: usize) -> Engine {
 
 /// Everything an instance of `component` on `engine` is created from.
 fn settings(engine: &Engine, component: &Path) -> InstanceSettings {
-    let cache = CompileCache::open(root().join("target/bench-cache"), engine).unwrap();
+    let cache = CompileCache::open(bench_cache_dir(), engine).unwrap();
     let bytes = std::fs::read(component).unwrap();
     let (component, _) = cache.load_or_compile(engine, &bytes).unwrap();
     let linker = Runtime::linker(engine).unwrap();
@@ -181,27 +182,22 @@ async fn instantiate(settings: &InstanceSettings) {
 
 /// Median time from starting the gateway to the first byte echoed.
 fn deploy_to_first_byte(echo: &Path, runs: usize) -> Duration {
-    let dir = root().join("target/bench-tmp/instantiate");
-    std::fs::create_dir_all(&dir).unwrap();
+    let state = bench_dir("instantiate").join("state");
     let mut times = Vec::new();
     // The first start fills the compile cache if it was cold; not counted.
     for run in 0..=runs {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let config = dir.join("sockgate.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\ncache_dir = \"{}\"\nstate_dir = \"{}\"\n\n[[app]]\nname = \"echo\"\n\
-                 component = \"{}\"\nlisten = \"{addr}\"\n",
-                root().join("target/bench-cache").display(),
-                dir.join("state").display(),
-                echo.display()
+        let config = write_bench_config(
+            "instantiate",
+            &format!("state_dir = {:?}", state.display().to_string()),
+            &format!(
+                "[[app]]\nname = \"echo\"\ncomponent = {:?}\nlisten = \"{addr}\"\n",
+                echo.display().to_string()
             ),
-        )
-        .unwrap();
+        );
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sockgate"))
+        let mut child = Command::new(sockgate_binary())
             .args(["serve", "--config"])
             .arg(&config)
             .env("RUST_LOG", "warn")

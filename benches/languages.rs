@@ -21,12 +21,11 @@
 //! languages` (1 s, median of 1). Results are printed and written to
 //! `target/bench-results/languages.{md,json}`.
 
-#[path = "common/mod.rs"]
-mod common;
-
-use common::{
-    MESSAGE, Measured, Server, build_guest, build_lang_guest, has_taskset, measure, pin, root,
-};
+use sockgate_testkit::bench::{MESSAGE, Measured, measure, publish, quick};
+use sockgate_testkit::guests::{guest, lang_guest};
+use sockgate_testkit::os::{has_taskset, pin};
+use sockgate_testkit::paths::root;
+use sockgate_testkit::server::Server;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -53,7 +52,7 @@ struct Row {
 }
 
 fn main() {
-    let quick = std::env::var_os("SOCKGATE_BENCH_QUICK").is_some();
+    let quick = quick();
     let (duration, cached_runs) = if quick {
         (Duration::from_secs(1), 1)
     } else {
@@ -66,35 +65,35 @@ fn main() {
     let guests = [
         Guest {
             language: "Rust",
-            component: build_guest("echo"),
+            component: guest("echo"),
         },
         Guest {
             language: "C",
-            component: build_lang_guest("c", "echo"),
+            component: lang_guest("c", "echo"),
         },
         Guest {
             language: "Zig",
-            component: build_lang_guest("zig", "echo"),
+            component: lang_guest("zig", "echo"),
         },
         Guest {
             language: "Go",
-            component: build_lang_guest("go", "echo"),
+            component: lang_guest("go", "echo"),
         },
         Guest {
             language: "Go (sync world)",
-            component: build_lang_guest("go", "sync-echo"),
+            component: lang_guest("go", "sync-echo"),
         },
         Guest {
             language: "JavaScript",
-            component: build_lang_guest("js", "echo"),
+            component: lang_guest("js", "echo"),
         },
         Guest {
             language: "TypeScript",
-            component: build_lang_guest("ts", "echo"),
+            component: lang_guest("ts", "echo"),
         },
         Guest {
             language: "Python",
-            component: build_lang_guest("python", "echo"),
+            component: lang_guest("python", "echo"),
         },
     ];
     let rows: Vec<Row> = guests
@@ -228,7 +227,7 @@ fn report(rows: &[Row], duration: Duration, cached_runs: usize, pinned: bool) {
             row.echo.server_cpu_us_per_round_trip,
         ));
     }
-    common::publish("languages", &md, &json);
+    publish("languages", &md, &json);
 }
 
 /// `0.18×`, `2.5×`, `223×`: two significant digits or so.

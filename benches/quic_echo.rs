@@ -27,13 +27,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{Server, has_taskset, pin, process_cpu, root};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, TransportConfig, VarInt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sockgate_testkit::bench::{publish, quick};
+use sockgate_testkit::guests::guest;
+use sockgate_testkit::os::{has_taskset, pin, process_cpu};
+use sockgate_testkit::paths::{root, sockgate_binary};
+use sockgate_testkit::server::{Server, write_bench_config};
+use sockgate_testkit::tls::{make_test_chain, tls_files_table, unverified_client_config};
 
 const SERVER_NAME: &str = "echo.bench.test";
 const ALPN: &str = "sockgate";
@@ -46,7 +49,7 @@ fn main() {
         quinn_echo_server(Path::new(&args[at + 1]), Path::new(&args[at + 2]));
         return;
     }
-    let quick = std::env::var_os("SOCKGATE_BENCH_QUICK").is_some();
+    let quick = quick();
     let duration = Duration::from_secs(if quick { 1 } else { 5 });
     let bulk_bytes: u64 = if quick { 16 << 20 } else { 256 << 20 };
     let pinned = has_taskset();
@@ -56,8 +59,8 @@ fn main() {
     let dir = root().join("target/bench-quic");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = common::tls::make_certificate(&dir, SERVER_NAME);
-    let echo = common::build_guest("echo");
+    let (cert, key) = make_test_chain(&dir, SERVER_NAME);
+    let echo = guest("echo");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -87,24 +90,17 @@ fn main() {
 
 /// sockgate serving the echo guest over QUIC (and TLS) with `cert`.
 fn sockgate(dir: &Path, echo: &Path, cert: &Path, key: &Path, pinned: bool) -> Server {
-    let config = dir.join("sockgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[gateway]\ncache_dir = {:?}\nstate_dir = {:?}\n\n\
-             [tls]\nlisten = \"127.0.0.1:0\"\ndomain = \"bench.test\"\ncertificates = \"files\"\n\
-             [[tls.certificate]]\ncert = {:?}\nkey = {:?}\n\n[http]\nenabled = false\n\n\
-             [quic]\nlisten = \"127.0.0.1:0\"\n\n\
+    let config = write_bench_config(
+        "quic_echo",
+        &format!("state_dir = {:?}", dir.join("state").display().to_string()),
+        &format!(
+            "{}\n[quic]\nlisten = \"127.0.0.1:0\"\n\n\
              [[app]]\nname = \"echo\"\ncomponent = {:?}\nlisten = \"127.0.0.1:0\"\n",
-            root().join("target/bench-cache").display().to_string(),
-            dir.join("state").display().to_string(),
-            cert.display().to_string(),
-            key.display().to_string(),
+            tls_files_table("bench.test", cert, key),
             echo.display().to_string(),
         ),
-    )
-    .unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+    );
+    let mut command = Command::new(sockgate_binary());
     command
         .arg("serve")
         .arg("--config")
@@ -159,7 +155,7 @@ impl Row {
 
 /// The quinn client: no certificate verification, ALPN `sockgate`.
 fn client_endpoint() -> Endpoint {
-    let tls = Arc::unwrap_or_clone(common::tls::client_config(&[ALPN]));
+    let tls = Arc::unwrap_or_clone(unverified_client_config(&[ALPN]));
     let crypto = QuicClientConfig::try_from(tls).unwrap();
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport()));
@@ -301,7 +297,7 @@ fn report(rows: &[Row], duration: Duration, bulk_bytes: u64, pinned: bool) {
             sockgate.streams_per_s / quinn.streams_per_s
         ));
     }
-    common::publish("quic_echo", &md, &json);
+    publish("quic_echo", &md, &json);
 }
 
 /// The baseline: a quinn echo server on one thread, printing

@@ -27,10 +27,12 @@
 //! Run: `cargo bench --bench supervision` (`SOCKGATE_BENCH_QUICK=1` for a
 //! short run). Results also go to `target/bench-results/supervision.{md,json}`.
 
-#[path = "common/mod.rs"]
-mod common;
-
-use common::{build_guest, root, sockgate_serve_apps, threads_cpu};
+use sockgate_testkit::bench::{publish, quick};
+use sockgate_testkit::guests::guest;
+use sockgate_testkit::in_memory::connect_in_memory;
+use sockgate_testkit::os::threads_cpu;
+use sockgate_testkit::paths::{bench_cache_dir, sockgate_binary};
+use sockgate_testkit::server::sockgate_serve_apps;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,13 +62,13 @@ const SHAPES: [&str; 5] = [
 ];
 
 fn main() {
-    let quick = common::quick();
-    let this = PathBuf::from(env!("CARGO_BIN_EXE_sockgate"));
+    let quick = quick();
+    let this = sockgate_binary();
     let compare = std::env::var_os("SOCKGATE_BENCH_COMPARE_BIN").map(PathBuf::from);
     let guests = Guests {
-        echo: build_guest("echo"),
-        hostile: build_guest("hostile"),
-        sync_hostile: build_guest("sync-hostile"),
+        echo: guest("echo"),
+        hostile: guest("hostile"),
+        sync_hostile: guest("sync-hostile"),
     };
     let mut md = String::new();
     let mut json = Vec::new();
@@ -174,7 +176,7 @@ fn main() {
             row.echo_rt.as_secs_f64() * 1e6
         ));
     }
-    common::publish("supervision", &md, &json);
+    publish("supervision", &md, &json);
 }
 
 struct Guests {
@@ -402,7 +404,7 @@ async fn cost(
     compute_runs: usize,
     echo_rts: usize,
 ) -> Cost {
-    let cache = root().join("target/bench-cache");
+    let cache = bench_cache_dir();
     let runtime = Runtime::with_supervision(cache, supervision).unwrap();
     let tracker = ConnTracker::new(1000);
     let start = |path: &Path| {
@@ -465,7 +467,7 @@ type Writer = tokio::io::WriteHalf<DuplexStream>;
 
 /// Hands the app one end of an in-memory duplex; returns the other.
 fn connect(app: &App) -> (Reader, Writer) {
-    let (rd, wr) = tokio::io::split(common::connect_in_memory(app, 64 * 1024));
+    let (rd, wr) = tokio::io::split(connect_in_memory(app, 64 * 1024));
     (BufReader::new(rd), wr)
 }
 

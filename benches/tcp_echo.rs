@@ -22,13 +22,13 @@
 //! tcp_echo` (1 s per row, 64 MiB, 1 000 connections). Results are printed
 //! and written to `target/bench-results/tcp_echo.{md,json}`.
 
-#[path = "common/mod.rs"]
-mod common;
-
-use common::{
-    MESSAGE, Measured, Server, build_guest, guest_memory_rss_kib, has_taskset, measure, pin,
-    process_cpu, process_rss_kib, quick, raise_nofile, root, sockgate_serve,
+use sockgate_testkit::bench::{MESSAGE, Measured, measure, publish, quick};
+use sockgate_testkit::guests::guest;
+use sockgate_testkit::os::{
+    guest_memory_rss_kib, has_taskset, pin, process_cpu, process_rss_kib, raise_nofile,
 };
+use sockgate_testkit::paths::bench_cache_dir;
+use sockgate_testkit::server::{Server, sockgate_serve};
 
 use std::path::Path;
 use std::process::Command;
@@ -60,8 +60,8 @@ fn main() {
         pin(std::process::id(), "0");
     }
 
-    let echo = build_guest("echo");
-    let cache = root().join("target/bench-cache");
+    let echo = guest("echo");
+    let cache = bench_cache_dir();
     let mut md = String::new();
     let mut json = Vec::new();
 
@@ -117,7 +117,7 @@ fn main() {
     drop(gateway);
     report_idle(idle_conns, gateway_idle, native_idle, &mut md, &mut json);
 
-    common::publish("tcp_echo", &md, &json);
+    publish("tcp_echo", &md, &json);
 }
 
 /// One app, one instance, with caps high enough for every idle connection

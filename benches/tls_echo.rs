@@ -21,7 +21,6 @@
 //! `SOCKGATE_BENCH_QUICK=1 cargo bench --bench tls_echo` (1 s per row).
 //! Results are printed and written to `target/bench-results/tls_echo.{md,json}`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -29,11 +28,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{has_taskset, pin, root};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use sockgate_testkit::bench::{publish, quick};
+use sockgate_testkit::guests::guest;
+use sockgate_testkit::os::{has_command, has_taskset, pin, process_cpu};
+use sockgate_testkit::paths::{root, sockgate_binary};
+use sockgate_testkit::server::{Server, write_bench_config};
+use sockgate_testkit::tls::{make_test_chain, tls_files_table, unverified_client_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -43,7 +45,7 @@ const HANDSHAKE_CLIENTS: usize = 32;
 const CHUNK: usize = 64 * 1024;
 
 fn main() {
-    let quick = std::env::var_os("SOCKGATE_BENCH_QUICK").is_some();
+    let quick = quick();
     let duration = Duration::from_secs(if quick { 1 } else { 5 });
     let bulk_bytes: u64 = if quick { 32 << 20 } else { 256 << 20 };
     let pinned = has_taskset();
@@ -53,22 +55,22 @@ fn main() {
     let dir = root().join("target/bench-tls");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = common::tls::make_certificate(&dir, SERVER_NAME);
-    let echo = common::build_guest("echo");
+    let (cert, key) = make_test_chain(&dir, SERVER_NAME);
+    let echo = guest("echo");
 
-    let sockgate = Sockgate::start(&dir, &echo, &cert, &key, pinned);
-    let client = common::tls::client_config(&[]);
+    let (sockgate, sockgate_tls) = sockgate(&dir, &echo, &cert, &key, pinned);
+    let client = unverified_client_config(&[]);
     let mut rows = Vec::new();
     rows.push(Row::measure(
         "sockgate",
-        sockgate.tls,
+        sockgate_tls,
         &[sockgate.pid()],
         &[],
         &client,
         duration,
         bulk_bytes,
     ));
-    match Nginx::start(&dir, sockgate.tcp, &cert, &key, pinned) {
+    match Nginx::start(&dir, sockgate.addr, &cert, &key, pinned) {
         Ok(nginx) => {
             rows.push(Row::measure(
                 "nginx (stream, 1 worker)",
@@ -318,80 +320,32 @@ fn report(rows: &[Row], duration: Duration, bulk_bytes: u64, pinned: bool) {
             row.bulk[0].2,
         ));
     }
-    common::publish("tls_echo", &md, &json);
+    publish("tls_echo", &md, &json);
 }
 
-/// sockgate serving the echo guest over TLS and plain TCP.
-struct Sockgate {
-    child: Child,
-    tls: SocketAddr,
-    tcp: SocketAddr,
-}
-
-impl Sockgate {
-    fn start(dir: &Path, echo: &Path, cert: &Path, key: &Path, pinned: bool) -> Self {
-        let config = dir.join("sockgate.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\ncache_dir = {:?}\nstate_dir = {:?}\n\n\
-                 [tls]\nlisten = \"127.0.0.1:0\"\ndomain = \"bench.test\"\ncertificates = \"files\"\n\
-                 [[tls.certificate]]\ncert = {:?}\nkey = {:?}\n\n[http]\nenabled = false\n\n\
-                 [[app]]\nname = \"echo\"\ncomponent = {:?}\nlisten = \"127.0.0.1:0\"\n",
-                root().join("target/bench-cache").display().to_string(),
-                dir.join("state").display().to_string(),
-                cert.display().to_string(),
-                key.display().to_string(),
-                echo.display().to_string(),
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sockgate"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start sockgate");
-        if pinned {
-            pin(child.id(), "1");
-        }
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut tls, mut tcp) = (None, None);
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let word = |prefix: &str| {
-                line.strip_prefix(prefix)
-                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            };
-            tls = tls.or(word("tls listening on "));
-            tcp = tcp.or(word("app echo listening on tcp "));
-            if line.starts_with("sockgate ready") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            tls: tls.expect("sockgate printed no TLS address"),
-            tcp: tcp.expect("sockgate printed no TCP address"),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Sockgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// sockgate serving the echo guest over TLS and plain TCP (the echo
+/// app's TCP address is the server's `addr`), with its TLS address.
+fn sockgate(
+    dir: &Path,
+    echo: &Path,
+    cert: &Path,
+    key: &Path,
+    pinned: bool,
+) -> (Server, SocketAddr) {
+    let config = write_bench_config(
+        "tls_echo",
+        &format!("state_dir = {:?}", dir.join("state").display().to_string()),
+        &format!(
+            "{}\n[[app]]\nname = \"echo\"\ncomponent = {:?}\nlisten = \"127.0.0.1:0\"\n",
+            tls_files_table("bench.test", cert, key),
+            echo.display().to_string(),
+        ),
+    );
+    let server = Server::serve(&sockgate_binary(), &config, pinned, Stdio::inherit());
+    let tls = server
+        .printed("tls listening on ")
+        .expect("sockgate printed no TLS address");
+    (server, tls)
 }
 
 /// nginx terminating TLS (stream module) and proxying to `backend`.
@@ -411,7 +365,7 @@ impl Nginx {
         // Debian installs it in /usr/sbin, which a user's PATH may lack.
         let Some(nginx) = ["nginx", "/usr/sbin/nginx"]
             .into_iter()
-            .find(|exe| Command::new(exe).arg("-v").output().is_ok())
+            .find(|exe| has_command(exe, "-v"))
         else {
             return Err(
                 "nginx is not installed (Debian: apt-get install nginx libnginx-mod-stream)".into(),
@@ -515,5 +469,5 @@ impl Drop for Nginx {
 
 /// User plus system CPU time of processes so far.
 fn cpu(pids: &[u32]) -> Duration {
-    pids.iter().map(|&pid| common::process_cpu(pid)).sum()
+    pids.iter().map(|&pid| process_cpu(pid)).sum()
 }
