@@ -10,30 +10,36 @@
 //! - the account key and every certificate kept in the state directory
 //!   (`acme/<directory>/`), so a restart serves at once and orders nothing.
 
+//!
+//! Files: [`settings`] (`[tls.acme]` and its checks), `order` (one order's
+//! flow and its polls), `challenge` (the answers published while the CA
+//! validates), [`problem`] (the CA's problem documents, classified); this
+//! file holds the manager, which serves the certificates, and the renewal
+//! loop of each name.
+
+mod challenge;
+mod order;
+pub mod problem;
+pub mod settings;
+
+pub use settings::{AcmeSettings, Challenge, PreparedAcme};
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
-use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls::ClientConfig;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
+use anyhow::{Context, anyhow};
 use rustls::sign::CertifiedKey;
-use rustls_acme::acme::{
-    Account, AuthStatus, Directory, LETS_ENCRYPT_PRODUCTION_DIRECTORY,
-    LETS_ENCRYPT_STAGING_DIRECTORY, Order, OrderStatus,
-};
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use super::ServedNames;
-use super::renewal::{Renewal, RenewalPolicy, Step, Validity};
-use super::store::{StateDir, read_optional, write_private};
-use super::{certified_key_from_pem, crypto_provider, format_time};
-use crate::base::locks::lock;
+use crate::base::backoff::random_u32;
+use crate::base::locks::{lock, read, write};
+use crate::certs::ServedNames;
+use crate::certs::renewal::{Renewal, Step, Validity};
+use crate::certs::store::{read_optional, write_private};
+use crate::certs::{certified_key_from_pem, format_time};
+use challenge::Answers;
 
 /// Upper bound on one order, from directory discovery to the downloaded
 /// certificate: a CA that stops answering must not stall renewals forever.
@@ -44,252 +50,9 @@ const CONCURRENT_ORDERS: usize = 4;
 /// The longest a renewal task sleeps before looking again (clock changes,
 /// suspended machines, apps that went away).
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
-/// Polling of authorizations and orders while the CA validates or issues:
-/// first delay, doubling up to the maximum.
-const POLL_FIRST: Duration = Duration::from_millis(250);
-const POLL_MAX: Duration = Duration::from_secs(5);
-/// Polls before an authorization or order is given up (about 3 minutes at
-/// the maximum delay).
-const POLL_ATTEMPTS: u32 = 40;
 /// The account key's file in the CA's directory (certificates live in
 /// `certs/` beside it).
 const ACCOUNT_KEY_FILE: &str = "account-key.pem";
-/// A `badNonce` answer (the CA rejected a replay nonce, which RFC 8555 lets
-/// it do at any time) is retried at once, this many times.
-const BAD_NONCE_RETRIES: u32 = 3;
-
-/// How the CA validates control of a name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub enum Challenge {
-    /// TLS-ALPN-01 (RFC 8737) on the TLS port: needs nothing but port 443.
-    #[default]
-    #[serde(rename = "tls-alpn-01")]
-    TlsAlpn01,
-    /// HTTP-01 on the plain-HTTP port (80).
-    #[serde(rename = "http-01")]
-    Http01,
-}
-
-impl Challenge {
-    /// The name used by ACME and in the configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Challenge::TlsAlpn01 => "tls-alpn-01",
-            Challenge::Http01 => "http-01",
-        }
-    }
-}
-
-/// `[tls.acme]`: where and how to order certificates.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AcmeSettings {
-    /// `"letsencrypt"` (default), `"letsencrypt-staging"`, or the URL of any
-    /// ACME directory.
-    #[serde(default = "default_directory")]
-    pub directory: String,
-    /// Contact addresses for the account (`admin@example.org` or
-    /// `mailto:admin@example.org`); optional.
-    #[serde(default)]
-    pub contact: Vec<String>,
-    /// `"tls-alpn-01"` (default) or `"http-01"`.
-    #[serde(default)]
-    pub challenge: Challenge,
-    /// PEM file of extra CA roots to trust when talking to the directory
-    /// over HTTPS (a private ACME CA); the public web roots are always
-    /// trusted.
-    pub directory_ca: Option<PathBuf>,
-    /// Renew this many days before expiry; default: once a third of the
-    /// lifetime remains.
-    pub renew_before_days: Option<u64>,
-    /// First delay before retrying a failed order, in seconds (doubles up
-    /// to `backoff_max_secs`).
-    #[serde(default = "default_backoff_initial")]
-    pub backoff_initial_secs: u64,
-    /// Longest delay between retries, in seconds.
-    #[serde(default = "default_backoff_max")]
-    pub backoff_max_secs: u64,
-}
-
-fn default_directory() -> String {
-    "letsencrypt".to_owned()
-}
-
-fn default_backoff_initial() -> u64 {
-    RenewalPolicy::default().backoff_initial.as_secs()
-}
-
-fn default_backoff_max() -> u64 {
-    RenewalPolicy::default().backoff_max.as_secs()
-}
-
-impl Default for AcmeSettings {
-    fn default() -> Self {
-        Self {
-            directory: default_directory(),
-            contact: Vec::new(),
-            challenge: Challenge::default(),
-            directory_ca: None,
-            renew_before_days: None,
-            backoff_initial_secs: default_backoff_initial(),
-            backoff_max_secs: default_backoff_max(),
-        }
-    }
-}
-
-impl AcmeSettings {
-    /// The directory URL, resolving the presets.
-    pub fn directory_url(&self) -> Result<String> {
-        match self.directory.as_str() {
-            "letsencrypt" => Ok(LETS_ENCRYPT_PRODUCTION_DIRECTORY.to_owned()),
-            "letsencrypt-staging" => Ok(LETS_ENCRYPT_STAGING_DIRECTORY.to_owned()),
-            url if url.starts_with("https://") => Ok(url.to_owned()),
-            other => bail!(
-                "tls.acme.directory `{other}`: use \"letsencrypt\", \"letsencrypt-staging\" \
-                 or the https:// URL of an ACME directory"
-            ),
-        }
-    }
-
-    /// Checks what serde cannot.
-    pub fn validate(&self) -> Result<()> {
-        self.directory_url()?;
-        if self.backoff_initial_secs == 0 || self.backoff_max_secs < self.backoff_initial_secs {
-            bail!(
-                "tls.acme: backoff_initial_secs must be at least 1 and backoff_max_secs at \
-                 least backoff_initial_secs"
-            );
-        }
-        for contact in &self.contact {
-            let address = contact.strip_prefix("mailto:").unwrap_or(contact);
-            if !address.contains('@') || address.chars().any(char::is_whitespace) {
-                bail!("tls.acme.contact `{contact}` is not an email address");
-            }
-        }
-        Ok(())
-    }
-
-    fn policy(&self) -> RenewalPolicy {
-        RenewalPolicy {
-            renew_before: self
-                .renew_before_days
-                .map(|days| Duration::from_secs(days.saturating_mul(86_400))),
-            backoff_initial: Duration::from_secs(self.backoff_initial_secs),
-            backoff_max: Duration::from_secs(self.backoff_max_secs),
-        }
-    }
-
-    fn contacts(&self) -> Vec<String> {
-        self.contact
-            .iter()
-            .map(|c| {
-                if c.starts_with("mailto:") {
-                    c.clone()
-                } else {
-                    format!("mailto:{c}")
-                }
-            })
-            .collect()
-    }
-}
-
-/// The ACME side of the gateway, before it knows the apps: settings
-/// checked, HTTPS client for the CA built, state directory ready. Made at
-/// start so that mistakes refuse the start.
-pub struct PreparedAcme {
-    directory_url: String,
-    contact: Vec<String>,
-    challenge: Challenge,
-    policy: RenewalPolicy,
-    client: Arc<ClientConfig>,
-    dir: PathBuf,
-}
-
-impl PreparedAcme {
-    /// Checks `settings`, reads the extra roots, creates the state
-    /// directory for this CA.
-    pub fn new(settings: &AcmeSettings, state: &StateDir) -> Result<Self> {
-        settings.validate()?;
-        let directory_url = settings.directory_url()?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = &settings.directory_ca {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<_, _>>())
-                .with_context(|| {
-                    format!(
-                        "tls.acme.directory_ca: cannot read PEM certificates from {}",
-                        path.display()
-                    )
-                })?;
-            if certs.is_empty() {
-                bail!(
-                    "tls.acme.directory_ca: {} holds no CERTIFICATE block",
-                    path.display()
-                );
-            }
-            for cert in certs {
-                roots.add(cert).with_context(|| {
-                    format!(
-                        "tls.acme.directory_ca: unusable certificate in {}",
-                        path.display()
-                    )
-                })?;
-            }
-        }
-        let client = ClientConfig::builder_with_provider(crypto_provider())
-            .with_safe_default_protocol_versions()
-            .context("TLS client for the ACME CA")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let dir = state.private_dir(Path::new("acme").join(directory_dir_name(&directory_url)))?;
-        super::store::private_dir(&dir.join("certs"))?;
-        Ok(Self {
-            directory_url,
-            contact: settings.contacts(),
-            challenge: settings.challenge,
-            policy: settings.policy(),
-            client: Arc::new(client),
-            dir,
-        })
-    }
-
-    /// Starts managing certificates for the names `names` serves (see
-    /// [`AcmeManager::manage`]).
-    pub fn start(self, names: Arc<dyn ServedNames>) -> Arc<AcmeManager> {
-        Arc::new(AcmeManager {
-            prepared: self,
-            names,
-            certs: RwLock::new(HashMap::new()),
-            managed: Mutex::new(HashSet::new()),
-            tls_alpn: Mutex::new(HashMap::new()),
-            http01: Mutex::new(HashMap::new()),
-            account_key: tokio::sync::Mutex::new(None),
-            orders: Semaphore::new(CONCURRENT_ORDERS),
-        })
-    }
-}
-
-/// `acme-v02.api.letsencrypt.org-1a2b3c4d`: readable, and distinct per URL.
-fn directory_dir_name(url: &str) -> String {
-    let host: String = url
-        .trim_start_matches("https://")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let digest = Sha256::digest(url.as_bytes());
-    let id: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{host}-{id}")
-}
 
 /// Certificates ordered from one ACME CA, with their renewals.
 pub struct AcmeManager {
@@ -300,16 +63,28 @@ pub struct AcmeManager {
     certs: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     /// Names with a renewal task.
     managed: Mutex<HashSet<String>>,
-    /// TLS-ALPN-01 challenge certificates by name, while validated.
-    tls_alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
-    /// HTTP-01 key authorizations by token, while validated.
-    http01: Mutex<HashMap<String, String>>,
+    /// The challenge answers published while the CA validates.
+    answers: Answers,
     /// The account key (PKCS#8), loaded or created on first use.
     account_key: tokio::sync::Mutex<Option<Vec<u8>>>,
+    /// Bounds the orders running at once ([`CONCURRENT_ORDERS`]).
     orders: Semaphore,
 }
 
 impl AcmeManager {
+    /// The manager of `prepared`'s CA, for the names `names` serves.
+    fn new(prepared: PreparedAcme, names: Arc<dyn ServedNames>) -> Self {
+        Self {
+            prepared,
+            names,
+            certs: RwLock::new(HashMap::new()),
+            managed: Mutex::new(HashSet::new()),
+            answers: Answers::default(),
+            account_key: tokio::sync::Mutex::new(None),
+            orders: Semaphore::new(CONCURRENT_ORDERS),
+        }
+    }
+
     /// The directory URL.
     pub fn directory_url(&self) -> &str {
         &self.prepared.directory_url
@@ -327,21 +102,17 @@ impl AcmeManager {
 
     /// The certificate currently served for `name`.
     pub fn certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        self.certs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        read(&self.certs).get(name).cloned()
     }
 
     /// The TLS-ALPN-01 challenge certificate for `name`, while validated.
     pub fn challenge_certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        lock(&self.tls_alpn).get(name).cloned()
+        self.answers.tls_alpn_01(name)
     }
 
     /// The HTTP-01 key authorization for `token`, while validated.
     pub fn http01_key_authorization(&self, token: &str) -> Option<String> {
-        lock(&self.http01).get(token).cloned()
+        self.answers.http_01(token)
     }
 
     /// Starts serving and renewing a certificate for `name` (normalized),
@@ -414,10 +185,7 @@ impl AcmeManager {
     }
 
     fn deploy(&self, name: &str, key: CertifiedKey) {
-        self.certs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), Arc::new(key));
+        write(&self.certs).insert(name.to_owned(), Arc::new(key));
     }
 
     /// Whether `name` still selects a running app.
@@ -486,7 +254,7 @@ impl AcmeManager {
                     }
                 }
                 Err(err) => {
-                    let delay = renewal.failed(SystemTime::now());
+                    let delay = renewal.failed_with_jitter(SystemTime::now(), random_u32());
                     let serving = match current.filter(|v| v.contains(SystemTime::now())) {
                         Some(v) => format!(
                             "still serving the current certificate (valid until {})",
@@ -502,213 +270,6 @@ impl AcmeManager {
                         delay.as_secs()
                     );
                 }
-            }
-        }
-    }
-
-    async fn order_retrying_bad_nonce(&self, name: &str) -> Result<String> {
-        let mut attempt = 0;
-        loop {
-            match self.order(name).await {
-                Err(err)
-                    if attempt < BAD_NONCE_RETRIES && format!("{err:#}").contains("badNonce") =>
-                {
-                    attempt += 1;
-                    tracing::debug!("acme: {name}: the CA rejected a nonce; retrying");
-                }
-                result => return result,
-            }
-        }
-    }
-
-    /// The account key, loaded from the state directory or created and
-    /// stored there.
-    async fn account_key(&self) -> Result<Vec<u8>> {
-        let mut slot = self.account_key.lock().await;
-        if let Some(key) = &*slot {
-            return Ok(key.clone());
-        }
-        let path = self.prepared.dir.join(ACCOUNT_KEY_FILE);
-        let key = match read_optional(&path)? {
-            Some(pem) => pem::parse(&pem)
-                .with_context(|| format!("{} is not a PEM private key", path.display()))?
-                .into_contents(),
-            None => {
-                let key = Account::generate_key_pair();
-                let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", key.clone()));
-                write_private(&path, pem.as_bytes())?;
-                tracing::info!("acme: new account key stored in {}", path.display());
-                key
-            }
-        };
-        *slot = Some(key.clone());
-        Ok(key)
-    }
-
-    /// One order for `name`, from the directory to the certificate: PEM of
-    /// the new private key followed by the chain.
-    async fn order(&self, name: &str) -> Result<String> {
-        let client = &self.prepared.client;
-        let url = &self.prepared.directory_url;
-        let directory = Directory::discover(client, url)
-            .await
-            .with_context(|| format!("cannot read the ACME directory {url}"))?;
-        let key = self.account_key().await?;
-        let account = Account::create_with_keypair(client, directory, &self.prepared.contact, &key)
-            .await
-            .context("cannot register the ACME account")?;
-        let (order_url, order) = account
-            .new_order(client, vec![name.to_owned()])
-            .await
-            .context("the CA refused the order")?;
-        for auth_url in &order.authorizations {
-            self.authorize(&account, auth_url, name).await?;
-        }
-        let mut order = self
-            .poll_order(&account, &order_url, |s| *s == OrderStatus::Pending)
-            .await?;
-        if order.status == OrderStatus::Ready {
-            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-            let mut params = CertificateParams::new(vec![name.to_owned()])?;
-            params.distinguished_name = DistinguishedName::new();
-            let csr = params.serialize_request(&key)?;
-            account
-                .finalize(client, &order.finalize, csr.der())
-                .await
-                .context("the CA refused to finalize the order")?;
-            order = self
-                .poll_order(&account, &order_url, |s| {
-                    matches!(s, OrderStatus::Ready | OrderStatus::Processing)
-                })
-                .await?;
-            if let OrderStatus::Valid { certificate } = &order.status {
-                let chain = account
-                    .certificate(client, certificate)
-                    .await
-                    .context("cannot download the certificate")?;
-                return Ok(format!("{}{chain}", key.serialize_pem()));
-            }
-        }
-        bail!("the order ended {}", describe_order(&order))
-    }
-
-    /// Polls `order_url` while `waiting(status)` holds.
-    async fn poll_order(
-        &self,
-        account: &Account,
-        order_url: &str,
-        waiting: impl Fn(&OrderStatus) -> bool,
-    ) -> Result<Order> {
-        let mut delay = POLL_FIRST;
-        for _ in 0..POLL_ATTEMPTS {
-            let order = account
-                .order(&self.prepared.client, order_url)
-                .await
-                .context("cannot read the order")?;
-            if !waiting(&order.status) {
-                return Ok(order);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(POLL_MAX);
-        }
-        bail!("the CA did not finish the order in time")
-    }
-
-    /// Has the CA validate `name` for the authorization at `auth_url`.
-    async fn authorize(&self, account: &Account, auth_url: &str, name: &str) -> Result<()> {
-        let client = &self.prepared.client;
-        let auth = account
-            .auth(client, auth_url)
-            .await
-            .context("cannot read the authorization")?;
-        match auth.status {
-            AuthStatus::Valid => return Ok(()),
-            AuthStatus::Pending => {}
-            other => bail!("the authorization for {name} is {other:?}"),
-        }
-        // The challenge answer is published for the listeners until this
-        // function returns, whatever the outcome.
-        let (challenge_url, answer) = match self.prepared.challenge {
-            Challenge::TlsAlpn01 => {
-                let (challenge, cert) = account
-                    .tls_alpn_01(&auth.challenges, name.to_owned())
-                    .context(
-                        "the CA offers no tls-alpn-01 challenge (try challenge = \"http-01\")",
-                    )?;
-                lock(&self.tls_alpn).insert(name.to_owned(), Arc::new(cert));
-                (challenge.url.clone(), Answer::TlsAlpn01(name.to_owned()))
-            }
-            Challenge::Http01 => {
-                let (challenge, key_auth) = account.http_01(&auth.challenges).context(
-                    "the CA offers no http-01 challenge (try challenge = \"tls-alpn-01\")",
-                )?;
-                lock(&self.http01).insert(challenge.token.clone(), key_auth);
-                (
-                    challenge.url.clone(),
-                    Answer::Http01(challenge.token.clone()),
-                )
-            }
-        };
-        let _published = Published {
-            manager: self,
-            answer,
-        };
-        account
-            .challenge(client, &challenge_url)
-            .await
-            .context("the CA refused to start the challenge")?;
-        let mut delay = POLL_FIRST;
-        for _ in 0..POLL_ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(POLL_MAX);
-            let auth = account
-                .auth(client, auth_url)
-                .await
-                .context("cannot read the authorization")?;
-            match auth.status {
-                AuthStatus::Pending => {}
-                AuthStatus::Valid => return Ok(()),
-                other => {
-                    let detail = auth
-                        .challenges
-                        .iter()
-                        .filter_map(|c| c.error.as_ref())
-                        .filter_map(|p| p.detail.clone())
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    bail!(
-                        "the CA could not validate {name} through {} ({other:?}): {detail}",
-                        self.prepared.challenge.as_str()
-                    );
-                }
-            }
-        }
-        bail!("the CA did not validate {name} in time")
-    }
-}
-
-/// A published challenge answer.
-enum Answer {
-    /// The challenge certificate for this name.
-    TlsAlpn01(String),
-    /// The key authorization for this token.
-    Http01(String),
-}
-
-/// Withdraws a published challenge answer when dropped.
-struct Published<'a> {
-    manager: &'a AcmeManager,
-    answer: Answer,
-}
-
-impl Drop for Published<'_> {
-    fn drop(&mut self) {
-        match &self.answer {
-            Answer::TlsAlpn01(name) => {
-                lock(&self.manager.tls_alpn).remove(name);
-            }
-            Answer::Http01(token) => {
-                lock(&self.manager.http01).remove(token);
             }
         }
     }
@@ -728,61 +289,4 @@ fn error_text(err: &anyhow::Error) -> String {
         }
     }
     text
-}
-
-fn describe_order(order: &Order) -> String {
-    let detail = order
-        .error
-        .as_ref()
-        .and_then(|p| p.detail.clone())
-        .map(|d| format!(": {d}"))
-        .unwrap_or_default();
-    format!("{:?}{detail}", order.status)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn directory_presets_and_urls() {
-        let mut s = AcmeSettings::default();
-        assert_eq!(
-            s.directory_url().unwrap(),
-            LETS_ENCRYPT_PRODUCTION_DIRECTORY
-        );
-        s.directory = "letsencrypt-staging".into();
-        assert_eq!(s.directory_url().unwrap(), LETS_ENCRYPT_STAGING_DIRECTORY);
-        s.directory = "https://127.0.0.1:14000/dir".into();
-        assert_eq!(s.directory_url().unwrap(), "https://127.0.0.1:14000/dir");
-        s.directory = "http://insecure/dir".into();
-        assert!(s.validate().is_err());
-    }
-
-    #[test]
-    fn contacts_get_mailto_and_are_checked() {
-        let s = AcmeSettings {
-            contact: vec!["a@example.org".into(), "mailto:b@example.org".into()],
-            ..AcmeSettings::default()
-        };
-        assert_eq!(
-            s.contacts(),
-            ["mailto:a@example.org", "mailto:b@example.org"]
-        );
-        s.validate().unwrap();
-        let bad = AcmeSettings {
-            contact: vec!["nobody".into()],
-            ..AcmeSettings::default()
-        };
-        assert!(bad.validate().is_err());
-    }
-
-    #[test]
-    fn each_directory_gets_its_own_state_directory() {
-        let a = directory_dir_name(LETS_ENCRYPT_PRODUCTION_DIRECTORY);
-        let b = directory_dir_name(LETS_ENCRYPT_STAGING_DIRECTORY);
-        assert!(a.starts_with("acme-v02.api.letsencrypt.org-"), "{a}");
-        assert_ne!(a, b);
-        assert!(directory_dir_name("https://127.0.0.1:14000/dir").starts_with("127.0.0.1-"));
-    }
 }
