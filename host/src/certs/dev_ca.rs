@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::store::{StateDir, private_dir, read_optional, write_private};
 use super::{crypto_provider, validity_of};
+use crate::base::locks::lock;
 
 /// How long the root is valid.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -223,7 +224,7 @@ impl DevCa {
             );
         }
         let now = SystemTime::now();
-        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        let mut issued = lock(&self.issued);
         if let Some((cert, not_after)) = issued.get(name)
             && *not_after > now + LEAF_RENEW_BEFORE
         {

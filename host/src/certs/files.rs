@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::renewal::Validity;
 use super::{crypto_provider, dns_names_of, format_time, validity_of};
+use crate::base::locks::{read, write};
 
 /// How often the files are checked for changes.
 pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(60);
@@ -73,7 +74,7 @@ impl StaticCerts {
     /// The certificate covering `name` (normalized): an exact name first,
     /// then a wildcard for its parent domain.
     pub fn get(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+        let loaded = read(&self.loaded);
         let exact = loaded.iter().find(|l| l.names.iter().any(|n| n == name));
         let found = exact.or_else(|| {
             let (_, parent) = name.split_once('.')?;
@@ -90,7 +91,7 @@ impl StaticCerts {
 
     /// The names each file covers, for the start-up report.
     pub fn describe(&self) -> Vec<(PathBuf, Vec<String>, SystemTime)> {
-        let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+        let loaded = read(&self.loaded);
         loaded
             .iter()
             .map(|l| {
@@ -106,11 +107,7 @@ impl StaticCerts {
     /// Reads again the files that changed on disk. A file that became
     /// unusable is reported and its previous certificate kept.
     pub fn reload_changed(&self) {
-        let current: Vec<Loaded> = self
-            .loaded
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let current: Vec<Loaded> = read(&self.loaded).clone();
         for (index, old) in current.iter().enumerate() {
             if modified(&old.settings) == old.modified {
                 continue;
@@ -124,7 +121,7 @@ impl StaticCerts {
                         format_time(new.validity.not_after)
                     );
                     warn_if_expiring(&new);
-                    let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+                    let mut loaded = write(&self.loaded);
                     if let Some(slot) = loaded.get_mut(index) {
                         *slot = new;
                     }
@@ -136,7 +133,7 @@ impl StaticCerts {
                         old.settings.cert.display()
                     );
                     // Do not report the same broken file every minute.
-                    let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+                    let mut loaded = write(&self.loaded);
                     if let Some(slot) = loaded.get_mut(index) {
                         slot.modified = modified(&old.settings);
                     }

@@ -13,103 +13,30 @@
 //!
 //! Only names that select a running app get a certificate from ACME or the
 //! dev CA: a client cannot make the gateway order or issue certificates for
-//! names it invents.
+//! names it invents. The routing table says which through [`ServedNames`].
+//!
+//! Beside them: [`renewal`] (when to order, a plain state machine),
+//! [`x509`] (reading certificates and PEM bundles, shared by the three
+//! sources).
 
 pub mod acme;
 pub mod dev_ca;
 pub mod files;
 pub mod renewal;
 pub mod store;
+pub mod x509;
+
+pub use x509::{certified_key_from_pem, dns_names_of, format_time, validity_of};
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, anyhow};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
 use crate::base::names::normalize_name;
-use renewal::Validity;
-
-/// Where the certificates for app names come from (names that no static
-/// file covers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CertSource {
-    /// Ordered from an ACME CA (`[tls.acme]`).
-    #[default]
-    Acme,
-    /// Issued by the local development CA.
-    DevCa,
-    /// Only the static files (`[[tls.certificate]]`).
-    Files,
-}
-
-impl CertSource {
-    /// The name used in the configuration file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CertSource::Acme => "acme",
-            CertSource::DevCa => "dev-ca",
-            CertSource::Files => "files",
-        }
-    }
-}
-
-/// The crypto provider used for every TLS configuration (ring).
-pub fn crypto_provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
-}
-
-/// The validity period of a DER certificate.
-pub fn validity_of(der: &[u8]) -> Result<Validity> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|err| anyhow!("cannot parse the certificate: {err}"))?;
-    let secs = |t: i64| {
-        let secs = u64::try_from(t).unwrap_or(0);
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    };
-    Ok(Validity {
-        not_before: secs(cert.validity().not_before.timestamp()),
-        not_after: secs(cert.validity().not_after.timestamp()),
-    })
-}
-
-/// The DNS names (subjectAltName) of a DER certificate, lowercase.
-pub fn dns_names_of(der: &[u8]) -> Result<Vec<String>> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|err| anyhow!("cannot parse the certificate: {err}"))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|err| anyhow!("invalid subjectAltName extension: {err}"))?;
-    Ok(san
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    x509_parser::extensions::GeneralName::DNSName(dns) => Some(normalize_name(dns)),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-/// Formats a time as RFC 3339 (UTC, seconds), for logs.
-pub fn format_time(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t)
-        .replace_nanosecond(0)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| format!("{t}"))
-}
 
 /// Which server names the gateway serves now: a name gets a certificate
 /// from ACME or the dev CA only while it selects a running app. The
@@ -260,29 +187,35 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
-/// Builds a [`CertifiedKey`] from a PEM bundle holding one private key and
-/// the certificate chain (leaf first), as the ACME store keeps them.
-pub fn certified_key_from_pem(pem: &[u8]) -> Result<(CertifiedKey, Validity)> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let key = PrivateKeyDer::from_pem_slice(pem).context("no private key in the PEM data")?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .context("invalid certificate in the PEM data")?;
-    let leaf = chain.first().context("no certificate in the PEM data")?;
-    let validity = validity_of(leaf)?;
-    let key = CertifiedKey::from_der(chain, key, &crypto_provider())
-        .context("the private key does not fit the certificate")?;
-    Ok((key, validity))
+/// Where the certificates for app names come from (names that no static
+/// file covers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertSource {
+    /// Ordered from an ACME CA (`[tls.acme]`).
+    #[default]
+    Acme,
+    /// Issued by the local development CA.
+    DevCa,
+    /// Only the static files (`[[tls.certificate]]`).
+    Files,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_format_as_rfc3339() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(format_time(t), "2023-11-14T22:13:20Z");
+impl CertSource {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertSource::Acme => "acme",
+            CertSource::DevCa => "dev-ca",
+            CertSource::Files => "files",
+        }
     }
+}
+
+/// The crypto provider used for every TLS configuration (ring).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }

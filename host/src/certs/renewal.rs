@@ -1,8 +1,18 @@
 //! When to order a certificate: renewal well before expiry, and exponential
-//! back-off after failed orders. A plain state machine without I/O, driven
-//! by the ACME task in [`super::acme`] and by the tests below.
+//! back-off after failed orders (the gateway's one back-off,
+//! [`ExponentialBackoff`], with jitter). A plain state machine without I/O
+//! or clock of its own, driven by the ACME task in [`super::acme`] and by
+//! the tests below.
 
 use std::time::{Duration, SystemTime};
+
+use crate::base::backoff::ExponentialBackoff;
+
+/// Jitter on the delay after a failed order, in percent of that delay:
+/// gateways that failed together (one CA outage) spread their retries
+/// instead of coming back in step. Only ever lengthens a delay, by less
+/// than this share, and never past `backoff_max`.
+pub const ORDER_RETRY_JITTER_PERCENT: u32 = 10;
 
 /// The validity period of a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +42,15 @@ pub struct RenewalPolicy {
     /// a fresh certificate once the CA (or DNS) is fixed; large enough not
     /// to hammer the CA (Let's Encrypt limits failed validations per hour).
     pub backoff_max: Duration,
+}
+
+impl RenewalPolicy {
+    /// The back-off between failed orders: doubling from `backoff_initial`
+    /// up to `backoff_max`, with [`ORDER_RETRY_JITTER_PERCENT`] of jitter.
+    pub fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBackoff::new(self.backoff_initial, self.backoff_max)
+            .with_jitter(ORDER_RETRY_JITTER_PERCENT)
+    }
 }
 
 impl Default for RenewalPolicy {
@@ -103,14 +122,20 @@ impl Renewal {
     }
 
     /// Records a failed order at `now`; returns the delay before the next
-    /// attempt (doubling from `backoff_initial` up to `backoff_max`).
+    /// attempt (doubling from `backoff_initial` up to `backoff_max`),
+    /// without jitter: [`failed_with_jitter`](Self::failed_with_jitter)
+    /// with no randomness.
     pub fn failed(&mut self, now: SystemTime) -> Duration {
-        let factor = 1u32.checked_shl(self.failures.min(30)).unwrap_or(u32::MAX);
-        let delay = self
-            .policy
-            .backoff_initial
-            .saturating_mul(factor)
-            .min(self.policy.backoff_max);
+        self.failed_with_jitter(now, 0)
+    }
+
+    /// Records a failed order at `now`; returns the delay before the next
+    /// attempt: the policy's back-off for this many failures, lengthened
+    /// by the jitter that `random` (a uniform draw, see
+    /// [`ExponentialBackoff::jittered`]) selects. The ACME task passes
+    /// [`crate::base::backoff::random_u32`].
+    pub fn failed_with_jitter(&mut self, now: SystemTime, random: u32) -> Duration {
+        let delay = self.policy.backoff().jittered(self.failures, random);
         self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(now + delay);
         delay
@@ -217,6 +242,35 @@ mod tests {
         assert_eq!(renewal.next(now, Some(&cert)), Step::Wait(delay));
         assert_eq!(renewal.next(now + delay, Some(&cert)), Step::Order);
         assert!(cert.contains(now));
+    }
+
+    #[test]
+    fn jitter_spreads_retries_within_a_tenth_and_below_the_cap() {
+        let policy = RenewalPolicy {
+            renew_before: None,
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(600),
+        };
+        let now = at(0);
+        let mut low = Renewal::new(policy);
+        let mut mid = Renewal::new(policy);
+        let mut high = Renewal::new(policy);
+        for plain in [60, 120, 240, 480, 600] {
+            let plain = Duration::from_secs(plain);
+            let (low, mid, high) = (
+                low.failed_with_jitter(now, 0),
+                mid.failed_with_jitter(now, 1 << 31),
+                high.failed_with_jitter(now, u32::MAX),
+            );
+            assert_eq!(low, plain);
+            assert!(mid > plain || plain == policy.backoff_max, "{mid:?}");
+            assert!(high >= mid && high <= (plain + plain / 10).min(policy.backoff_max));
+        }
+        // The wait honours the jittered delay.
+        let mut renewal = Renewal::new(policy);
+        let delay = renewal.failed_with_jitter(now, 1 << 31);
+        assert_eq!(delay, Duration::from_secs(63));
+        assert_eq!(renewal.next(now, None), Step::Wait(delay));
     }
 
     #[test]
