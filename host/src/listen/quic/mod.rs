@@ -55,21 +55,19 @@ mod stream;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use quinn::{Endpoint, EndpointConfig, Incoming, TransportConfig, VarInt};
+use quinn::{Endpoint, EndpointConfig, TransportConfig, VarInt};
 use tokio::sync::Semaphore;
 
 use crate::apps::route::Router;
-use crate::base::conn::{ConnInfo, Connection, QuicStream, Transport, next_conn_id};
-use crate::base::locks::lock;
 use crate::certs::Certificates;
 use crate::config::AppConfig;
 pub use crate::config::quic::INITIAL_RECEIVE_WINDOW;
-use crate::config::{QuicSettings, RetryPolicy};
+use crate::config::QuicSettings;
 
 pub use crypto::DEFAULT_ALPN;
 pub use stream::codes as stream_codes;
