@@ -22,7 +22,7 @@ pub fn print_root(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result
     }
     // With a configuration, the root covers its names as the gateway's would
     // (made anew if the stored one does not); without, any stored root.
-    let subtrees = configured.then(|| sockgate_host::listen::tls::dev_ca_subtrees(&config));
+    let subtrees = configured.then(|| sockgate_host::config::tls::dev_ca_subtrees(&config));
     let ca = DevCa::load_or_create(&StateDir::new(config.state_dir()), subtrees.as_deref())?;
     std::io::stdout()
         .write_all(ca.root_pem().as_bytes())

@@ -16,16 +16,16 @@ use std::path::{Path, PathBuf};
 /// only those before it. `lib.rs` (the crate root) stands above all.
 const FLOORS: &[&str] = &[
     // Vocabulary: the connection type, the clock, names, locks, files.
-    "base", // Every bound, with the threat it bounds: plain numbers.
-    "limits", // What the gateway keeps per app, handed to the runtime as inputs.
-    "tenant", // Settings: plain data, validated once, read by what sits above.
-    "config", // Certificates: ACME, files, the dev CA; told which names to serve.
-    "certs", // The HTTP protocol side of HTTP apps (hyper, h3): knows no wasm.
-    "http", // WebAssembly: engine, loading, instances, supervision, WASI.
+    "base",    // Every bound, with the threat it bounds: plain numbers.
+    "limits",  // What the gateway keeps per app, handed to the runtime as inputs.
+    "tenant",  // Certificates: ACME, files, the dev CA; told which names to serve.
+    "certs",   // Settings: plain data, validated once, read by what sits above.
+    "config",  // The HTTP protocol side of HTTP apps (hyper, h3): knows no wasm.
+    "http",    // WebAssembly: engine, loading, instances, supervision, WASI.
     "runtime", // The apps being served and the table that routes to them.
-    "apps", // TCP, TLS and QUIC listeners: accept, handshake, route.
-    "listen", // Persistence of deployed apps.
-    "state", // The assembly: builds, switches and drains all of the above.
+    "apps",    // TCP, TLS and QUIC listeners: accept, handshake, route.
+    "listen",  // Persistence of deployed apps.
+    "state",   // The assembly: builds, switches and drains all of the above.
     "gateway", // The admin API, dashboard and metrics.
     "admin",
 ];

@@ -12,8 +12,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use anyhow::{Result, bail};
-
 use crate::apps::app::App;
 use crate::base::locks::{read, write};
 use crate::base::names::normalize_name;
@@ -128,94 +126,9 @@ impl SiteMap for Router {
     }
 }
 
-/// Who may claim which server name as a custom domain: the base domains of
-/// `[tls]` and the operator's allowlist of other names (`[tls]
-/// allowed_domains`, exact names or `*.suffix` patterns).
-#[derive(Debug, Clone, Default)]
-pub struct NamePolicy {
-    /// Base domains, normalized.
-    base: Vec<String>,
-    /// Allowed names outside the base domains: `name` exactly, or
-    /// `*.suffix` for every name under `suffix`.
-    allowed: Vec<String>,
-}
-
-impl NamePolicy {
-    /// The policy of base domains `base` and allowlist `allowed` (checked
-    /// by the configuration).
-    pub fn new(base: &[String], allowed: &[String]) -> Self {
-        Self {
-            base: base.iter().map(|d| normalize_name(d)).collect(),
-            allowed: allowed.iter().map(|d| normalize_name(d)).collect(),
-        }
-    }
-
-    /// Checks that app `app` may claim `domain` as a custom domain.
-    /// `operator`: the claim comes from the configuration file, whose
-    /// foreign names need no allowlist (the operator wrote them). Who else
-    /// claims the name is the caller's to check.
-    pub fn check_claim(&self, app: &str, domain: &str, operator: bool) -> Result<()> {
-        let domain = normalize_name(domain);
-        if self.base.contains(&domain) {
-            bail!(
-                "app `{app}`: `{domain}` is a base domain of this gateway ([tls] domains): it \
-                 belongs to no app"
-            );
-        }
-        for base in &self.base {
-            let Some(under) = domain
-                .strip_suffix(base.as_str())
-                .and_then(|rest| rest.strip_suffix('.'))
-            else {
-                continue;
-            };
-            let owner = under.rsplit('.').next().unwrap_or(under);
-            if owner != app {
-                bail!(
-                    "app `{app}`: `{domain}` is under `{owner}.{base}`, which belongs to app \
-                     `{owner}`: an app may claim names under its own `{app}.{base}` only"
-                );
-            }
-            return Ok(());
-        }
-        if operator || self.allows(&domain) {
-            return Ok(());
-        }
-        bail!(
-            "app `{app}`: `{domain}` is outside this gateway's base domains ({}), and the \
-             operator does not allow it ([tls] allowed_domains = [{}]): ask the operator to \
-             add it (or a `*.` pattern covering it)",
-            self.base.join(", "),
-            self.allowed
-                .iter()
-                .map(|p| format!("\"{p}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    }
-
-    /// Whether the operator's allowlist covers `domain` (normalized).
-    fn allows(&self, domain: &str) -> bool {
-        self.allowed
-            .iter()
-            .any(|pattern| match pattern.strip_prefix("*.") {
-                Some(suffix) => domain
-                    .strip_suffix(suffix)
-                    .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
-                None => pattern == domain,
-            })
-    }
-
-    /// The DNS subtrees certificates may be issued under: the base domains
-    /// and the allowlist (a `*.suffix` pattern as `suffix`).
-    pub fn subtrees(&self) -> Vec<String> {
-        self.base
-            .iter()
-            .chain(&self.allowed)
-            .map(|d| d.strip_prefix("*.").unwrap_or(d).to_owned())
-            .collect()
-    }
-}
+/// Who may claim which server name: moved to the names vocabulary so the
+/// configuration can check claims without naming the router.
+pub use crate::base::names::NamePolicy;
 
 #[cfg(test)]
 mod tests {
@@ -241,34 +154,5 @@ mod tests {
         assert_eq!(name("talk.acme.com").as_deref(), Some("chat"));
         router.remove("chat");
         assert_eq!(name("talk.acme.com"), None);
-    }
-
-    #[test]
-    fn names_are_claimed_by_their_owner_only() {
-        let policy = NamePolicy::new(
-            &["sg.test".into()],
-            &["*.customer.com".into(), "shop.example.net".into()],
-        );
-        let claim = |app: &str, domain: &str| policy.check_claim(app, domain, false);
-        claim("chat", "api.chat.sg.test").unwrap();
-        claim("chat", "Chat.SG.test.").unwrap();
-        claim("chat", "a.customer.com").unwrap();
-        claim("chat", "a.b.customer.com").unwrap();
-        claim("chat", "shop.example.net").unwrap();
-        let refused = |app: &str, domain: &str| format!("{:#}", claim(app, domain).unwrap_err());
-        assert!(refused("squat", "victim.sg.test").contains("belongs to app `victim`"));
-        assert!(refused("squat", "x.victim.sg.test").contains("belongs to app `victim`"));
-        assert!(refused("squat", "sg.test").contains("base domain"));
-        assert!(refused("squat", "www.google.com").contains("allowed_domains"));
-        assert!(refused("squat", "customer.com").contains("allowed_domains"));
-        assert!(refused("squat", "evilcustomer.com").contains("allowed_domains"));
-        // The operator's own configuration names foreign domains freely,
-        // never another app's or a base domain.
-        policy.check_claim("chat", "chat.acme.com", true).unwrap();
-        assert!(policy.check_claim("chat", "echo.sg.test", true).is_err());
-        assert_eq!(
-            policy.subtrees(),
-            ["sg.test", "customer.com", "shop.example.net"]
-        );
     }
 }

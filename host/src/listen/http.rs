@@ -4,19 +4,11 @@
 //! with a deadline and a size cap; one client holds only a share of the
 //! connections, and must send its first byte at once
 //! ([`super::accept`]); nothing else is served here.
-//!
-//! ```toml
-//! [http]
-//! listen = "0.0.0.0:80"   # default
-//! enabled = true          # default when [tls] is configured
-//! list_apps = false       # default: the bare base domain lists no app names
-//! ```
+//! Its settings are [`crate::config::HttpSettings`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -41,43 +33,6 @@ const CONNECTIONS_PER_CLIENT: usize = 64;
 const MAX_HEADERS: usize = 64;
 /// The path prefix of HTTP-01 challenges (RFC 8555, section 8.3).
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
-
-/// `[http]`: the plain-HTTP port.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSettings {
-    /// Whether to listen at all (default: yes, when `[tls]` is configured).
-    #[serde(default = "enabled_by_default")]
-    pub enabled: bool,
-    /// The address to listen on (default `0.0.0.0:80`).
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    /// Whether the bare base domain (`http://example.org/`) answers with a
-    /// page listing every app's name (default: no, 404). Off by default:
-    /// app names can say who the tenants are, and with the dev CA or
-    /// static certificates nothing else publishes them (ACME certificates
-    /// are public in Certificate Transparency logs anyway).
-    #[serde(default)]
-    pub list_apps: bool,
-}
-
-fn enabled_by_default() -> bool {
-    true
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 80))
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: default_listen(),
-            list_apps: false,
-        }
-    }
-}
 
 /// What the plain-HTTP listener needs.
 pub struct HttpContext {

@@ -5,5 +5,6 @@
 pub mod accept;
 pub mod http;
 pub mod quic;
+pub mod route;
 pub mod tcp;
 pub mod tls;

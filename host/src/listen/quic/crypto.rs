@@ -34,6 +34,7 @@ use quinn::crypto::{
 use quinn::{ConnectionId, Side, TransportErrorCode};
 use quinn_proto::TransportError;
 use quinn_proto::transport_parameters::TransportParameters;
+use rustls::AlertDescription;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -42,47 +43,11 @@ use crate::apps::route::Router;
 use crate::base::locks::{lock, read, write};
 use crate::base::names::normalize_name;
 use crate::certs::{Certificates, crypto_provider};
+use crate::listen::route::{Hello, Lookup, Refusal, Routing, route_hello};
 
 /// The ALPN protocol an app that declares none accepts over QUIC, where
 /// ALPN is mandatory (RFC 9001, section 8.1). Clients of such apps offer it.
 pub const DEFAULT_ALPN: &str = "sockgate";
-
-/// TLS alert descriptions (RFC 8446, section 6) the refusals use.
-const ALERT_ACCESS_DENIED: u8 = 49;
-const ALERT_INTERNAL_ERROR: u8 = 80;
-const ALERT_UNRECOGNIZED_NAME: u8 = 112;
-const ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
-
-/// Why the resolver refused a handshake.
-#[derive(Debug, Clone)]
-enum Refusal {
-    NoServerName,
-    UnknownName(String),
-    NoCommonProtocol { app: String, accepted: Vec<String> },
-    NoCertificate(String),
-}
-
-impl Refusal {
-    fn alert(&self) -> u8 {
-        match self {
-            Refusal::NoServerName | Refusal::UnknownName(_) => ALERT_UNRECOGNIZED_NAME,
-            Refusal::NoCommonProtocol { .. } => ALERT_NO_APPLICATION_PROTOCOL,
-            Refusal::NoCertificate(_) => ALERT_INTERNAL_ERROR,
-        }
-    }
-
-    fn reason(&self) -> String {
-        match self {
-            Refusal::NoServerName => "no server name (SNI): name the app to reach".to_owned(),
-            Refusal::UnknownName(name) => format!("server name `{name}` selects no app"),
-            Refusal::NoCommonProtocol { app, accepted } => format!(
-                "app `{app}` speaks ALPN {}; the client offered none of them",
-                accepted.join(", ")
-            ),
-            Refusal::NoCertificate(name) => format!("no certificate for `{name}` yet"),
-        }
-    }
-}
 
 thread_local! {
     /// The resolver's refusal during the `read_handshake` call running on
@@ -152,23 +117,50 @@ impl std::fmt::Debug for QuicCertResolver {
 
 impl QuicCertResolver {
     fn check(&self, hello: &ClientHello<'_>) -> Result<Arc<CertifiedKey>, Refusal> {
-        let name = hello
-            .server_name()
-            .map(normalize_name)
-            .ok_or(Refusal::NoServerName)?;
-        let app = self
-            .router
-            .app_name_for_server_name(&name)
-            .filter(|app| self.router.get(app).is_some())
-            .ok_or_else(|| Refusal::UnknownName(name.clone()))?;
-        let accepted = self.protocols.of(&app);
+        let server_name = hello.server_name().map(normalize_name);
         let offered: Vec<&[u8]> = hello.alpn().map(|p| p.collect()).unwrap_or_default();
-        if !accepted.iter().any(|a| offered.contains(&a.as_bytes())) {
-            return Err(Refusal::NoCommonProtocol { app, accepted });
+        let hello = Hello {
+            server_name: server_name.as_deref(),
+            // TLS-ALPN-01 validations come over TCP, never QUIC.
+            acme_challenge: false,
+            offered_alpn: Some(&offered),
+        };
+        match route_hello(hello, self) {
+            Routing::Serve { certificate, .. } => Ok(certificate),
+            Routing::Refuse(refusal) => Err(refusal),
+            Routing::Challenge(name) => Err(Refusal::NoChallenge(name)),
         }
-        self.certs
-            .certificate_for(&name)
-            .ok_or(Refusal::NoCertificate(name))
+    }
+}
+
+/// The QUIC endpoint's view of the routing table and certificates: a name
+/// selects an app by name (its current version is looked up per stream),
+/// and the client's ALPN protocols are checked here, where one
+/// configuration serves every app.
+impl Lookup for QuicCertResolver {
+    type App = String;
+    type Certificate = Arc<CertifiedKey>;
+
+    fn app(&self, name: &str) -> Option<String> {
+        self.router
+            .app_name_for_server_name(name)
+            .filter(|app| self.router.get(app).is_some())
+    }
+
+    fn app_name(&self, app: &String) -> String {
+        app.clone()
+    }
+
+    fn protocols(&self, app: &String) -> Vec<String> {
+        self.protocols.of(app)
+    }
+
+    fn certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.certs.certificate_for(name)
+    }
+
+    fn challenge_under_way(&self, _name: &str) -> bool {
+        false
     }
 }
 
@@ -324,11 +316,11 @@ impl RoutedSession {
         let refusal = REFUSAL.with(|slot| slot.borrow_mut().take());
         match (result, refusal) {
             (Err(err), Some(refusal))
-                if err.code == TransportErrorCode::crypto(ALERT_ACCESS_DENIED) =>
+                if err.code == TransportErrorCode::crypto(AlertDescription::AccessDenied.into()) =>
             {
                 tracing::debug!("quic: refused a handshake: {}", refusal.reason());
                 Err(TransportError {
-                    code: TransportErrorCode::crypto(refusal.alert()),
+                    code: TransportErrorCode::crypto(refusal.alert().into()),
                     frame: None,
                     reason: refusal.reason(),
                 })
@@ -431,18 +423,5 @@ mod tests {
         assert_eq!(union, ["sockgate", "x-chat", "h3"]);
         assert_eq!(protocols.of("echo"), ["sockgate"]);
         assert_eq!(protocols.of("web"), ["h3", "x-chat"]);
-    }
-
-    #[test]
-    fn refusals_map_to_the_alert_rfc_9001_expects() {
-        let unknown = Refusal::UnknownName("nope.example.org".into());
-        assert_eq!(unknown.alert(), ALERT_UNRECOGNIZED_NAME);
-        assert!(unknown.reason().contains("nope.example.org"));
-        let alpn = Refusal::NoCommonProtocol {
-            app: "chat".into(),
-            accepted: vec!["x-chat".into()],
-        };
-        assert_eq!(alpn.alert(), ALERT_NO_APPLICATION_PROTOCOL);
-        assert!(alpn.reason().contains("x-chat"));
     }
 }

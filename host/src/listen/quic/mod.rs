@@ -47,36 +47,33 @@
 //! only while guests write to clients that do not read (a TCP socket's
 //! kernel send buffer holds as much).
 
+mod budget;
 mod client_hello;
+mod connection;
 mod crypto;
 mod stream;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use quinn::{Endpoint, EndpointConfig, Incoming, TransportConfig, VarInt};
-use serde::Deserialize;
+use anyhow::{Context, Result, anyhow};
+use quinn::{Endpoint, EndpointConfig, TransportConfig, VarInt};
 use tokio::sync::Semaphore;
 
 use crate::apps::route::Router;
-use crate::base::conn::{ConnInfo, Connection, QuicStream, Transport, next_conn_id};
-use crate::base::locks::lock;
 use crate::certs::Certificates;
 use crate::config::AppConfig;
+pub use crate::config::quic::INITIAL_RECEIVE_WINDOW;
+use crate::config::QuicSettings;
 
 pub use crypto::DEFAULT_ALPN;
 pub use stream::codes as stream_codes;
 
 /// Handshakes in progress at once; beyond it new clients are ignored.
 const MAX_PENDING_HANDSHAKES: usize = 4096;
-/// The connection receive window every QUIC connection starts with, before
-/// its app (and so its `quic_receive_window_kb`) is known; `max_connections`
-/// of them are set aside from `quic.receive_budget_mb`.
-pub const INITIAL_RECEIVE_WINDOW: u64 = 64 * 1024;
 /// Data the guest wrote that one QUIC connection may hold unacknowledged
 /// (quinn's default is 10 MB). Threat: a client that stops reading while
 /// a guest writes, keeping the gateway's memory instead of a socket's.
@@ -100,107 +97,6 @@ pub mod connection_codes {
     /// The app refused the connection at one of its limits (an HTTP/3
     /// connection counts as one connection of its app).
     pub const REFUSED: u32 = 0x5314;
-}
-
-/// When unvalidated clients are sent a stateless Retry first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RetryPolicy {
-    /// When more than `retry_above` handshakes are in progress.
-    #[default]
-    Auto,
-    /// Always: every new client pays one more round trip.
-    Always,
-    /// Never (clients behind spoofing-safe networks only).
-    Never,
-}
-
-/// `[quic]`: the QUIC endpoint. On by default when `[tls]` is configured.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QuicSettings {
-    /// Serve QUIC at all.
-    pub enabled: bool,
-    /// The UDP address; default: the TLS listener's address (same port,
-    /// over UDP).
-    pub listen: Option<SocketAddr>,
-    /// A client must complete its handshake within this time (ms); default:
-    /// `tls.handshake_timeout_ms`.
-    pub handshake_timeout_ms: Option<u64>,
-    /// A QUIC connection with no packet in either direction for this long
-    /// is closed (ms). Negotiated in the handshake, before the app is
-    /// known, so it is endpoint-wide.
-    pub idle_timeout_ms: u64,
-    /// Bytes one stream may have in flight to the gateway, unread by the
-    /// guest (KiB). Endpoint-wide for the same reason.
-    pub stream_window_kb: u64,
-    /// QUIC connections at once, over all apps.
-    pub max_connections: usize,
-    /// QUIC connections at once from one IP address.
-    pub max_connections_per_ip: usize,
-    /// Client data all QUIC connections together may hold unread by the
-    /// guests, in MiB (see the module doc for the arithmetic). Threat: a
-    /// client (or many) filling the gateway's memory with data no guest
-    /// reads: 10 000 connections at an 8 MiB window were ~78 GiB.
-    pub receive_budget_mb: u64,
-    /// Stateless retry (address validation).
-    pub retry: RetryPolicy,
-    /// With `retry = "auto"`: handshakes in progress above which
-    /// unvalidated clients are sent a Retry first.
-    pub retry_above: usize,
-}
-
-impl Default for QuicSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: None,
-            handshake_timeout_ms: None,
-            idle_timeout_ms: 30_000,
-            stream_window_kb: 1024,
-            max_connections: 10_000,
-            max_connections_per_ip: 64,
-            receive_budget_mb: 1024,
-            retry: RetryPolicy::Auto,
-            retry_above: 32,
-        }
-    }
-}
-
-impl QuicSettings {
-    /// Checks the settings; the error names the field.
-    pub fn validate(&self) -> Result<()> {
-        if !(100..=3_600_000).contains(&self.idle_timeout_ms) {
-            bail!("quic.idle_timeout_ms must be between 100 and 3600000");
-        }
-        if let Some(ms) = self.handshake_timeout_ms
-            && !(100..=600_000).contains(&ms)
-        {
-            bail!("quic.handshake_timeout_ms must be between 100 and 600000");
-        }
-        if !(1..=1 << 20).contains(&self.stream_window_kb) {
-            bail!("quic.stream_window_kb must be between 1 and 1048576");
-        }
-        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
-            bail!("quic.max_connections and quic.max_connections_per_ip must be positive");
-        }
-        if !(1..=1 << 20).contains(&self.receive_budget_mb) {
-            bail!("quic.receive_budget_mb must be between 1 and 1048576");
-        }
-        let initial_mib =
-            (self.max_connections as u64).saturating_mul(INITIAL_RECEIVE_WINDOW) >> 20;
-        if initial_mib > self.receive_budget_mb {
-            bail!(
-                "quic.max_connections ({}) × the {} KiB receive window every connection starts \
-                 with is {initial_mib} MiB, over quic.receive_budget_mb ({}): raise the budget \
-                 or lower max_connections",
-                self.max_connections,
-                INITIAL_RECEIVE_WINDOW >> 10,
-                self.receive_budget_mb
-            );
-        }
-        Ok(())
-    }
 }
 
 /// The QUIC endpoint's socket, bound before the apps start (so a busy port
@@ -284,7 +180,7 @@ impl PreparedQuic {
         // What the initial windows of `max_connections` leave (validated to
         // be what they need at least).
         let receive_budget =
-            ReceiveBudget::new((self.settings.receive_budget_mb << 20).saturating_sub(
+            budget::ReceiveBudget::new((self.settings.receive_budget_mb << 20).saturating_sub(
                 (self.settings.max_connections as u64).saturating_mul(INITIAL_RECEIVE_WINDOW),
             ));
         let ctx = Arc::new(QuicContext {
@@ -298,7 +194,7 @@ impl PreparedQuic {
             receive_budget,
             counters: QuicCounters::default(),
         });
-        tokio::spawn(serve(endpoint, ctx.clone()));
+        tokio::spawn(connection::serve(endpoint, ctx.clone()));
         Ok(Arc::new(Quic { ctx, crypto, local }))
     }
 }
@@ -325,38 +221,6 @@ pub struct QuicCounters {
     pub windows_held_back: AtomicU64,
 }
 
-/// The bytes by which QUIC connections' receive windows were raised above
-/// [`INITIAL_RECEIVE_WINDOW`], against what `quic.receive_budget_mb` leaves
-/// after the initial windows of `max_connections`.
-struct ReceiveBudget {
-    limit: u64,
-    reserved: AtomicU64,
-}
-
-impl ReceiveBudget {
-    fn new(limit: u64) -> Self {
-        Self {
-            limit,
-            reserved: AtomicU64::new(0),
-        }
-    }
-
-    /// Reserves `bytes` if the budget has room.
-    fn reserve(&self, bytes: u64) -> bool {
-        self.reserved
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
-                reserved
-                    .checked_add(bytes)
-                    .filter(|&total| total <= self.limit)
-            })
-            .is_ok()
-    }
-
-    fn release(&self, bytes: u64) {
-        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
-    }
-}
-
 /// What the accept loop and the connections share.
 struct QuicContext {
     router: Arc<Router>,
@@ -369,7 +233,7 @@ struct QuicContext {
     /// QUIC connections per client IP, and in total under key `None`.
     per_ip: Mutex<HashMap<Option<IpAddr>, usize>>,
     /// Receive windows raised over all connections.
-    receive_budget: ReceiveBudget,
+    receive_budget: budget::ReceiveBudget,
     counters: QuicCounters,
 }
 
@@ -417,293 +281,5 @@ impl Quic {
             "quic listening on {}  (udp; apps without `alpn` accept ALPN `{DEFAULT_ALPN}`)",
             self.local
         )
-    }
-}
-
-/// Accepts QUIC connections until the endpoint closes.
-async fn serve(endpoint: Endpoint, ctx: Arc<QuicContext>) {
-    while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = ctx.pending.clone().try_acquire_owned() else {
-            ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
-            incoming.ignore();
-            continue;
-        };
-        let in_progress = MAX_PENDING_HANDSHAKES - ctx.pending.available_permits();
-        let retry = match ctx.settings.retry {
-            RetryPolicy::Always => true,
-            RetryPolicy::Auto => in_progress > ctx.settings.retry_above,
-            RetryPolicy::Never => false,
-        };
-        if retry && !incoming.remote_address_validated() && incoming.may_retry() {
-            ctx.counters.retries.fetch_add(1, Ordering::Relaxed);
-            if let Err(err) = incoming.retry() {
-                tracing::debug!("quic: cannot send a retry: {err}");
-            }
-            continue;
-        }
-        let peer = incoming.remote_address();
-        let Some(slot) = ConnectionSlot::take(&ctx, crate::tenant::conns::client_key(peer.ip()))
-        else {
-            ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("quic: {peer}: at the connection limit; refused");
-            incoming.refuse();
-            continue;
-        };
-        tokio::spawn(serve_connection(ctx.clone(), incoming, permit, slot));
-    }
-}
-
-/// A QUIC connection's place in the gateway-wide and per-IP counts, and
-/// the receive window it holds.
-struct ConnectionSlot {
-    ctx: Arc<QuicContext>,
-    ip: IpAddr,
-    /// Its receive window: [`INITIAL_RECEIVE_WINDOW`] (set aside for every
-    /// connection) or more, the excess reserved from the receive budget.
-    window: u64,
-}
-
-impl ConnectionSlot {
-    fn take(ctx: &Arc<QuicContext>, ip: IpAddr) -> Option<Self> {
-        let mut counts = lock(&ctx.per_ip);
-        let total = counts.get(&None).copied().unwrap_or(0);
-        let from_ip = counts.get(&Some(ip)).copied().unwrap_or(0);
-        if total >= ctx.settings.max_connections || from_ip >= ctx.settings.max_connections_per_ip {
-            return None;
-        }
-        *counts.entry(None).or_default() += 1;
-        *counts.entry(Some(ip)).or_default() += 1;
-        Some(Self {
-            ctx: ctx.clone(),
-            ip,
-            window: INITIAL_RECEIVE_WINDOW,
-        })
-    }
-
-    /// Grows the reserved window to `wanted` bytes if the budget has room;
-    /// returns the window the connection may have.
-    fn grow_window(&mut self, wanted: u64) -> u64 {
-        if wanted <= self.window {
-            return wanted;
-        }
-        if self.ctx.receive_budget.reserve(wanted - self.window) {
-            self.window = wanted;
-        } else {
-            self.ctx
-                .counters
-                .windows_held_back
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        self.window
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.ctx
-            .receive_budget
-            .release(self.window - INITIAL_RECEIVE_WINDOW);
-        let mut counts = lock(&self.ctx.per_ip);
-        for key in [None, Some(self.ip)] {
-            if let Some(count) = counts.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&key);
-                }
-            }
-        }
-    }
-}
-
-/// Completes the handshake of one client, then hands each of its
-/// bidirectional streams to the app its server name selects.
-async fn serve_connection(
-    ctx: Arc<QuicContext>,
-    incoming: Incoming,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    mut slot: ConnectionSlot,
-) {
-    let peer = incoming.remote_address();
-    let local_ip = incoming.local_ip();
-    let handshake = async { incoming.accept()?.await };
-    let conn = match tokio::time::timeout(ctx.handshake_timeout, handshake).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(err)) => {
-            ctx.counters
-                .failed_handshakes
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("quic: {peer}: handshake failed: {err}");
-            return;
-        }
-        Err(_) => {
-            ctx.counters
-                .failed_handshakes
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                "quic: {peer}: no handshake within {:?}; dropped",
-                ctx.handshake_timeout
-            );
-            return;
-        }
-    };
-    drop(permit);
-    ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-    let Some((server_name, alpn)) = handshake_data(&conn) else {
-        conn.close(VarInt::from_u32(0), b"no handshake data");
-        return;
-    };
-    let Some(app_name) = ctx.router.app_name_for_server_name(&server_name) else {
-        close(&conn, connection_codes::APP_GONE, "the app is gone");
-        return;
-    };
-    if !ctx.protocols.of(&app_name).contains(&alpn) {
-        close(
-            &conn,
-            connection_codes::ALPN_NOT_ACCEPTED,
-            &format!(
-                "app `{app_name}` does not speak `{alpn}`: offer only {}",
-                ctx.protocols.of(&app_name).join(", ")
-            ),
-        );
-        return;
-    }
-    if let Some(app) = ctx.router.get(&app_name) {
-        let (streams, window_kb) = app.account().quic_limits();
-        conn.set_max_concurrent_bi_streams(VarInt::from_u32(streams));
-        let window = slot.grow_window(window_kb.saturating_mul(1024));
-        conn.set_receive_window(VarInt::from_u64(window).unwrap_or(VarInt::MAX));
-    }
-    let quic_id = next_conn_id();
-    let local = SocketAddr::new(local_ip.unwrap_or(ctx.local.ip()), ctx.local.port());
-    if alpn == crate::http::h3::ALPN_H3
-        && let Some(app) = ctx.router.get(&app_name).filter(|app| app.http().is_some())
-    {
-        // HTTP/3: the app's HTTP side takes the whole connection (its
-        // control and QPACK streams, a request per bidirectional stream),
-        // counted as one connection of the app. The slot is held until
-        // the connection is closed.
-        let closing = conn.clone();
-        let info = ConnInfo {
-            id: quic_id,
-            transport: Transport::Quic,
-            peer,
-            local,
-            server_name: Some(server_name),
-            alpn: Some(alpn),
-            quic: None,
-        };
-        let closer: crate::base::conn::Closer = Box::new(move || {
-            closing.close(VarInt::from_u32(0), b"closed by the gateway");
-        });
-        let held = conn.clone();
-        if app.dispatch_h3(conn, info, closer).is_err() {
-            close(
-                &held,
-                connection_codes::REFUSED,
-                "refused at the app's connection limits",
-            );
-        }
-        held.closed().await;
-        drop(slot);
-        return;
-    }
-    loop {
-        let (send, recv) = tokio::select! {
-            accepted = conn.accept_bi() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::debug!("quic: {peer}: connection ended: {err}");
-                    return;
-                }
-            },
-            uni = conn.accept_uni() => {
-                if uni.is_ok() {
-                    close(
-                        &conn,
-                        connection_codes::UNI_STREAM_REFUSED,
-                        "unidirectional streams are not served (only HTTP/3 uses them)",
-                    );
-                }
-                return;
-            }
-        };
-        // The current version of the app: a deploy switches new streams
-        // of existing connections too.
-        let Some(app) = ctx.router.get(&app_name) else {
-            close(&conn, connection_codes::APP_GONE, "the app was removed");
-            return;
-        };
-        let stream_id = u64::from(send.id());
-        let (reader, writer, closer) = stream::split(send, recv);
-        let stream = Connection {
-            info: ConnInfo {
-                id: next_conn_id(),
-                transport: Transport::Quic,
-                peer,
-                local,
-                server_name: Some(server_name.clone()),
-                alpn: Some(alpn.clone()),
-                quic: Some(QuicStream {
-                    connection_id: quic_id,
-                    stream_id,
-                }),
-            },
-            reader: Box::pin(reader),
-            writer: Box::pin(writer),
-            closer,
-        };
-        ctx.counters.streams.fetch_add(1, Ordering::Relaxed);
-        // A refused stream is dropped, which resets it with
-        // `stream_codes::REFUSED`; the app counted it.
-        let _ = app.dispatch(stream);
-    }
-}
-
-/// The server name and ALPN protocol the handshake settled on.
-fn handshake_data(conn: &quinn::Connection) -> Option<(String, String)> {
-    let data = conn
-        .handshake_data()?
-        .downcast::<quinn::crypto::rustls::HandshakeData>()
-        .ok()?;
-    let name = crate::base::names::normalize_name(data.server_name.as_deref()?);
-    let alpn = String::from_utf8_lossy(data.protocol.as_deref()?).into_owned();
-    Some((name, alpn))
-}
-
-fn close(conn: &quinn::Connection, code: u32, reason: &str) {
-    tracing::debug!("quic: {}: closing: {reason}", conn.remote_address());
-    conn.close(VarInt::from_u32(code), reason.as_bytes());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_initial_windows_of_every_connection_must_fit_the_budget() {
-        let defaults = QuicSettings::default();
-        defaults.validate().unwrap();
-        let too_many = QuicSettings {
-            max_connections: 100_000,
-            ..QuicSettings::default()
-        };
-        let err = too_many.validate().unwrap_err().to_string();
-        assert!(err.contains("quic.receive_budget_mb"), "{err}");
-        let fits = QuicSettings {
-            max_connections: 16,
-            receive_budget_mb: 1,
-            ..QuicSettings::default()
-        };
-        fits.validate().unwrap();
-    }
-
-    #[test]
-    fn raised_windows_share_what_the_initial_ones_leave() {
-        let budget = ReceiveBudget::new(3 << 20);
-        assert!(budget.reserve(2 << 20));
-        assert!(!budget.reserve(2 << 20), "over the budget");
-        assert!(budget.reserve(1 << 20));
-        budget.release(2 << 20);
-        assert!(budget.reserve(2 << 20));
     }
 }
