@@ -38,7 +38,7 @@ use rustls::AlertDescription;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::client_hello::{self, Hello, MAX_CLIENT_HELLO};
+use super::client_hello::{self, Hello as ClientHelloBytes, MAX_CLIENT_HELLO};
 use crate::apps::route::Router;
 use crate::base::locks::{lock, read, write};
 use crate::base::names::normalize_name;
@@ -316,7 +316,8 @@ impl RoutedSession {
         let refusal = REFUSAL.with(|slot| slot.borrow_mut().take());
         match (result, refusal) {
             (Err(err), Some(refusal))
-                if err.code == TransportErrorCode::crypto(AlertDescription::AccessDenied.into()) =>
+                if err.code
+                    == TransportErrorCode::crypto(AlertDescription::AccessDenied.into()) =>
             {
                 tracing::debug!("quic: refused a handshake: {}", refusal.reason());
                 Err(TransportError {
@@ -361,14 +362,14 @@ impl Session for RoutedSession {
         };
         pending.bytes.extend_from_slice(buf);
         let found = client_hello::server_name(&pending.bytes);
-        if found == Hello::Incomplete && pending.bytes.len() <= MAX_CLIENT_HELLO {
+        if found == ClientHelloBytes::Incomplete && pending.bytes.len() <= MAX_CLIENT_HELLO {
             // Nothing reached rustls yet: nothing to answer.
             return Ok(false);
         }
         let Some(pending) = self.pending.take() else {
             return Ok(false);
         };
-        if let Hello::Complete(Some(name)) = found
+        if let ClientHelloBytes::Complete(Some(name)) = found
             && let Some(config) = pending.crypto.config_for(&name)
         {
             // Nothing was fed to the endpoint-wide session: start over on

@@ -66,8 +66,8 @@ use tokio::sync::Semaphore;
 use crate::apps::route::Router;
 use crate::certs::Certificates;
 use crate::config::AppConfig;
-pub use crate::config::quic::INITIAL_RECEIVE_WINDOW;
 use crate::config::QuicSettings;
+pub use crate::config::quic::INITIAL_RECEIVE_WINDOW;
 
 pub use crypto::DEFAULT_ALPN;
 pub use stream::codes as stream_codes;

@@ -36,10 +36,7 @@ impl Lookup for Table {
     }
 
     fn certificate(&self, name: &str) -> Option<&'static str> {
-        self.certified
-            .iter()
-            .find(|n| **n == name)
-            .map(|_| "cert")
+        self.certified.iter().find(|n| **n == name).map(|_| "cert")
     }
 
     fn challenge_under_way(&self, name: &str) -> bool {

@@ -200,8 +200,7 @@ impl Https {
         for name in &names {
             self.ctx.certs.prepare(name);
         }
-        write(&self.served)
-            .insert(app.name.clone(), names);
+        write(&self.served).insert(app.name.clone(), names);
         Ok(())
     }
 
@@ -210,10 +209,8 @@ impl Https {
     /// by the dev CA) and its ALPN configuration goes.
     pub fn remove_app(&self, name: &str) {
         self.ctx.router.set_custom_domains(name, &[]);
-        write(&self.ctx.app_configs)
-            .remove(name);
-        write(&self.served)
-            .remove(name);
+        write(&self.ctx.app_configs).remove(name);
+        write(&self.served).remove(name);
     }
 
     /// What `sockgate serve` prints at start: the listeners, where the
