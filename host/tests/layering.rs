@@ -15,19 +15,18 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `host/src`, bottom floor first. Each may use
 /// only those before it. `lib.rs` (the crate root) stands above all.
 const FLOORS: &[&str] = &[
-    // Vocabulary: the connection type, the clock, names, locks, files.
-    "base",    // Every bound, with the threat it bounds: plain numbers.
-    "limits",  // What the gateway keeps per app, handed to the runtime as inputs.
-    "tenant",  // Certificates: ACME, files, the dev CA; told which names to serve.
-    "certs",   // Settings: plain data, validated once, read by what sits above.
-    "config",  // The HTTP protocol side of HTTP apps (hyper, h3): knows no wasm.
-    "http",    // WebAssembly: engine, loading, instances, supervision, WASI.
-    "runtime", // The apps being served and the table that routes to them.
-    "apps",    // TCP, TLS and QUIC listeners: accept, handshake, route.
-    "listen",  // Persistence of deployed apps.
-    "state",   // The assembly: builds, switches and drains all of the above.
-    "gateway", // The admin API, dashboard and metrics.
-    "admin",
+    "base",    // vocabulary: the connection type, clock, names, back-off, locks, files
+    "limits",  // every bound, with the threat it bounds: plain numbers
+    "tenant",  // what the gateway keeps per app, handed to the runtime as inputs
+    "certs",   // certificates: ACME, files, the dev CA; told which names to serve
+    "config",  // settings: plain data, validated once, read by what sits above
+    "http",    // the HTTP protocol side of HTTP apps (hyper, h3): knows no wasm
+    "runtime", // WebAssembly: engine, loading, instances, supervision, WASI
+    "apps",    // the apps being served and the table that routes to them
+    "listen",  // TCP, TLS, QUIC and port-80 listeners: accept, handshake, route
+    "state",   // persistence of deployed apps
+    "gateway", // the assembly: builds, switches and drains all of the above
+    "admin",   // the admin API, dashboard and metrics
 ];
 
 /// The longest a file in `host/src` may be (`tests.rs` files aside).
