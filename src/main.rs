@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sockgate_host::base::names::AppName;
 use sockgate_host::config::{AppConfig, Config, Instances};
 
 /// Serve network connections from WebAssembly components.
@@ -176,7 +177,11 @@ async fn run(command: Command) -> ExitCode {
             cache_dir,
         } => {
             let name = name.unwrap_or_else(|| serve::default_app_name(&component));
-            let mut app = AppConfig::new(&name, component, listen);
+            let name = match AppName::parse(&name) {
+                Ok(name) => name,
+                Err(err) => return fail(&err),
+            };
+            let mut app = AppConfig::new(name, component, listen);
             app.instances = instances;
             let mut config = Config::default();
             config.gateway.cache_dir = cache_dir;

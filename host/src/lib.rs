@@ -14,11 +14,11 @@ pub mod base;
 pub mod certs;
 pub mod config;
 pub mod gateway;
-pub mod http;
+pub(crate) mod http;
 pub mod limits;
-pub mod listen;
+pub(crate) mod listen;
 pub mod runtime;
-pub mod state;
+pub(crate) mod state;
 pub mod tenant;
 
 pub use config::Config;

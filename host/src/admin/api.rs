@@ -26,6 +26,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::{Body, error, json};
+use crate::base::names::{AppName, DnsName};
 use crate::config::AppConfig;
 use crate::gateway::{DeployError, Gateway, MAX_COMPONENT_BYTES};
 use crate::limits::AppLimits;
@@ -92,12 +93,17 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
         .filter(|s| !s.is_empty())
         .collect();
     let method = request.method().clone();
-    if let Some(name) = segments.get(1)
-        && segments.first() == Some(&"apps")
-        && let Err(err) = crate::base::names::check_app_name(name)
+    // An app's name is parsed once, here, for every route under `apps/`.
+    let app_name = match segments
+        .get(1)
+        .filter(|_| segments.first() == Some(&"apps"))
     {
-        return error(StatusCode::BAD_REQUEST, &format!("{err:#}"));
-    }
+        Some(name) => match AppName::parse(name) {
+            Ok(name) => Some(name),
+            Err(err) => return error(StatusCode::BAD_REQUEST, &format!("{err:#}")),
+        },
+        None => None,
+    };
     match (method, segments.as_slice()) {
         (Method::GET, ["apps"]) => {
             let mut apps: Vec<serde_json::Value> = Vec::new();
@@ -117,7 +123,10 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
                 None => not_found(name),
             },
         },
-        (Method::PUT, ["apps", name]) => deploy(gateway, name, request).await,
+        (Method::PUT, ["apps", _]) => match app_name {
+            Some(name) => deploy(gateway, name, request).await,
+            None => error(StatusCode::NOT_FOUND, "no such route"),
+        },
         (Method::DELETE, ["apps", name]) => match gateway.remove(name).await {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
             Err(err) => refusal(err),
@@ -144,7 +153,7 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
     }
 }
 
-async fn deploy(gateway: &Gateway, name: &str, request: Request<Incoming>) -> Response<Body> {
+async fn deploy(gateway: &Gateway, name: AppName, request: Request<Incoming>) -> Response<Body> {
     let settings = match request
         .headers()
         .get("sockgate-settings")
@@ -212,7 +221,18 @@ async fn deploy(gateway: &Gateway, name: &str, request: Request<Incoming>) -> Re
     config.instances = settings.instances;
     config.outbound = settings.outbound;
     config.limits = settings.limits;
-    config.domains = settings.domains;
+    config.domains = match settings
+        .domains
+        .iter()
+        .map(|domain| DnsName::parse(domain))
+        .collect::<anyhow::Result<_>>()
+    {
+        Ok(domains) => domains,
+        Err(err) => {
+            let err = err.context(format!("app `{}`: domains", config.name));
+            return error(StatusCode::BAD_REQUEST, &format!("{err:#}"));
+        }
+    };
     config.alpn = settings.alpn;
     // Every setting is checked by the gateway (`AppConfig::check`, with
     // the operator's ceilings) before anything is compiled or stored.

@@ -29,9 +29,9 @@
 //! keeping the operator out.
 
 pub mod api;
-pub mod dashboard;
-pub mod metrics;
-pub mod session;
+pub(crate) mod dashboard;
+pub(crate) mod metrics;
+pub(crate) mod session;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::apps::app::App;
 use crate::base::locks::{read, write};
-use crate::base::names::normalize_name;
+use crate::base::names::{DnsName, normalize_name};
 use crate::certs::ServedNames;
 use crate::runtime::http::serving::{HttpApp, SiteMap};
 
@@ -70,11 +70,11 @@ impl Router {
 
     /// Routes the extra names `domains` to app `app`, replacing the ones
     /// it had: a redeploy without a name stops routing it.
-    pub fn set_custom_domains(&self, app: &str, domains: &[String]) {
+    pub fn set_custom_domains(&self, app: &str, domains: &[DnsName]) {
         let mut custom = write(&self.custom);
         custom.retain(|_, owner| owner != app);
         for domain in domains {
-            custom.insert(normalize_name(domain), app.to_owned());
+            custom.insert(domain.to_string(), app.to_owned());
         }
     }
 
@@ -138,7 +138,7 @@ mod tests {
     fn server_names_select_apps_by_subdomain_and_custom_domain() {
         let router = Router::new();
         router.set_domains(&["Example.org.".into(), "sockgate.test".into()]);
-        router.set_custom_domains("chat", &["chat.acme.com".into()]);
+        router.set_custom_domains("chat", &[DnsName::parse("chat.acme.com").unwrap()]);
         let name = |s: &str| router.app_name_for_server_name(s);
         assert_eq!(name("chat.example.org").as_deref(), Some("chat"));
         assert_eq!(name("CHAT.example.org.").as_deref(), Some("chat"));
@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(name("chatexample.org"), None);
         assert_eq!(name("chat.other.org"), None);
         // A redeploy replaces the set; removal drops it.
-        router.set_custom_domains("chat", &["talk.acme.com".into()]);
+        router.set_custom_domains("chat", &[DnsName::parse("talk.acme.com").unwrap()]);
         assert_eq!(name("chat.acme.com"), None);
         assert_eq!(name("talk.acme.com").as_deref(), Some("chat"));
         router.remove("chat");

@@ -39,6 +39,7 @@ impl ExponentialBackoff {
     }
 
     /// The same policy, multiplying by `factor` (at least 1) instead of 2.
+    #[cfg(test)]
     pub const fn with_factor(self, factor: u32) -> Self {
         Self {
             factor: if factor == 0 { 1 } else { factor },
@@ -55,12 +56,8 @@ impl ExponentialBackoff {
         }
     }
 
-    /// The first delay.
-    pub const fn initial(&self) -> Duration {
-        self.initial
-    }
-
     /// The longest delay.
+    #[cfg(test)]
     pub const fn max(&self) -> Duration {
         self.max
     }

@@ -4,10 +4,10 @@
 //! **Architecture invariant:** nothing in `base/` names a module outside
 //! it (checked by `host/tests/layering.rs`).
 
-pub mod backoff;
-pub mod clock;
+pub(crate) mod backoff;
+pub(crate) mod clock;
 pub mod conn;
-pub mod failpoint;
-pub mod fsutil;
-pub mod locks;
+pub(crate) mod failpoint;
+pub(crate) mod fsutil;
+pub(crate) mod locks;
 pub mod names;

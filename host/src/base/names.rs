@@ -6,6 +6,7 @@
 //! the gateway enforces on deploys.
 
 use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
 
 /// App names become subdomains, so they must be DNS labels: 1 to 63
 /// characters of lowercase letters, digits and inner hyphens.
@@ -55,6 +56,112 @@ pub fn check_dns_name(name: &str) -> Result<()> {
 pub fn normalize_name(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
+
+/// An app's name, checked once: a DNS label (1 to 63 lowercase letters,
+/// digits and inner hyphens), since it becomes a subdomain and a file
+/// name in the state directory. It cannot hold a bad value: it is made by
+/// [`AppName::parse`] or by deserialising, which calls it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AppName(String);
+
+impl AppName {
+    /// Checks `name` ([`check_app_name`]'s rule and message).
+    pub fn parse(name: &str) -> Result<Self> {
+        check_app_name(name)?;
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A DNS name a certificate can be ordered for, checked and normalised
+/// once (lowercase, without a trailing dot), so that every comparison of
+/// it — routing, certificates, name claims — compares the same text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DnsName(String);
+
+impl DnsName {
+    /// Checks `name` ([`check_dns_name`]'s rule and message) and
+    /// normalises it ([`normalize_name`]).
+    pub fn parse(name: &str) -> Result<Self> {
+        check_dns_name(name)?;
+        Ok(Self(normalize_name(name)))
+    }
+
+    /// The name, normalised.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! name_type_impls {
+    ($name:ident) => {
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = anyhow::Error;
+            fn try_from(name: String) -> Result<Self> {
+                Self::parse(&name)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = anyhow::Error;
+            fn try_from(name: &str) -> Result<Self> {
+                Self::parse(name)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> String {
+                name.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+name_type_impls!(AppName);
+name_type_impls!(DnsName);
 
 /// Who may claim which server name as a custom domain: the base domains of
 /// `[tls]` and the operator's allowlist of other names (`[tls]

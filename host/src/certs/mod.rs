@@ -19,12 +19,12 @@
 //! [`x509`] (reading certificates and PEM bundles, shared by the three
 //! sources).
 
-pub mod acme;
+pub(crate) mod acme;
 pub mod dev_ca;
-pub mod files;
-pub mod renewal;
+pub(crate) mod files;
+pub(crate) mod renewal;
 pub mod store;
-pub mod x509;
+pub(crate) mod x509;
 
 pub use x509::{certified_key_from_pem, dns_names_of, format_time, validity_of};
 

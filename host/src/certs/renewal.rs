@@ -125,6 +125,7 @@ impl Renewal {
     /// attempt (doubling from `backoff_initial` up to `backoff_max`),
     /// without jitter: [`failed_with_jitter`](Self::failed_with_jitter)
     /// with no randomness.
+    #[cfg(test)]
     pub fn failed(&mut self, now: SystemTime) -> Duration {
         self.failed_with_jitter(now, 0)
     }

@@ -10,15 +10,16 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::tls::ACME_TLS_ALPN;
-use crate::base::names::check_app_name;
+use crate::base::names::{AppName, DnsName};
 use crate::limits::{AppLimits, Ceilings};
 
 /// One app: a component and where it is served.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
-    /// The app's name: a DNS label, as it will become a subdomain.
-    pub name: String,
+    /// The app's name: a DNS label, as it will become a subdomain
+    /// (checked when the file is read or the deploy arrives).
+    pub name: AppName,
     /// Path to the component (`.wasm`); relative paths are relative to the
     /// configuration file.
     pub component: PathBuf,
@@ -46,7 +47,7 @@ pub struct AppConfig {
     /// Extra names the app is served at over TLS (custom domains), besides
     /// `<name>.<domain>` for each of `[tls]`'s base domains.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub domains: Vec<String>,
+    pub domains: Vec<DnsName>,
     /// ALPN protocols the app speaks over TLS, preferred first (e.g.
     /// `["h2", "http/1.1"]`); empty: no ALPN negotiation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -55,9 +56,9 @@ pub struct AppConfig {
 
 impl AppConfig {
     /// An app with default settings.
-    pub fn new(name: &str, component: PathBuf, listen: SocketAddr) -> Self {
+    pub fn new(name: AppName, component: PathBuf, listen: SocketAddr) -> Self {
         Self {
-            name: name.to_owned(),
+            name,
             component,
             listen,
             instances: None,
@@ -81,7 +82,6 @@ impl AppConfig {
     /// which knows the other apps ([`crate::apps::route::NamePolicy`]).
     pub fn check(&self, ceilings: Option<&Ceilings>) -> Result<()> {
         use crate::limits::{HARD_MAX_ALPN, HARD_MAX_DOMAINS, HARD_MAX_INSTANCES};
-        check_app_name(&self.name)?;
         let name = &self.name;
         // (Through `instance_count`, whatever form `instances` takes.)
         let instances = self.instance_count();
@@ -134,10 +134,6 @@ impl AppConfig {
             HARD_MAX_DOMAINS,
             ceilings.map(|c| c.domains),
         )?;
-        for domain in &self.domains {
-            crate::base::names::check_dns_name(domain)
-                .with_context(|| format!("app `{name}`: domains"))?;
-        }
         over("ALPN protocols", self.alpn.len(), HARD_MAX_ALPN, None)?;
         self.check_alpn()
     }
@@ -316,7 +312,11 @@ mod tests {
     #[test]
     fn one_check_for_file_and_deploy_with_ceilings_for_deploys() {
         let count = |n: usize| Instances::Count(NonZeroUsize::new(n).unwrap());
-        let mut app = AppConfig::new("a", PathBuf::from("a.wasm"), "127.0.0.1:0".parse().unwrap());
+        let mut app = AppConfig::new(
+            AppName::parse("a").unwrap(),
+            PathBuf::from("a.wasm"),
+            "127.0.0.1:0".parse().unwrap(),
+        );
         app.instances = Some(count(64));
         app.check(None).unwrap();
         let ceilings = Ceilings {
@@ -335,10 +335,12 @@ mod tests {
         app.instances = Some(count(100_000));
         assert!(app.check(None).is_err());
         app.instances = Some(count(1));
-        app.domains = (0..17).map(|i| format!("d{i}.example.com")).collect();
+        app.domains = (0..17)
+            .map(|i| DnsName::parse(&format!("d{i}.example.com")).unwrap())
+            .collect();
         assert!(app.check(Some(&ceilings)).is_err());
         app.check(None).unwrap();
-        app.domains = vec!["not a name".into()];
-        assert!(app.check(None).is_err());
+        // A bad domain cannot reach `check`: it is refused when parsed.
+        assert!(DnsName::parse("not a name").is_err());
     }
 }

@@ -39,7 +39,6 @@ pub use http::HttpSettings;
 pub use quic::{QuicSettings, RetryPolicy};
 pub use tls::TlsSettings;
 
-use crate::base::names::check_app_name;
 use crate::limits::{Ceilings, GatewayLimits};
 
 /// The whole configuration.
@@ -206,7 +205,6 @@ impl Config {
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
         for app in &self.apps {
-            check_app_name(&app.name)?;
             if !names.insert(app.name.as_str()) {
                 bail!(
                     "app `{}` is configured twice: app names must be unique",

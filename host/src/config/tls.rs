@@ -184,10 +184,10 @@ pub fn validate(config: &Config) -> Result<()> {
     let mut custom: HashMap<String, &str> = HashMap::new();
     for app in &config.apps {
         for domain in &app.domains {
-            check_dns_name(domain).with_context(|| format!("app `{}`: domains", app.name))?;
-            let domain = normalize_name(domain);
+            // Checked and normalised when the app was read (`DnsName`).
+            let domain = domain.to_string();
             if let Some(other) = custom.insert(domain.clone(), &app.name)
-                && other != app.name
+                && *other != *app.name
             {
                 bail!(
                     "app `{}`: domain `{domain}` is already app `{other}`'s",
@@ -214,7 +214,7 @@ pub fn dev_ca_subtrees(config: &Config) -> Vec<String> {
         names.extend(tls.name_policy().subtrees());
     }
     for app in &config.apps {
-        names.extend(app.domains.iter().map(|d| normalize_name(d)));
+        names.extend(app.domains.iter().map(|d| d.to_string()));
     }
     names
 }

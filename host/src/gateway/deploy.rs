@@ -13,7 +13,6 @@ use anyhow::{Context, bail};
 use super::error::{Change, DeployError};
 use super::{AppStatus, Gateway, Source, digest_of, short, unix_now};
 use crate::base::locks::lock;
-use crate::base::names::check_app_name;
 use crate::config::AppConfig;
 use crate::state::{AppRecord, StateDir, VersionRecord};
 use crate::tenant::logs::EventKind;
@@ -30,7 +29,6 @@ impl Gateway {
         mut config: AppConfig,
         bytes: Vec<u8>,
     ) -> Result<AppStatus, DeployError> {
-        check_app_name(&config.name).map_err(DeployError::InvalidSettings)?;
         if bytes.len() > MAX_COMPONENT_BYTES {
             return Err(DeployError::TooLarge {
                 size: bytes.len(),
@@ -46,11 +44,11 @@ impl Gateway {
             })?;
         {
             let slots = self.inner.slots.lock().await;
-            if let Some(slot) = slots.get(&config.name)
+            if let Some(slot) = slots.get(config.name.as_str())
                 && slot.source == Source::Config
             {
                 return Err(DeployError::OwnedByConfig {
-                    name: config.name,
+                    name: config.name.into(),
                     change: Change::Deploy,
                 });
             }
@@ -82,7 +80,7 @@ impl Gateway {
             crate::base::failpoint::hit("deploy-after-blob");
             crate::base::failpoint::hit("deploy-before-record");
             let mut record = state.load_app(&version.config.name)?.unwrap_or(AppRecord {
-                name: version.config.name.clone(),
+                name: version.config.name.to_string(),
                 current: 0,
                 versions: Vec::new(),
             });

@@ -20,7 +20,6 @@ use super::plan::{ListenerPlan, Listening, plan_listener, version_number};
 use super::{DeployError, Gateway, LoadFacts, Source, digest_of, short, unix_now};
 use crate::apps::app::App;
 use crate::base::locks::lock;
-use crate::base::names::normalize_name;
 use crate::config::AppConfig;
 use crate::listen;
 use crate::runtime::cache::CacheOutcome;
@@ -139,7 +138,7 @@ impl Gateway {
         version: u64,
         persist: Option<Persist>,
     ) -> Result<(), DeployError> {
-        let name = config.name.clone();
+        let name = config.name.to_string();
         let mut slots = self.inner.slots.lock().await;
         self.check_app(&config, source, &slots)
             .map_err(DeployError::InvalidSettings)?;
@@ -312,14 +311,8 @@ impl Gateway {
         };
         for domain in &config.domains {
             policy.check_claim(&config.name, domain, source == Source::Config)?;
-            let domain = normalize_name(domain);
             let owner = slots.iter().find(|(name, slot)| {
-                *name != &config.name
-                    && slot
-                        .config
-                        .domains
-                        .iter()
-                        .any(|d| normalize_name(d) == domain)
+                **name != *config.name && slot.config.domains.contains(domain)
             });
             if let Some((owner, _)) = owner {
                 anyhow::bail!(
@@ -350,7 +343,7 @@ impl Gateway {
                     )
                 })?
                 .map_err(|source| DeployError::InvalidComponent {
-                    app: config.name.clone(),
+                    app: config.name.to_string(),
                     source,
                 })?;
         match loaded.cache {

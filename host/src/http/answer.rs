@@ -42,11 +42,6 @@ pub fn full(bytes: Bytes) -> Body {
         .boxed_unsync()
 }
 
-/// An empty body.
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
 /// The answer to a request head the gateway refused.
 pub fn rejection(rejection: &Rejection) -> Response<Body> {
     match rejection {

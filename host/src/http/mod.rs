@@ -29,14 +29,14 @@
 //!    response body is metered, and when it ends the origin gets an
 //!    [`Exchange`] (the access line and metrics, [`stats`]).
 
-pub mod answer;
-pub mod body;
-pub mod front;
-pub mod h3;
-pub mod io;
-pub mod request;
-pub mod server;
-pub mod stats;
+pub(crate) mod answer;
+pub(crate) mod body;
+pub(crate) mod front;
+pub(crate) mod h3;
+pub(crate) mod io;
+pub(crate) mod request;
+pub(crate) mod server;
+pub(crate) mod stats;
 
 #[cfg(test)]
 mod tests;

@@ -128,11 +128,6 @@ impl ClientSlots {
             client,
         })
     }
-
-    /// Slots taken now.
-    pub fn taken(&self) -> usize {
-        lock(&self.taken).0
-    }
 }
 
 /// One taken slot of [`ClientSlots`].

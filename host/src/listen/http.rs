@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::accept::{ClientSlots, FIRST_BYTE_TIMEOUT, accept_loop, first_byte};
 use crate::apps::route::Router;
-use crate::base::names::normalize_name;
+use crate::base::names::DnsName;
 use crate::certs::Certificates;
 
 /// The longest request head accepted; real requests to this port are a few
@@ -283,19 +283,14 @@ fn route(
     }
 }
 
-/// The DNS name of a Host header value (its port dropped), if it is one.
+/// The DNS name of a Host header value (its port dropped), if it is one:
+/// parsed as every name is ([`DnsName`]).
 fn host_name(value: &str) -> Option<String> {
     let name = match value.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => value,
     };
-    let name = normalize_name(name);
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    valid.then_some(name)
+    DnsName::parse(name).ok().map(String::from)
 }
 
 #[cfg(test)]

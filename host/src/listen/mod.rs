@@ -2,9 +2,9 @@
 //! them into [`Connection`](crate::base::conn::Connection)s for an app. They know
 //! nothing about WebAssembly.
 
-pub mod accept;
-pub mod http;
-pub mod quic;
-pub mod route;
-pub mod tcp;
-pub mod tls;
+pub(crate) mod accept;
+pub(crate) mod http;
+pub(crate) mod quic;
+pub(crate) mod route;
+pub(crate) mod tcp;
+pub(crate) mod tls;

@@ -117,6 +117,7 @@ pub const SLICE_TICKS: u32 = 2;
 impl Accounting {
     /// The gateway hands control to the guest: a new activation, at
     /// coarse time `now_ms`.
+    #[cfg(test)]
     pub fn start_activation(&mut self, now_ms: u64) {
         self.used_ns = 0;
         self.started_ms = now_ms;
@@ -136,6 +137,7 @@ impl Accounting {
 
     /// The store's task is polled: the thread may have run anything since
     /// the store last ran, so the CPU baseline is forgotten; a slice begins.
+    #[cfg(test)]
     pub fn polled(&mut self) {
         self.baseline_ns = None;
         self.slice_ticks = 0;

@@ -55,22 +55,22 @@ macro_rules! wit_conn_info {
 }
 
 pub mod bindings;
-pub mod budget;
+pub(crate) mod budget;
 pub mod cache;
 pub mod engine;
-pub mod guest_sockets;
+pub(crate) mod guest_sockets;
 pub mod host_state;
-pub mod http;
+pub(crate) mod http;
 pub mod instance;
 pub mod load;
-pub mod name_lookup;
+pub(crate) mod name_lookup;
 pub mod per_connection;
-pub mod pump;
+pub(crate) mod pump;
 pub mod slow_lane;
 pub mod supervisor;
-pub mod sync_bindings;
-pub mod sync_streams;
-pub mod ticker;
-pub mod trap;
+pub(crate) mod sync_bindings;
+pub(crate) mod sync_streams;
+pub(crate) mod ticker;
+pub(crate) mod trap;
 
 pub use engine::Runtime;

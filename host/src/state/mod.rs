@@ -33,7 +33,7 @@ mod token;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 pub use self::deployments::{AppRecord, VersionRecord};
 use crate::base::fsutil::create_private_dir;
@@ -58,11 +58,6 @@ impl StateDir {
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Where the blob with `digest` lives.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         self.dir.join("blobs").join(format!("{digest}.wasm"))
@@ -72,18 +67,6 @@ impl StateDir {
     fn app_path(&self, name: &str) -> PathBuf {
         self.dir.join("apps").join(format!("{name}.json"))
     }
-}
-
-/// Validates a digest given by a client (64 lowercase hex digits).
-pub fn check_digest(digest: &str) -> Result<()> {
-    if digest.len() != 64
-        || !digest
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        bail!("invalid component digest `{digest}`: expected 64 lowercase hex digits (SHA-256)");
-    }
-    Ok(())
 }
 
 /// Lowercase hex of `bytes`.

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::base::names::AppName;
 use crate::config::AppConfig;
 
 fn scratch(label: &str) -> PathBuf {
@@ -17,7 +18,11 @@ fn scratch(label: &str) -> PathBuf {
 }
 
 fn record(name: &str, digest: &str) -> AppRecord {
-    let mut config = AppConfig::new(name, PathBuf::new(), "127.0.0.1:0".parse().unwrap());
+    let mut config = AppConfig::new(
+        AppName::parse(name).unwrap(),
+        PathBuf::new(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
     config.component = PathBuf::from(format!("{digest}.wasm"));
     AppRecord {
         name: name.to_owned(),

@@ -12,4 +12,4 @@ pub mod conns;
 pub mod guest_budget;
 pub mod logs;
 pub mod outbound;
-pub mod public_ip;
+pub(crate) mod public_ip;

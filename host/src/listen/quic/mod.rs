@@ -70,7 +70,6 @@ use crate::config::QuicSettings;
 pub use crate::config::quic::INITIAL_RECEIVE_WINDOW;
 
 pub use crypto::DEFAULT_ALPN;
-pub use stream::codes as stream_codes;
 
 /// Handshakes in progress at once; beyond it new clients are ignored.
 const MAX_PENDING_HANDSHAKES: usize = 4096;

@@ -49,12 +49,11 @@ use anyhow::{Context, Result};
 use rustls::ServerConfig;
 use rustls::server::{ProducesTickets, StoresServerSessions};
 
-pub use prepare::{PreparedTls, prepare};
+pub use prepare::prepare;
 
 use crate::apps::app::App;
 use crate::apps::route::Router;
 use crate::base::locks::{read, write};
-use crate::base::names::{check_dns_name, normalize_name};
 use crate::certs::{Certificates, crypto_provider};
 use crate::config::AppConfig;
 use crate::listen::accept::ClientSlots;
@@ -166,7 +165,7 @@ impl Https {
         self.domains
             .iter()
             .map(|domain| format!("{}.{domain}", app.name))
-            .chain(app.domains.iter().map(|d| normalize_name(d)))
+            .chain(app.domains.iter().map(|d| d.to_string()))
             .collect()
     }
 
@@ -177,9 +176,6 @@ impl Https {
     /// ([`crate::base::names::NamePolicy`]). Nothing changes when it fails.
     pub fn add_app(&self, app: &AppConfig) -> Result<()> {
         app.check_alpn()?;
-        for domain in &app.domains {
-            check_dns_name(domain).with_context(|| format!("app `{}`: domains", app.name))?;
-        }
         let config = if app.alpn.is_empty() {
             None
         } else {
@@ -192,15 +188,15 @@ impl Https {
         self.ctx.router.set_custom_domains(&app.name, &app.domains);
         let mut configs = write(&self.ctx.app_configs);
         match config {
-            None => configs.remove(&app.name),
-            Some(config) => configs.insert(app.name.clone(), config),
+            None => configs.remove(app.name.as_str()),
+            Some(config) => configs.insert(app.name.to_string(), config),
         };
         drop(configs);
         let names = self.names_of(app);
         for name in &names {
             self.ctx.certs.prepare(name);
         }
-        write(&self.served).insert(app.name.clone(), names);
+        write(&self.served).insert(app.name.to_string(), names);
         Ok(())
     }
 
