@@ -8,6 +8,8 @@
 //! guest's answer back. [`gateway::Gateway`] assembles all of it from a
 //! [`config::Config`].
 
+#![warn(unreachable_pub)]
+
 pub mod admin;
 pub mod apps;
 pub mod base;

@@ -19,7 +19,7 @@ overflow-x:auto;max-height:14rem}.muted{color:#777}";
 /// The page for a visitor without a session: a form that logs in by
 /// posting the token (never in a URL, so it stays out of the history,
 /// logs and `Referer` headers), with `message` if the last try failed.
-pub fn login_page(status: StatusCode, message: Option<&str>) -> Response<Body> {
+pub(crate) fn login_page(status: StatusCode, message: Option<&str>) -> Response<Body> {
     let message = message
         .map(|m| format!("<p><strong>{}</strong></p>", escape(m)))
         .unwrap_or_default();
@@ -36,7 +36,7 @@ pub fn login_page(status: StatusCode, message: Option<&str>) -> Response<Body> {
 
 /// The dashboard. `csrf`: the session's CSRF token, in a `<meta>` element
 /// for scripts of this origin that change something.
-pub async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body> {
+pub(crate) async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body> {
     let apps = gateway.apps().await;
     let (hits, misses) = gateway.cache_stats();
     let mut html = String::new();
@@ -167,7 +167,7 @@ pub async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body> {
 }
 
 /// Escapes text for HTML.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -10,7 +10,7 @@ use crate::gateway::Gateway;
 use crate::runtime::supervisor::TrapCause;
 
 /// Renders every metric.
-pub async fn render(gateway: &Gateway) -> Response<Body> {
+pub(crate) async fn render(gateway: &Gateway) -> Response<Body> {
     let apps = gateway.apps().await;
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str| {

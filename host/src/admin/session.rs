@@ -24,20 +24,20 @@ use crate::tenant::conns::client_key;
 
 /// Sessions kept at once; logging in beyond it forgets the oldest. Threat:
 /// logins (each needs the token) filling memory.
-pub const MAX_SESSIONS: usize = 64;
+pub(crate) const MAX_SESSIONS: usize = 64;
 /// A session unused for this long is over.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A session is over this long after its login, used or not. Threat: a
 /// session id that leaked (to an app on the same host name) staying
 /// useful forever.
-pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 /// The name of the dashboard's cookie.
-pub const COOKIE: &str = "sockgate_session";
+pub(crate) const COOKIE: &str = "sockgate_session";
 
 /// The live sessions.
 #[derive(Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     /// By SHA-256 of the session id (the id itself is not kept).
     live: Mutex<HashMap<[u8; 32], Session>>,
     /// Sessions created so far (orders them, oldest first).
@@ -53,7 +53,7 @@ struct Session {
 }
 
 /// A session presented by a request, as checked.
-pub struct Valid {
+pub(crate) struct Valid {
     /// The session's CSRF token.
     pub csrf: String,
 }
@@ -61,7 +61,7 @@ pub struct Valid {
 impl Sessions {
     /// Starts a session for a client at `peer` that proved it has the
     /// token; returns its id (for the cookie) and its CSRF token.
-    pub fn create(&self, peer: IpAddr) -> anyhow::Result<(String, String)> {
+    pub(crate) fn create(&self, peer: IpAddr) -> anyhow::Result<(String, String)> {
         let id = random_hex()?;
         let csrf = random_hex()?;
         let now = Instant::now();
@@ -89,7 +89,7 @@ impl Sessions {
 
     /// The session with id `id`, if it is live and `peer` is the client
     /// that logged in; using it keeps it alive.
-    pub fn check(&self, id: &str, peer: IpAddr) -> Option<Valid> {
+    pub(crate) fn check(&self, id: &str, peer: IpAddr) -> Option<Valid> {
         let now = Instant::now();
         let mut live = lock(&self.live);
         let key = key(id);
@@ -113,7 +113,7 @@ impl Sessions {
     }
 
     /// Ends the session with id `id` (logout).
-    pub fn revoke(&self, id: &str) {
+    pub(crate) fn revoke(&self, id: &str) {
         lock(&self.live).remove(&key(id));
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 /// Jitter spreads retries of many parties that failed at the same moment
 /// (gateways behind one CA outage) so they do not retry in step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExponentialBackoff {
+pub(crate) struct ExponentialBackoff {
     initial: Duration,
     factor: u32,
     max: Duration,
@@ -29,7 +29,7 @@ pub struct ExponentialBackoff {
 
 impl ExponentialBackoff {
     /// Doubling from `initial` up to `max`, without jitter.
-    pub const fn new(initial: Duration, max: Duration) -> Self {
+    pub(crate) const fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
             factor: 2,
@@ -40,7 +40,7 @@ impl ExponentialBackoff {
 
     /// The same policy, multiplying by `factor` (at least 1) instead of 2.
     #[cfg(test)]
-    pub const fn with_factor(self, factor: u32) -> Self {
+    pub(crate) const fn with_factor(self, factor: u32) -> Self {
         Self {
             factor: if factor == 0 { 1 } else { factor },
             ..self
@@ -49,7 +49,7 @@ impl ExponentialBackoff {
 
     /// The same policy, lengthening each delay by up to `percent` percent
     /// (see [`jittered`](Self::jittered)).
-    pub const fn with_jitter(self, percent: u32) -> Self {
+    pub(crate) const fn with_jitter(self, percent: u32) -> Self {
         Self {
             jitter_percent: percent,
             ..self
@@ -58,14 +58,14 @@ impl ExponentialBackoff {
 
     /// The longest delay.
     #[cfg(test)]
-    pub const fn max(&self) -> Duration {
+    pub(crate) const fn max(&self) -> Duration {
         self.max
     }
 
     /// The delay before retry `attempt` (0 for the first), without jitter:
     /// `initial * factor^attempt`, at most `max`. Saturates instead of
     /// overflowing, however large `attempt` grows.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let multiplier = self.factor.saturating_pow(attempt);
         self.initial.saturating_mul(multiplier).min(self.max)
     }
@@ -74,7 +74,7 @@ impl ExponentialBackoff {
     /// share (`jitter_percent` percent of the delay), at most `max`.
     /// `random` is any uniformly drawn `u32` ([`random_u32`] in the
     /// gateway, a fixed value in tests); 0 gives the plain delay.
-    pub fn jittered(&self, attempt: u32, random: u32) -> Duration {
+    pub(crate) fn jittered(&self, attempt: u32, random: u32) -> Duration {
         let delay = self.delay(attempt);
         let share = delay
             .as_nanos()
@@ -89,7 +89,7 @@ impl ExponentialBackoff {
 /// A uniformly random `u32` for [`ExponentialBackoff::jittered`], from the
 /// operating system; 0 (no jitter) if it cannot give one, since jitter only
 /// spreads retries and is never needed for correctness.
-pub fn random_u32() -> u32 {
+pub(crate) fn random_u32() -> u32 {
     getrandom::u32().unwrap_or(0)
 }
 
@@ -98,24 +98,24 @@ pub fn random_u32() -> u32 {
 /// that traps on every connection cannot make the gateway spin on
 /// instantiation. An instance that ran for a while is replaced at once.
 #[derive(Debug, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     quick_failures: u32,
 }
 
 impl Backoff {
     /// A failure after this long counts as a fresh start.
-    pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+    pub(crate) const HEALTHY_AFTER: Duration = Duration::from_secs(10);
     /// The first delay.
-    pub const INITIAL: Duration = Duration::from_millis(100);
+    pub(crate) const INITIAL: Duration = Duration::from_millis(100);
     /// The longest delay.
-    pub const MAX: Duration = Duration::from_secs(10);
+    pub(crate) const MAX: Duration = Duration::from_secs(10);
     /// The delays after the first quick failure (which restarts at once):
     /// no jitter, since each instance's restarts are its own.
-    pub const POLICY: ExponentialBackoff = ExponentialBackoff::new(Self::INITIAL, Self::MAX);
+    pub(crate) const POLICY: ExponentialBackoff = ExponentialBackoff::new(Self::INITIAL, Self::MAX);
 
     /// Called when an instance stopped after running for `lived`; returns
     /// how long to wait before the next one.
-    pub fn after_exit(&mut self, lived: Duration) -> Option<Duration> {
+    pub(crate) fn after_exit(&mut self, lived: Duration) -> Option<Duration> {
         if lived >= Self::HEALTHY_AFTER {
             self.quick_failures = 0;
         }

@@ -19,12 +19,12 @@ static STARTED: OnceLock<Instant> = OnceLock::new();
 
 /// The coarse clock: milliseconds since the process's clocks started, as
 /// of the last [`refresh`].
-pub fn coarse_now_ms() -> u64 {
+pub(crate) fn coarse_now_ms() -> u64 {
     COARSE_NOW_MS.load(Ordering::Relaxed)
 }
 
 /// Sets the coarse clock to the time now (the first call starts it).
-pub fn refresh() {
+pub(crate) fn refresh() {
     let started = STARTED.get_or_init(Instant::now);
     let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     COARSE_NOW_MS.store(now, Ordering::Relaxed);

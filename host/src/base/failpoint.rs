@@ -16,7 +16,7 @@ fn armed() -> Option<&'static str> {
 }
 
 /// Marks point `name`; freezes here if it is the armed one.
-pub fn hit(name: &str) {
+pub(crate) fn hit(name: &str) {
     if armed() == Some(name) {
         eprintln!("failpoint {name} reached");
         loop {

@@ -17,7 +17,7 @@ use std::path::Path;
 /// old file or the complete new one: write a temporary file in the same
 /// directory, fsync it, rename it over `path`, fsync the directory. The
 /// file gets permission `mode` (e.g. 0o600 for secrets).
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     write_atomic_marked(path, bytes, mode, None)
 }
 
@@ -28,7 +28,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 /// (`O_EXCL | O_NOFOLLOW`): two writers of the same path (two deploys of
 /// the same component at once) never share one, and a symbolic link or a
 /// file planted under the name is refused rather than written through.
-pub fn write_atomic_marked(
+pub(crate) fn write_atomic_marked(
     path: &Path,
     bytes: &[u8],
     mode: u32,
@@ -64,7 +64,7 @@ pub fn write_atomic_marked(
 
 /// Whether `name` is a temporary file of [`write_atomic`] (left behind by a
 /// crash), which readers of a directory skip.
-pub fn is_temporary(name: &str) -> bool {
+pub(crate) fn is_temporary(name: &str) -> bool {
     name.starts_with('.') && name.contains(".tmp")
 }
 
@@ -72,7 +72,7 @@ pub fn is_temporary(name: &str) -> bool {
 /// checks an existing one: it must be a directory owned by this user, and
 /// wider permissions than 0700 are narrowed. A directory owned by someone
 /// else is refused with an error saying what to do.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -111,7 +111,7 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Whether the file at `path` can be trusted as the gateway's own: owned by
 /// this user and writable by nobody else. Files planted while a directory
 /// was open to others fail this check.
-pub fn is_own_file(meta: &std::fs::Metadata) -> bool {
+pub(crate) fn is_own_file(meta: &std::fs::Metadata) -> bool {
     meta.uid() == effective_uid() && meta.mode() & 0o022 == 0
 }
 

@@ -20,7 +20,7 @@ use super::{crypto_provider, dns_names_of, format_time, validity_of};
 use crate::base::locks::{read, write};
 
 /// How often the files are checked for changes.
-pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A certificate served from files: `[[tls.certificate]]`.
 #[derive(Debug, Clone, Deserialize)]

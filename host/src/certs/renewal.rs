@@ -12,7 +12,7 @@ use crate::base::backoff::ExponentialBackoff;
 /// gateways that failed together (one CA outage) spread their retries
 /// instead of coming back in step. Only ever lengthens a delay, by less
 /// than this share, and never past `backoff_max`.
-pub const ORDER_RETRY_JITTER_PERCENT: u32 = 10;
+pub(crate) const ORDER_RETRY_JITTER_PERCENT: u32 = 10;
 
 /// The validity period of a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl Validity {
 
 /// How early to renew and how to back off after failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RenewalPolicy {
+pub(crate) struct RenewalPolicy {
     /// Renew this long before expiry; `None`: once a third of the
     /// certificate's lifetime remains (30 days for Let's Encrypt's 90).
     pub renew_before: Option<Duration>,
@@ -47,7 +47,7 @@ pub struct RenewalPolicy {
 impl RenewalPolicy {
     /// The back-off between failed orders: doubling from `backoff_initial`
     /// up to `backoff_max`, with [`ORDER_RETRY_JITTER_PERCENT`] of jitter.
-    pub fn backoff(&self) -> ExponentialBackoff {
+    pub(crate) fn backoff(&self) -> ExponentialBackoff {
         ExponentialBackoff::new(self.backoff_initial, self.backoff_max)
             .with_jitter(ORDER_RETRY_JITTER_PERCENT)
     }
@@ -65,7 +65,7 @@ impl Default for RenewalPolicy {
 
 /// What the ACME task should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Order a certificate now.
     Order,
     /// Nothing to do for this long.
@@ -74,7 +74,7 @@ pub enum Step {
 
 /// The renewal state of one name.
 #[derive(Debug, Clone)]
-pub struct Renewal {
+pub(crate) struct Renewal {
     policy: RenewalPolicy,
     /// Consecutive failed orders.
     failures: u32,
@@ -84,7 +84,7 @@ pub struct Renewal {
 
 impl Renewal {
     /// A name with no failed orders yet.
-    pub fn new(policy: RenewalPolicy) -> Self {
+    pub(crate) fn new(policy: RenewalPolicy) -> Self {
         Self {
             policy,
             failures: 0,
@@ -93,7 +93,7 @@ impl Renewal {
     }
 
     /// When a certificate with validity `v` is due for renewal.
-    pub fn renew_at(&self, v: &Validity) -> SystemTime {
+    pub(crate) fn renew_at(&self, v: &Validity) -> SystemTime {
         let lifetime = v.not_after.duration_since(v.not_before).unwrap_or_default();
         // A window longer than the lifetime: due from the start.
         let before = self
@@ -105,7 +105,7 @@ impl Renewal {
     }
 
     /// The next step at `now`, given the certificate currently served.
-    pub fn next(&self, now: SystemTime, current: Option<&Validity>) -> Step {
+    pub(crate) fn next(&self, now: SystemTime, current: Option<&Validity>) -> Step {
         if let Some(retry_at) = self.retry_at
             && let Ok(left) = retry_at.duration_since(now)
             && !left.is_zero()
@@ -126,7 +126,7 @@ impl Renewal {
     /// without jitter: [`failed_with_jitter`](Self::failed_with_jitter)
     /// with no randomness.
     #[cfg(test)]
-    pub fn failed(&mut self, now: SystemTime) -> Duration {
+    pub(crate) fn failed(&mut self, now: SystemTime) -> Duration {
         self.failed_with_jitter(now, 0)
     }
 
@@ -135,7 +135,7 @@ impl Renewal {
     /// by the jitter that `random` (a uniform draw, see
     /// [`ExponentialBackoff::jittered`]) selects. The ACME task passes
     /// [`crate::base::backoff::random_u32`].
-    pub fn failed_with_jitter(&mut self, now: SystemTime, random: u32) -> Duration {
+    pub(crate) fn failed_with_jitter(&mut self, now: SystemTime, random: u32) -> Duration {
         let delay = self.policy.backoff().jittered(self.failures, random);
         self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(now + delay);
@@ -143,13 +143,13 @@ impl Renewal {
     }
 
     /// Records a successful order: back-off starts over.
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         self.failures = 0;
         self.retry_at = None;
     }
 
     /// Consecutive failed orders so far.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 }

@@ -14,14 +14,14 @@ use super::{Body, Refusal};
 
 /// How long a client may remember that an app speaks HTTP/3 (`ma` of
 /// `Alt-Svc`, seconds): a day, as common servers advertise.
-pub const ALT_SVC_MAX_AGE: u32 = 86_400;
+pub(crate) const ALT_SVC_MAX_AGE: u32 = 86_400;
 
 /// Seconds a client is asked to wait before retrying a `503`.
 const RETRY_AFTER_SECS: &str = "1";
 
 /// A response with `status` and a plain-text body `text` (a newline is
 /// added).
-pub fn text(status: StatusCode, text: &str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, text: &str) -> Response<Body> {
     let body = Bytes::from(format!("{text}\n"));
     let length = body.len();
     let mut response = Response::new(full(body));
@@ -36,14 +36,14 @@ pub fn text(status: StatusCode, text: &str) -> Response<Body> {
 }
 
 /// A body holding `bytes`.
-pub fn full(bytes: Bytes) -> Body {
+pub(crate) fn full(bytes: Bytes) -> Body {
     Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
 /// The answer to a request head the gateway refused.
-pub fn rejection(rejection: &Rejection) -> Response<Body> {
+pub(crate) fn rejection(rejection: &Rejection) -> Response<Body> {
     match rejection {
         Rejection::BadRequest(why) => text(StatusCode::BAD_REQUEST, &format!("bad request: {why}")),
         Rejection::Misdirected { host } => text(
@@ -61,7 +61,7 @@ pub fn rejection(rejection: &Rejection) -> Response<Body> {
 }
 
 /// The answer to a request the origin did not serve.
-pub fn refusal(refusal: &Refusal) -> Response<Body> {
+pub(crate) fn refusal(refusal: &Refusal) -> Response<Body> {
     match refusal {
         Refusal::Busy(_) | Refusal::Gone => {
             let mut response = text(
@@ -86,14 +86,14 @@ pub fn refusal(refusal: &Refusal) -> Response<Body> {
 
 /// The `Alt-Svc` value advertising HTTP/3 on UDP port `port`:
 /// `h3=":443"; ma=86400`.
-pub fn alt_svc(port: u16) -> HeaderValue {
+pub(crate) fn alt_svc(port: u16) -> HeaderValue {
     // Digits, quotes and ASCII: always a valid header value.
     HeaderValue::from_str(&format!("h3=\":{port}\"; ma={ALT_SVC_MAX_AGE}"))
         .unwrap_or_else(|_| HeaderValue::from_static("clear"))
 }
 
 /// Adds `value` as the response's `Alt-Svc`, unless the app set one.
-pub fn add_alt_svc(response: &mut Response<Body>, value: &HeaderValue) {
+pub(crate) fn add_alt_svc(response: &mut Response<Body>, value: &HeaderValue) {
     if !response.headers().contains_key(ALT_SVC) {
         response.headers_mut().insert(ALT_SVC, value.clone());
     }

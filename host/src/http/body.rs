@@ -13,14 +13,14 @@ use super::{Body, BoxError};
 /// than the app's `http_max_body_kb`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the request body is over this app's limit of {limit} bytes (limits.http_max_body_kb)")]
-pub struct BodyTooLarge {
+pub(crate) struct BodyTooLarge {
     /// The cap, in bytes.
     pub limit: u64,
 }
 
 /// A request body cut at `limit` bytes: past it, the next frame is a
 /// [`BodyTooLarge`] error and nothing more is read from the client.
-pub struct Limited<B> {
+pub(crate) struct Limited<B> {
     inner: B,
     limit: u64,
     seen: u64,
@@ -29,7 +29,7 @@ pub struct Limited<B> {
 
 impl<B> Limited<B> {
     /// `inner`, allowed `limit` bytes.
-    pub fn new(inner: B, limit: u64) -> Self {
+    pub(crate) fn new(inner: B, limit: u64) -> Self {
         Self {
             inner,
             limit,
@@ -90,13 +90,13 @@ where
 
 /// What a finished response body reports: the bytes sent and, when it
 /// did not end cleanly, why.
-pub type OnEnd = Box<dyn FnOnce(u64, Option<String>) + Send>;
+pub(crate) type OnEnd = Box<dyn FnOnce(u64, Option<String>) + Send>;
 
 /// A response body that counts the bytes it yields and calls `on_end`
 /// exactly once: when it ends, fails, or is dropped (read to its end or
 /// not: the client went away, or the protocol never reads it, as for the
 /// answer to `HEAD`).
-pub struct Metered {
+pub(crate) struct Metered {
     inner: Body,
     bytes: u64,
     on_end: Option<OnEnd>,
@@ -104,7 +104,7 @@ pub struct Metered {
 
 impl Metered {
     /// Meters `inner`.
-    pub fn new(inner: Body, on_end: OnEnd) -> Self {
+    pub(crate) fn new(inner: Body, on_end: OnEnd) -> Self {
         Self {
             inner,
             bytes: 0,

@@ -16,12 +16,12 @@ use super::{Body, ConnMeta, Exchange, HttpLimits, Origin, Protocol, Refusal, ans
 /// When a request's deadline passes: set by the front in each request's
 /// extensions, so an origin can stop work nobody waits for.
 #[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub Instant);
+pub(crate) struct Deadline(pub Instant);
 
 /// What every request of one connection shares: the origin that serves
 /// them, the app's HTTP limits, the connection's facts, and the `Alt-Svc`
 /// value to advertise (when the app is served over HTTP/3).
-pub struct Front {
+pub(crate) struct Front {
     origin: Arc<dyn Origin>,
     limits: HttpLimits,
     conn: ConnMeta,
@@ -31,7 +31,7 @@ pub struct Front {
 impl Front {
     /// The pipeline for a connection `conn` to `origin`, held to `limits`;
     /// `alt_svc` is added to HTTP/1.1 and HTTP/2 answers that lack one.
-    pub fn new(
+    pub(crate) fn new(
         origin: Arc<dyn Origin>,
         limits: HttpLimits,
         conn: ConnMeta,
@@ -46,19 +46,19 @@ impl Front {
     }
 
     /// The limits requests are held to.
-    pub fn limits(&self) -> &HttpLimits {
+    pub(crate) fn limits(&self) -> &HttpLimits {
         &self.limits
     }
 
     /// The connection's facts.
-    pub fn conn(&self) -> &ConnMeta {
+    pub(crate) fn conn(&self) -> &ConnMeta {
         &self.conn
     }
 
     /// Serves one request of the connection and returns what to send back:
     /// the app's response, or the gateway's answer in its place. Never
     /// fails: every failure is an answer (see [`answer`]).
-    pub async fn serve(&self, request: Request<Body>) -> Response<Body> {
+    pub(crate) async fn serve(&self, request: Request<Body>) -> Response<Body> {
         let started = Instant::now();
         let protocol = match request.version() {
             Version::HTTP_2 => Protocol::Http2,

@@ -26,12 +26,12 @@ use http_body_util::BodyExt;
 use super::{BoxError, Front};
 
 /// The ALPN protocol of HTTP/3.
-pub const ALPN_H3: &str = "h3";
+pub(crate) const ALPN_H3: &str = "h3";
 
 /// Serves the requests of one QUIC connection through `front` until the
 /// client closes it, it fails, or `shutdown` resolves: then the gateway
 /// sends `GOAWAY`, takes no new requests, and lets those in flight finish.
-pub async fn serve(
+pub(crate) async fn serve(
     conn: quinn::Connection,
     front: Arc<Front>,
     record: Arc<crate::tenant::conns::ActiveConn>,

@@ -12,7 +12,7 @@ use crate::base::conn::{ByteReader, ByteWriter};
 use crate::tenant::conns::ActiveConn;
 
 /// A connection's reader and writer, metered into its record.
-pub struct ConnIo {
+pub(crate) struct ConnIo {
     reader: ByteReader,
     writer: ByteWriter,
     record: std::sync::Arc<ActiveConn>,
@@ -20,7 +20,11 @@ pub struct ConnIo {
 
 impl ConnIo {
     /// Joins `reader` and `writer`, reporting transfers to `record`.
-    pub fn new(reader: ByteReader, writer: ByteWriter, record: std::sync::Arc<ActiveConn>) -> Self {
+    pub(crate) fn new(
+        reader: ByteReader,
+        writer: ByteWriter,
+        record: std::sync::Arc<ActiveConn>,
+    ) -> Self {
         Self {
             reader,
             writer,

@@ -48,14 +48,14 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::combinators::UnsyncBoxBody;
 
-pub use crate::limits::http::HttpLimits;
-pub use front::Front;
+pub(crate) use crate::limits::http::HttpLimits;
+pub(crate) use front::Front;
 
 /// An error inside a request or response body, of any origin.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of a request an origin receives and of a response it returns.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Which HTTP version carried a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,7 +84,7 @@ impl Protocol {
 
 /// What the gateway knows about the connection a request came on.
 #[derive(Debug, Clone)]
-pub struct ConnMeta {
+pub(crate) struct ConnMeta {
     /// The client's address.
     pub peer: SocketAddr,
     /// The gateway's address the client reached.
@@ -99,13 +99,13 @@ pub struct ConnMeta {
 impl ConnMeta {
     /// Whether the connection is encrypted (TLS or QUIC): the scheme of its
     /// requests is `https`.
-    pub fn secure(&self) -> bool {
+    pub(crate) fn secure(&self) -> bool {
         self.server_name.is_some()
     }
 }
 
 /// What serves an app's requests, seen from the protocol side.
-pub trait Origin: Send + Sync + 'static {
+pub(crate) trait Origin: Send + Sync + 'static {
     /// Whether a request for `host` (lowercase, without port) may be
     /// served on a connection that was routed to this origin by its server
     /// name: the name must select the same app. `false` answers `421`.
@@ -123,12 +123,12 @@ pub trait Origin: Send + Sync + 'static {
 }
 
 /// A response from an origin.
-pub type Served = http::Response<Body>;
+pub(crate) type Served = http::Response<Body>;
 
 /// Why an origin did not produce a response; each becomes a status the
 /// gateway answers with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No capacity now (every instance at its request cap, the instance
     /// pool full): `503` with `Retry-After`.
     Busy(String),

@@ -12,11 +12,11 @@ use super::ConnMeta;
 /// brackets) to the guest. The gateway sets it on every request and
 /// removes any copy the client sent, so a guest may trust it. WASI's HTTP
 /// interfaces have no other way to tell a guest who is calling.
-pub const CLIENT_ADDR_HEADER: &str = "sockgate-client-addr";
+pub(crate) const CLIENT_ADDR_HEADER: &str = "sockgate-client-addr";
 
 /// Why a request head is answered by the gateway instead of the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// `400 Bad Request`: the head is malformed or ambiguous.
     BadRequest(String),
     /// `421 Misdirected Request`: the authority names another app than the
@@ -53,7 +53,7 @@ pub enum Rejection {
 ///   client sent are removed;
 /// - a declared body over the cap is refused (`413`), `CONNECT` and the
 ///   asterisk form (`OPTIONS *`) too (`501`, `400`).
-pub fn prepare(
+pub(crate) fn prepare(
     parts: &mut http::request::Parts,
     conn: &ConnMeta,
     serves_host: &dyn Fn(&str) -> bool,

@@ -22,15 +22,15 @@ use super::{BoxError, Front};
 use crate::limits::http::{HEADER_READ_TIMEOUT, MAX_LOCAL_RESETS, MAX_PENDING_RESETS};
 
 /// The ALPN protocol of HTTP/2 over TLS.
-pub const ALPN_H2: &str = "h2";
+pub(crate) const ALPN_H2: &str = "h2";
 /// The ALPN protocol of HTTP/1.1.
-pub const ALPN_HTTP1: &str = "http/1.1";
+pub(crate) const ALPN_HTTP1: &str = "http/1.1";
 /// The ALPN protocols an HTTP app's TLS handshakes offer, preferred first.
-pub const TLS_ALPN: [&str; 2] = [ALPN_H2, ALPN_HTTP1];
+pub(crate) const TLS_ALPN: [&str; 2] = [ALPN_H2, ALPN_HTTP1];
 
 /// Which HTTP versions a connection is served with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// HTTP/1.1 only.
     Http1,
     /// HTTP/2 only.
@@ -42,7 +42,7 @@ pub enum Mode {
 impl Mode {
     /// The mode of a connection: by its ALPN result on TLS (`h2` → HTTP/2;
     /// `http/1.1` or none → HTTP/1.1), both on cleartext.
-    pub fn for_alpn(alpn: Option<&str>, tls: bool) -> Self {
+    pub(crate) fn for_alpn(alpn: Option<&str>, tls: bool) -> Self {
         match (alpn, tls) {
             (Some(ALPN_H2), _) => Mode::Http2,
             (_, true) => Mode::Http1,
@@ -56,7 +56,7 @@ impl Mode {
 /// closes it, it fails, or `shutdown` resolves: then the connection is
 /// closed gracefully (HTTP/2 `GOAWAY`; HTTP/1.1 ends after the request in
 /// flight) and the requests in flight finish.
-pub async fn serve<I>(
+pub(crate) async fn serve<I>(
     io: I,
     mode: Mode,
     front: Arc<Front>,

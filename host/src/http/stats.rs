@@ -13,14 +13,14 @@ use crate::base::locks::lock;
 
 /// Upper bounds of the duration histogram's buckets, in seconds: from a
 /// cached answer (1 ms) to the default request timeout (30 s).
-pub const BUCKETS: [f64; 12] = [
+pub(crate) const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
 ];
 
 /// The metric of request counts.
-pub const REQUESTS_METRIC: &str = "sockgate_http_requests_total";
+pub(crate) const REQUESTS_METRIC: &str = "sockgate_http_requests_total";
 /// The metric of request durations.
-pub const DURATION_METRIC: &str = "sockgate_http_request_duration_seconds";
+pub(crate) const DURATION_METRIC: &str = "sockgate_http_request_duration_seconds";
 
 /// One app's HTTP counters. Shared by the app's versions, so a deploy does
 /// not reset them.
@@ -112,7 +112,7 @@ impl HttpStats {
 /// The access line of one exchange, as the app's log shows it:
 /// `GET /path 200 1234B 3.2ms h2 203.0.113.7:51234`, then the note, if
 /// any, after ` - `.
-pub fn access_line(exchange: &Exchange) -> String {
+pub(crate) fn access_line(exchange: &Exchange) -> String {
     let ms = exchange.duration.as_secs_f64() * 1000.0;
     let mut line = format!(
         "{} {} {} {}B {ms:.1}ms {} {}",

@@ -27,20 +27,20 @@ use crate::tenant::conns::client_key;
 
 /// Pause after the process ran out of file descriptors, so an accept loop
 /// does not spin while connections are closed and descriptors come back.
-pub const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long a new connection may stay silent before its first byte: a
 /// TLS client sends its ClientHello, an HTTP client its request line, at
 /// once. Threat: idle connections holding slots for the whole handshake
 /// or request deadline.
-pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Accepts connections on `listener` forever, handing each to `on_accept`
 /// with the peer's address. Out of file descriptors (EMFILE, ENFILE), it
 /// pauses for [`FD_EXHAUSTED_PAUSE`] instead of spinning; other errors are
 /// the client's (a reset before accept) and only logged. `what` names the
 /// listener in the log.
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: &TcpListener,
     what: &str,
     mut on_accept: impl FnMut(TcpStream, SocketAddr),
@@ -61,13 +61,13 @@ pub async fn accept_loop(
 
 /// Whether an accept failed because the process (EMFILE) or the system
 /// (ENFILE) is out of file descriptors.
-pub fn is_fd_exhaustion(err: &io::Error) -> bool {
+pub(crate) fn is_fd_exhaustion(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 /// Waits for the first byte of `stream` (without consuming it), at most
 /// `within`. An error: nothing came in time, or the client closed first.
-pub async fn first_byte(stream: &TcpStream, within: Duration) -> io::Result<()> {
+pub(crate) async fn first_byte(stream: &TcpStream, within: Duration) -> io::Result<()> {
     let mut byte = [0u8; 1];
     match tokio::time::timeout(within, stream.peek(&mut byte)).await {
         Ok(Ok(0)) => Err(io::Error::new(
@@ -84,7 +84,7 @@ pub async fn first_byte(stream: &TcpStream, within: Duration) -> io::Result<()> 
 }
 
 /// A bounded number of slots, of which one client may hold only a share.
-pub struct ClientSlots {
+pub(crate) struct ClientSlots {
     total: usize,
     per_client: usize,
     /// Slots taken over all clients, and by client.
@@ -93,7 +93,7 @@ pub struct ClientSlots {
 
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoSlot {
+pub(crate) enum NoSlot {
     /// Every slot is taken.
     Full,
     /// The client holds its share.
@@ -102,7 +102,7 @@ pub enum NoSlot {
 
 impl ClientSlots {
     /// `total` slots, at most `per_client` of them for one client.
-    pub fn new(total: usize, per_client: usize) -> Arc<Self> {
+    pub(crate) fn new(total: usize, per_client: usize) -> Arc<Self> {
         Arc::new(Self {
             total,
             per_client,
@@ -111,7 +111,7 @@ impl ClientSlots {
     }
 
     /// A slot for a connection from `peer`, given back when dropped.
-    pub fn take(self: &Arc<Self>, peer: IpAddr) -> Result<ClientSlot, NoSlot> {
+    pub(crate) fn take(self: &Arc<Self>, peer: IpAddr) -> Result<ClientSlot, NoSlot> {
         let client = client_key(peer);
         let mut taken = lock(&self.taken);
         if taken.0 >= self.total {
@@ -131,7 +131,7 @@ impl ClientSlots {
 }
 
 /// One taken slot of [`ClientSlots`].
-pub struct ClientSlot {
+pub(crate) struct ClientSlot {
     slots: Arc<ClientSlots>,
     client: IpAddr,
 }

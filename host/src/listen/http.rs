@@ -35,7 +35,7 @@ const MAX_HEADERS: usize = 64;
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// What the plain-HTTP listener needs.
-pub struct HttpContext {
+pub(crate) struct HttpContext {
     router: Arc<Router>,
     certs: Arc<Certificates>,
     /// The TLS port redirects point to (omitted from URLs when 443).
@@ -47,7 +47,7 @@ pub struct HttpContext {
 
 impl HttpContext {
     /// The context for a listener redirecting to TLS port `https_port`.
-    pub fn new(
+    pub(crate) fn new(
         router: Arc<Router>,
         certs: Arc<Certificates>,
         https_port: u16,
@@ -64,7 +64,7 @@ impl HttpContext {
 }
 
 /// Serves the plain-HTTP port forever.
-pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
     accept_loop(&listener, "http", |stream, peer| {
         let slot = match ctx.connections.take(peer.ip()) {
             Ok(slot) => slot,

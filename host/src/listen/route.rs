@@ -12,7 +12,7 @@ use rustls::AlertDescription;
 
 /// What the decision reads of the gateway's state: implemented over the
 /// router and the certificates by each listener, and by a table in tests.
-pub trait Lookup {
+pub(crate) trait Lookup {
     /// What a name selects (an app, or its name).
     type App;
     /// What a served name is answered with.
@@ -33,7 +33,7 @@ pub trait Lookup {
 
 /// The facts of a ClientHello the decision rests on.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Hello<'a> {
+pub(crate) struct Hello<'a> {
     /// The server name (SNI), normalised ([`crate::base::names::normalize_name`]).
     pub server_name: Option<&'a str>,
     /// Whether the hello is an ACME TLS-ALPN-01 validation (it offers only
@@ -47,7 +47,7 @@ pub struct Hello<'a> {
 
 /// What to do with a ClientHello.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Routing<A, C> {
+pub(crate) enum Routing<A, C> {
     /// Answer the ACME TLS-ALPN-01 challenge for this name.
     Challenge(String),
     /// Serve app `app` at `name` with `certificate`.
@@ -65,7 +65,7 @@ pub enum Routing<A, C> {
 
 /// Why a handshake was refused, before any certificate was shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The client named no server (no SNI).
     NoServerName,
     /// The server name selects no app.
@@ -86,7 +86,7 @@ pub enum Refusal {
 impl Refusal {
     /// The TLS alert the refusal is sent as (RFC 8446 section 6, and RFC
     /// 9001 section 8.1 for ALPN over QUIC).
-    pub fn alert(&self) -> AlertDescription {
+    pub(crate) fn alert(&self) -> AlertDescription {
         match self {
             Refusal::NoServerName | Refusal::UnknownName(_) | Refusal::NoChallenge(_) => {
                 AlertDescription::UnrecognisedName
@@ -97,7 +97,7 @@ impl Refusal {
     }
 
     /// What was wrong, for logs and (over QUIC) for the client's library.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match self {
             Refusal::NoServerName => "no server name (SNI): name the app to reach".to_owned(),
             Refusal::UnknownName(name) => format!("server name `{name}` selects no app"),
@@ -116,7 +116,10 @@ impl Refusal {
 /// Decides where `hello` goes: an ACME challenge, an app, or a refusal.
 /// Checked in this order: challenge, server name, app, ALPN (when
 /// offered protocols are given), certificate.
-pub fn route_hello<L: Lookup>(hello: Hello<'_>, lookup: &L) -> Routing<L::App, L::Certificate> {
+pub(crate) fn route_hello<L: Lookup>(
+    hello: Hello<'_>,
+    lookup: &L,
+) -> Routing<L::App, L::Certificate> {
     if hello.acme_challenge {
         let name = hello.server_name.unwrap_or_default().to_owned();
         return if lookup.challenge_under_way(&name) {

@@ -15,14 +15,14 @@ use crate::apps::route::Router;
 use crate::base::conn::{ConnInfo, Connection, Transport, next_conn_id};
 
 /// Binds `addr`, explaining the usual failures in the user's terms.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|err| anyhow!("cannot listen on tcp {addr}: {err}; {}", bind_hint(&err)))
 }
 
 /// What to do about a failed bind, for the error message.
-pub fn bind_hint(err: &io::Error) -> &'static str {
+pub(crate) fn bind_hint(err: &io::Error) -> &'static str {
     match err.kind() {
         io::ErrorKind::AddrInUse => {
             "the address is already in use: stop the process that holds it or choose \
@@ -43,7 +43,7 @@ pub fn bind_hint(err: &io::Error) -> &'static str {
 /// `name` that `router` holds at that moment (so a deploy switches new
 /// connections at once). The app's own caps admit them
 /// ([`crate::tenant::conns`]): a connection here is already the app's.
-pub async fn serve(listener: TcpListener, name: String, router: Arc<Router>) {
+pub(crate) async fn serve(listener: TcpListener, name: String, router: Arc<Router>) {
     let what = format!("app {name}");
     super::accept::accept_loop(&listener, &what, |stream, _| {
         match (tcp_connection(stream), router.get(&name)) {
@@ -61,7 +61,7 @@ pub async fn serve(listener: TcpListener, name: String, router: Arc<Router>) {
 
 /// Turns an accepted TCP stream into a transport-neutral connection whose
 /// halves and closer share the socket.
-pub fn tcp_connection(stream: TcpStream) -> io::Result<Connection> {
+pub(crate) fn tcp_connection(stream: TcpStream) -> io::Result<Connection> {
     let peer = stream.peer_addr()?;
     let local = stream.local_addr()?;
     // Small request/response exchanges must not wait for Nagle's timer.
@@ -89,7 +89,7 @@ pub fn tcp_connection(stream: TcpStream) -> io::Result<Connection> {
 /// One half of a TCP stream shared with the other half and the closer, so
 /// the connection can be shut down from outside while the socket stays
 /// valid until every holder is gone.
-pub struct SharedTcp(pub Arc<TcpStream>);
+pub(crate) struct SharedTcp(pub Arc<TcpStream>);
 
 impl AsyncRead for SharedTcp {
     fn poll_read(

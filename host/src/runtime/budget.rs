@@ -38,7 +38,7 @@ use std::time::Duration;
 
 /// The budgets of one activation, from the app's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
+pub(crate) struct Budget {
     /// CPU time, in nanoseconds of the thread's CPU clock.
     pub cpu_ns: u64,
     /// Wall-clock time, in milliseconds.
@@ -47,7 +47,7 @@ pub struct Budget {
 
 impl Budget {
     /// The budgets of `limits`.
-    pub fn new(limits: &crate::limits::AppLimits) -> Self {
+    pub(crate) fn new(limits: &crate::limits::AppLimits) -> Self {
         Self {
             cpu_ns: limits.cpu_budget_ms.saturating_mul(1_000_000),
             wall_ms: limits.wall_budget_ms,
@@ -57,7 +57,7 @@ impl Budget {
 
 /// Where the current activation stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Accounting {
+pub(crate) struct Accounting {
     /// The thread's CPU clock at the last sample, while the store has held
     /// the thread since; `None` when it may not have.
     pub baseline_ns: Option<u64>,
@@ -71,7 +71,7 @@ pub struct Accounting {
 
 /// What the guest must do after an epoch tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Go on running.
     Continue,
     /// Hand the thread back for a moment, then go on.
@@ -112,13 +112,13 @@ pub enum Exceeded {
 /// Epoch ticks a slice may see before the guest yields: the first may
 /// come just after the slice began, the second proves a full tick of
 /// running.
-pub const SLICE_TICKS: u32 = 2;
+pub(crate) const SLICE_TICKS: u32 = 2;
 
 impl Accounting {
     /// The gateway hands control to the guest: a new activation, at
     /// coarse time `now_ms`.
     #[cfg(test)]
-    pub fn start_activation(&mut self, now_ms: u64) {
+    pub(crate) fn start_activation(&mut self, now_ms: u64) {
         self.used_ns = 0;
         self.started_ms = now_ms;
         self.baseline_ns = None;
@@ -129,7 +129,7 @@ impl Accounting {
     /// start over at coarse time `now_ms`, as for a new activation, but
     /// the time slice goes on (the guest still yields its thread on time).
     /// CPU time before this point is not counted.
-    pub fn renew_budgets(&mut self, now_ms: u64) {
+    pub(crate) fn renew_budgets(&mut self, now_ms: u64) {
         self.used_ns = 0;
         self.started_ms = now_ms;
         self.baseline_ns = None;
@@ -138,21 +138,21 @@ impl Accounting {
     /// The store's task is polled: the thread may have run anything since
     /// the store last ran, so the CPU baseline is forgotten; a slice begins.
     #[cfg(test)]
-    pub fn polled(&mut self) {
+    pub(crate) fn polled(&mut self) {
         self.baseline_ns = None;
         self.slice_ticks = 0;
     }
 
     /// The guest resumes after a yield, with the thread's CPU clock at
     /// `cpu_ns`: a slice begins, counted from here.
-    pub fn resumed(&mut self, cpu_ns: u64) {
+    pub(crate) fn resumed(&mut self, cpu_ns: u64) {
         self.baseline_ns = Some(cpu_ns);
         self.slice_ticks = 0;
     }
 
     /// An epoch tick found the guest running; the thread's CPU clock reads
     /// `cpu_ns` and the coarse clock `now_ms`.
-    pub fn tick(&mut self, cpu_ns: u64, now_ms: u64, budget: Budget) -> Verdict {
+    pub(crate) fn tick(&mut self, cpu_ns: u64, now_ms: u64, budget: Budget) -> Verdict {
         if let Some(baseline) = self.baseline_ns {
             self.used_ns = self.used_ns.saturating_add(cpu_ns.saturating_sub(baseline));
         }

@@ -49,7 +49,7 @@ const P3_TYPES: &str = "wasi:sockets/types@0.3.0";
 
 /// Replaces the WASI 0.2 socket constructors and destructors in `linker`
 /// (which must already hold WASI 0.2) with counted ones.
-pub fn add_p2_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+pub(crate) fn add_p2_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     let result = shadow_p2(linker)
         .map_err(anyhow::Error::from)
@@ -61,7 +61,7 @@ pub fn add_p2_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
 /// Replaces the WASI 0.3 socket constructors, destructors and TCP
 /// `send`/`receive` in `linker` (which must already hold WASI 0.3) with
 /// counted ones.
-pub fn add_p3_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+pub(crate) fn add_p3_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     let result = shadow_p3(linker)
         .map_err(anyhow::Error::from)

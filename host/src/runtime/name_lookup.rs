@@ -29,13 +29,13 @@ const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.3.0";
 /// A lookup that takes longer (waiting for a permit included) fails with a
 /// temporary error, so a slow resolver or a busy cap cannot hold a guest's
 /// call forever. The resolver thread may go on after it; its permit with it.
-pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest DNS name (RFC 1035).
 const MAX_NAME: usize = 253;
 
 /// Replaces wasmtime-wasi's `resolve-addresses` in `linker` (which must
 /// already hold the WASI 0.3 interfaces).
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     let result = linker
         .instance(INTERFACE)

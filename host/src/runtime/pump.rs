@@ -34,10 +34,10 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Held by everything that keeps a connection alive (its reader, its
 /// writer, the pending `handle` call); the connection counts as active
 /// until the last holder is gone, and every transfer marks it as busy.
-pub type ConnGuard = Arc<ActiveConn>;
+pub(crate) type ConnGuard = Arc<ActiveConn>;
 
 /// The host end of the guest's `rx` stream: bytes from the client.
-pub struct ClientReader {
+pub(crate) struct ClientReader {
     io: ByteReader,
     guard: ConnGuard,
     /// Set when bytes reach the guest: I/O renews its CPU budget
@@ -48,7 +48,7 @@ pub struct ClientReader {
 impl ClientReader {
     /// Reads from `io` on behalf of the guest, setting `progress` whenever
     /// bytes move.
-    pub fn new(io: ByteReader, guard: ConnGuard, progress: IoProgress) -> Self {
+    pub(crate) fn new(io: ByteReader, guard: ConnGuard, progress: IoProgress) -> Self {
         Self {
             io,
             guard,
@@ -117,7 +117,7 @@ impl<D> StreamProducer<D> for ClientReader {
 }
 
 /// The consumer of the stream the guest returns: bytes to the client.
-pub struct ClientWriter {
+pub(crate) struct ClientWriter {
     io: Option<ByteWriter>,
     /// A write went out but its flush did not finish yet.
     flushing: bool,
@@ -129,7 +129,7 @@ pub struct ClientWriter {
 impl ClientWriter {
     /// Writes the guest's bytes to `io`, setting `progress` whenever bytes
     /// move.
-    pub fn new(io: ByteWriter, guard: ConnGuard, progress: IoProgress) -> Self {
+    pub(crate) fn new(io: ByteWriter, guard: ConnGuard, progress: IoProgress) -> Self {
         Self {
             io: Some(io),
             flushing: false,

@@ -22,8 +22,8 @@ wasmtime::component::bindgen!({
 
 /// The fully qualified name of the interface a `conn-handler-sync` guest
 /// exports.
-pub const SYNC_HANDLER_EXPORT: &str = "sockgate:gateway/sync-handler@0.1.0";
+pub(crate) const SYNC_HANDLER_EXPORT: &str = "sockgate:gateway/sync-handler@0.1.0";
 
 /// The types-only interface `sync-handler` uses, which guests therefore
 /// import.
-pub const SYNC_TYPES_IMPORT: &str = "sockgate:gateway/sync-types@0.1.0";
+pub(crate) const SYNC_TYPES_IMPORT: &str = "sockgate:gateway/sync-types@0.1.0";

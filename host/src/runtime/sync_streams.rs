@@ -30,10 +30,10 @@ use crate::base::locks::lock;
 
 /// Most bytes read from the client at once (and so buffered by the
 /// gateway per connection, at most).
-pub const READ_CHUNK: usize = 16 * 1024;
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 /// Bytes a guest may write ahead of what the client took: what
 /// `check-write` grants. Bounds the gateway's buffer per connection.
-pub const WRITE_BUDGET: usize = 64 * 1024;
+pub(crate) const WRITE_BUDGET: usize = 64 * 1024;
 /// How long sending the rest of the guest's bytes and shutting down may
 /// take once the guest is done (a client that stopped reading must not pin
 /// the connection; the idle timeout closes it sooner when it is shorter).
@@ -42,10 +42,10 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Set whenever the guest's connection moved bytes (or its call waited);
 /// the supervisor then treats the import as I/O and refills the wall-clock
 /// budget ([`super::supervisor::Activation::HostWait`]).
-pub type IoProgress = Arc<AtomicBool>;
+pub(crate) type IoProgress = Arc<AtomicBool>;
 
 /// The guest's `rx`: bytes from the client.
-pub struct ConnInput {
+pub(crate) struct ConnInput {
     io: ByteReader,
     /// Read ahead by `ready`, not yet taken by `read`.
     buffer: Bytes,
@@ -59,7 +59,7 @@ pub struct ConnInput {
 
 impl ConnInput {
     /// Reads from `io` on behalf of the guest.
-    pub fn new(io: ByteReader, guard: ConnGuard, progress: IoProgress) -> Self {
+    pub(crate) fn new(io: ByteReader, guard: ConnGuard, progress: IoProgress) -> Self {
         Self {
             io,
             buffer: Bytes::new(),
@@ -159,7 +159,7 @@ type Shared = Arc<Mutex<WriteState>>;
 
 /// The guest's `tx`: bytes to the client, sent by a task that owns the
 /// connection's writer.
-pub struct ConnOutput {
+pub(crate) struct ConnOutput {
     shared: Shared,
     progress: IoProgress,
 }
@@ -168,7 +168,7 @@ impl ConnOutput {
     /// Writes the guest's bytes to `io`, from a task spawned on the current
     /// tokio runtime; the task holds `guard` until it has sent everything
     /// and shut down the sending side.
-    pub fn new(io: ByteWriter, guard: ConnGuard, progress: IoProgress) -> Self {
+    pub(crate) fn new(io: ByteWriter, guard: ConnGuard, progress: IoProgress) -> Self {
         let shared = Arc::new(Mutex::new(WriteState {
             queue: VecDeque::new(),
             queued: 0,

@@ -29,18 +29,18 @@ use crate::base::locks::lock;
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// The epoch tick while guests compute in the slow lane.
-pub const FAST_TICK: Duration = Duration::from_micros(250);
+pub(crate) const FAST_TICK: Duration = Duration::from_micros(250);
 
 /// How long the ticker stays fast after the slow lane emptied.
-pub const FAST_TICKS_FOR: Duration = Duration::from_secs(1);
+pub(crate) const FAST_TICKS_FOR: Duration = Duration::from_secs(1);
 
 /// The longest the ticker sleeps while no guest runs; the coarse clock's
 /// resolution then.
-pub const IDLE_TICK: Duration = Duration::from_millis(50);
+pub(crate) const IDLE_TICK: Duration = Duration::from_millis(50);
 
 /// How fast the ticker goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pace {
+pub(crate) enum Pace {
     /// No guest ran during the last tick: sleep [`IDLE_TICK`], or until a
     /// guest starts.
     Idle,
@@ -52,7 +52,7 @@ pub enum Pace {
 
 /// The pace after a tick: `active` if a guest ran during it, `since_busy`
 /// the time since the slow lane was last seen computing.
-pub fn pace(active: bool, since_busy: Option<Duration>) -> Pace {
+pub(crate) fn pace(active: bool, since_busy: Option<Duration>) -> Pace {
     match since_busy {
         Some(since) if since < FAST_TICKS_FOR => Pace::Fast,
         _ if active => Pace::Normal,
@@ -74,7 +74,7 @@ static TICKED_ENGINES: Mutex<Vec<Engine>> = Mutex::new(Vec::new());
 /// the path of every message, so one relaxed load, except for the first
 /// guest after the ticker went idle, which refreshes the coarse clock and
 /// wakes the ticker.
-pub fn guest_active() {
+pub(crate) fn guest_active() {
     if !ACTIVE.load(Ordering::Relaxed) && !ACTIVE.swap(true, Ordering::Relaxed) {
         clock::refresh();
         if let Some(ticker) = TICKER.get() {

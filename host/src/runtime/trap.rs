@@ -18,7 +18,7 @@ use crate::limits::AppLimits;
 /// enormous function names, or trapping a thousand frames deep, would
 /// otherwise make every trap event (kept in memory, printed, served by the
 /// admin API) as large as it likes, and its formatting as slow.
-pub const MAX_TRAP_TEXT: usize = 4096;
+pub(crate) const MAX_TRAP_TEXT: usize = 4096;
 
 /// Why an instance trapped, in the categories operators and metrics use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ impl StateDir {
     /// Stores a component (once per content) and returns its digest. A
     /// blob already there is kept only if it is this user's and holds these
     /// bytes; otherwise it is written anew.
-    pub fn put_blob(&self, bytes: &[u8]) -> Result<String> {
+    pub(crate) fn put_blob(&self, bytes: &[u8]) -> Result<String> {
         let digest = hex(&Sha256::digest(bytes));
         let path = self.blob_path(&digest);
         let intact = std::fs::symlink_metadata(&path)
@@ -30,7 +30,7 @@ impl StateDir {
     /// left by a crash); returns how many blobs went. Does nothing when a
     /// record cannot be read: what it references is unknown. The caller
     /// must hold the gateway's deploy lock.
-    pub fn collect_blobs(&self) -> Result<usize> {
+    pub(crate) fn collect_blobs(&self) -> Result<usize> {
         let (records, problems) = self.load_apps()?;
         if !problems.is_empty() {
             return Ok(0);

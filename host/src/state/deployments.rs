@@ -18,7 +18,7 @@ const VERSIONS_KEPT: usize = 10;
 
 /// An app as persisted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AppRecord {
+pub(crate) struct AppRecord {
     /// The app's name.
     pub name: String,
     /// Number of the version serving.
@@ -29,7 +29,7 @@ pub struct AppRecord {
 
 /// One deployed version.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VersionRecord {
+pub(crate) struct VersionRecord {
     /// 1, 2, 3… per app.
     pub number: u64,
     /// SHA-256 of the component, hex.
@@ -42,13 +42,13 @@ pub struct VersionRecord {
 
 impl AppRecord {
     /// The version serving.
-    pub fn current_version(&self) -> Option<&VersionRecord> {
+    pub(crate) fn current_version(&self) -> Option<&VersionRecord> {
         self.versions.iter().find(|v| v.number == self.current)
     }
 
     /// Adds `version` as the newest and makes it current, forgetting the
     /// oldest beyond [`VERSIONS_KEPT`].
-    pub fn push(&mut self, mut version: VersionRecord) {
+    pub(crate) fn push(&mut self, mut version: VersionRecord) {
         version.number = self.versions.last().map_or(1, |v| v.number + 1);
         self.current = version.number;
         self.versions.push(version);
@@ -58,14 +58,14 @@ impl AppRecord {
     }
 
     /// The version before the current one, for rollback.
-    pub fn previous(&self) -> Option<&VersionRecord> {
+    pub(crate) fn previous(&self) -> Option<&VersionRecord> {
         self.versions.iter().rev().find(|v| v.number < self.current)
     }
 }
 
 impl StateDir {
     /// Persists an app record atomically.
-    pub fn save_app(&self, record: &AppRecord) -> Result<()> {
+    pub(crate) fn save_app(&self, record: &AppRecord) -> Result<()> {
         let path = self.app_path(&record.name);
         let json = serde_json::to_vec_pretty(record)?;
         write_atomic_marked(&path, &json, 0o600, Some("deploy-before-record-rename"))
@@ -73,7 +73,7 @@ impl StateDir {
     }
 
     /// Forgets an app.
-    pub fn remove_app(&self, name: &str) -> Result<()> {
+    pub(crate) fn remove_app(&self, name: &str) -> Result<()> {
         let path = self.app_path(name);
         match std::fs::remove_file(&path) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -88,7 +88,7 @@ impl StateDir {
     /// gives, if it is one, not fatal: one damaged file must not keep the
     /// other apps down.
     #[allow(clippy::type_complexity)]
-    pub fn load_apps(&self) -> Result<(Vec<AppRecord>, Vec<(Option<String>, String)>)> {
+    pub(crate) fn load_apps(&self) -> Result<(Vec<AppRecord>, Vec<(Option<String>, String)>)> {
         let dir = self.dir.join("apps");
         let mut records = Vec::new();
         let mut problems = Vec::new();
@@ -134,7 +134,7 @@ impl StateDir {
     }
 
     /// The persisted record of app `name`, if any.
-    pub fn load_app(&self, name: &str) -> Result<Option<AppRecord>> {
+    pub(crate) fn load_app(&self, name: &str) -> Result<Option<AppRecord>> {
         let path = self.app_path(name);
         match std::fs::symlink_metadata(&path) {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -35,19 +35,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-pub use self::deployments::{AppRecord, VersionRecord};
+pub(crate) use self::deployments::{AppRecord, VersionRecord};
 use crate::base::fsutil::create_private_dir;
 
 /// The state directory, where deployed apps are persisted (see the module
 /// documentation for its layout and why a crash leaves nothing half
 /// written).
-pub struct StateDir {
+pub(crate) struct StateDir {
     dir: PathBuf,
 }
 
 impl StateDir {
     /// Opens (creating, owner-only) the state directory.
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
         for sub in ["", "blobs", "apps"] {
             let path = dir.join(sub);
             create_private_dir(&path)
@@ -59,7 +59,7 @@ impl StateDir {
     }
 
     /// Where the blob with `digest` lives.
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
+    pub(crate) fn blob_path(&self, digest: &str) -> PathBuf {
         self.dir.join("blobs").join(format!("{digest}.wasm"))
     }
 
@@ -70,7 +70,7 @@ impl StateDir {
 }
 
 /// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");

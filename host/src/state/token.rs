@@ -12,7 +12,7 @@ use crate::base::fsutil::{is_own_file, write_atomic};
 impl StateDir {
     /// The admin API's bearer token, generated on first use (32 random
     /// bytes from the OS, hex), readable only by the gateway's user.
-    pub fn admin_token(&self) -> Result<String> {
+    pub(crate) fn admin_token(&self) -> Result<String> {
         let path = self.dir.join("admin-token");
         let trusted = std::fs::symlink_metadata(&path).map(|meta| {
             meta.is_file() && is_own_file(&meta) && meta.permissions().mode() & 0o077 == 0

@@ -43,7 +43,7 @@ pub fn is_public(ip: IpAddr) -> bool {
 
 /// Whether `*` (and a DNS name rule) may reach `ip`: public, and not one of
 /// the gateway host's own interface addresses.
-pub fn is_public_and_foreign(ip: IpAddr) -> bool {
+pub(crate) fn is_public_and_foreign(ip: IpAddr) -> bool {
     is_public(ip) && !HostAddresses::global().contains(ip)
 }
 

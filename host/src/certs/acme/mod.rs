@@ -19,10 +19,10 @@
 
 mod challenge;
 mod order;
-pub mod problem;
-pub mod settings;
+pub(crate) mod problem;
+pub(crate) mod settings;
 
-pub use settings::{AcmeSettings, Challenge, PreparedAcme};
+pub(crate) use settings::{AcmeSettings, Challenge, PreparedAcme};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

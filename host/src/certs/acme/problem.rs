@@ -31,7 +31,7 @@ const NON_2XX_PREFIX: &str = "non 2xx http status: ";
 /// (a fixed DNS record, a CAA record, a lifted rate limit, a CA back up).
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AcmeProblem {
+pub(crate) enum AcmeProblem {
     /// `badNonce`: the CA rejected the anti-replay nonce, which RFC 8555
     /// lets it do at any time. The order is retried at once, a few times,
     /// with a fresh nonce.
@@ -70,7 +70,7 @@ pub enum AcmeProblem {
 
 impl AcmeProblem {
     /// Classifies a problem `type` URI.
-    pub fn from_type(typ: &str) -> Self {
+    pub(crate) fn from_type(typ: &str) -> Self {
         let Some(name) = typ.strip_prefix(ACME_ERROR_NS) else {
             return if typ.is_empty() || typ == "about:blank" {
                 AcmeProblem::Untyped
@@ -103,14 +103,14 @@ impl AcmeProblem {
 
     /// Whether the failed request is retried at once rather than after the
     /// back-off.
-    pub fn retry_at_once(&self) -> bool {
+    pub(crate) fn retry_at_once(&self) -> bool {
         matches!(self, AcmeProblem::BadNonce)
     }
 }
 
 /// A problem document from the CA, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaProblem {
+pub(crate) struct CaProblem {
     /// The HTTP status of the answer that carried it; `None` inside an
     /// order or a challenge.
     pub status: Option<u16>,
@@ -123,7 +123,7 @@ pub struct CaProblem {
 impl CaProblem {
     /// Classifies a problem parsed by rustls-acme (an order's or a
     /// challenge's `error`).
-    pub fn of(problem: &Problem) -> Self {
+    pub(crate) fn of(problem: &Problem) -> Self {
         Self {
             status: None,
             kind: AcmeProblem::from_type(problem.typ.as_deref().unwrap_or("")),
@@ -134,7 +134,7 @@ impl CaProblem {
     /// The problem carried by an error answer of the CA to a request
     /// (`status` its HTTP status, `body` a problem document); `None` if
     /// the body is not one.
-    pub fn from_answer(status: u16, body: &str) -> Option<Self> {
+    pub(crate) fn from_answer(status: u16, body: &str) -> Option<Self> {
         let problem: Problem = serde_json::from_str(body).ok()?;
         Some(Self {
             status: Some(status),
@@ -144,7 +144,7 @@ impl CaProblem {
 
     /// The problem in an error of rustls-acme, if the CA answered with
     /// one (see the module doc for why this goes through `Display`).
-    pub fn of_error(err: &AcmeError) -> Option<Self> {
+    pub(crate) fn of_error(err: &AcmeError) -> Option<Self> {
         let AcmeError::HttpRequest(request) = err else {
             return None;
         };
@@ -159,7 +159,7 @@ impl CaProblem {
     }
 
     /// The first problem of the CA among `err` and its causes.
-    pub fn in_chain(err: &anyhow::Error) -> Option<Self> {
+    pub(crate) fn in_chain(err: &anyhow::Error) -> Option<Self> {
         err.chain()
             .filter_map(|cause| cause.downcast_ref::<AcmeError>())
             .find_map(Self::of_error)

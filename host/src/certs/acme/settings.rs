@@ -160,7 +160,7 @@ impl AcmeSettings {
 /// The ACME side of the gateway, before it knows the apps: settings
 /// checked, HTTPS client for the CA built, state directory ready. Made at
 /// start so that mistakes refuse the start.
-pub struct PreparedAcme {
+pub(crate) struct PreparedAcme {
     /// The directory URL, presets resolved.
     pub(super) directory_url: String,
     /// Contact URLs for the account (`mailto:` added).
@@ -178,7 +178,7 @@ pub struct PreparedAcme {
 impl PreparedAcme {
     /// Checks `settings`, reads the extra roots, creates the state
     /// directory for this CA.
-    pub fn new(settings: &AcmeSettings, state: &StateDir) -> Result<Self> {
+    pub(crate) fn new(settings: &AcmeSettings, state: &StateDir) -> Result<Self> {
         settings.validate()?;
         let directory_url = settings.directory_url()?;
         let mut roots = rustls::RootCertStore::empty();
@@ -226,7 +226,7 @@ impl PreparedAcme {
 
     /// Starts managing certificates for the names `names` serves (see
     /// [`AcmeManager::manage`]).
-    pub fn start(self, names: Arc<dyn ServedNames>) -> Arc<AcmeManager> {
+    pub(crate) fn start(self, names: Arc<dyn ServedNames>) -> Arc<AcmeManager> {
         Arc::new(AcmeManager::new(self, names))
     }
 }

@@ -47,7 +47,7 @@ use crate::listen::route::{Hello, Lookup, Refusal, Routing, route_hello};
 
 /// The ALPN protocol an app that declares none accepts over QUIC, where
 /// ALPN is mandatory (RFC 9001, section 8.1). Clients of such apps offer it.
-pub const DEFAULT_ALPN: &str = "sockgate";
+pub(crate) const DEFAULT_ALPN: &str = "sockgate";
 
 thread_local! {
     /// The resolver's refusal during the `read_handshake` call running on
@@ -58,13 +58,13 @@ thread_local! {
 /// The ALPN protocols each app accepts over QUIC, kept in step with the
 /// apps the gateway serves.
 #[derive(Default)]
-pub struct AppProtocols {
+pub(super) struct AppProtocols {
     by_app: RwLock<HashMap<String, Vec<String>>>,
 }
 
 impl AppProtocols {
     /// Records the protocols of `app` (its `alpn`, or [`DEFAULT_ALPN`]).
-    pub fn set(&self, app: &str, alpn: &[String]) {
+    pub(super) fn set(&self, app: &str, alpn: &[String]) {
         let protocols = if alpn.is_empty() {
             vec![DEFAULT_ALPN.to_owned()]
         } else {
@@ -74,7 +74,7 @@ impl AppProtocols {
     }
 
     /// The protocols `app` accepts.
-    pub fn of(&self, app: &str) -> Vec<String> {
+    pub(super) fn of(&self, app: &str) -> Vec<String> {
         read(&self.by_app)
             .get(app)
             .cloned()
@@ -179,7 +179,7 @@ impl ResolvesServerCert for QuicCertResolver {
 /// The endpoint's crypto configuration: rebuilt when the set of ALPN
 /// protocols changes (an app is deployed), swapped in for new handshakes;
 /// and one configuration per app protocol list, made on first use.
-pub struct RoutedCrypto {
+pub(super) struct RoutedCrypto {
     resolver: Arc<QuicCertResolver>,
     protocols: Arc<AppProtocols>,
     current: RwLock<Arc<QuicServerConfig>>,
@@ -189,7 +189,7 @@ pub struct RoutedCrypto {
 
 impl RoutedCrypto {
     /// Crypto for an endpoint serving the apps in `router` with `certs`.
-    pub fn new(
+    pub(super) fn new(
         router: Arc<Router>,
         certs: Arc<Certificates>,
         protocols: Arc<AppProtocols>,
@@ -211,7 +211,7 @@ impl RoutedCrypto {
     /// Offers the current union of the apps' protocols to new handshakes,
     /// and forgets the per-app configurations (rebuilt on first use, so
     /// lists no app has any more do not accumulate).
-    pub fn refresh(&self) -> Result<()> {
+    pub(super) fn refresh(&self) -> Result<()> {
         let config = build(&self.resolver, self.protocols.union())?;
         *write(&self.current) = config;
         lock(&self.per_app).clear();

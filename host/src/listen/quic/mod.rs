@@ -67,40 +67,40 @@ use crate::apps::route::Router;
 use crate::certs::Certificates;
 use crate::config::AppConfig;
 use crate::config::QuicSettings;
-pub use crate::config::quic::INITIAL_RECEIVE_WINDOW;
+pub(crate) use crate::config::quic::INITIAL_RECEIVE_WINDOW;
 
-pub use crypto::DEFAULT_ALPN;
+pub(crate) use crypto::DEFAULT_ALPN;
 
 /// Handshakes in progress at once; beyond it new clients are ignored.
 const MAX_PENDING_HANDSHAKES: usize = 4096;
 /// Data the guest wrote that one QUIC connection may hold unacknowledged
 /// (quinn's default is 10 MB). Threat: a client that stops reading while
 /// a guest writes, keeping the gateway's memory instead of a socket's.
-pub const SEND_WINDOW: u64 = 1 << 20;
+pub(crate) const SEND_WINDOW: u64 = 1 << 20;
 
 /// Application error codes in the `CONNECTION_CLOSE` frames the gateway
 /// sends. Documented in the guest guide.
-pub mod connection_codes {
+pub(crate) mod connection_codes {
     /// The app the connection was for is gone (removed).
-    pub const APP_GONE: u32 = 0x5311;
+    pub(crate) const APP_GONE: u32 = 0x5311;
     /// The negotiated ALPN protocol is not one the app accepts. Handshakes
     /// are started on the app's own protocol list once the ClientHello is
     /// read, so this happens only to a ClientHello the gateway could not
     /// read ahead (malformed, or over 16 KiB), negotiated on the union of
     /// all apps' protocols.
-    pub const ALPN_NOT_ACCEPTED: u32 = 0x5312;
+    pub(crate) const ALPN_NOT_ACCEPTED: u32 = 0x5312;
     /// The client opened a unidirectional stream on a connection that is
     /// not HTTP/3: only HTTP/3 uses them (the endpoint allows the three
     /// its control and QPACK streams need), no guest ever sees one.
-    pub const UNI_STREAM_REFUSED: u32 = 0x5313;
+    pub(crate) const UNI_STREAM_REFUSED: u32 = 0x5313;
     /// The app refused the connection at one of its limits (an HTTP/3
     /// connection counts as one connection of its app).
-    pub const REFUSED: u32 = 0x5314;
+    pub(crate) const REFUSED: u32 = 0x5314;
 }
 
 /// The QUIC endpoint's socket, bound before the apps start (so a busy port
 /// refuses the whole start), and its settings.
-pub struct PreparedQuic {
+pub(crate) struct PreparedQuic {
     settings: QuicSettings,
     handshake_timeout: Duration,
     socket: UdpSocket,
@@ -109,7 +109,7 @@ pub struct PreparedQuic {
 /// Binds the QUIC socket if QUIC is enabled. `tls_listen` is the TLS
 /// listener's configured address (the default) and `tls_handshake_ms` its
 /// handshake timeout.
-pub fn prepare(
+pub(crate) fn prepare(
     settings: Option<&QuicSettings>,
     tls_listen: SocketAddr,
     tls_handshake_ms: u64,
@@ -136,13 +136,13 @@ pub fn prepare(
 
 impl PreparedQuic {
     /// The UDP port.
-    pub fn port(&self) -> Option<u16> {
+    pub(crate) fn port(&self) -> Option<u16> {
         self.socket.local_addr().ok().map(|a| a.port())
     }
 
     /// Starts serving QUIC for the apps in `router`, with the certificates
     /// of the TLS listener. Must be called within a tokio runtime.
-    pub fn start(self, router: &Arc<Router>, certs: Arc<Certificates>) -> Result<Arc<Quic>> {
+    pub(crate) fn start(self, router: &Arc<Router>, certs: Arc<Certificates>) -> Result<Arc<Quic>> {
         let protocols = Arc::new(crypto::AppProtocols::default());
         let crypto = crypto::RoutedCrypto::new(router.clone(), certs, protocols.clone())?;
         let mut transport = TransportConfig::default();

@@ -20,12 +20,12 @@ use crate::base::locks::lock;
 
 /// Application error codes on streams the gateway resets or stops (in
 /// `RESET_STREAM` and `STOP_SENDING`). Documented in the guest guide.
-pub mod codes {
+pub(super) mod codes {
     /// The stream was not served: the app is at a connection limit.
-    pub const REFUSED: u32 = 0x5301;
+    pub(crate) const REFUSED: u32 = 0x5301;
     /// The gateway closed the stream: a limit (idle timeout, maximum
     /// lifetime) or the end of a drain after a redeploy.
-    pub const CLOSED_BY_GATEWAY: u32 = 0x5302;
+    pub(crate) const CLOSED_BY_GATEWAY: u32 = 0x5302;
 }
 
 /// A half of a stream and what its closer needs.
@@ -70,7 +70,7 @@ fn killed_error() -> io::Error {
 }
 
 /// Splits a stream into the reader, the writer and the closer.
-pub fn split(
+pub(super) fn split(
     send: SendStream,
     recv: RecvStream,
 ) -> (QuicReader, QuicWriter, Box<dyn Fn() + Send + Sync>) {
@@ -113,7 +113,7 @@ fn kill<S, T, E>(
 
 /// The client-to-gateway half of a QUIC stream. A `RESET_STREAM` from the
 /// client reads as an error carrying [`StreamReset`].
-pub struct QuicReader(Arc<Mutex<Half<RecvStream>>>);
+pub(super) struct QuicReader(Arc<Mutex<Half<RecvStream>>>);
 
 impl AsyncRead for QuicReader {
     fn poll_read(
@@ -165,7 +165,7 @@ impl Drop for QuicReader {
 }
 
 /// The gateway-to-client half of a QUIC stream; shutting it down sends FIN.
-pub struct QuicWriter(Arc<Mutex<Half<SendStream>>>);
+pub(super) struct QuicWriter(Arc<Mutex<Half<SendStream>>>);
 
 impl AsyncWrite for QuicWriter {
     fn poll_write(

@@ -49,7 +49,7 @@ use anyhow::{Context, Result};
 use rustls::ServerConfig;
 use rustls::server::{ProducesTickets, StoresServerSessions};
 
-pub use prepare::prepare;
+pub(crate) use prepare::prepare;
 
 use crate::apps::app::App;
 use crate::apps::route::Router;

@@ -29,7 +29,7 @@ use crate::listen::quic::PreparedQuic;
 /// The TLS side of the gateway, bound and with its certificates loaded but
 /// not serving yet: made before the apps start, so that a bad certificate
 /// file or a busy port refuses the whole start.
-pub struct PreparedTls {
+pub(crate) struct PreparedTls {
     settings: TlsSettings,
     tls: TcpListener,
     http: Option<TcpListener>,
@@ -41,7 +41,7 @@ pub struct PreparedTls {
 }
 
 /// Prepares TLS if the configuration has a `[tls]` section.
-pub async fn prepare(config: &Config) -> Result<Option<PreparedTls>> {
+pub(crate) async fn prepare(config: &Config) -> Result<Option<PreparedTls>> {
     let Some(settings) = &config.tls else {
         return Ok(None);
     };
@@ -93,7 +93,7 @@ pub async fn prepare(config: &Config) -> Result<Option<PreparedTls>> {
 
 impl PreparedTls {
     /// The ports of the TLS, plain-HTTP and QUIC listeners.
-    pub fn ports(&self) -> Vec<u16> {
+    pub(crate) fn ports(&self) -> Vec<u16> {
         [Some(&self.tls), self.http.as_ref()]
             .into_iter()
             .flatten()
@@ -105,7 +105,7 @@ impl PreparedTls {
 
     /// Starts serving TLS (and plain HTTP) for the apps in `router`,
     /// configured as `apps` say. Must be called within a tokio runtime.
-    pub fn start(self, router: &Arc<Router>, apps: &[AppConfig]) -> Result<Arc<Https>> {
+    pub(crate) fn start(self, router: &Arc<Router>, apps: &[AppConfig]) -> Result<Arc<Https>> {
         router.set_domains(&self.settings.domains);
         let acme = self.acme.map(|acme| acme.start(router.clone()));
         let certs = Certificates::new(

@@ -17,17 +17,17 @@ use crate::http::{Body, BoxError};
 
 /// A request body as `wasmtime-wasi-http` takes it: the gateway's cap
 /// becomes the `HTTP-request-body-size` error the guest sees.
-pub fn to_wasi(body: Body) -> WasiBody {
+pub(crate) fn to_wasi(body: Body) -> WasiBody {
     body.map_err(to_wasi_error).boxed_unsync()
 }
 
 /// A guest's response body as the protocol side sends it.
-pub fn from_wasi(body: WasiBody) -> Body {
+pub(crate) fn from_wasi(body: WasiBody) -> Body {
     body.map_err(|err| Box::new(err) as BoxError).boxed_unsync()
 }
 
 /// The `wasi:http` error for an error of a request body.
-pub fn to_wasi_error(err: BoxError) -> WasiError {
+pub(crate) fn to_wasi_error(err: BoxError) -> WasiError {
     if let Some(too_large) = err.downcast_ref::<BodyTooLarge>() {
         return WasiError::HttpRequestBodySize(Some(too_large.limit));
     }
@@ -39,7 +39,7 @@ pub fn to_wasi_error(err: BoxError) -> WasiError {
 
 /// How long the rest of a response body nobody reads any more is read on
 /// for (see [`Guarded`]'s `Drop`): past it, the body is dropped as it is.
-pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// A response body holding `guard` (its request's place in its instance's
 /// count) until it ends: an instance that drains waits for the bodies it
@@ -53,14 +53,14 @@ pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// streams and futures (measured in `runtime/http/tests.rs`), and a
 /// long-lived instance would trap with a full table after some 17 000
 /// such requests.
-pub struct Guarded<G: Send + 'static> {
+pub(crate) struct Guarded<G: Send + 'static> {
     inner: Option<WasiBody>,
     guard: Option<G>,
 }
 
 impl<G: Send + 'static> Guarded<G> {
     /// `inner`, holding `guard`.
-    pub fn new(inner: WasiBody, guard: G) -> Self {
+    pub(crate) fn new(inner: WasiBody, guard: G) -> Self {
         Self {
             inner: Some(inner),
             guard: Some(guard),

@@ -25,13 +25,13 @@ type Sending = Box<
 >;
 
 /// The hooks of one store: its app's outbound policy, log and budgets.
-pub struct GatewayHooks {
+pub(crate) struct GatewayHooks {
     outbound: Outbound,
 }
 
 impl GatewayHooks {
     /// Hooks that send outbound requests as `outbound` allows.
-    pub fn new(outbound: Outbound) -> Self {
+    pub(crate) fn new(outbound: Outbound) -> Self {
         Self { outbound }
     }
 }

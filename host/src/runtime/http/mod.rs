@@ -27,25 +27,25 @@
 //! [`crate::http::Body`] requests; [`bodies`] converts them to and from the
 //! body type of `wasmtime-wasi-http`.
 
-pub mod bodies;
-pub mod hooks;
-pub mod outbound;
+pub(crate) mod bodies;
+pub(crate) mod hooks;
+pub(crate) mod outbound;
 mod per_request;
-pub mod proxy;
-pub mod service;
+pub(crate) mod proxy;
+pub(crate) mod service;
 mod service_instance;
-pub mod serving;
-pub mod site;
+pub(crate) mod serving;
+pub(crate) mod site;
 
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 /// The interface a WASI 0.3 HTTP component exports (without version).
-pub const SERVICE_EXPORT: &str = "wasi:http/handler";
+pub(crate) const SERVICE_EXPORT: &str = "wasi:http/handler";
 /// The interface a WASI 0.2 HTTP component exports (without version).
-pub const PROXY_EXPORT: &str = "wasi:http/incoming-handler";
+pub(crate) const PROXY_EXPORT: &str = "wasi:http/incoming-handler";
 /// The WIT package of `wasi:http`, whose interfaces HTTP apps import.
-pub const HTTP_PACKAGE: &str = "wasi:http";
+pub(crate) const HTTP_PACKAGE: &str = "wasi:http";
 
 /// The two `wasi:http` worlds the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub enum HttpWorld {
 
 /// What a component's exports say about `wasi:http`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Detected {
+pub(crate) enum Detected {
     /// No `wasi:http` handler export.
     NotHttp,
     /// A handler of a final version: the world, and the export's full name.
@@ -75,7 +75,7 @@ pub enum Detected {
 /// (`@0.3.0-rc-2026-03-15`) a [`Detected::ReleaseCandidate`]. A component
 /// exporting both worlds is served as `service` (as `wasmtime serve`
 /// does).
-pub fn detect(exports: &[String]) -> Detected {
+pub(crate) fn detect(exports: &[String]) -> Detected {
     let mut proxy = None;
     let mut candidate = None;
     for export in exports {
@@ -107,7 +107,7 @@ pub fn detect(exports: &[String]) -> Detected {
 
 /// Why a component exporting release candidate `export` is refused, and
 /// what builds one the gateway serves.
-pub fn rc_refusal(export: &str) -> String {
+pub(crate) fn rc_refusal(export: &str) -> String {
     format!(
         "it exports `{export}`, a release candidate of WASI's HTTP interfaces; release \
          candidates do not link with the final WASI 0.3.0 (wasi:http@0.3.0) this gateway \

@@ -39,19 +39,19 @@ use crate::tenant::outbound::OutboundPolicy;
 
 /// How long establishing a connection (TCP, TLS, HTTP) may take unless the
 /// guest asks for less or more (wasmtime's own default is 10 minutes).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the response head may take unless the guest says otherwise.
-pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the response body may pause unless the guest says otherwise.
-pub const BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
 /// Waiting for lookup permits and the lookup itself (as `wasi:sockets`
 /// lookups: see `runtime::name_lookup`).
-pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What sending needs: the app's policy (rules and budgets) and its log,
 /// and which instance asks (for events).
 #[derive(Clone)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     /// The app's outbound policy.
     pub policy: Arc<OutboundPolicy>,
     /// The app's log, for refusals.
@@ -62,7 +62,7 @@ pub struct Outbound {
 
 /// What the gateway will connect to for a request URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// The host, lowercase, without brackets or trailing dot.
     pub host: String,
     /// The port (the scheme's default when the URI has none).
@@ -73,7 +73,7 @@ pub struct Target {
 
 impl Target {
     /// The target of an absolute `http` or `https` URI.
-    pub fn of(uri: &Uri) -> Result<Self, Error> {
+    pub(crate) fn of(uri: &Uri) -> Result<Self, Error> {
         let tls = match uri.scheme() {
             Some(scheme) if *scheme == Scheme::HTTPS => true,
             Some(scheme) if *scheme == Scheme::HTTP => false,
@@ -97,7 +97,7 @@ impl Target {
 impl Outbound {
     /// Sends `request` as the policy allows; returns the response and the
     /// future that drives the connection until the response body is done.
-    pub async fn send(
+    pub(crate) async fn send(
         self,
         mut request: Request<WasiBody>,
         options: Option<RequestOptions>,

@@ -24,10 +24,10 @@ use super::service::View;
 /// Where the response head of a WASI 0.2 request arrives: the guest's
 /// response, or the error code it set instead. Closed without a value when
 /// the guest trapped or returned without setting one.
-pub type ResponseRx = oneshot::Receiver<Result<http::Response<WasiBody>, ErrorCode>>;
+pub(crate) type ResponseRx = oneshot::Receiver<Result<http::Response<WasiBody>, ErrorCode>>;
 
 /// How the instance of one request ended.
-pub enum ProxyEnd<E> {
+pub(crate) enum ProxyEnd<E> {
     /// `handle` returned.
     Served,
     /// The instance could not be created (the instance pool is full:
@@ -46,7 +46,7 @@ pub enum ProxyEnd<E> {
 /// activation ending), `explain` on a trap. The store is dropped when the
 /// future ends, which closes the response channel if the guest never set
 /// a response: wait for both.
-pub fn start<T: Send + 'static, E: Send + 'static>(
+pub(crate) fn start<T: Send + 'static, E: Send + 'static>(
     pre: ProxyPre<T>,
     mut store: Store<T>,
     view: View<T>,

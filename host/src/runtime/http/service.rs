@@ -49,10 +49,10 @@ use super::bodies::Guarded;
 use crate::tenant::conns::ShardLoad;
 
 /// How a store's data gives the `wasi:http` view.
-pub type View<T> = fn(&mut T) -> WasiHttpCtxView<'_>;
+pub(crate) type View<T> = fn(&mut T) -> WasiHttpCtxView<'_>;
 
 /// One request for an instance, and where its answer goes.
-pub struct HttpJob {
+pub(crate) struct HttpJob {
     /// The request, normalised (an absolute URI) by the protocol side.
     pub request: http::Request<WasiBody>,
     /// When the client stops waiting for the response head.
@@ -67,7 +67,7 @@ pub struct HttpJob {
 
 /// Why a job got no response (a trap drops the reply instead).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobError {
+pub(crate) enum JobError {
     /// `handle` returned an `error-code`.
     GuestError(String),
     /// The deadline passed before `handle` returned.
@@ -75,11 +75,11 @@ pub enum JobError {
 }
 
 /// A request counted in its instance's load until dropped.
-pub struct InFlight(Arc<ShardLoad>);
+pub(crate) struct InFlight(Arc<ShardLoad>);
 
 impl InFlight {
     /// Counts one more request in `load`.
-    pub fn new(load: Arc<ShardLoad>) -> Self {
+    pub(crate) fn new(load: Arc<ShardLoad>) -> Self {
         load.acquire();
         Self(load)
     }
@@ -93,7 +93,7 @@ impl Drop for InFlight {
 
 /// How [`serve_jobs`] behaves.
 #[derive(Debug, Clone, Copy)]
-pub struct ServiceSettings {
+pub(crate) struct ServiceSettings {
     /// How long requests in flight may go on once the instance stops
     /// taking new ones.
     pub drain: Duration,
@@ -107,7 +107,7 @@ pub struct ServiceSettings {
 
 /// Why [`serve_jobs`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServiceEnd {
+pub(crate) enum ServiceEnd {
     /// The job channel closed (the app was replaced or removed) and the
     /// requests in flight finished (or the drain deadline passed).
     Closed,
@@ -123,7 +123,7 @@ pub enum ServiceEnd {
 /// until the channel closes or the instance should be recycled; `load`
 /// counts the jobs assigned to this instance. An error is a trap: the store
 /// is poisoned, and the caller replaces the instance.
-pub async fn serve_jobs<T: Send + 'static>(
+pub(crate) async fn serve_jobs<T: Send + 'static>(
     accessor: &Accessor<T>,
     service: &Service,
     view: View<T>,

@@ -28,7 +28,7 @@ use crate::tenant::logs::EventKind;
 /// one WASI 0.3 instance may carry before it is replaced. Threat: a guest
 /// that never answers some requests piling their tasks up in one store,
 /// each holding guest memory and host table entries, forever.
-pub const MAX_LINGERING_CALLS: usize = 64;
+pub(super) const MAX_LINGERING_CALLS: usize = 64;
 
 /// Requests one WASI 0.3 instance holds at once (fewer if the app's
 /// `max_connections_per_instance` is lower), each from its call until its
@@ -38,7 +38,7 @@ pub const MAX_LINGERING_CALLS: usize = 64;
 /// backlog of requests whose ends wait behind new calls (see
 /// `service.rs`). An app with more long-lived responses at once (event
 /// streams) runs more `instances`.
-pub const MAX_REQUESTS_IN_STORE: usize = 1024;
+pub(super) const MAX_REQUESTS_IN_STORE: usize = 1024;
 
 /// Runs instance after instance of a WASI 0.3 app until the app is
 /// dropped, with the crash-loop back-off of `conn-handler` apps.

@@ -51,7 +51,7 @@ use crate::runtime::load::GuestPre;
 use crate::tenant::conns::ShardLoad;
 
 /// Re-exported where callers have always found them.
-pub use super::site::{HttpSite, SiteMap};
+pub(crate) use super::site::{HttpSite, SiteMap};
 
 /// A running HTTP app (one version of it).
 pub struct HttpApp {
