@@ -20,10 +20,11 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use super::host_state::HostState;
 use super::instance::{Assigned, InstanceSettings, dispose_after_trap};
 use super::slow_lane;
+use super::supervisor::IoProgress;
 use super::supervisor::{Activation, Meter, supervise_activations};
 use super::sync_bindings::ConnHandlerSyncPre;
 use super::sync_bindings::sockgate::gateway::sync_types as wit;
-use super::sync_streams::{ConnInput, ConnOutput, IoProgress};
+use super::sync_streams::{ConnInput, ConnOutput};
 use crate::base::conn::ConnInfo;
 use crate::tenant::logs::EventKind;
 

@@ -18,7 +18,7 @@ use tokio::io::{AsyncWriteExt, ReadBuf};
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Destination, Source, StreamConsumer, StreamProducer, StreamResult};
 
-use super::sync_streams::IoProgress;
+use super::supervisor::IoProgress;
 use crate::base::conn::{ByteReader, ByteWriter};
 use crate::tenant::conns::ActiveConn;
 

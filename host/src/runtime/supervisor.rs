@@ -43,6 +43,11 @@ pub use super::trap::{TrapCause, explain_trap};
 pub use super::ticker::{EPOCH_TICK, start_ticker};
 use crate::base::clock::coarse_now_ms;
 
+/// Set whenever the guest's connection moved bytes (or its call waited);
+/// the supervisor then treats the import as I/O and refills the wall-clock
+/// budget ([`Activation::HostWait`]).
+pub(crate) type IoProgress = Arc<AtomicBool>;
+
 /// Whether guests are supervised. Always in the gateway; only the
 /// benchmarks that measure what supervision costs turn it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,7 +82,7 @@ pub enum Activation {
     /// and renews the budgets (the time slices go on: the guest still
     /// yields its thread every tick). A guest that computes without moving
     /// bytes never sets it.
-    EventLoop(super::sync_streams::IoProgress),
+    EventLoop(IoProgress),
     /// The `conn-handler-sync` world: a guest waits for I/O inside a
     /// blocking import (`blocking-read`, `poll`), so the return of an import
     /// during which the guest waited also starts one. The flag says so: set
@@ -88,7 +93,7 @@ pub enum Activation {
     /// once, is doing I/O); the call hook clears it. A guest spinning on
     /// imports that return at once (a non-blocking read with nothing to
     /// read, the clock) never sets it, and traps at its CPU budget.
-    HostWait(super::sync_streams::IoProgress),
+    HostWait(IoProgress),
 }
 
 /// One store's supervision state, shared by its call hook, its epoch
@@ -249,7 +254,7 @@ pub fn supervise(
     store: &mut Store<HostState>,
     supervision: Supervision,
     limits: &AppLimits,
-    progress: super::sync_streams::IoProgress,
+    progress: IoProgress,
 ) -> Arc<Meter> {
     supervise_activations(store, supervision, limits, Activation::EventLoop(progress))
 }

@@ -15,7 +15,7 @@
 //! and then end of stream.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -25,6 +25,7 @@ use tokio::io::{AsyncWriteExt, ReadBuf};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 use super::pump::ConnGuard;
+use super::supervisor::IoProgress;
 use crate::base::conn::{ByteReader, ByteWriter};
 use crate::base::locks::lock;
 
@@ -38,11 +39,6 @@ pub(crate) const WRITE_BUDGET: usize = 64 * 1024;
 /// take once the guest is done (a client that stopped reading must not pin
 /// the connection; the idle timeout closes it sooner when it is shorter).
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Set whenever the guest's connection moved bytes (or its call waited);
-/// the supervisor then treats the import as I/O and refills the wall-clock
-/// budget ([`super::supervisor::Activation::HostWait`]).
-pub(crate) type IoProgress = Arc<AtomicBool>;
 
 /// The guest's `rx`: bytes from the client.
 pub(crate) struct ConnInput {

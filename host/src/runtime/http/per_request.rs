@@ -24,8 +24,8 @@ use crate::runtime::host_state::{HostState, bound_store, http_view};
 use crate::runtime::instance::InstanceSettings;
 use crate::runtime::per_connection::PER_CONNECTION_INSTANCE;
 use crate::runtime::slow_lane;
+use crate::runtime::supervisor::IoProgress;
 use crate::runtime::supervisor::{Activation, explain_trap, supervise_activations};
-use crate::runtime::sync_streams::IoProgress;
 use crate::tenant::conns::ShardLoad;
 use crate::tenant::logs::EventKind;
 

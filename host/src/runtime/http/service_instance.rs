@@ -19,8 +19,8 @@ use crate::runtime::instance::dispose_after_trap;
 use crate::runtime::instance::{InstanceError, InstanceSettings};
 use crate::runtime::load::GuestPre;
 use crate::runtime::slow_lane;
+use crate::runtime::supervisor::IoProgress;
 use crate::runtime::supervisor::supervise;
-use crate::runtime::sync_streams::IoProgress;
 use crate::tenant::conns::ShardLoad;
 use crate::tenant::logs::EventKind;
 

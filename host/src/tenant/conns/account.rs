@@ -11,8 +11,28 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::admission::Refused;
 use crate::tenant::logs::{AppLog, EventKind};
+
+/// Why a connection was refused, named as the limit is in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// `gateway.max_connections`.
+    #[error("gateway.max_connections")]
+    GatewayFull,
+    /// The app's share of `gateway.max_connections` (see
+    /// `gateway.reserved_connections_percent`).
+    #[error("gateway.reserved_connections_percent")]
+    GatewayShare,
+    /// The app's `limits.max_connections`.
+    #[error("max_connections")]
+    AppFull,
+    /// The app's `limits.max_connections_per_ip`.
+    #[error("max_connections_per_ip")]
+    PerIp,
+    /// Every instance at `limits.max_connections_per_instance`.
+    #[error("max_connections_per_instance")]
+    InstancesFull,
+}
 
 /// One app's accounting.
 pub struct AppAccount {

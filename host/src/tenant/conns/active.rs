@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::ConnTracker;
 use super::account::AppAccount;
-use super::admission::release;
 use crate::base::clock::coarse_now_ms;
 use crate::base::conn::{Closer, ConnInfo, ReceiveError};
+use crate::base::locks::lock;
 use crate::tenant::logs::EventKind;
 
 /// The connections assigned to one shard (instance) and not yet finished,
@@ -171,5 +171,30 @@ impl Drop for ActiveConn {
         self.instance_active.release();
         self.tracker.unregister(self.info.id);
         release(&self.tracker, &self.app, self.client, true, true, true);
+    }
+}
+
+pub(super) fn release(
+    tracker: &ConnTracker,
+    app: &AppAccount,
+    client: IpAddr,
+    global: bool,
+    app_slot: bool,
+    ip: bool,
+) {
+    if global {
+        tracker.active.fetch_sub(1, Ordering::Relaxed);
+    }
+    if app_slot && app.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+        tracker.apps_holding.fetch_sub(1, Ordering::Relaxed);
+    }
+    if ip {
+        let mut per_ip = lock(&app.per_ip);
+        if let Some(count) = per_ip.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&client);
+            }
+        }
     }
 }

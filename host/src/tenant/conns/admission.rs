@@ -48,33 +48,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ConnTracker;
-use super::account::AppAccount;
-use super::active::{ActiveConn, ShardLoad};
+use super::account::{AppAccount, Refused};
+use super::active::{ActiveConn, ShardLoad, release};
 use super::client::client_key;
 use crate::base::clock::coarse_now_ms;
 use crate::base::conn::{Closer, ConnInfo};
 use crate::base::locks::lock;
-
-/// Why a connection was refused, named as the limit is in the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    /// `gateway.max_connections`.
-    #[error("gateway.max_connections")]
-    GatewayFull,
-    /// The app's share of `gateway.max_connections` (see
-    /// `gateway.reserved_connections_percent`).
-    #[error("gateway.reserved_connections_percent")]
-    GatewayShare,
-    /// The app's `limits.max_connections`.
-    #[error("max_connections")]
-    AppFull,
-    /// The app's `limits.max_connections_per_ip`.
-    #[error("max_connections_per_ip")]
-    PerIp,
-    /// Every instance at `limits.max_connections_per_instance`.
-    #[error("max_connections_per_instance")]
-    InstancesFull,
-}
 
 /// Admits a connection from `peer` against the gateway's and the app's
 /// caps; the instance cap is checked by the caller, which then calls
@@ -204,30 +183,5 @@ impl Drop for Admission {
             self.took_app,
             self.took_ip,
         );
-    }
-}
-
-pub(super) fn release(
-    tracker: &ConnTracker,
-    app: &AppAccount,
-    client: IpAddr,
-    global: bool,
-    app_slot: bool,
-    ip: bool,
-) {
-    if global {
-        tracker.active.fetch_sub(1, Ordering::Relaxed);
-    }
-    if app_slot && app.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-        tracker.apps_holding.fetch_sub(1, Ordering::Relaxed);
-    }
-    if ip {
-        let mut per_ip = lock(&app.per_ip);
-        if let Some(count) = per_ip.get_mut(&client) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&client);
-            }
-        }
     }
 }

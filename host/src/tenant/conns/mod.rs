@@ -50,9 +50,9 @@ pub mod client;
 #[cfg(test)]
 mod tests;
 
-pub use account::{AppAccount, AppCounters};
+pub use account::{AppAccount, AppCounters, Refused};
 pub use active::{ActiveConn, ShardLoad};
-pub use admission::{Admission, Refused, admit};
+pub use admission::{Admission, admit};
 pub use client::{DEFAULT_IPV6_PREFIX, client_key, set_client_ipv6_prefix};
 
 /// How often the sweeper looks at every connection: the precision of
