@@ -163,7 +163,7 @@ async fn instantiate(settings: &InstanceSettings) {
     let GuestPre::Shared(pre) = &settings.pre else {
         unreachable!("the echo guest implements conn-handler")
     };
-    let state = HostState::new(settings, 0);
+    let state = HostState::new(settings.inputs(), 0);
     let mut store = Store::new(pre.engine(), state);
     let meter = supervise(
         &mut store,

@@ -30,10 +30,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::sockgate::gateway::types as wit;
+use super::bindings::wit_info;
 use super::http::hooks::GatewayHooks;
 use super::http::outbound::Outbound;
-use super::instance::{InstanceSettings, wit_info};
-use super::supervisor::GuestLimiter;
+use super::limiter::GuestLimiter;
 use crate::base::conn::ReceiveError;
 use crate::limits::AppLimits;
 use crate::tenant::conns::{AppAccount, ConnTracker};
@@ -120,14 +120,31 @@ pub struct HostState {
     http_hooks: GatewayHooks,
 }
 
+/// What a store is given of its app: the runtime's inputs, kept by
+/// `tenant/` (an [`InstanceSettings`](super::instance::InstanceSettings)
+/// lends them for each store it creates).
+pub struct AppInputs<'a> {
+    /// The app's log and events.
+    pub log: &'a Arc<AppLog>,
+    /// The app's outbound policy.
+    pub policy: &'a Arc<OutboundPolicy>,
+    /// The app's limits.
+    pub limits: &'a AppLimits,
+    /// The app's connection accounting.
+    pub account: &'a Arc<AppAccount>,
+    /// The gateway's connection accounting.
+    pub tracker: &'a Arc<ConnTracker>,
+}
+
 impl HostState {
-    /// State for instance `instance` of the app `settings` describe. The
-    /// guest gets no environment, arguments or files; its network access is
-    /// what the app's outbound policy allows.
-    pub fn new(settings: &InstanceSettings, instance: u32) -> Self {
-        let log = settings.log.clone();
-        let policy = settings.policy.clone();
-        let limits = &settings.limits;
+    /// State for instance `instance` of the app `app` describes
+    /// ([`InstanceSettings::inputs`](super::instance::InstanceSettings::inputs)).
+    /// The guest gets no environment, arguments or files; its network
+    /// access is what the app's outbound policy allows.
+    pub fn new(app: AppInputs<'_>, instance: u32) -> Self {
+        let log = app.log.clone();
+        let policy = app.policy.clone();
+        let limits = app.limits;
         log.set_line_rate(limits.log_lines_per_second);
         let mut table = ResourceTable::new();
         table.set_max_capacity(wasi_table_capacity(limits));
@@ -180,13 +197,13 @@ impl HostState {
             policy,
             log,
             instance,
-            account: settings.account.clone(),
-            tracker: settings.tracker.clone(),
+            account: app.account.clone(),
+            tracker: app.tracker.clone(),
             socket_leases: HashMap::new(),
             http: WasiHttpCtx::new(),
             http_hooks: GatewayHooks::new(Outbound {
-                policy: settings.policy.clone(),
-                log: settings.log.clone(),
+                policy: app.policy.clone(),
+                log: app.log.clone(),
                 instance,
             }),
         }

@@ -22,8 +22,7 @@ use wasmtime::Store;
 use wasmtime::component::{Accessor, StreamReader};
 
 use super::bindings::ConnHandler;
-use super::bindings::sockgate::gateway::types as wit;
-use super::host_state::HostState;
+use super::host_state::{AppInputs, HostState};
 use super::load::GuestPre;
 use super::pump::{ClientReader, ClientWriter, ConnGuard};
 use super::slow_lane;
@@ -73,6 +72,17 @@ pub struct InstanceSettings {
 }
 
 impl InstanceSettings {
+    /// What each store of the app is given ([`HostState::new`]).
+    pub fn inputs(&self) -> AppInputs<'_> {
+        AppInputs {
+            log: &self.log,
+            policy: &self.policy,
+            limits: &self.limits,
+            account: &self.account,
+            tracker: &self.tracker,
+        }
+    }
+
     /// Settings for app `name` with `limits` and `policy`, its log and
     /// accounting created fresh.
     pub fn new(
@@ -146,7 +156,7 @@ pub async fn run_instance(
         return (Err(InstanceError::Instantiate(error)), rx);
     };
     let pre = pre.clone();
-    let state = HostState::new(&settings, index);
+    let state = HostState::new(settings.inputs(), index);
     let mut store = Store::new(pre.engine(), state);
     super::host_state::bound_store(&mut store, settings.limits.max_connections_per_instance);
     let progress = IoProgress::default();
@@ -358,9 +368,4 @@ async fn serve(
     let writer = ClientWriter::new(writer, guard, progress.clone());
     accessor.with(|mut store| tx.pipe(&mut store, writer))?;
     Ok(())
-}
-
-/// The WIT view of a connection's info.
-pub fn wit_info(info: &ConnInfo) -> wit::ConnInfo {
-    wit_conn_info!(super::bindings::sockgate::gateway::types, info)
 }

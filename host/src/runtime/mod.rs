@@ -62,6 +62,7 @@ pub(crate) mod guest_sockets;
 pub mod host_state;
 pub(crate) mod http;
 pub mod instance;
+pub(crate) mod limiter;
 pub mod load;
 pub(crate) mod name_lookup;
 pub mod per_connection;

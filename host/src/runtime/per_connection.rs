@@ -193,7 +193,7 @@ fn supervised_store(
     pre: &ConnHandlerSyncPre<HostState>,
     progress: IoProgress,
 ) -> (Store<HostState>, Arc<Meter>) {
-    let state = HostState::new(settings, PER_CONNECTION_INSTANCE);
+    let state = HostState::new(settings.inputs(), PER_CONNECTION_INSTANCE);
     let mut store = Store::new(pre.engine(), state);
     // One connection per store.
     super::host_state::bound_store(&mut store, 1);

@@ -29,13 +29,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use wasmtime::{CallHook, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{CallHook, Store, UpdateDeadline};
 
 use super::budget::{Accounting, Budget, Verdict};
 use super::host_state::HostState;
 use super::ticker;
 use crate::limits::AppLimits;
-use crate::tenant::logs::{AppLog, EventKind};
 
 pub use super::budget::Exceeded;
 pub use super::trap::{TrapCause, explain_trap};
@@ -305,105 +304,4 @@ pub fn supervise_activations(
         Ok(())
     });
     meter
-}
-
-/// Elements one table of a store may grow to. Threat: a guest growing a
-/// table without bound, in host memory outside its `memory_limit_mb`.
-pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
-/// Core instances one store may hold (a component has a handful). Threat: a
-/// guest instantiating without bound.
-pub const MAX_INSTANCES: usize = 100;
-/// Tables one store may hold (a component has a handful).
-pub const MAX_TABLES: usize = 100;
-/// Memories one store may hold (a component has a handful); each is held to
-/// `memory_limit_mb`, so this bounds their sum.
-pub const MAX_MEMORIES: usize = 100;
-
-/// Bounds one instance's memories and tables ([`MAX_TABLE_ELEMENTS`],
-/// [`MAX_INSTANCES`], [`MAX_TABLES`], [`MAX_MEMORIES`], and the app's
-/// `memory_limit_mb`), and remembers refusals so a later trap can be
-/// explained.
-pub struct GuestLimiter {
-    limits: StoreLimits,
-    memory_limit: usize,
-    /// The size a guest last asked to grow a memory to and was refused.
-    pub refused_memory: Option<usize>,
-    log: Arc<AppLog>,
-    instance: u32,
-}
-
-impl GuestLimiter {
-    /// Limits from the app's configuration; refusals are recorded as events
-    /// of instance `instance` in `log`.
-    pub fn new(limits: &AppLimits, log: Arc<AppLog>, instance: u32) -> Self {
-        let memory_limit = usize::try_from(limits.memory_limit_mb << 20).unwrap_or(usize::MAX);
-        Self {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                // A component has a handful of tables and core instances;
-                // these bounds stop a guest from creating unbounded numbers.
-                .table_elements(MAX_TABLE_ELEMENTS)
-                .instances(MAX_INSTANCES)
-                .tables(MAX_TABLES)
-                .memories(MAX_MEMORIES)
-                .trap_on_grow_failure(false)
-                .build(),
-            memory_limit,
-            refused_memory: None,
-            log,
-            instance,
-        }
-    }
-
-    /// The memory limit in bytes.
-    pub fn memory_limit(&self) -> usize {
-        self.memory_limit
-    }
-}
-
-impl ResourceLimiter for GuestLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = self.limits.memory_growing(current, desired, maximum)?;
-        if !allowed {
-            // Record the first refusal only: a guest retrying in a loop
-            // must not flood the events.
-            if self.refused_memory.is_none() {
-                self.log.event(
-                    Some(self.instance),
-                    EventKind::MemoryRefused {
-                        requested: desired,
-                        limit: self.memory_limit,
-                    },
-                );
-            }
-            self.refused_memory = Some(desired);
-        }
-        Ok(allowed)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
-    }
-
-    fn instances(&self) -> usize {
-        self.limits.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.limits.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.limits.memories()
-    }
 }

@@ -64,7 +64,7 @@ pub(super) fn serve_on_new_instance(
     let progress = IoProgress::default();
     let mut store = Store::new(
         pre.engine(),
-        HostState::new(settings, PER_CONNECTION_INSTANCE),
+        HostState::new(settings.inputs(), PER_CONNECTION_INSTANCE),
     );
     bound_store(&mut store, 1);
     let meter = supervise_activations(

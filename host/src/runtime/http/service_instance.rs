@@ -115,7 +115,7 @@ async fn run_instance(
         return (Err(InstanceError::Instantiate(error)), jobs);
     };
     let pre = pre.clone();
-    let mut store = Store::new(pre.engine(), HostState::new(&settings, index));
+    let mut store = Store::new(pre.engine(), HostState::new(settings.inputs(), index));
     bound_store(&mut store, settings.limits.max_connections_per_instance);
     // Request and response bodies move inside wasmtime-wasi-http, not
     // through the gateway's byte pumps: nothing sets the progress flag, and
