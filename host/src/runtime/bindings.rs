@@ -25,8 +25,3 @@ pub const HANDLER_EXPORT: &str = "sockgate:gateway/handler@0.1.0";
 pub const TYPES_IMPORT: &str = "sockgate:gateway/types@0.1.0";
 /// The interface answering `connection.info`.
 pub const CONNECTION_IMPORT: &str = "sockgate:gateway/connection@0.1.0";
-
-/// The WIT view of a connection's info.
-pub(crate) fn wit_info(info: &crate::base::conn::ConnInfo) -> sockgate::gateway::types::ConnInfo {
-    wit_conn_info!(sockgate::gateway::types, info)
-}

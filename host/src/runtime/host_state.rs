@@ -30,7 +30,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::sockgate::gateway::types as wit;
-use super::bindings::wit_info;
 use super::http::hooks::GatewayHooks;
 use super::http::outbound::Outbound;
 use super::limiter::GuestLimiter;
@@ -384,4 +383,9 @@ impl Drop for LineWriter {
             self.emit(end);
         }
     }
+}
+
+/// The WIT view of a connection's info.
+fn wit_info(info: &crate::base::conn::ConnInfo) -> wit::ConnInfo {
+    wit_conn_info!(super::bindings::sockgate::gateway::types, info)
 }

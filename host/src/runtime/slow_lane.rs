@@ -22,11 +22,11 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
-use super::supervisor::Meter;
+use super::supervisor::{self, Meter};
+use super::ticker;
 use crate::base::locks::{lock, wait};
 
 /// The nice value of the slow lane's threads (0 is the default, 19 the
@@ -235,19 +235,10 @@ struct SlowLane {
     ready: Condvar,
 }
 
-/// Futures lent to the slow lane and not back yet.
-static LENT: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether a guest is computing in the slow lane (or waiting there for its
-/// turn); the supervisor ticks faster meanwhile.
-pub fn busy() -> bool {
-    LENT.load(Ordering::Relaxed) > 0
-}
-
 impl SlowLane {
     /// Takes a future lent by its task.
     fn lend(&self, slice: Arc<dyn Slice>) {
-        LENT.fetch_add(1, Ordering::Relaxed);
+        ticker::slow_lane_lent();
         self.push(slice);
     }
 
@@ -258,7 +249,7 @@ impl SlowLane {
 
     /// One slow lane thread: time slices, first come first served.
     fn serve(&self) {
-        ON_SLOW_LANE.with(|on| on.set(true));
+        supervisor::mark_slow_lane_thread();
         lower_priority();
         loop {
             let next = {
@@ -275,25 +266,15 @@ impl SlowLane {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| next.slice())) {
                 Ok(true) => self.push(next),
                 Ok(false) => {
-                    LENT.fetch_sub(1, Ordering::Relaxed);
+                    ticker::slow_lane_returned();
                 }
                 Err(panic) => {
-                    LENT.fetch_sub(1, Ordering::Relaxed);
+                    ticker::slow_lane_returned();
                     next.panicked(panic);
                 }
             }
         }
     }
-}
-
-thread_local! {
-    static ON_SLOW_LANE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether the calling thread is one of the slow lane's, which polls a
-/// yielding guest again without being woken.
-pub fn on_slow_lane() -> bool {
-    ON_SLOW_LANE.with(|on| on.get())
 }
 
 /// The process's slow lane: one thread per core, started on first use;

@@ -47,6 +47,21 @@ use crate::base::clock::coarse_now_ms;
 /// budget ([`Activation::HostWait`]).
 pub(crate) type IoProgress = Arc<AtomicBool>;
 
+thread_local! {
+    static ON_SLOW_LANE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one of the slow lane's ([`super::slow_lane`]).
+pub(crate) fn mark_slow_lane_thread() {
+    ON_SLOW_LANE.with(|on| on.set(true));
+}
+
+/// Whether the calling thread is one of the slow lane's, which polls a
+/// yielding guest again without being woken.
+fn on_slow_lane() -> bool {
+    ON_SLOW_LANE.with(|on| on.get())
+}
+
 /// Whether guests are supervised. Always in the gateway; only the
 /// benchmarks that measure what supervision costs turn it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -209,7 +224,7 @@ impl Meter {
                 return std::task::Poll::Ready(());
             }
             yielded = true;
-            if !super::slow_lane::on_slow_lane() {
+            if !on_slow_lane() {
                 cx.waker().wake_by_ref();
             }
             std::task::Poll::Pending

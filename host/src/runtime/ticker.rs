@@ -14,7 +14,7 @@
 //! - [`IDLE_TICK`] when no guest ran during a tick, until one starts
 //!   ([`guest_active`] wakes the ticker).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -70,6 +70,27 @@ static TICKER: OnceLock<Thread> = OnceLock::new();
 /// process; the supervision benchmark builds several.
 static TICKED_ENGINES: Mutex<Vec<Engine>> = Mutex::new(Vec::new());
 
+/// Futures lent to the slow lane ([`super::slow_lane`]) and not back yet;
+/// the slow lane reports them here, and the ticker goes faster while there
+/// are any.
+static SLOW_LANE_LENT: AtomicUsize = AtomicUsize::new(0);
+
+/// The slow lane took a guest's future.
+pub(crate) fn slow_lane_lent() {
+    SLOW_LANE_LENT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The slow lane gave a guest's future back.
+pub(crate) fn slow_lane_returned() {
+    SLOW_LANE_LENT.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Whether a guest is computing in the slow lane (or waiting there for its
+/// turn); the ticker ticks faster meanwhile.
+fn slow_lane_busy() -> bool {
+    SLOW_LANE_LENT.load(Ordering::Relaxed) > 0
+}
+
 /// A guest runs (an activation starts, or a tick found one running): on
 /// the path of every message, so one relaxed load, except for the first
 /// guest after the ticker went idle, which refreshes the coarse clock and
@@ -101,7 +122,7 @@ pub fn start_ticker(engine: &Engine) {
 fn tick_forever() {
     let mut busy_at: Option<Instant> = None;
     loop {
-        if super::slow_lane::busy() {
+        if slow_lane_busy() {
             busy_at = Some(Instant::now());
         }
         let active = ACTIVE.swap(false, Ordering::Relaxed);
