@@ -19,7 +19,7 @@ use crate::base::backoff::Backoff;
 use crate::base::conn::Connection;
 use crate::runtime::host_state::HostState;
 use crate::runtime::http::serving::{HttpApp, HttpSite, Workers};
-use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings, run_instance};
+use crate::runtime::instance::{Assigned, InstanceSettings, run_instance};
 use crate::runtime::load::GuestPre;
 use crate::runtime::per_connection::serve_connection;
 use crate::runtime::sync_bindings::ConnHandlerSyncPre;
@@ -293,40 +293,17 @@ async fn shard_loop(
     mut rx: mpsc::Receiver<Assigned>,
     active: Arc<ShardLoad>,
 ) {
-    let log = settings.log.clone();
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
         let (outcome, returned) = run_instance(settings.clone(), index, rx, active.clone()).await;
         rx = returned;
-        let kind = match outcome {
+        match outcome {
             Ok(()) => return,
-            Err(InstanceError::Instantiate(err)) => EventKind::InstanceFailed {
-                reason: format!("{err:#}"),
-            },
-            Err(InstanceError::Trap {
-                cause,
-                reason,
-                connections,
-            }) => {
-                settings.account.counters.traps[cause.index()]
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                EventKind::InstanceTrapped {
-                    cause: cause.as_str(),
-                    reason,
-                    connections,
-                }
+            Err(err) => {
+                err.record_and_back_off(&settings, index, started.elapsed(), &mut backoff)
+                    .await
             }
-        };
-        log.event(Some(index), kind);
-        if let Some(delay) = backoff.after_exit(started.elapsed()) {
-            log.event(
-                Some(index),
-                EventKind::Backoff {
-                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                },
-            );
-            tokio::time::sleep(delay).await;
         }
     }
 }

@@ -139,6 +139,50 @@ pub enum InstanceError {
     },
 }
 
+impl InstanceError {
+    /// Records why an instance of the app ended — a failed instantiation,
+    /// or a trap (counted by cause) — in the app's events, then waits the
+    /// crash-loop back-off before the next instance starts (`lived`: how
+    /// long this one ran). One mechanism for every world's instance loop.
+    pub(crate) async fn record_and_back_off(
+        self,
+        settings: &InstanceSettings,
+        index: u32,
+        lived: std::time::Duration,
+        backoff: &mut crate::base::backoff::Backoff,
+    ) {
+        let log = &settings.log;
+        let kind = match self {
+            InstanceError::Instantiate(err) => EventKind::InstanceFailed {
+                reason: format!("{err:#}"),
+            },
+            InstanceError::Trap {
+                cause,
+                reason,
+                connections,
+            } => {
+                settings.account.counters.traps[cause.index()]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                EventKind::InstanceTrapped {
+                    cause: cause.as_str(),
+                    reason,
+                    connections,
+                }
+            }
+        };
+        log.event(Some(index), kind);
+        if let Some(delay) = backoff.after_exit(lived) {
+            log.event(
+                Some(index),
+                EventKind::Backoff {
+                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                },
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
 /// Creates instance `index` and serves connections from `rx` on it until
 /// the channel closes (`Ok`) or the instance traps. `active` counts the
 /// connections assigned to this shard. Returns `rx` for the next instance.

@@ -7,7 +7,6 @@
 //! queued when a store ends are not lost: they go to the next one.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 use wasmtime::Store;
@@ -54,7 +53,7 @@ pub(super) async fn instance_loop(
         let started = std::time::Instant::now();
         let (outcome, returned) = run_instance(settings.clone(), index, jobs, load.clone()).await;
         jobs = returned;
-        let kind = match outcome {
+        match outcome {
             Ok(ServiceEnd::Closed) => return,
             Ok(ServiceEnd::Recycle { lingering }) => {
                 log.event(
@@ -69,31 +68,10 @@ pub(super) async fn instance_loop(
                 );
                 continue;
             }
-            Err(InstanceError::Instantiate(err)) => EventKind::InstanceFailed {
-                reason: format!("{err:#}"),
-            },
-            Err(InstanceError::Trap {
-                cause,
-                reason,
-                connections,
-            }) => {
-                settings.account.counters.traps[cause.index()].fetch_add(1, Ordering::Relaxed);
-                EventKind::InstanceTrapped {
-                    cause: cause.as_str(),
-                    reason,
-                    connections,
-                }
+            Err(err) => {
+                err.record_and_back_off(&settings, index, started.elapsed(), &mut backoff)
+                    .await
             }
-        };
-        log.event(Some(index), kind);
-        if let Some(delay) = backoff.after_exit(started.elapsed()) {
-            log.event(
-                Some(index),
-                EventKind::Backoff {
-                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                },
-            );
-            tokio::time::sleep(delay).await;
         }
     }
 }
