@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::base::backoff::Backoff;
 use crate::base::conn::Connection;
+use crate::runtime::events::run_events_instance;
 use crate::runtime::host_state::HostState;
 use crate::runtime::http::serving::{HttpApp, HttpSite, Workers};
 use crate::runtime::instance::{Assigned, InstanceSettings, run_instance};
@@ -296,7 +297,11 @@ async fn shard_loop(
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        let (outcome, returned) = run_instance(settings.clone(), index, rx, active.clone()).await;
+        let (outcome, returned) = if let GuestPre::Events(_) = &settings.pre {
+            run_events_instance(settings.clone(), index, rx).await
+        } else {
+            run_instance(settings.clone(), index, rx, active.clone()).await
+        };
         rx = returned;
         match outcome {
             Ok(()) => return,

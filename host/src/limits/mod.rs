@@ -53,6 +53,10 @@
 //! | calls past their deadline in one WASI 0.3 instance (`MAX_LINGERING_CALLS`) | 64, then the instance is replaced | a guest that never answers some requests piling their tasks up in one store | `runtime/http/service_instance.rs` |
 //! | requests held by one WASI 0.3 store (`MAX_REQUESTS_IN_STORE`) | 1024 (or `max_connections_per_instance` if lower) | the ends of earlier requests piling up in the store's table until the instance traps | `runtime/http/service_instance.rs` |
 //! | unread response body drained (`DRAIN_LIMIT`) | 10 s | a body nobody reads holding its request's place in the instance | `runtime/http/bodies.rs` |
+//! | event-world send queue (`SEND_HIGH_WATER`, `SEND_HARD_CAP`) | 64 KiB (reading from the client pauses), 1 MiB (the connection is closed) | a client that sends without reading, or a guest that ignores backpressure, making the gateway hold the replies | `runtime/events/conn.rs` |
+//! | event-world batch (`MAX_BATCH_EVENTS`, `MAX_BATCH_BYTES`) | 256 events, 256 KiB per call | a batch so large that lowering it takes the guest's memory or one call runs long | `runtime/events/driver.rs` |
+//! | event-world timers (`MAX_TIMERS`) | 65,536 pending per instance | a guest setting timers in a loop to grow the gateway's memory | `runtime/events/timers.rs` |
+//! | event-world outbound connect (`CONNECT_TIMEOUT`) | 10 s | an address that never answers holding a socket lease | `runtime/events/outbound.rs` |
 //! | versions kept per app (`VERSIONS_KEPT`) | 10 | deploys growing the state directory without end | `state/mod.rs` |
 //!
 //! Defaults a guest may change, not bounds: the outbound HTTP timeouts

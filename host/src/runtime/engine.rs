@@ -1,6 +1,8 @@
 //! The process-wide wasmtime engines and linkers: one for the long-lived
-//! instances of `conn-handler` apps, and one, created when the first
-//! `conn-handler-sync` app is loaded, for instances created per connection.
+//! instances of `conn-handler` apps; one, created when the first
+//! `conn-handler-sync` app is loaded, for instances created per connection;
+//! and one, created when the first `conn-events` app is loaded, without
+//! component-model concurrency, for the event world's plain calls.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -30,6 +32,25 @@ pub struct Runtime {
     cache_dir: PathBuf,
     /// The per-connection engine, created on first use.
     per_connection: OnceLock<PerConnectionRuntime>,
+    /// The event world's engine, created on first use.
+    events: OnceLock<EventsRuntime>,
+}
+
+/// The engine, linker and cache of the `conn-events` world. A separate
+/// engine because the event world's export is a plain synchronous
+/// function, called once per batch: on an engine with component-model
+/// concurrency every call, even of a synchronous export, goes through the
+/// concurrent machinery (a queued task, its thread state, its cleanup),
+/// which costs microseconds per call; without it, a call is a switch onto
+/// the store's fiber and back. Event-world guests need no component-model
+/// async: their imports are WASI 0.2.
+pub struct EventsRuntime {
+    /// The engine `conn-events` components are compiled for.
+    pub engine: Engine,
+    /// WASI 0.2 imports and the world's types interface.
+    pub linker: Linker<HostState>,
+    /// Compiled components on disk, keyed apart from the other engines'.
+    pub cache: CompileCache,
 }
 
 /// The engine, linker and cache of the `conn-handler-sync` world: one
@@ -87,6 +108,7 @@ impl Runtime {
             cache,
             cache_dir,
             per_connection: OnceLock::new(),
+            events: OnceLock::new(),
         })
     }
 
@@ -138,6 +160,46 @@ impl Runtime {
         let created = PerConnectionRuntime::new(self.cache_dir.clone(), self.supervision)?;
         // Two loads racing both build one; the loser's is dropped unused.
         Ok(self.per_connection.get_or_init(|| created))
+    }
+}
+
+impl Runtime {
+    /// The engine of `conn-events` apps, created on first use.
+    pub fn events(&self) -> Result<&EventsRuntime> {
+        if let Some(runtime) = self.events.get() {
+            return Ok(runtime);
+        }
+        let created = EventsRuntime::new(self.cache_dir.clone(), self.supervision)?;
+        // Two loads racing both build one; the loser's is dropped unused.
+        Ok(self.events.get_or_init(|| created))
+    }
+}
+
+impl EventsRuntime {
+    fn new(cache_dir: PathBuf, supervision: Supervision) -> Result<Self> {
+        let mut config = engine_config(supervision);
+        config.wasm_component_model_async(false);
+        config.concurrency_support(false);
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("cannot create the event world's wasmtime engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add WASI 0.2 to the event world's linker")?;
+        super::guest_sockets::add_p2_to_linker(&mut linker)?;
+        // `handler` uses the types-only interface `types`.
+        linker
+            .instance(super::events::bindings::EVENTS_TYPES_IMPORT)
+            .map_err(anyhow::Error::from)
+            .context("cannot add sockgate:events/types to the linker")?;
+        let cache = CompileCache::open_labeled(cache_dir, &engine, "events")?;
+        super::supervisor::start_ticker(&engine);
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+        })
     }
 }
 

@@ -7,7 +7,9 @@
 //! with a parser before compiling (so a component is compiled once, for the
 //! right engine): `sockgate:gateway/handler` means `conn-handler` (one
 //! long-lived instance serves many connections), `sockgate:gateway/sync-handler`
-//! means `conn-handler-sync` (WASI 0.2, one instance per connection).
+//! means `conn-handler-sync` (WASI 0.2, one instance per connection),
+//! `sockgate:events/handler` means `conn-events` (one call per batch of
+//! socket events, on long-lived instances).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,6 +20,8 @@ use wasmtime::component::Component;
 use super::Runtime;
 use super::bindings::{CONNECTION_IMPORT, ConnHandlerPre, HANDLER_EXPORT, TYPES_IMPORT};
 use super::cache::CacheOutcome;
+use super::events::ConnEventsPre;
+use super::events::bindings::{EVENTS_HANDLER_EXPORT, EVENTS_TYPES_IMPORT};
 use super::host_state::HostState;
 use super::http::{self, Detected, HttpPre, HttpWorld};
 use super::sync_bindings::{ConnHandlerSyncPre, SYNC_HANDLER_EXPORT, SYNC_TYPES_IMPORT};
@@ -38,6 +42,8 @@ const PROVIDED_PACKAGES: &[&str] = &[
 const PROVIDED_INTERFACES: &[&str] = &[TYPES_IMPORT, CONNECTION_IMPORT];
 /// Non-WASI interfaces the gateway provides to `conn-handler-sync` guests.
 const PROVIDED_SYNC_INTERFACES: &[&str] = &[SYNC_TYPES_IMPORT];
+/// Non-WASI interfaces the gateway provides to `conn-events` guests.
+const PROVIDED_EVENTS_INTERFACES: &[&str] = &[EVENTS_TYPES_IMPORT];
 
 /// The WIT world a component implements, which decides how it is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -49,6 +55,10 @@ pub enum World {
     /// `conn-handler-sync` (wit/sync/): WASI 0.2, a synchronous export
     /// called once on an instance created for each connection.
     ConnHandlerSync,
+    /// `conn-events` (wit/events/): a synchronous export called with
+    /// batches of socket events on long-lived instances (shards); the
+    /// gateway does all the I/O (`runtime::events`).
+    ConnEvents,
     /// `wasi:http/service` (WASI 0.3, export `wasi:http/handler@0.3.x`):
     /// an HTTP app whose requests are served concurrently on long-lived
     /// instances (`runtime::http::service`).
@@ -65,6 +75,7 @@ impl World {
         match self {
             World::ConnHandler => "conn-handler",
             World::ConnHandlerSync => "conn-handler-sync",
+            World::ConnEvents => "conn-events",
             World::HttpService => "wasi:http/service",
             World::HttpProxy => "wasi:http/proxy",
         }
@@ -86,6 +97,9 @@ pub enum GuestPre {
     PerConnection(ConnHandlerSyncPre<HostState>),
     /// A `wasi:http` component (either world).
     Http(HttpPre<HostState>),
+    /// A `conn-events` component: long-lived instances, each driven by
+    /// one event loop.
+    Events(ConnEventsPre<HostState>),
 }
 
 impl GuestPre {
@@ -94,6 +108,7 @@ impl GuestPre {
         match self {
             GuestPre::Shared(_) => World::ConnHandler,
             GuestPre::PerConnection(_) => World::ConnHandlerSync,
+            GuestPre::Events(_) => World::ConnEvents,
             GuestPre::Http(pre) => match pre.world() {
                 HttpWorld::Service => World::HttpService,
                 HttpWorld::Proxy => World::HttpProxy,
@@ -155,11 +170,13 @@ pub enum LoadError {
     },
     /// The component exports neither world's handler interface.
     #[error(
-        "{path} implements neither sockgate world: it exports neither `{HANDLER_EXPORT}` \
-         (world `conn-handler`, wit/gateway.wit) nor `{SYNC_HANDLER_EXPORT}` (world \
-         `conn-handler-sync`, wit/sync/conn-handler-sync.wit) (it exports: {exports}); \
-         implement `handler.handle` from the gateway's wit/gateway.wit, or \
-         `sync-handler.handle` for WASI 0.2 toolchains; an HTTP app exports \
+        "{path} implements no sockgate world: it exports none of `{HANDLER_EXPORT}` \
+         (world `conn-handler`, wit/gateway.wit), `{SYNC_HANDLER_EXPORT}` (world \
+         `conn-handler-sync`, wit/sync/conn-handler-sync.wit) and `{EVENTS_HANDLER_EXPORT}` \
+         (world `conn-events`, wit/events/conn-events.wit) (it exports: {exports}); \
+         implement `handler.handle` from the gateway's wit/gateway.wit, \
+         `sync-handler.handle` for WASI 0.2 toolchains, or the event world's \
+         `handler.handle`; an HTTP app exports \
          `wasi:http/handler@0.3.x` (world `wasi:http/service`) or \
          `wasi:http/incoming-handler@0.2.x` (world `wasi:http/proxy`)"
     )]
@@ -254,6 +271,7 @@ pub fn load_component_bytes(
     // compiled once, for the engine that will run it. A component the
     // parser cannot read goes to the main engine, whose compiler explains.
     let world = match top_level_exports(bytes) {
+        Ok(exports) if exports.iter().any(|e| e == EVENTS_HANDLER_EXPORT) => World::ConnEvents,
         Ok(exports)
             if !exports
                 .iter()
@@ -282,6 +300,7 @@ pub fn load_component_bytes(
     };
     match world {
         World::ConnHandler => load_shared(runtime, path, bytes, world),
+        World::ConnEvents => load_events(runtime, path, bytes),
         World::ConnHandlerSync | World::HttpProxy => {
             load_per_connection(runtime, path, bytes, world)
         }
@@ -336,6 +355,51 @@ fn load_shared(
     Ok(LoadedComponent {
         component,
         pre,
+        world,
+        cache,
+        size: bytes.len(),
+        load_time,
+    })
+}
+
+/// Compiles and checks a `conn-events` component for the event world's
+/// engine.
+fn load_events(
+    runtime: &Runtime,
+    path: PathBuf,
+    bytes: &[u8],
+) -> Result<LoadedComponent, LoadError> {
+    let world = World::ConnEvents;
+    let invalid = |err: anyhow::Error| LoadError::Invalid {
+        path: path.clone(),
+        reason: format!("{err:#}"),
+    };
+    let events = runtime.events().map_err(invalid)?;
+    let started = Instant::now();
+    let (component, cache) = events
+        .cache
+        .load_or_compile(&events.engine, bytes)
+        .map_err(invalid)?;
+    let load_time = started.elapsed();
+    check_exports_and_imports(&events.engine, &component, &path, world)?;
+    let instance_pre =
+        events
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|err| LoadError::UnsupportedImports {
+                path: path.clone(),
+                world: world.name(),
+                imports: format!("{err:#}"),
+            })?;
+    let pre = ConnEventsPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
+        path: path.clone(),
+        export: EVENTS_HANDLER_EXPORT,
+        wit: "wit/events/conn-events.wit",
+        reason: format!("{err:#}"),
+    })?;
+    Ok(LoadedComponent {
+        component,
+        pre: GuestPre::Events(pre),
         world,
         cache,
         size: bytes.len(),
@@ -413,6 +477,7 @@ fn check_exports_and_imports(
     let export = match world {
         World::ConnHandler => Some(HANDLER_EXPORT),
         World::ConnHandlerSync => Some(SYNC_HANDLER_EXPORT),
+        World::ConnEvents => Some(EVENTS_HANDLER_EXPORT),
         World::HttpService | World::HttpProxy => None,
     };
     if let Some(export) = export
@@ -472,6 +537,7 @@ fn is_provided(import: &str, world: World) -> bool {
     let own = match world {
         World::ConnHandler => PROVIDED_INTERFACES,
         World::ConnHandlerSync => PROVIDED_SYNC_INTERFACES,
+        World::ConnEvents => PROVIDED_EVENTS_INTERFACES,
         World::HttpService | World::HttpProxy => &[],
     };
     PROVIDED_PACKAGES.contains(&package)

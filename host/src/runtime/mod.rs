@@ -27,6 +27,8 @@
 //! - [`sync_streams`]: a client connection as WASI 0.2 input/output streams.
 //! - [`per_connection`]: serving a `conn-handler-sync` app, one instance per
 //!   connection.
+//! - [`events`]: the `conn-events` world, a guest called once per batch of
+//!   socket events.
 
 /// Converts a [`ConnInfo`](crate::base::conn::ConnInfo) into the `conn-info`
 /// record of a generated bindings module (`$wit`): both worlds' records
@@ -58,6 +60,7 @@ pub mod bindings;
 pub(crate) mod budget;
 pub mod cache;
 pub mod engine;
+pub mod events;
 pub(crate) mod guest_sockets;
 pub mod host_state;
 pub(crate) mod http;

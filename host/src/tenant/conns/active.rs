@@ -113,6 +113,18 @@ impl ActiveConn {
         }
     }
 
+    /// Whether the gateway closed the connection itself (a limit, the end
+    /// of a drain), so that a guest can be told why it ended.
+    pub fn closed_by_gateway(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Aborts the transport in both directions because the guest asked
+    /// to (the event world's `close`): no limit is recorded.
+    pub fn abort(&self) {
+        (self.closer)();
+    }
+
     fn touch(&self) {
         self.last_activity_ms
             .store(coarse_now_ms(), Ordering::Relaxed);

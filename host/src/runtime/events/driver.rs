@@ -1,0 +1,492 @@
+//! The event loop of one event-world instance: one task owns the store and
+//! every connection of the instance. Each turn it gathers what is ready —
+//! new connections, bytes and ends from the connections whose transport
+//! woke them ([`ReadyList`]), fired timers, finished connects — into one
+//! batch, calls the guest's `handle` once, and carries out the actions it
+//! returns. No task per connection and no channel hop per message: a
+//! message costs a read, its share of one call into the guest, and a write.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use wasmtime::Store;
+
+use super::bindings::{
+    Action, CloseReason, Closed, ConnEvents, ConnectFailed, Connected, Event, QuicStream, Received,
+    WitConnInfo, WitTransport,
+};
+use super::conn::{ConnWaker, EventConn, READ_CHUNK, ReadOutcome};
+use super::outbound::{self, ConnectRefused};
+use super::ready::ReadyList;
+use super::timers::Timers;
+use crate::base::conn::{ConnInfo, Transport, next_conn_id};
+use crate::runtime::host_state::HostState;
+use crate::runtime::instance::{Assigned, InstanceSettings};
+use crate::runtime::supervisor::IoProgress;
+use crate::tenant::guest_budget::SocketLease;
+use crate::tenant::logs::EventKind;
+
+/// Most events in one call. Threat: a batch so large that lowering it
+/// into the guest takes its memory, or one call runs for long.
+pub(crate) const MAX_BATCH_EVENTS: usize = 256;
+/// Most bytes received passed in one call (the same threat).
+pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Most bytes read from one connection per turn, so one busy client does
+/// not fill a batch its neighbours are waiting for.
+const MAX_TURN_BYTES: usize = 64 * 1024;
+/// Batches served in a row before the task lets the other tasks of its
+/// thread run: the loop runs outside tokio's per-poll operation budget
+/// (which would make reads past its 128th operation fail spuriously,
+/// re-queueing their connections), so it yields on its own.
+const BATCHES_BEFORE_YIELD: u32 = 8;
+
+/// A connect in progress: the guest's token and the outcome.
+type Connecting =
+    Pin<Box<dyn Future<Output = (u64, Result<(TcpStream, SocketLease), ConnectRefused>)> + Send>>;
+
+/// What a turn of gathering ended with.
+enum Step {
+    /// A batch of events is ready for the guest.
+    Batch,
+    /// The instance is done: its channel closed and its connections
+    /// finished (or the drain deadline passed).
+    Done,
+}
+
+/// The instance's connections, timers and connects, and the batch being
+/// gathered.
+pub(crate) struct Driver {
+    settings: Arc<InstanceSettings>,
+    index: u32,
+    conns: HashMap<u64, EventConn>,
+    ready: Arc<ReadyList>,
+    /// Ids taken from the ready list this turn.
+    woken: Vec<u64>,
+    /// Ids to service on the next turn without a wake-up: new connections,
+    /// those the guest acted on, those with more to read.
+    carry: Vec<u64>,
+    events: Vec<Event>,
+    batch_bytes: usize,
+    timers: Timers,
+    fired: Vec<u64>,
+    connects: FuturesUnordered<Connecting>,
+    buf: Box<[u8]>,
+    progress: IoProgress,
+    /// Once the channel closed: the drain deadline.
+    draining: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The guest was told once that it set too many timers.
+    timers_refused: bool,
+}
+
+impl Driver {
+    /// A driver for instance `index` of the app, setting `progress`
+    /// whenever bytes move.
+    pub(crate) fn new(settings: Arc<InstanceSettings>, index: u32, progress: IoProgress) -> Self {
+        Self {
+            settings,
+            index,
+            conns: HashMap::new(),
+            ready: Arc::new(ReadyList::default()),
+            woken: Vec::new(),
+            carry: Vec::new(),
+            events: Vec::new(),
+            batch_bytes: 0,
+            timers: Timers::default(),
+            fired: Vec::new(),
+            connects: FuturesUnordered::new(),
+            buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            progress,
+            draining: None,
+            timers_refused: false,
+        }
+    }
+
+    /// Serves connections from `rx` until the channel closes and they have
+    /// drained; an error is a trap of the guest, with the number of
+    /// connections it ends.
+    pub(crate) async fn serve(
+        mut self,
+        store: &mut Store<HostState>,
+        guest: &ConnEvents,
+        rx: &mut mpsc::Receiver<Assigned>,
+    ) -> Result<(), (wasmtime::Error, usize)> {
+        let handler = guest.sockgate_events_handler();
+        let mut in_a_row = 0;
+        loop {
+            let mut waited = false;
+            let step = std::future::poll_fn(|cx| {
+                let step = self.poll_gather(cx, rx);
+                waited |= step.is_pending();
+                step
+            });
+            // Polled without tokio's budget: one turn touches as many
+            // connections as are ready (bounded by the batch).
+            let step = tokio::task::coop::unconstrained(step).await;
+            in_a_row = if waited { 0 } else { in_a_row + 1 };
+            if in_a_row >= BATCHES_BEFORE_YIELD {
+                in_a_row = 0;
+                tokio::task::yield_now().await;
+            }
+            match step {
+                Step::Done => return Ok(()),
+                Step::Batch => {
+                    let actions = handler
+                        .call_handle(&mut *store, &self.events)
+                        .await
+                        .map_err(|error| (error, self.conns.len()))?;
+                    self.events.clear();
+                    self.batch_bytes = 0;
+                    self.apply(actions);
+                }
+            }
+        }
+    }
+
+    fn batch_full(&self) -> bool {
+        self.events.len() >= MAX_BATCH_EVENTS || self.batch_bytes >= MAX_BATCH_BYTES
+    }
+
+    /// Gathers a batch: new connections, finished connects, fired timers,
+    /// then the connections that are ready.
+    fn poll_gather(
+        &mut self,
+        cx: &mut Context<'_>,
+        rx: &mut mpsc::Receiver<Assigned>,
+    ) -> Poll<Step> {
+        self.ready.register(cx.waker());
+        if self.draining.is_none() {
+            while !self.batch_full() {
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(assigned)) => self.open(assigned),
+                    Poll::Ready(None) => {
+                        self.draining = Some(Box::pin(tokio::time::sleep(self.settings.drain)));
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        while !self.batch_full() {
+            match self.connects.poll_next_unpin(cx) {
+                Poll::Ready(Some((token, outcome))) => self.connected(token, outcome),
+                _ => break,
+            }
+        }
+        let room = MAX_BATCH_EVENTS.saturating_sub(self.events.len());
+        self.timers.poll_fired(cx, &mut self.fired, room);
+        for token in self.fired.drain(..) {
+            self.events.push(Event::Timer(token));
+        }
+        // Connections carried from the last turn, then those woken since.
+        self.ready.take(&mut self.woken);
+        let mut ids = std::mem::take(&mut self.carry);
+        ids.append(&mut self.woken);
+        for id in ids.drain(..) {
+            if self.batch_full() {
+                self.carry.push(id);
+            } else {
+                self.service(id);
+            }
+        }
+        self.woken = ids;
+        if !self.events.is_empty() {
+            return Poll::Ready(Step::Batch);
+        }
+        if !self.carry.is_empty() {
+            // Connections that read up to their share: look again at once.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if let Some(deadline) = self.draining.as_mut() {
+            if self.conns.is_empty() && self.connects.is_empty() {
+                return Poll::Ready(Step::Done);
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                self.end_drain();
+                return Poll::Ready(Step::Done);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// A new client connection: the guest hears `opened`, and the
+    /// connection is serviced this turn (its first bytes may be there).
+    fn open(&mut self, assigned: Assigned) {
+        let Assigned {
+            info,
+            reader,
+            writer,
+            guard,
+        } = assigned;
+        let waker = ConnWaker::new(info.id, self.ready.clone());
+        let conn = EventConn::new(reader, writer, Some(guard), None, waker);
+        self.conns.insert(info.id, conn);
+        self.carry.push(info.id);
+        self.events.push(Event::Opened(wit_info(&info)));
+    }
+
+    /// Writes what is queued, then reads, for one connection; records what
+    /// happened as events.
+    fn service(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.waker().taken();
+        let flushed = conn.flush();
+        if flushed.writable {
+            self.events.push(Event::Writable(id));
+        }
+        if let Some(reason) = flushed.failed {
+            self.remove(id, reason);
+            return;
+        }
+        let mut got: Vec<u8> = Vec::new();
+        let mut ended = None;
+        loop {
+            match conn.read(&mut self.buf) {
+                ReadOutcome::Bytes(n) => {
+                    got.extend_from_slice(&self.buf[..n]);
+                    if got.len() >= MAX_TURN_BYTES
+                        || self.batch_bytes + got.len() >= MAX_BATCH_BYTES
+                    {
+                        // More may be ready: this connection's share of the
+                        // turn is used, it goes on next turn.
+                        self.carry.push(id);
+                        break;
+                    }
+                }
+                ReadOutcome::Ended => {
+                    ended = Some(None);
+                    break;
+                }
+                ReadOutcome::Failed(reason) => {
+                    ended = Some(Some(reason));
+                    break;
+                }
+                ReadOutcome::Nothing => break,
+            }
+        }
+        let finished = conn.finished();
+        if !got.is_empty() {
+            self.batch_bytes += got.len();
+            self.progress.store(true, Ordering::Relaxed);
+            self.events.push(Event::Received(Received {
+                conn: id,
+                bytes: got,
+            }));
+        }
+        match ended {
+            Some(Some(reason)) => self.remove(id, reason),
+            Some(None) => {
+                self.events.push(Event::Ended(id));
+                if finished {
+                    self.remove(id, CloseReason::Done);
+                }
+            }
+            None if finished => self.remove(id, CloseReason::Done),
+            None => {}
+        }
+    }
+
+    /// A connection is gone: the guest hears `closed`, its counts go.
+    fn remove(&mut self, id: u64, reason: CloseReason) {
+        if self.conns.remove(&id).is_some() {
+            self.events.push(Event::Closed(Closed { conn: id, reason }));
+        }
+    }
+
+    /// Carries out the guest's actions, in order.
+    fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send(send) => self.send(send.conn, send.bytes),
+                Action::Shutdown(id) => self.touch(id, EventConn::shutdown),
+                Action::Close(id) => {
+                    if let Some(conn) = self.conns.remove(&id) {
+                        conn.abort();
+                    }
+                }
+                Action::Pause(id) => self.touch(id, |conn| conn.set_paused(true)),
+                Action::Resume(id) => self.touch(id, |conn| conn.set_paused(false)),
+                Action::SetTimer(timer) => {
+                    if !self.timers.set(timer.token, timer.after_ms) {
+                        self.refuse_timer();
+                    }
+                }
+                Action::CancelTimer(token) => self.timers.cancel(token),
+                Action::Connect(connect) => self.connect(connect.token, connect.host, connect.port),
+            }
+        }
+    }
+
+    /// Applies `change` to connection `id` (if it is open) and services it
+    /// on the next turn.
+    fn touch(&mut self, id: u64, change: impl FnOnce(&mut EventConn)) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            change(conn);
+            self.carry.push(id);
+        }
+    }
+
+    /// Queues the guest's bytes; a connection past the hard cap is closed.
+    fn send(&mut self, id: u64, bytes: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.enqueue(bytes) {
+            self.carry.push(id);
+            return;
+        }
+        if let Some(conn) = self.conns.remove(&id) {
+            conn.abort();
+        }
+        let limit = super::conn::SEND_HARD_CAP;
+        self.settings.log.event(
+            Some(self.index),
+            EventKind::LimitHit {
+                limit: "event send queue",
+                detail: format!(
+                    "closed connection {id}: the guest queued {limit} bytes the client had not \
+                     taken; wait for `writable` after the high-water mark"
+                ),
+            },
+        );
+        self.events.push(Event::Closed(Closed {
+            conn: id,
+            reason: CloseReason::Limit(format!(
+                "the send queue passed its hard cap ({limit} bytes)"
+            )),
+        }));
+    }
+
+    /// Records, once per instance, that the guest set too many timers.
+    fn refuse_timer(&mut self) {
+        if std::mem::replace(&mut self.timers_refused, true) {
+            return;
+        }
+        self.settings.log.event(
+            Some(self.index),
+            EventKind::LimitHit {
+                limit: "event timers",
+                detail: format!(
+                    "the guest has {} timers pending; further ones are ignored",
+                    self.timers.len()
+                ),
+            },
+        );
+    }
+
+    /// Starts an outbound connect, holding one of the app's outbound
+    /// sockets from now (so pending connects are bounded by that budget).
+    fn connect(&mut self, token: u64, host: String, port: u16) {
+        let policy = self.settings.policy.clone();
+        let lease = match policy.budget().open_socket() {
+            Ok(lease) => lease,
+            Err(refusal) => {
+                self.connect_failed(
+                    token,
+                    ConnectRefused {
+                        reason: format!("refused: {refusal}"),
+                        limit: Some(refusal.limit()),
+                    },
+                );
+                return;
+            }
+        };
+        self.connects.push(Box::pin(async move {
+            let outcome = outbound::connect(policy, host, port)
+                .await
+                .map(|stream| (stream, lease));
+            (token, outcome)
+        }));
+    }
+
+    /// An outbound connect finished.
+    fn connected(&mut self, token: u64, outcome: Result<(TcpStream, SocketLease), ConnectRefused>) {
+        let (stream, lease) = match outcome {
+            Ok(opened) => opened,
+            Err(refused) => return self.connect_failed(token, refused),
+        };
+        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+            return self.connect_failed(
+                token,
+                ConnectRefused {
+                    reason: "the connection closed as it opened".to_owned(),
+                    limit: None,
+                },
+            );
+        };
+        let id = next_conn_id();
+        let (reader, writer) = stream.into_split();
+        let waker = ConnWaker::new(id, self.ready.clone());
+        let conn = EventConn::new(Box::pin(reader), Box::pin(writer), None, Some(lease), waker);
+        self.conns.insert(id, conn);
+        self.carry.push(id);
+        let info = WitConnInfo {
+            id,
+            transport: WitTransport::Outbound,
+            peer: peer.to_string(),
+            local: local.to_string(),
+            server_name: None,
+            alpn: None,
+            quic: None,
+        };
+        self.events
+            .push(Event::Connected(Connected { token, info }));
+    }
+
+    fn connect_failed(&mut self, token: u64, refused: ConnectRefused) {
+        if let Some(limit) = refused.limit {
+            self.settings.log.event(
+                Some(self.index),
+                EventKind::LimitHit {
+                    limit,
+                    detail: refused.reason.clone(),
+                },
+            );
+        }
+        self.events.push(Event::ConnectFailed(ConnectFailed {
+            token,
+            reason: refused.reason,
+        }));
+    }
+
+    /// The drain deadline passed: close what is left.
+    fn end_drain(&mut self) {
+        let closed = self.conns.len();
+        for (_, conn) in self.conns.drain() {
+            conn.abort();
+        }
+        self.settings
+            .log
+            .event(Some(self.index), EventKind::DrainDeadline { closed });
+    }
+}
+
+/// The WIT record of a client connection's info.
+fn wit_info(info: &ConnInfo) -> WitConnInfo {
+    WitConnInfo {
+        id: info.id,
+        transport: match info.transport {
+            Transport::Tcp => WitTransport::Tcp,
+            Transport::Tls => WitTransport::Tls,
+            Transport::Quic => WitTransport::Quic,
+        },
+        peer: info.peer.to_string(),
+        local: info.local.to_string(),
+        server_name: info.server_name.clone(),
+        alpn: info.alpn.clone(),
+        quic: info.quic.map(|q| QuicStream {
+            connection_id: q.connection_id,
+            stream_id: q.stream_id,
+        }),
+    }
+}
