@@ -11,21 +11,25 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 
-/// The world C and Zig projects implement (the C bindings name their
-/// files after it: `conn_handler.h`).
+/// The world C and Zig projects implement unless they name another (the C
+/// bindings name their files after it: `conn_handler.h`).
 pub const C_WORLD: &str = "sockgate:gateway/conn-handler";
 
 /// The steps `sockgate c-guest` performs (C and Zig projects).
 #[derive(Subcommand)]
 pub enum CGuestStep {
-    /// Write the C bindings of the `conn-handler` world (like
+    /// Write the C bindings of a world, by default `conn-handler` (like
     /// `wit-bindgen c`).
     Bindings {
         /// The WIT directory (the project's `wit/`).
         wit: PathBuf,
-        /// Where to write `conn_handler.{h,c}` and
-        /// `conn_handler_component_type.o`.
+        /// Where to write `<world>.{h,c}` and `<world>_component_type.o`
+        /// (`conn_handler.h` for the default world).
         out: PathBuf,
+        /// The world: `sockgate:events/conn-events` for an event-world
+        /// project (`sockgate new --events`).
+        #[arg(long, default_value = C_WORLD)]
+        world: String,
     },
     /// Make a component of a core module built by clang or zig, adapting
     /// its WASI preview1 imports (like `wasm-tools component new --adapt`).
@@ -90,7 +94,9 @@ pub enum TsGuestStep {
 /// Runs a `sockgate c-guest` step.
 pub fn c_guest(step: CGuestStep) -> Result<()> {
     match step {
-        CGuestStep::Bindings { wit, out } => sockgate_guest_tool::c_bindings(&wit, C_WORLD, &out),
+        CGuestStep::Bindings { wit, out, world } => {
+            sockgate_guest_tool::c_bindings(&wit, &world, &out)
+        }
         CGuestStep::Component { core, out } => sockgate_guest_tool::component(&core, &out, None),
     }
 }

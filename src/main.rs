@@ -137,6 +137,11 @@ enum Command {
         /// HTTP/2 and HTTP/3.
         #[arg(long)]
         http: bool,
+        /// A guest of the event world `sockgate:events/conn-events`: one
+        /// synchronous call per batch of socket events, answered with
+        /// actions (Rust, C, Python and JavaScript).
+        #[arg(long, conflicts_with = "http")]
+        events: bool,
     },
     /// Build steps of a C or Zig guest (run by the build.sh of `sockgate
     /// new --lang c|zig` projects).
@@ -217,7 +222,15 @@ async fn run(command: Command) -> ExitCode {
             lang,
             dir,
             http,
-        } => return result(new::create(&name, lang, dir, http)),
+            events,
+        } => {
+            let kind = match (http, events) {
+                (true, _) => new::Kind::Http,
+                (false, true) => new::Kind::Events,
+                (false, false) => new::Kind::Conn,
+            };
+            return result(new::create(&name, lang, dir, kind));
+        }
         Command::CGuest(step) => return result(guest_steps::c_guest(step)),
         Command::GoGuest(step) => return result(guest_steps::go_guest(step)),
         Command::TsGuest(step) => return result(guest_steps::ts_guest(step)),

@@ -2,8 +2,8 @@
 //! the C, Zig, Go and TypeScript projects run through this binary are in
 //! `guest_steps`).
 //!
-//! The project templates (`templates/<lang>/`) and the WIT (`wit/`) are
-//! embedded in the binary, so a project always gets the contract of the
+//! The project templates (`templates/<lang>/`, `templates/<lang>-http/`,
+//! `templates/<lang>-events/`) and the WIT (`wit/`) are embedded in the binary, so a project always gets the contract of the
 //! gateway that created it, and the binary needs no files beside it.
 
 use std::io::Write;
@@ -33,6 +33,19 @@ pub enum Lang {
     /// TypeScript, checked by tsc against `sockgate ts-guest`'s
     /// declarations, built by componentize-qjs.
     Ts,
+}
+
+/// What kind of app a project is: which world its guest implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A raw-connection guest of `sockgate:gateway/conn-handler`, the
+    /// default.
+    Conn,
+    /// An HTTP app, a standard `wasi:http` component (`--http`).
+    Http,
+    /// A guest of the event world `sockgate:events/conn-events`
+    /// (`--events`).
+    Events,
 }
 
 /// One file of a project: its path inside the project and its contents.
@@ -91,6 +104,40 @@ const WIT_JS_HTTP: &[File] = &[
     embed!("guests/starlingmonkey/http-hello/wit/deps/wasi-io/package.wit" => "wit/deps/wasi-io/package.wit"),
     embed!("guests/starlingmonkey/http-hello/wit/deps/wasi-random/package.wit" => "wit/deps/wasi-random/package.wit"),
     embed!("guests/starlingmonkey/http-hello/wit/deps/wasi-sockets/package.wit" => "wit/deps/wasi-sockets/package.wit"),
+];
+
+/// The event world's WIT (`wit/events/`: package `sockgate:events`, world
+/// `conn-events`, no dependencies), copied into the event projects as
+/// `wit/`.
+const WIT_EVENTS: &[File] = &[embed!("wit/events/conn-events.wit" => "wit/conn-events.wit")];
+
+const RUST_EVENTS: &[File] = &[
+    embed!("templates/rust-events/Cargo.toml.in" => "Cargo.toml"),
+    embed!("templates/rust-events/Cargo.lock.in" => "Cargo.lock"),
+    embed!("templates/rust-events/.cargo/config.toml" => ".cargo/config.toml"),
+    embed!("templates/rust-events/.gitignore" => ".gitignore"),
+    embed!("templates/rust-events/README.md" => "README.md"),
+    embed!("templates/rust-events/src/lib.rs" => "src/lib.rs"),
+];
+
+const C_EVENTS: &[File] = &[
+    embed!("templates/c-events/.gitignore" => ".gitignore"),
+    embed!("templates/c-events/README.md" => "README.md"),
+    embed!("templates/c-events/app.c" => "app.c"),
+    embed!("templates/c-events/build.sh" => "build.sh", true),
+];
+
+const PYTHON_EVENTS: &[File] = &[
+    embed!("templates/python-events/.gitignore" => ".gitignore"),
+    embed!("templates/python-events/README.md" => "README.md"),
+    embed!("templates/python-events/app.py" => "app.py"),
+];
+
+const JS_EVENTS: &[File] = &[
+    embed!("templates/js-events/.gitignore" => ".gitignore"),
+    embed!("templates/js-events/README.md" => "README.md"),
+    embed!("templates/js-events/app.js" => "app.js"),
+    embed!("templates/js-events/package.json" => "package.json"),
 ];
 
 const RUST_HTTP: &[File] = &[
@@ -178,20 +225,44 @@ impl Lang {
         }
     }
 
-    /// The WIT and template files of a project, HTTP or not.
-    fn project(self, http: bool) -> Result<(&'static [File], &'static [File])> {
-        if !http {
-            return Ok((WIT, self.files()));
+    /// The template of an event-world guest's project (`--events`), or
+    /// `None` for a language without one. (Its WIT is `WIT_EVENTS`.)
+    fn events_files(self) -> Option<&'static [File]> {
+        match self {
+            Lang::Rust => Some(RUST_EVENTS),
+            Lang::C => Some(C_EVENTS),
+            Lang::Python => Some(PYTHON_EVENTS),
+            Lang::Js => Some(JS_EVENTS),
+            Lang::Zig | Lang::Go | Lang::Ts => None,
         }
-        self.http_files().ok_or_else(|| {
-            anyhow::anyhow!(
-                "there is no HTTP app template for {} yet: `--http` works with --lang rust, \
-                 python or js (JavaScript on StarlingMonkey); a {} guest can serve HTTP as a \
-                 raw-connection app (without --http)",
-                self.display(),
-                self.display()
-            )
-        })
+    }
+
+    /// The WIT and template files of a project of `kind`.
+    fn project(self, kind: Kind) -> Result<(&'static [File], &'static [File])> {
+        match kind {
+            Kind::Conn => Ok((WIT, self.files())),
+            Kind::Http => self.http_files().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "there is no HTTP app template for {} yet: `--http` works with --lang rust, \
+                     python or js (JavaScript on StarlingMonkey); a {} guest can serve HTTP as \
+                     a raw-connection app (without --http)",
+                    self.display(),
+                    self.display()
+                )
+            }),
+            Kind::Events => self
+                .events_files()
+                .map(|files| (WIT_EVENTS, files))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "there is no event-world template for {} yet: `--events` works with \
+                     --lang rust, c, python or js; a {} guest can be a raw-connection guest \
+                     (without --events)",
+                        self.display(),
+                        self.display()
+                    )
+                }),
+        }
     }
 
     fn files(self) -> &'static [File] {
@@ -220,14 +291,14 @@ impl Lang {
 }
 
 /// Creates the project for app `name` in `lang` in `dir` (default
-/// `./<name>`), a `wasi:http` HTTP app if `http`, and prints what to do
+/// `./<name>`), a guest of the world `kind` says, and prints what to do
 /// next.
 ///
 /// Refuses an invalid app name (it becomes a subdomain) and an existing
 /// directory that is not empty, so it never overwrites anyone's work.
-pub fn create(name: &str, lang: Lang, dir: Option<PathBuf>, http: bool) -> Result<()> {
+pub fn create(name: &str, lang: Lang, dir: Option<PathBuf>, kind: Kind) -> Result<()> {
     check_app_name(name).context("the project name becomes the app's name")?;
-    let (wit, files) = lang.project(http)?;
+    let (wit, files) = lang.project(kind)?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let existed = match std::fs::read_dir(&dir) {
         Ok(mut entries) => {
@@ -265,7 +336,11 @@ pub fn create(name: &str, lang: Lang, dir: Option<PathBuf>, http: bool) -> Resul
     println!(
         "created {} {} `{name}` in {}",
         lang.display(),
-        if http { "HTTP app" } else { "guest" },
+        match kind {
+            Kind::Conn => "guest",
+            Kind::Http => "HTTP app",
+            Kind::Events => "event-world guest",
+        },
         dir.display()
     );
     println!("next, in {} (see its README.md):", dir.display());
@@ -364,13 +439,22 @@ mod tests {
             .collect();
         embedded.sort();
         // `wit/sync/` is the WASI 0.2 world's own root, `wit/http/` WASI
-        // 0.3's HTTP interfaces (the HTTP templates'); the others are for
-        // the main world.
+        // 0.3's HTTP interfaces (the HTTP templates'), `wit/events/` the
+        // event world's (the event templates'); the others are for the
+        // main world.
         let main_world: Vec<String> = files_under(&root().join("wit"))
             .into_iter()
-            .filter(|f| !f.starts_with("sync/") && !f.starts_with("http/"))
+            .filter(|f| {
+                !f.starts_with("sync/") && !f.starts_with("http/") && !f.starts_with("events/")
+            })
             .collect();
         assert_eq!(embedded, main_world);
+        let mut events: Vec<String> = WIT_EVENTS
+            .iter()
+            .map(|f| f.path.trim_start_matches("wit/").to_owned())
+            .collect();
+        events.sort();
+        assert_eq!(events, files_under(&root().join("wit/events")));
         let mut http: Vec<String> = WIT_HTTP
             .iter()
             .map(|f| f.path.trim_start_matches("wit/").to_owned())
@@ -407,6 +491,10 @@ mod tests {
             ("rust-http", RUST_HTTP),
             ("python-http", PYTHON_HTTP),
             ("js-http", JS_HTTP),
+            ("rust-events", RUST_EVENTS),
+            ("c-events", C_EVENTS),
+            ("python-events", PYTHON_EVENTS),
+            ("js-events", JS_EVENTS),
         ]) {
             let mut on_disk = files_under(&root().join("templates").join(dir));
             // The JavaScript HTTP project's world is embedded with its WIT.
@@ -429,10 +517,14 @@ mod tests {
         let http = Lang::value_variants()
             .iter()
             .filter_map(|lang| Some((*lang, lang.http_files()?.1)));
+        let events = Lang::value_variants()
+            .iter()
+            .filter_map(|lang| Some((*lang, lang.events_files()?)));
         for (lang, files) in Lang::value_variants()
             .iter()
             .map(|lang| (*lang, lang.files()))
             .chain(http)
+            .chain(events)
         {
             let readme = render(
                 files
@@ -447,6 +539,16 @@ mod tests {
             assert!(run[0].starts_with("sockgate run "), "{lang:?}: {run:?}");
             assert!(!readme.contains("{{"), "{lang:?}: unfilled placeholder");
         }
+    }
+
+    #[test]
+    fn a_language_without_an_event_template_is_refused() {
+        assert!(Lang::Rust.project(Kind::Events).is_ok());
+        assert!(Lang::C.project(Kind::Events).is_ok());
+        assert!(Lang::Python.project(Kind::Events).is_ok());
+        assert!(Lang::Js.project(Kind::Events).is_ok());
+        let err = Lang::Go.project(Kind::Events).err().unwrap().to_string();
+        assert!(err.contains("--lang rust, c, python or js"), "{err}");
     }
 
     #[test]
