@@ -1,4 +1,5 @@
-//! QUIC: sockgate serving the Rust `echo` guest over QUIC, next to a plain
+//! QUIC: sockgate serving the Rust echo guests of the stream world (`echo`)
+//! and of the event world (`events-echo`) over QUIC, next to a plain
 //! quinn echo server (the same quinn version, the same certificate and
 //! transport limits, no WebAssembly) measured in the same run with the
 //! same quinn client.
@@ -61,6 +62,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = make_test_chain(&dir, SERVER_NAME);
     let echo = guest("echo");
+    let events_echo = guest("events-echo");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -70,7 +72,16 @@ fn main() {
     {
         let sockgate = sockgate(&dir, &echo, &cert, &key, pinned);
         rows.push(runtime.block_on(Row::measure(
-            "sockgate + echo guest",
+            "sockgate + echo guest (conn-handler)",
+            &sockgate,
+            duration,
+            bulk_bytes,
+        )));
+    }
+    {
+        let sockgate = sockgate(&dir, &events_echo, &cert, &key, pinned);
+        rows.push(runtime.block_on(Row::measure(
+            "sockgate + events-echo guest (conn-events)",
             &sockgate,
             duration,
             bulk_bytes,
@@ -290,12 +301,15 @@ fn report(rows: &[Row], duration: Duration, bulk_bytes: u64, pinned: bool) {
             row.stream_cpu_us
         ));
     }
-    if let [sockgate, quinn] = rows {
-        md.push_str(&format!(
-            "\nsockgate / quinn: {:.2}× single-stream throughput, {:.2}× streams per second\n",
-            sockgate.bulk_mb_per_s / quinn.bulk_mb_per_s,
-            sockgate.streams_per_s / quinn.streams_per_s
-        ));
+    if let [streams, events, quinn] = rows {
+        for (world, row) in [("conn-handler", streams), ("conn-events", events)] {
+            md.push_str(&format!(
+                "\nsockgate (`{world}`) / quinn: {:.2}× single-stream throughput, {:.2}× streams \
+                 per second\n",
+                row.bulk_mb_per_s / quinn.bulk_mb_per_s,
+                row.streams_per_s / quinn.streams_per_s
+            ));
+        }
     }
     publish("quic_echo", &md, &json);
 }

@@ -1,5 +1,7 @@
-//! TCP echo: sockgate serving the Rust `echo` guest next to a native tokio
-//! echo server, measured in the same run with the same load generator.
+//! TCP echo: sockgate serving the Rust echo guests of two worlds — `echo`
+//! (`conn-handler`, byte streams) and `events-echo` (`conn-events`, one call
+//! per batch of socket events) — next to a native tokio echo server,
+//! measured in the same run with the same load generator.
 //!
 //! - **Round trips**: each of N connections (1, 50, 500) sends a 64-byte
 //!   message and waits for it to come back, as fast as it can.
@@ -61,12 +63,14 @@ fn main() {
     }
 
     let echo = guest("echo");
+    let events_echo = guest("events-echo");
     let cache = bench_cache_dir();
     let mut md = String::new();
     let mut json = Vec::new();
 
     let compare = std::env::var_os("SOCKGATE_BENCH_COMPARE_BIN").map(std::path::PathBuf::from);
     let mut rows = Vec::new();
+    let mut event_rows = Vec::new();
     let mut compared = Vec::new();
     for connections in [1, 50, 500] {
         let native = native_server(pinned);
@@ -75,13 +79,25 @@ fn main() {
         let gateway = Server::sockgate(&echo, &cache, pinned);
         let gateway_result = measure(&gateway, connections, duration);
         drop(gateway);
+        let gateway = Server::sockgate(&events_echo, &cache, pinned);
+        let events_result = measure(&gateway, connections, duration);
+        drop(gateway);
         if let Some(binary) = &compare {
             let other = Server::sockgate_bin(binary, &echo, &cache, pinned);
             compared.push((connections, measure(&other, connections, duration)));
         }
         rows.push((connections, gateway_result, native_result));
+        event_rows.push((connections, events_result, native_result));
     }
-    report_round_trips(&rows, duration, pinned, &mut md, &mut json);
+    report_round_trips(&rows, duration, pinned, &mut md, &mut json, "conn-handler");
+    report_round_trips(
+        &event_rows,
+        duration,
+        pinned,
+        &mut md,
+        &mut json,
+        "conn-events",
+    );
     if let Some(binary) = &compare {
         md.push_str(&format!(
             "\nThe same rows with `{}` (SOCKGATE_BENCH_COMPARE_BIN), measured in the same run:\n\n\
@@ -107,7 +123,16 @@ fn main() {
     let gateway = Server::sockgate(&echo, &cache, pinned);
     let gateway_bulk = bulk(&gateway, bulk_bytes);
     drop(gateway);
-    report_bulk(bulk_bytes, gateway_bulk, native_bulk, &mut md, &mut json);
+    let gateway = Server::sockgate(&events_echo, &cache, pinned);
+    let events_bulk = bulk(&gateway, bulk_bytes);
+    drop(gateway);
+    report_bulk(
+        bulk_bytes,
+        &[("conn-handler", gateway_bulk), ("conn-events", events_bulk)],
+        native_bulk,
+        &mut md,
+        &mut json,
+    );
 
     let native = native_server(pinned);
     let native_idle = idle(&native, idle_conns);
@@ -115,7 +140,16 @@ fn main() {
     let gateway = idle_gateway(&echo, idle_conns, pinned);
     let gateway_idle = idle(&gateway, idle_conns);
     drop(gateway);
-    report_idle(idle_conns, gateway_idle, native_idle, &mut md, &mut json);
+    let gateway = idle_gateway(&events_echo, idle_conns, pinned);
+    let events_idle = idle(&gateway, idle_conns);
+    drop(gateway);
+    report_idle(
+        idle_conns,
+        &[("conn-handler", gateway_idle), ("conn-events", events_idle)],
+        native_idle,
+        &mut md,
+        &mut json,
+    );
 
     publish("tcp_echo", &md, &json);
 }
@@ -152,9 +186,10 @@ fn report_round_trips(
     pinned: bool,
     md: &mut String,
     json: &mut Vec<String>,
+    world: &str,
 ) {
     md.push_str(&format!(
-        "TCP echo round trips, {MESSAGE}-byte messages, {} s per row, {}\n\n",
+        "TCP echo round trips, world `{world}`, {MESSAGE}-byte messages, {} s per row, {}\n\n",
         duration.as_secs(),
         if pinned {
             "server pinned to CPU 1, load generator to CPU 0"
@@ -174,7 +209,7 @@ fn report_round_trips(
             native.server_cpu_us_per_round_trip,
         ));
         json.push(format!(
-            "{{\"kind\":\"round_trips\",\"connections\":{connections},\"sockgate_rt_per_s\":{:.1},\
+            "{{\"kind\":\"round_trips\",\"world\":\"{world}\",\"connections\":{connections},\"sockgate_rt_per_s\":{:.1},\
              \"native_rt_per_s\":{:.1},\"sockgate_cpu_us_per_rt\":{:.3},\"native_cpu_us_per_rt\":{:.3}}}",
             gateway.round_trips_per_sec,
             native.round_trips_per_sec,
@@ -231,25 +266,37 @@ fn bulk(server: &Server, bytes: u64) -> Bulk {
     })
 }
 
-fn report_bulk(bytes: u64, gateway: Bulk, native: Bulk, md: &mut String, json: &mut Vec<String>) {
+fn report_bulk(
+    bytes: u64,
+    worlds: &[(&str, Bulk)],
+    native: Bulk,
+    md: &mut String,
+    json: &mut Vec<String>,
+) {
     md.push_str(&format!(
         "\nBulk stream: {} MiB echoed over one connection (written and read back concurrently)\n\n\
-         | server | GiB/s | ratio | server CPU s/GiB |\n|---|---:|---:|---:|\n\
-         | sockgate + echo guest | {:.2} | {:.2}× | {:.2} |\n| native tokio | {:.2} | 1.00× | {:.2} |\n",
+         | server | GiB/s | ratio | server CPU s/GiB |\n|---|---:|---:|---:|\n",
         bytes >> 20,
-        gateway.gib_per_sec,
-        gateway.gib_per_sec / native.gib_per_sec,
-        gateway.server_cpu_s_per_gib,
-        native.gib_per_sec,
-        native.server_cpu_s_per_gib,
     ));
-    json.push(format!(
-        "{{\"kind\":\"bulk\",\"bytes\":{bytes},\"sockgate_gib_per_s\":{:.3},\"native_gib_per_s\":{:.3},\
-         \"sockgate_cpu_s_per_gib\":{:.3},\"native_cpu_s_per_gib\":{:.3}}}",
-        gateway.gib_per_sec,
-        native.gib_per_sec,
-        gateway.server_cpu_s_per_gib,
-        native.server_cpu_s_per_gib
+    for (world, gateway) in worlds {
+        md.push_str(&format!(
+            "| sockgate + echo guest (`{world}`) | {:.2} | {:.2}× | {:.2} |\n",
+            gateway.gib_per_sec,
+            gateway.gib_per_sec / native.gib_per_sec,
+            gateway.server_cpu_s_per_gib,
+        ));
+        json.push(format!(
+            "{{\"kind\":\"bulk\",\"world\":\"{world}\",\"bytes\":{bytes},\"sockgate_gib_per_s\":{:.3},\
+             \"native_gib_per_s\":{:.3},\"sockgate_cpu_s_per_gib\":{:.3},\"native_cpu_s_per_gib\":{:.3}}}",
+            gateway.gib_per_sec,
+            native.gib_per_sec,
+            gateway.server_cpu_s_per_gib,
+            native.server_cpu_s_per_gib
+        ));
+    }
+    md.push_str(&format!(
+        "| native tokio | {:.2} | 1.00× | {:.2} |\n",
+        native.gib_per_sec, native.server_cpu_s_per_gib,
     ));
 }
 
@@ -313,7 +360,7 @@ async fn ping(stream: &mut TcpStream) {
 
 fn report_idle(
     connections: usize,
-    gateway: Idle,
+    worlds: &[(&str, Idle)],
     native: Idle,
     md: &mut String,
     json: &mut Vec<String>,
@@ -322,25 +369,31 @@ fn report_idle(
         "\nIdle connections: {connections} open on one app (one instance), each after one \
          1-byte echo; server RSS growth / {connections}\n\n\
          | server | base RSS MiB | bytes per idle connection | of which in guest memory | ratio |\n\
-         |---|---:|---:|---:|---:|\n\
-         | sockgate + echo guest | {:.1} | {:.0} | {:.0} | {:.2}× |\n\
-         | native tokio | {:.1} | {:.0} | | 1.00× |\n",
-        gateway.base_kib as f64 / 1024.0,
-        gateway.bytes_per_conn,
-        gateway.guest_bytes_per_conn,
-        gateway.bytes_per_conn / native.bytes_per_conn,
+         |---|---:|---:|---:|---:|\n"
+    ));
+    for (world, gateway) in worlds {
+        md.push_str(&format!(
+            "| sockgate + echo guest (`{world}`) | {:.1} | {:.0} | {:.0} | {:.2}× |\n",
+            gateway.base_kib as f64 / 1024.0,
+            gateway.bytes_per_conn,
+            gateway.guest_bytes_per_conn,
+            gateway.bytes_per_conn / native.bytes_per_conn,
+        ));
+        json.push(format!(
+            "{{\"kind\":\"idle\",\"world\":\"{world}\",\"connections\":{connections},\
+             \"sockgate_bytes_per_conn\":{:.0},\"sockgate_guest_bytes_per_conn\":{:.0},\
+             \"native_bytes_per_conn\":{:.0},\"sockgate_base_kib\":{},\"native_base_kib\":{}}}",
+            gateway.bytes_per_conn,
+            gateway.guest_bytes_per_conn,
+            native.bytes_per_conn,
+            gateway.base_kib,
+            native.base_kib
+        ));
+    }
+    md.push_str(&format!(
+        "| native tokio | {:.1} | {:.0} | | 1.00× |\n",
         native.base_kib as f64 / 1024.0,
         native.bytes_per_conn,
-    ));
-    json.push(format!(
-        "{{\"kind\":\"idle\",\"connections\":{connections},\"sockgate_bytes_per_conn\":{:.0},\
-         \"sockgate_guest_bytes_per_conn\":{:.0},\"native_bytes_per_conn\":{:.0},\
-         \"sockgate_base_kib\":{},\"native_base_kib\":{}}}",
-        gateway.bytes_per_conn,
-        gateway.guest_bytes_per_conn,
-        native.bytes_per_conn,
-        gateway.base_kib,
-        native.base_kib
     ));
 }
 

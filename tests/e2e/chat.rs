@@ -13,7 +13,17 @@ use crate::support::{Gateway, ScratchDir, TestApp, guest, shared_cache_dir};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 language_tests! {
-    languages: [rust: Rust, python: Python, js: Js, ts: Ts, go: Go],
+    languages: [
+        rust: Rust,
+        python: Python,
+        js: Js,
+        ts: Ts,
+        go: Go,
+        rust_events: RustEvents,
+        c_events: CEvents,
+        python_events: PythonEvents,
+        js_events: JsEvents,
+    ],
     tests: [a_line_reaches_every_other_client_and_not_the_sender],
 }
 

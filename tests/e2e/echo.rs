@@ -2,7 +2,8 @@
 //! once, and half-close in both directions. The same tests run against the
 //! echo guest of every language, and of both worlds: `rust_sync`,
 //! `starlingmonkey` and `go_sync` are `conn-handler-sync` guests, served one
-//! instance per connection.
+//! instance per connection; `rust_events`, `c_events`, `python_events` and
+//! `js_events` are `conn-events` guests, called with batches of socket events.
 
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ language_tests! {
         go: Go,
         go_sync: GoSync,
         ts: Ts,
+        rust_events: RustEvents,
+        c_events: CEvents,
+        python_events: PythonEvents,
+        js_events: JsEvents,
     ],
     tests: [
         echoes_exact_bytes_at_every_size,

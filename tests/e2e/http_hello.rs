@@ -16,9 +16,25 @@ const REQUESTS_PER_CONNECTION: usize = 100;
 
 #[tokio::test]
 async fn a_thousand_keep_alive_requests_over_ten_connections() {
+    a_thousand_keep_alive_requests("http-hello").await
+}
+
+/// The same HTTP/1.1 guest in the event world (`conn-events`).
+#[tokio::test]
+async fn a_thousand_keep_alive_requests_to_the_event_world_guest() {
+    a_thousand_keep_alive_requests("events-http-hello").await
+}
+
+/// The same again, the event-world guest written in C.
+#[tokio::test]
+async fn a_thousand_keep_alive_requests_to_the_c_event_world_guest() {
+    a_thousand_keep_alive_requests("c/events-http-hello").await
+}
+
+async fn a_thousand_keep_alive_requests(guest: &str) {
     let gateway = Gateway::start(&[TestApp {
         name: "http-hello",
-        guest: "http-hello",
+        guest,
         extra: "",
     }]);
     let addr = gateway.addr("http-hello");

@@ -32,6 +32,17 @@ pub enum Lang {
     GoSync,
     /// `guests/ts/<name>`, checked by tsc, built with componentize-qjs.
     Ts,
+    /// Crates `guests/events-<name>`: Rust for the event world
+    /// `conn-events` (one call per batch of socket events).
+    RustEvents,
+    /// `guests/c/events-<name>`: C for the event world.
+    CEvents,
+    /// `guests/python/events-<name>`: Python (componentize-py) for the
+    /// event world.
+    PythonEvents,
+    /// `guests/js/events-<name>`: JavaScript (componentize-qjs) for the
+    /// event world.
+    JsEvents,
 }
 
 impl Lang {
@@ -49,6 +60,10 @@ impl Lang {
             Lang::Go => format!("go/{name}"),
             Lang::GoSync => format!("go/sync-{name}"),
             Lang::Ts => format!("ts/{name}"),
+            Lang::RustEvents => format!("events-{name}"),
+            Lang::CEvents => format!("c/events-{name}"),
+            Lang::PythonEvents => format!("python/events-{name}"),
+            Lang::JsEvents => format!("js/events-{name}"),
         }
     }
 
@@ -62,8 +77,13 @@ impl Lang {
             Lang::Zig => "zig",
             Lang::Go => "go",
             Lang::Ts => "ts",
+            // With `--events`.
+            Lang::RustEvents => "rust",
+            Lang::CEvents => "c",
+            Lang::PythonEvents => "python",
+            Lang::JsEvents => "js",
             Lang::RustSync | Lang::StarlingMonkey | Lang::GoSync => {
-                unreachable!("`sockgate new` has templates for the main world only")
+                unreachable!("`sockgate new` has no templates for the WASI 0.2 world")
             }
         }
     }

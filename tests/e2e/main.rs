@@ -9,6 +9,7 @@ mod chat;
 mod compile_cache;
 mod deploy;
 mod echo;
+mod events_world;
 mod fairness;
 mod go_panic;
 mod guest_steps;

@@ -27,7 +27,19 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const NAME: &str = "hello-app";
 
 language_tests! {
-    languages: [rust: Rust, python: Python, js: Js, c: C, zig: Zig, go: Go, ts: Ts],
+    languages: [
+        rust: Rust,
+        python: Python,
+        js: Js,
+        c: C,
+        zig: Zig,
+        go: Go,
+        ts: Ts,
+        rust_events: RustEvents,
+        c_events: CEvents,
+        python_events: PythonEvents,
+        js_events: JsEvents,
+    ],
     tests: [a_new_project_builds_as_its_readme_says_and_echoes],
 }
 
@@ -67,16 +79,16 @@ fn toolchain_env(lang: Lang, project: &Path, command: &mut Command) {
     let sockgate_dir = Path::new(env!("CARGO_BIN_EXE_sockgate")).parent().unwrap();
     let mut path = vec![sockgate_dir.to_path_buf()];
     match lang {
-        Lang::Rust => {
+        Lang::Rust | Lang::RustEvents => {
             command.env("CARGO_TARGET_DIR", rust_target_dir());
         }
-        Lang::Python => {
+        Lang::Python | Lang::PythonEvents => {
             lang_guest("python", "echo"); // build-lang.sh installed the toolchain
             let toolchain = root().join("guests/target/lang/python-toolchain");
             path.push(toolchain.join("bin"));
             command.env("PYTHONPATH", toolchain);
         }
-        Lang::Js => {
+        Lang::Js | Lang::JsEvents => {
             lang_guest("js", "echo");
             // What `npm install` would make: the same pinned componentize-qjs.
             std::os::unix::fs::symlink(
@@ -85,7 +97,7 @@ fn toolchain_env(lang: Lang, project: &Path, command: &mut Command) {
             )
             .unwrap();
         }
-        Lang::C => {
+        Lang::C | Lang::CEvents => {
             lang_guest("c", "echo"); // clang-16 and wasi-libc are installed
         }
         Lang::Zig => {
@@ -108,7 +120,7 @@ fn toolchain_env(lang: Lang, project: &Path, command: &mut Command) {
             .unwrap();
         }
         Lang::RustSync | Lang::StarlingMonkey | Lang::GoSync => {
-            unreachable!("`sockgate new` has templates for the main world only")
+            unreachable!("`sockgate new` has no templates for the WASI 0.2 world")
         }
     }
     path.extend(std::env::split_paths(
@@ -136,17 +148,26 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 async fn a_new_project_builds_as_its_readme_says_and_echoes(lang: Lang) {
-    let scratch = ScratchDir::new(&format!("new-{}", lang.cli_name()));
-    // No --dir: the project goes to ./NAME.
-    let created = sockgate(
-        &scratch.0,
-        &[
-            "new".as_ref(),
-            NAME.as_ref(),
-            "--lang".as_ref(),
-            lang.cli_name().as_ref(),
-        ],
+    let events = matches!(
+        lang,
+        Lang::RustEvents | Lang::CEvents | Lang::PythonEvents | Lang::JsEvents
     );
+    let scratch = ScratchDir::new(&format!(
+        "new-{}{}",
+        lang.cli_name(),
+        if events { "-events" } else { "" }
+    ));
+    // No --dir: the project goes to ./NAME.
+    let mut args: Vec<&OsStr> = vec![
+        "new".as_ref(),
+        NAME.as_ref(),
+        "--lang".as_ref(),
+        lang.cli_name().as_ref(),
+    ];
+    if events {
+        args.push("--events".as_ref());
+    }
+    let created = sockgate(&scratch.0, &args);
     assert!(
         created.status.success(),
         "sockgate new failed: {}",
@@ -154,13 +175,20 @@ async fn a_new_project_builds_as_its_readme_says_and_echoes(lang: Lang) {
     );
     let project = scratch.0.join(NAME);
 
-    // The WIT is the gateway's own, byte for byte.
-    let wit = root().join("wit");
-    // The main world's WIT: `wit/sync/` is the WASI 0.2 world's own root,
-    // `wit/http/` the HTTP apps' (`--http`).
+    // The WIT is the gateway's own, byte for byte: the event world's own
+    // root (`wit/events/`) for `--events`; otherwise the main world's
+    // (`wit/sync/` is the WASI 0.2 world's own root, `wit/http/` the HTTP
+    // apps', `--http`).
+    let wit = if events {
+        root().join("wit/events")
+    } else {
+        root().join("wit")
+    };
     let main_world: Vec<PathBuf> = files_under(&wit)
         .into_iter()
-        .filter(|f| !f.starts_with("sync") && !f.starts_with("http"))
+        .filter(|f| {
+            events || !(f.starts_with("sync") || f.starts_with("http") || f.starts_with("events"))
+        })
         .collect();
     assert_eq!(files_under(&project.join("wit")), main_world);
     for file in main_world {
@@ -187,7 +215,10 @@ async fn a_new_project_builds_as_its_readme_says_and_echoes(lang: Lang) {
         String::from_utf8_lossy(&built.stderr)
     );
     assert!(built.status.success(), "`{build}` failed:\n{log}");
-    if matches!(lang, Lang::Rust | Lang::C | Lang::Zig | Lang::Go) {
+    if matches!(
+        lang,
+        Lang::Rust | Lang::C | Lang::Zig | Lang::Go | Lang::RustEvents | Lang::CEvents
+    ) {
         assert!(
             !log.contains("warning"),
             "the template builds with warnings:\n{log}"
@@ -201,7 +232,7 @@ async fn a_new_project_builds_as_its_readme_says_and_echoes(lang: Lang) {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("README's Run step is not `sockgate run`: {run:?}"));
     let component = match (lang, component.strip_prefix("target/")) {
-        (Lang::Rust, Some(inside)) => rust_target_dir().join(inside),
+        (Lang::Rust | Lang::RustEvents, Some(inside)) => rust_target_dir().join(inside),
         _ => project.join(component),
     };
     assert!(component.is_file(), "{} was not built", component.display());

@@ -183,13 +183,23 @@ async fn the_guest_sees_each_stream_with_its_quic_connection() {
 
 #[tokio::test]
 async fn chat_across_tcp_tls_and_quic_is_one_room_and_shows_a_reset() {
+    chat_across_tcp_tls_and_quic("chat").await
+}
+
+/// The same chat in the event world (`conn-events`).
+#[tokio::test]
+async fn event_world_chat_across_tcp_tls_and_quic_is_one_room_and_shows_a_reset() {
+    chat_across_tcp_tls_and_quic("events-chat").await
+}
+
+async fn chat_across_tcp_tls_and_quic(guest: &str) {
     let state = ScratchDir::new("quic-state");
     let gw = quic_gateway(
         &state,
         "",
         &[TestApp {
             name: "chat",
-            guest: "chat",
+            guest,
             extra: "instances = 1",
         }],
     );
