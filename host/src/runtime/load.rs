@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use wasmtime::component::Component;
+use wasmtime::Engine;
+use wasmtime::component::{Component, InstancePre, Linker};
 
 use super::Runtime;
 use super::bindings::{CONNECTION_IMPORT, ConnHandlerPre, HANDLER_EXPORT, TYPES_IMPORT};
-use super::cache::CacheOutcome;
+use super::cache::{CacheOutcome, CompileCache};
 use super::events::ConnEventsPre;
 use super::events::bindings::{EVENTS_HANDLER_EXPORT, EVENTS_TYPES_IMPORT};
 use super::host_state::HostState;
@@ -308,58 +309,107 @@ pub fn load_component_bytes(
     }
 }
 
-/// Compiles and checks a `conn-handler` component (or anything that is not
-/// recognisably `conn-handler-sync`, to be refused with the reason).
+/// A component compiled for one engine, checked against its world and
+/// linked, before its world's typed pre-instance is made.
+struct Linked {
+    component: Component,
+    instance_pre: InstancePre<HostState>,
+    cache: CacheOutcome,
+    load_time: Duration,
+}
+
+impl Linked {
+    /// Compiles `bytes` for `engine` through `cache`, checks `world`'s
+    /// export and imports, and links it with `linker`: the steps every
+    /// world's engine shares.
+    fn new(
+        (engine, cache, linker): (&Engine, &CompileCache, &Linker<HostState>),
+        path: &Path,
+        bytes: &[u8],
+        world: World,
+    ) -> Result<Self, LoadError> {
+        let started = Instant::now();
+        let (component, cache) =
+            cache
+                .load_or_compile(engine, bytes)
+                .map_err(|err| LoadError::Invalid {
+                    path: path.to_owned(),
+                    reason: format!("{err:#}"),
+                })?;
+        let load_time = started.elapsed();
+        check_exports_and_imports(engine, &component, path, world)?;
+        let instance_pre =
+            linker
+                .instantiate_pre(&component)
+                .map_err(|err| LoadError::UnsupportedImports {
+                    path: path.to_owned(),
+                    world: world.name(),
+                    imports: format!("{err:#}"),
+                })?;
+        Ok(Self {
+            component,
+            instance_pre,
+            cache,
+            load_time,
+        })
+    }
+
+    /// The loaded component, with its world's pre-instance.
+    fn loaded(self, pre: GuestPre, world: World, size: usize) -> LoadedComponent {
+        LoadedComponent {
+            component: self.component,
+            pre,
+            world,
+            cache: self.cache,
+            size,
+            load_time: self.load_time,
+        }
+    }
+}
+
+/// The refusal of a component whose world export has the wrong shape.
+fn wrong_export(
+    path: &Path,
+    export: &'static str,
+    wit: &'static str,
+    err: wasmtime::Error,
+) -> LoadError {
+    LoadError::WrongExport {
+        path: path.to_owned(),
+        export,
+        wit,
+        reason: format!("{err:#}"),
+    }
+}
+
+/// Compiles and checks a `conn-handler` or `wasi:http/service` component
+/// (or anything that is not recognisably another world, to be refused
+/// with the reason) for the main engine.
 fn load_shared(
     runtime: &Runtime,
     path: PathBuf,
     bytes: &[u8],
     world: World,
 ) -> Result<LoadedComponent, LoadError> {
-    let started = Instant::now();
-    let (component, cache) = runtime
-        .cache
-        .load_or_compile(&runtime.engine, bytes)
-        .map_err(|err| LoadError::Invalid {
-            path: path.clone(),
-            reason: format!("{err:#}"),
-        })?;
-    let load_time = started.elapsed();
-
-    let engine = &runtime.engine;
-    check_exports_and_imports(engine, &component, &path, world)?;
-    let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|err| {
-        LoadError::UnsupportedImports {
-            path: path.clone(),
-            world: world.name(),
-            imports: format!("{err:#}"),
-        }
-    })?;
+    let engine = (&runtime.engine, &runtime.cache, &runtime.linker);
+    let linked = Linked::new(engine, &path, bytes, world)?;
+    let instance_pre = linked.instance_pre.clone();
     let pre = if world == World::HttpService {
-        let pre = ServicePre::new(instance_pre).map_err(|err| LoadError::WrongExport {
-            path: path.clone(),
-            export: "wasi:http/handler@0.3.0",
-            wit: "WASI 0.3.0's wasi:http (world wasi:http/service)",
-            reason: format!("{err:#}"),
+        let pre = ServicePre::new(instance_pre).map_err(|err| {
+            wrong_export(
+                &path,
+                "wasi:http/handler@0.3.0",
+                "WASI 0.3.0's wasi:http (world wasi:http/service)",
+                err,
+            )
         })?;
         GuestPre::Http(HttpPre::Service(pre))
     } else {
-        let pre = ConnHandlerPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
-            path: path.clone(),
-            export: HANDLER_EXPORT,
-            wit: "wit/gateway.wit",
-            reason: format!("{err:#}"),
-        })?;
+        let pre = ConnHandlerPre::new(instance_pre)
+            .map_err(|err| wrong_export(&path, HANDLER_EXPORT, "wit/gateway.wit", err))?;
         GuestPre::Shared(pre)
     };
-    Ok(LoadedComponent {
-        component,
-        pre,
-        world,
-        cache,
-        size: bytes.len(),
-        load_time,
-    })
+    Ok(linked.loaded(pre, world, bytes.len()))
 }
 
 /// Compiles and checks a `conn-events` component for the event world's
@@ -370,98 +420,64 @@ fn load_events(
     bytes: &[u8],
 ) -> Result<LoadedComponent, LoadError> {
     let world = World::ConnEvents;
-    let invalid = |err: anyhow::Error| LoadError::Invalid {
+    let events = runtime.events().map_err(|err| LoadError::Invalid {
         path: path.clone(),
-        reason: format!("{err:#}"),
-    };
-    let events = runtime.events().map_err(invalid)?;
-    let started = Instant::now();
-    let (component, cache) = events
-        .cache
-        .load_or_compile(&events.engine, bytes)
-        .map_err(invalid)?;
-    let load_time = started.elapsed();
-    check_exports_and_imports(&events.engine, &component, &path, world)?;
-    let instance_pre =
-        events
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|err| LoadError::UnsupportedImports {
-                path: path.clone(),
-                world: world.name(),
-                imports: format!("{err:#}"),
-            })?;
-    let pre = ConnEventsPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
-        path: path.clone(),
-        export: EVENTS_HANDLER_EXPORT,
-        wit: "wit/events/conn-events.wit",
         reason: format!("{err:#}"),
     })?;
-    Ok(LoadedComponent {
-        component,
-        pre: GuestPre::Events(pre),
-        world,
-        cache,
-        size: bytes.len(),
-        load_time,
-    })
+    let engine = (&events.engine, &events.cache, &events.linker);
+    let linked = Linked::new(engine, &path, bytes, world)?;
+    let pre = ConnEventsPre::new(linked.instance_pre.clone()).map_err(|err| {
+        wrong_export(
+            &path,
+            EVENTS_HANDLER_EXPORT,
+            "wit/events/conn-events.wit",
+            err,
+        )
+    })?;
+    Ok(linked.loaded(GuestPre::Events(pre), world, bytes.len()))
 }
 
-/// Compiles and checks a `conn-handler-sync` component for the
-/// per-connection engine.
+/// Compiles and checks a `conn-handler-sync` or `wasi:http/proxy`
+/// component for the per-connection engine.
 fn load_per_connection(
     runtime: &Runtime,
     path: PathBuf,
     bytes: &[u8],
     world: World,
 ) -> Result<LoadedComponent, LoadError> {
-    let invalid = |err: anyhow::Error| LoadError::Invalid {
+    let per_connection = runtime.per_connection().map_err(|err| LoadError::Invalid {
         path: path.clone(),
         reason: format!("{err:#}"),
-    };
-    let per_connection = runtime.per_connection().map_err(invalid)?;
-    let started = Instant::now();
-    let (component, cache) = per_connection
-        .cache
-        .load_or_compile(&per_connection.engine, bytes)
-        .map_err(invalid)?;
-    let load_time = started.elapsed();
-
-    let engine = &per_connection.engine;
-    check_exports_and_imports(engine, &component, &path, world)?;
-    let instance_pre = per_connection
-        .linker
-        .instantiate_pre(&component)
-        .map_err(|err| LoadError::UnsupportedImports {
-            path: path.clone(),
-            world: world.name(),
-            imports: format!("{err:#}"),
-        })?;
+    })?;
+    let engine = (
+        &per_connection.engine,
+        &per_connection.cache,
+        &per_connection.linker,
+    );
+    let linked = Linked::new(engine, &path, bytes, world)?;
+    let instance_pre = linked.instance_pre.clone();
     let pre = if world == World::HttpProxy {
-        let pre = ProxyPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
-            path: path.clone(),
-            export: "wasi:http/incoming-handler@0.2.x",
-            wit: "WASI 0.2's wasi:http (world wasi:http/proxy)",
-            reason: format!("{err:#}"),
+        let pre = ProxyPre::new(instance_pre).map_err(|err| {
+            wrong_export(
+                &path,
+                "wasi:http/incoming-handler@0.2.x",
+                "WASI 0.2's wasi:http (world wasi:http/proxy)",
+                err,
+            )
         })?;
         GuestPre::Http(HttpPre::Proxy(pre))
     } else {
-        let pre = ConnHandlerSyncPre::new(instance_pre).map_err(|err| LoadError::WrongExport {
-            path: path.clone(),
-            export: SYNC_HANDLER_EXPORT,
-            wit: "wit/sync/conn-handler-sync.wit",
-            reason: format!("{err:#}"),
+        let pre = ConnHandlerSyncPre::new(instance_pre).map_err(|err| {
+            wrong_export(
+                &path,
+                SYNC_HANDLER_EXPORT,
+                "wit/sync/conn-handler-sync.wit",
+                err,
+            )
         })?;
         GuestPre::PerConnection(pre)
     };
-    Ok(LoadedComponent {
-        component,
-        pre,
-        world,
-        cache,
-        size: bytes.len(),
-        load_time,
-    })
+    Ok(linked.loaded(pre, world, bytes.len()))
 }
 
 /// Refuses a compiled component that lacks `world`'s export or imports
