@@ -83,6 +83,23 @@ impl InstanceSettings {
         }
     }
 
+    /// A store for instance `index` of the app on `engine`: its state,
+    /// its tables bounded, its budgets and memory limits applied. The
+    /// store's task must run in [`slow_lane::run`] with the returned meter;
+    /// the instance's connections set the progress flag whenever they move
+    /// bytes ([`super::supervisor::Activation::EventLoop`]).
+    pub(crate) fn supervised_store(
+        &self,
+        engine: &wasmtime::Engine,
+        index: u32,
+    ) -> (Store<HostState>, IoProgress, Arc<super::supervisor::Meter>) {
+        let mut store = Store::new(engine, HostState::new(self.inputs(), index));
+        super::host_state::bound_store(&mut store, self.limits.max_connections_per_instance);
+        let progress = IoProgress::default();
+        let meter = supervise(&mut store, self.supervision, &self.limits, progress.clone());
+        (store, progress, meter)
+    }
+
     /// Settings for app `name` with `limits` and `policy`, its log and
     /// accounting created fresh.
     pub fn new(
@@ -200,16 +217,7 @@ pub async fn run_instance(
         return (Err(InstanceError::Instantiate(error)), rx);
     };
     let pre = pre.clone();
-    let state = HostState::new(settings.inputs(), index);
-    let mut store = Store::new(pre.engine(), state);
-    super::host_state::bound_store(&mut store, settings.limits.max_connections_per_instance);
-    let progress = IoProgress::default();
-    let meter = supervise(
-        &mut store,
-        settings.supervision,
-        &settings.limits,
-        progress.clone(),
-    );
+    let (mut store, progress, meter) = settings.supervised_store(pre.engine(), index);
     // Everything the store's work needs moves into it: it may go on in the
     // slow lane, on another thread.
     let serving = {

@@ -6,14 +6,11 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use wasmtime::Store;
 
 use super::driver::Driver;
-use crate::runtime::host_state::{self, HostState};
 use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings, dispose_after_trap};
 use crate::runtime::load::GuestPre;
 use crate::runtime::slow_lane;
-use crate::runtime::supervisor::{IoProgress, supervise};
 use crate::tenant::logs::EventKind;
 
 /// Creates event-world instance `index` and serves connections from `rx`
@@ -30,16 +27,7 @@ pub async fn run_events_instance(
         return (Err(InstanceError::Instantiate(error)), rx);
     };
     let pre = pre.clone();
-    let state = HostState::new(settings.inputs(), index);
-    let mut store = Store::new(pre.engine(), state);
-    host_state::bound_store(&mut store, settings.limits.max_connections_per_instance);
-    let progress = IoProgress::default();
-    let meter = supervise(
-        &mut store,
-        settings.supervision,
-        &settings.limits,
-        progress.clone(),
-    );
+    let (mut store, progress, meter) = settings.supervised_store(pre.engine(), index);
     // The store and the connections move into one future: it may go on in
     // the slow lane, on another thread, while the guest computes.
     let serving = {
