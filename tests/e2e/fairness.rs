@@ -305,3 +305,71 @@ async fn a_guest_echoing_bulk_data_is_not_stopped_by_its_cpu_budget() {
         gateway.stderr.text()
     );
 }
+
+/// The time slice is only as short as the epoch tick is punctual: as an
+/// ordinary thread, the ticker waited in a busy core's run queue behind the
+/// very worker whose spinning guest it should stop, until the kernel's
+/// scheduler tick (a worker held for 11 ms, seen with `perf sched` under
+/// the `supervision` bench). So it runs at real-time priority when the
+/// gateway may (`CAP_SYS_NICE`), and says so when it may not.
+#[test]
+fn the_epoch_ticker_runs_at_real_time_priority_or_says_why_not() {
+    let gateway = Gateway::start(&[TestApp {
+        name: "echo",
+        guest: "echo",
+        extra: "",
+    }]);
+    let pid = gateway.pid();
+    let ticker = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "sockgate-epoch")
+        })
+        .expect("the gateway has no sockgate-epoch thread");
+    let stat = std::fs::read_to_string(ticker.path().join("stat")).unwrap();
+    // Fields after the command name, which ends at the last ')': field 3
+    // (state) is the first; 40 is rt_priority, 41 the policy.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    let (rt_priority, policy) = (fields[40 - 3], fields[41 - 3]);
+    if may_raise_priority() {
+        assert_eq!(
+            (policy, rt_priority),
+            ("1", "1"),
+            "the ticker is not SCHED_FIFO 1 (policy {policy}, priority {rt_priority}):\n{}",
+            gateway.stderr.text()
+        );
+    } else {
+        assert_eq!(policy, "0", "the ticker's policy without CAP_SYS_NICE");
+        assert!(
+            gateway
+                .stderr
+                .wait_for(TIMEOUT, |t| t.contains("the epoch ticker runs")
+                    && t.contains("CAP_SYS_NICE")),
+            "no word about the ticker's priority:\n{}",
+            gateway.stderr.text()
+        );
+    }
+}
+
+/// Whether processes this test starts may use real-time priorities:
+/// `CAP_SYS_NICE` (bit 23) in the effective set, or a real-time priority
+/// limit (`RLIMIT_RTPRIO`) of at least 1.
+fn may_raise_priority() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let rtprio = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max realtime priority"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    effective & (1 << 23) != 0 || rtprio >= 1
+}
