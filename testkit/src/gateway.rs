@@ -162,6 +162,29 @@ impl Gateway {
     }
 }
 
+/// When a test fails while a gateway runs, the end of what the gateway
+/// logged is the first thing its reader needs (a trap, a budget hit, a
+/// refusal), and CI shows only the test's own output: print it.
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let stderr = self.stderr.text();
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(DROP_LOG_LINES)..];
+        eprintln!(
+            "--- the gateway's last {} lines of stderr (pid {}) ---\n{}\n--- end ---",
+            tail.len(),
+            self.pid(),
+            tail.join("\n")
+        );
+    }
+}
+
+/// How many of a failed test's gateway log lines [`Gateway`]'s drop prints.
+const DROP_LOG_LINES: usize = 80;
+
 /// A gateway serving TLS, with the addresses it printed.
 pub struct TlsGateway {
     /// The running gateway (its output, its TCP addresses).

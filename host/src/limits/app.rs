@@ -26,12 +26,15 @@ pub struct AppLimits {
     /// (every connection on it waits) and a share of the gateway's cores.
     /// Measured on epoch ticks (1 ms); the guest traps when it is spent.
     pub cpu_budget_ms: u64,
-    /// Wall-clock time a guest may run in one activation, in milliseconds,
-    /// whether it computes, is blocked in an import or waits for a core.
-    /// Threat: a guest holding its instance (and every connection on it)
-    /// without computing, e.g. blocked in a synchronous sleep, or starved
-    /// of CPU; the backstop to the CPU budget. The guest traps when it is
-    /// spent.
+    /// Wall-clock time a guest may hold a thread in one activation, in
+    /// milliseconds, whether it computes, is blocked in an import or its
+    /// thread waits for a core. Threat: a guest holding its instance (and
+    /// every connection on it) without computing, e.g. blocked in a
+    /// synchronous sleep; the backstop to the CPU budget. The guest traps
+    /// when it is spent. Time it waits for its next time slice (the slow
+    /// lane runs the guests it holds in turn) is the gateway's scheduling
+    /// and not counted: many guests computing at once on a busy machine
+    /// must not trap for taking turns.
     pub wall_budget_ms: u64,
     /// Linear memory one instance may grow to, in MiB. Threat: a guest
     /// allocating without bound would exhaust the host's memory; past the

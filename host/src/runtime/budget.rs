@@ -33,6 +33,13 @@
 //! before the first sample is not counted; the resumption after a yield
 //! takes a fresh sample, so a running guest is counted exactly. The
 //! budget is therefore met to within one tick.
+//!
+//! # Counting wall-clock time
+//! Wall-clock time runs from the activation's start, less the time the
+//! guest spent waiting for its next slice after a yield: that wait is the
+//! gateway's scheduling (the slow lane takes the guests it holds in turn),
+//! and with many guests computing at once on a busy machine it would grow
+//! with their number, not with what any one of them does.
 
 use std::time::Duration;
 
@@ -144,10 +151,15 @@ impl Accounting {
     }
 
     /// The guest resumes after a yield, with the thread's CPU clock at
-    /// `cpu_ns`: a slice begins, counted from here.
-    pub(crate) fn resumed(&mut self, cpu_ns: u64) {
+    /// `cpu_ns`, having waited `queued_ms` for its next slice: a slice
+    /// begins, counted from here. The wait is the gateway's scheduling (the
+    /// slow lane's turn of every guest it holds, or the tokio worker's other
+    /// tasks), not the guest's doing, so the wall-clock budget does not
+    /// count it: the activation's start moves forward by that much.
+    pub(crate) fn resumed(&mut self, cpu_ns: u64, queued_ms: u64) {
         self.baseline_ns = Some(cpu_ns);
         self.slice_ticks = 0;
+        self.started_ms = self.started_ms.saturating_add(queued_ms);
     }
 
     /// An epoch tick found the guest running; the thread's CPU clock reads
@@ -215,7 +227,7 @@ mod tests {
                     yields += 1;
                     a.polled();
                     cpu += 3 * MS;
-                    a.resumed(cpu);
+                    a.resumed(cpu, 0);
                 }
                 exceeded => break exceeded,
             }
@@ -277,7 +289,7 @@ mod tests {
                 Verdict::Exceeded(e) => panic!("stopped a guest doing I/O: {e}"),
                 Verdict::Yield => {
                     yields += 1;
-                    a.resumed(cpu);
+                    a.resumed(cpu, 0);
                 }
                 Verdict::Continue => {}
             }
@@ -311,7 +323,7 @@ mod tests {
         a.start_activation(1000);
         assert_eq!(a.tick(0, 1001, budget), Verdict::Continue);
         assert_eq!(a.tick(MS / 10, 1200, budget), Verdict::Yield);
-        a.resumed(MS / 10);
+        a.resumed(MS / 10, 0);
         assert_eq!(
             a.tick(MS / 5, 1201, budget),
             Verdict::Exceeded(Exceeded::Wall {
@@ -321,11 +333,45 @@ mod tests {
         );
     }
 
+    /// Two hundred guests computing at once take turns in the slow lane:
+    /// each waits for its next slice far longer than it runs. The wait is
+    /// not the guest's, and must not spend its wall-clock budget; the time
+    /// it holds a thread (computing, blocked, or preempted) does.
+    #[test]
+    fn waiting_for_the_next_slice_is_not_counted_as_wall_time() {
+        let budget = budget(1000, 1000);
+        let mut a = Accounting::default();
+        a.start_activation(0);
+        let (mut cpu, mut now) = (0, 0);
+        for _ in 0..100 {
+            cpu += MS;
+            now += 1;
+            assert_eq!(a.tick(cpu, now, budget), Verdict::Continue);
+            cpu += MS;
+            now += 1;
+            assert_eq!(a.tick(cpu, now, budget), Verdict::Yield);
+            // 100 ms in the queue behind the other guests.
+            now += 100;
+            a.resumed(cpu, 100);
+        }
+        // 10.2 s have passed, 200 ms of them holding a thread.
+        assert_eq!(now - a.started_ms, 200);
+        // Held without a break, the same activation is stopped on time.
+        assert_eq!(a.tick(cpu, now + 700, budget), Verdict::Continue);
+        assert_eq!(
+            a.tick(cpu, now + 801, budget),
+            Verdict::Exceeded(Exceeded::Wall {
+                ran_ms: 1001,
+                budget_ms: 1000
+            })
+        );
+    }
+
     #[test]
     fn a_clock_going_backwards_counts_nothing() {
         let budget = budget(10, 1000);
         let mut a = Accounting::default();
-        a.resumed(50 * MS);
+        a.resumed(50 * MS, 0);
         assert_eq!(a.tick(40 * MS, 0, budget), Verdict::Continue);
         assert_eq!(a.used_ns, 0);
     }

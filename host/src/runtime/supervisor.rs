@@ -14,7 +14,7 @@
 //!   ([`super::budget`]): `limits.cpu_budget_ms` of the thread's CPU time
 //!   (sampled from `CLOCK_THREAD_CPUTIME_ID`, whatever the shape of the
 //!   guest's loop, imports included) and `limits.wall_budget_ms` of wall
-//!   time. A guest that spends one traps, with [`Exceeded`] as the cause.
+//!   time holding a thread (not the time waiting for its next slice). A guest that spends one traps, with [`Exceeded`] as the cause.
 //!
 //! A budget is per activation — from the gateway handing control to the
 //! guest to the guest handing it back — so a guest that keeps doing I/O
@@ -123,6 +123,8 @@ pub struct Meter {
     slice_ticks: AtomicU32,
     /// Set while the guest waits in [`Meter::next_slice`].
     yielding: AtomicBool,
+    /// The coarse clock (ms) when the guest last yielded its slice.
+    yielded_ms: AtomicU64,
 }
 
 /// [`Meter::baseline_ns`] when there is no baseline.
@@ -136,6 +138,7 @@ impl Meter {
             started_ms: AtomicU64::new(coarse_now_ms()),
             slice_ticks: AtomicU32::new(0),
             yielding: AtomicBool::new(false),
+            yielded_ms: AtomicU64::new(0),
         })
     }
 
@@ -203,6 +206,7 @@ impl Meter {
         match verdict {
             Verdict::Continue => Ok(UpdateDeadline::Continue(1)),
             Verdict::Yield => {
+                self.yielded_ms.store(coarse_now_ms(), Ordering::Relaxed);
                 self.yielding.store(true, Ordering::Relaxed);
                 Ok(UpdateDeadline::YieldCustom(
                     1,
@@ -230,8 +234,9 @@ impl Meter {
             std::task::Poll::Pending
         })
         .await;
+        let queued_ms = coarse_now_ms().saturating_sub(self.yielded_ms.load(Ordering::Relaxed));
         let mut accounting = self.load();
-        accounting.resumed(thread_cpu_ns());
+        accounting.resumed(thread_cpu_ns(), queued_ms);
         self.save(&accounting);
         self.yielding.store(false, Ordering::Relaxed);
     }
