@@ -20,8 +20,8 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use super::host_state::HostState;
 use super::instance::{Assigned, InstanceSettings, dispose_after_trap};
 use super::slow_lane;
-use super::supervisor::IoProgress;
 use super::supervisor::{Activation, Meter, supervise_activations};
+use super::supervisor::{IoProgress, TrapCause};
 use super::sync_bindings::ConnHandlerSyncPre;
 use super::sync_bindings::sockgate::gateway::sync_types as wit;
 use super::sync_streams::{ConnInput, ConnOutput};
@@ -175,13 +175,19 @@ async fn serve(
             (store, Ok(result))
         }
     };
-    let (store, result) = slow_lane::run(meter, serving).await;
+    // A connection of an app that computes past its budget lately most
+    // likely computes too: it starts in the slow lane, not on a worker.
+    let start = settings.demotion.start();
+    let (store, result) = slow_lane::run_from(meter, start, serving).await;
     match result? {
         // Dropping the store (here) drops the streams the guest still
         // holds: the writer task sends what is queued and shuts down.
         Ok(()) => Ok(()),
         Err(error) => {
             let (cause, reason) = dispose_after_trap(store, error, &settings.limits).await;
+            if cause == TrapCause::CpuBudget {
+                settings.demotion.stopped_at_cpu_budget();
+            }
             Err(Failure::Trap { cause, reason })
         }
     }

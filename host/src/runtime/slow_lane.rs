@@ -27,6 +27,7 @@ use std::task::{Context, Poll, Waker};
 
 use super::supervisor::{self, Meter};
 use super::ticker;
+use crate::base::clock::coarse_now_ms;
 use crate::base::locks::{lock, wait};
 
 /// The nice value of the slow lane's threads (0 is the default, 19 the
@@ -44,10 +45,73 @@ where
     F: Future + Send + 'static,
     F::Output: Send,
 {
+    run_from(meter, Start::OnWorker, future)
+}
+
+/// Like [`run`], starting where `start` says.
+pub fn run_from<F>(
+    meter: Arc<Meter>,
+    start: Start,
+    future: F,
+) -> impl Future<Output = F::Output> + Send
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
     Run {
         home: Some(Box::pin(future)),
         lent: None,
         meter,
+        lend_first: start == Start::InSlowLane,
+    }
+}
+
+/// Where a store's task does its first piece of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// On the tokio worker that polls it: short work (a connection's first
+    /// message) stays there, and only a guest that computes for a time
+    /// slice moves.
+    OnWorker,
+    /// In the slow lane from the first poll: for an app whose guests were
+    /// stopped at their CPU budget a moment ago ([`Demotion`]), whose next
+    /// connection most likely computes too — every new connection of a
+    /// spinning app would otherwise hold a worker for a slice first, and
+    /// an attacker reconnecting at once would turn that into a steady
+    /// share of the workers.
+    InSlowLane,
+}
+
+/// How long an app whose guest was stopped at its CPU budget starts its
+/// new connections in the slow lane ([`Demotion`]).
+pub const DEMOTION: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether an app computes past its CPU budget lately: set when one of its
+/// guests is stopped at the budget, it lasts [`DEMOTION`] (renewed by every
+/// such stop). Its new connections then start in the slow lane
+/// ([`Start::InSlowLane`]): the app is served as before, one thread hop
+/// later, and at the slow lane's priority while it computes.
+#[derive(Debug, Default)]
+pub struct Demotion {
+    /// The coarse clock (ms) until which the app is demoted.
+    until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Demotion {
+    /// One of the app's guests was stopped at its CPU budget.
+    pub fn stopped_at_cpu_budget(&self) {
+        let until = coarse_now_ms().saturating_add(DEMOTION.as_millis() as u64);
+        self.until_ms
+            .store(until, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where the app's next store starts.
+    pub fn start(&self) -> Start {
+        if coarse_now_ms() < self.until_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            Start::InSlowLane
+        } else {
+            Start::OnWorker
+        }
     }
 }
 
@@ -58,6 +122,9 @@ struct Run<F: Future> {
     /// Where it is while lent to the slow lane.
     lent: Option<Arc<Lent<F>>>,
     meter: Arc<Meter>,
+    /// Lend the future to the slow lane before polling it at all
+    /// ([`Start::InSlowLane`]); cleared on the first poll.
+    lend_first: bool,
 }
 
 /// A future lent to the slow lane, and what comes back.
@@ -117,35 +184,53 @@ where
             drop(slot);
             this.lent = None;
         }
-        let Some(future) = this.home.as_mut() else {
+        if this.home.is_none() {
             // Polled after completion.
+            return Poll::Pending;
+        }
+        if std::mem::take(&mut this.lend_first) && this.lend(cx) {
+            return Poll::Pending;
+        }
+        let Some(future) = this.home.as_mut() else {
             return Poll::Pending;
         };
         this.meter.polled();
         let polled = future.as_mut().poll(cx);
-        if polled.is_pending()
-            && this.meter.yielding()
-            && let Some(lane) = slow_lane()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
+        if polled.is_pending() && this.meter.yielding() {
             // The guest has held this worker for a time slice: it goes on
             // in the slow lane.
-            let lent = Arc::new(Lent {
-                slot: Mutex::new(Slot {
-                    future: this.home.take(),
-                    away: true,
-                    output: None,
-                    waker: cx.waker().clone(),
-                    abandoned: false,
-                    panicked: None,
-                }),
-                meter: this.meter.clone(),
-                runtime,
-            });
-            this.lent = Some(lent.clone());
-            lane.lend(lent);
+            this.lend(cx);
         }
         polled
+    }
+}
+
+impl<F> Run<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    /// Lends the future to the slow lane; false (and the future stays
+    /// here) where there is none, or no runtime to enter there.
+    fn lend(&mut self, cx: &Context<'_>) -> bool {
+        let (Some(lane), Ok(runtime)) = (slow_lane(), tokio::runtime::Handle::try_current()) else {
+            return false;
+        };
+        let lent = Arc::new(Lent {
+            slot: Mutex::new(Slot {
+                future: self.home.take(),
+                away: true,
+                output: None,
+                waker: cx.waker().clone(),
+                abandoned: false,
+                panicked: None,
+            }),
+            meter: self.meter.clone(),
+            runtime,
+        });
+        self.lent = Some(lent.clone());
+        lane.lend(lent);
+        true
     }
 }
 
@@ -315,5 +400,33 @@ fn lower_priority() {
             "cannot lower the slow lane's priority: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_a_slow_lane_thread() -> bool {
+        std::thread::current().name() == Some("sockgate-slow")
+    }
+
+    #[tokio::test]
+    async fn a_store_starts_where_it_is_told() {
+        let meter = || supervisor::Meter::new();
+        let on_worker = run_from(meter(), Start::OnWorker, async { on_a_slow_lane_thread() });
+        assert!(!on_worker.await, "started in the slow lane");
+        let in_lane = run_from(meter(), Start::InSlowLane, async {
+            on_a_slow_lane_thread()
+        });
+        assert!(in_lane.await, "started on the worker");
+    }
+
+    #[test]
+    fn an_app_stopped_at_its_cpu_budget_starts_in_the_slow_lane() {
+        let demotion = Demotion::default();
+        assert_eq!(demotion.start(), Start::OnWorker);
+        demotion.stopped_at_cpu_budget();
+        assert_eq!(demotion.start(), Start::InSlowLane);
     }
 }

@@ -131,7 +131,7 @@ pub struct Meter {
 const NO_BASELINE: u64 = u64::MAX;
 
 impl Meter {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             baseline_ns: AtomicU64::new(NO_BASELINE),
             used_ns: AtomicU64::new(0),
