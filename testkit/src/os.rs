@@ -23,6 +23,19 @@ pub fn process_cpu(pid: u32) -> Duration {
     Duration::from_millis((field(11) + field(12)) * 10)
 }
 
+/// CPU time the hypervisor took from this machine's virtual CPUs so far
+/// (`steal` of `/proc/stat`, all CPUs), or `None` where it is not known.
+/// On a VM a stall of the whole machine looks like a slow server; a
+/// benchmark records this beside its worst cases to tell the two apart.
+pub fn host_steal() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    let steal: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(steal * 10))
+}
+
 /// CPU time the threads of process `pid` whose name is not `except` have
 /// run so far (the first field of each `/proc/<pid>/task/<tid>/schedstat`,
 /// the scheduler's own count in nanoseconds, which
@@ -179,5 +192,10 @@ mod tests {
         assert!(threads_cpu(pid, "") > Duration::ZERO);
         assert!(process_rss_kib(pid) > 0);
         assert_eq!(process_rss_kib(u32::MAX), 0, "no such process");
+    }
+
+    #[test]
+    fn the_hosts_steal_time_is_read() {
+        assert!(host_steal().is_some(), "no steal field in /proc/stat");
     }
 }

@@ -70,8 +70,9 @@ pub struct InstanceSettings {
     /// How long connections may go on once the app is replaced or removed.
     pub drain: std::time::Duration,
     /// Whether the app's guests were stopped at their CPU budget lately:
-    /// its new per-connection instances then start in the slow lane.
-    pub demotion: slow_lane::Demotion,
+    /// its new per-connection (and per-request) instances then start in the
+    /// slow lane.
+    pub demotion: Arc<slow_lane::Demotion>,
 }
 
 impl InstanceSettings {
@@ -137,7 +138,7 @@ impl InstanceSettings {
             account,
             tracker,
             drain: DEFAULT_DRAIN,
-            demotion: slow_lane::Demotion::default(),
+            demotion: Arc::default(),
         }
     }
 }

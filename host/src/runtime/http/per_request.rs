@@ -25,7 +25,7 @@ use crate::runtime::instance::InstanceSettings;
 use crate::runtime::per_connection::PER_CONNECTION_INSTANCE;
 use crate::runtime::slow_lane;
 use crate::runtime::supervisor::IoProgress;
-use crate::runtime::supervisor::{Activation, explain_trap, supervise_activations};
+use crate::runtime::supervisor::{Activation, TrapCause, explain_trap, supervise_activations};
 use crate::tenant::conns::ShardLoad;
 use crate::tenant::logs::EventKind;
 
@@ -89,8 +89,10 @@ pub(super) fn serve_on_new_instance(
         },
         move |error, state: &HostState| explain_trap(error, state.refused_memory(), &limits),
     );
-    // The store's work may go on in the slow lane, on another thread.
-    let run = slow_lane::run(meter, run);
+    // The store's work may go on in the slow lane, on another thread; it
+    // starts there if the app's guests compute past their budget lately.
+    let run = slow_lane::run_from(meter, settings.demotion.start(), run);
+    let demotion = settings.demotion.clone();
     let in_flight = InFlight::new(active.clone());
     let log = settings.log.clone();
     let account = settings.account.clone();
@@ -129,6 +131,9 @@ pub(super) fn serve_on_new_instance(
                 }
             }
             ProxyEnd::Trapped((cause, reason)) => {
+                if cause == TrapCause::CpuBudget {
+                    demotion.stopped_at_cpu_budget();
+                }
                 account.counters.traps[cause.index()].fetch_add(1, Ordering::Relaxed);
                 log.event(
                     Some(PER_CONNECTION_INSTANCE),
