@@ -24,7 +24,8 @@ pub struct AppLimits {
     /// recursion, cheap imports in a loop). Threat: a guest that computes
     /// forever (a bug, or a tenant mining coins) would hold its instance
     /// (every connection on it waits) and a share of the gateway's cores.
-    /// Measured on epoch ticks (1 ms); the guest traps when it is spent.
+    /// Measured on epoch ticks (1 to 4 ms apart); the guest traps when it
+    /// is spent.
     pub cpu_budget_ms: u64,
     /// Wall-clock time a guest may hold a thread in one activation, in
     /// milliseconds, whether it computes, is blocked in an import or its

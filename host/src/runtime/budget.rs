@@ -16,14 +16,24 @@
 //!
 //! A *time slice* is the time one activation holds its thread without a
 //! break. It begins when the activation starts and whenever the store's
-//! task is polled, and ends at the second epoch tick seen since (the guest
-//! has then computed for a full tick): the guest yields, to let other work
-//! have the thread (and, on the tokio workers, to move to the slow lane,
-//! [`super::slow_lane`]), then goes on. No guest computes on a thread for
-//! more than two ticks without a break, whatever the shape of its loop,
-//! and the budgets accumulate across yields. Work shorter than a tick is
-//! never interrupted, even when a tick comes while it runs, nor is a busy
+//! task is polled (read from the precise clock, a vDSO call), and ends at
+//! the first epoch tick that finds it [`SLICE`] old: the guest yields, to
+//! let other work have the thread (and, on the tokio workers, to move to
+//! the slow lane, [`super::slow_lane`], unless its connections moved
+//! bytes during the slice: it is then serving them, and only lets the
+//! worker's other tasks run first), then goes on; the budgets accumulate
+//! across yields. Work shorter than a slice is never
+//! interrupted, even when a tick comes while it runs, nor is a busy
 //! instance that runs many short activations in a row.
+//!
+//! How soon after [`SLICE`] the tick comes is the ticker's pace
+//! ([`super::ticker`]): every millisecond or faster while any guest
+//! computes, but relaxed to a few milliseconds while every activation is
+//! short, because on a small VM each tick costs tens of microseconds of a
+//! core. A tick that finds a guest [`WATCH_AFTER`] into its slice
+//! ([`Verdict::Watch`]) brings the fast pace back at once, so a guest that
+//! starts computing on a quiet gateway keeps its thread for at most one
+//! relaxed tick, once; from then on for one slice.
 //!
 //! # Counting CPU time
 //! CPU time is the thread's (`CLOCK_THREAD_CPUTIME_ID`), counted between
@@ -72,8 +82,9 @@ pub(crate) struct Accounting {
     pub used_ns: u64,
     /// The coarse clock (ms) when the activation started.
     pub started_ms: u64,
-    /// Epoch ticks seen since the current slice began.
-    pub slice_ticks: u32,
+    /// The precise clock ([`crate::base::clock::precise_now_ns`]) when
+    /// the current slice began.
+    pub slice_started_ns: u64,
 }
 
 /// What the guest must do after an epoch tick.
@@ -81,6 +92,10 @@ pub(crate) struct Accounting {
 pub(crate) enum Verdict {
     /// Go on running.
     Continue,
+    /// Go on running, but the guest has held its thread for a good part of
+    /// a slice ([`WATCH_AFTER`]): the ticker must come back within a slice,
+    /// whatever its pace.
+    Watch,
     /// Hand the thread back for a moment, then go on.
     Yield,
     /// Stop: a budget is spent (the store traps).
@@ -116,20 +131,24 @@ pub enum Exceeded {
     },
 }
 
-/// Epoch ticks a slice may see before the guest yields: the first may
-/// come just after the slice began, the second proves a full tick of
-/// running.
-pub(crate) const SLICE_TICKS: u32 = 2;
+/// How long a guest holds its thread before it yields (one time slice).
+pub(crate) const SLICE: Duration = Duration::from_millis(1);
+
+/// How far into its slice a tick must find a guest for the ticker to
+/// keep its fast pace ([`Verdict::Watch`]): a quarter of a slice, longer
+/// than the activations of a busy I/O loop (a few microseconds each), so
+/// their passing does not keep the ticker fast.
+pub(crate) const WATCH_AFTER: Duration = Duration::from_micros(250);
 
 impl Accounting {
     /// The gateway hands control to the guest: a new activation, at
-    /// coarse time `now_ms`.
+    /// coarse time `now_ms` and precise time `now_ns`.
     #[cfg(test)]
-    pub(crate) fn start_activation(&mut self, now_ms: u64) {
+    pub(crate) fn start_activation(&mut self, now_ms: u64, now_ns: u64) {
         self.used_ns = 0;
         self.started_ms = now_ms;
         self.baseline_ns = None;
-        self.slice_ticks = 0;
+        self.slice_started_ns = now_ns;
     }
 
     /// The guest moved bytes without leaving its activation: the budgets
@@ -143,33 +162,39 @@ impl Accounting {
     }
 
     /// The store's task is polled: the thread may have run anything since
-    /// the store last ran, so the CPU baseline is forgotten; a slice begins.
+    /// the store last ran, so the CPU baseline is forgotten; a slice begins
+    /// at precise time `now_ns`.
     #[cfg(test)]
-    pub(crate) fn polled(&mut self) {
+    pub(crate) fn polled(&mut self, now_ns: u64) {
         self.baseline_ns = None;
-        self.slice_ticks = 0;
+        self.slice_started_ns = now_ns;
     }
 
     /// The guest resumes after a yield, with the thread's CPU clock at
     /// `cpu_ns`, having waited `queued_ms` for its next slice: a slice
-    /// begins, counted from here. The wait is the gateway's scheduling (the
+    /// begins at precise time `now_ns`, counted from here. The wait is the gateway's scheduling (the
     /// slow lane's turn of every guest it holds, or the tokio worker's other
     /// tasks), not the guest's doing, so the wall-clock budget does not
     /// count it: the activation's start moves forward by that much.
-    pub(crate) fn resumed(&mut self, cpu_ns: u64, queued_ms: u64) {
+    pub(crate) fn resumed(&mut self, cpu_ns: u64, queued_ms: u64, now_ns: u64) {
         self.baseline_ns = Some(cpu_ns);
-        self.slice_ticks = 0;
+        self.slice_started_ns = now_ns;
         self.started_ms = self.started_ms.saturating_add(queued_ms);
     }
 
     /// An epoch tick found the guest running; the thread's CPU clock reads
-    /// `cpu_ns` and the coarse clock `now_ms`.
-    pub(crate) fn tick(&mut self, cpu_ns: u64, now_ms: u64, budget: Budget) -> Verdict {
+    /// `cpu_ns`, the coarse clock `now_ms` and the precise clock `now_ns`.
+    pub(crate) fn tick(
+        &mut self,
+        cpu_ns: u64,
+        now_ms: u64,
+        now_ns: u64,
+        budget: Budget,
+    ) -> Verdict {
         if let Some(baseline) = self.baseline_ns {
             self.used_ns = self.used_ns.saturating_add(cpu_ns.saturating_sub(baseline));
         }
         self.baseline_ns = Some(cpu_ns);
-        self.slice_ticks = self.slice_ticks.saturating_add(1);
         if self.used_ns >= budget.cpu_ns {
             return Verdict::Exceeded(Exceeded::Cpu {
                 used: Duration::from_nanos(self.used_ns),
@@ -183,8 +208,11 @@ impl Accounting {
                 budget_ms: budget.wall_ms,
             });
         }
-        if self.slice_ticks >= SLICE_TICKS {
+        let slice = Duration::from_nanos(now_ns.saturating_sub(self.slice_started_ns));
+        if slice >= SLICE {
             Verdict::Yield
+        } else if slice >= WATCH_AFTER {
+            Verdict::Watch
         } else {
             Verdict::Continue
         }
@@ -196,6 +224,7 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+    const US: u64 = 1_000;
 
     fn budget(cpu_ms: u64, wall_ms: u64) -> Budget {
         Budget {
@@ -211,23 +240,25 @@ mod tests {
     fn a_spinning_guest_yields_every_slice_and_is_stopped_at_its_cpu_budget() {
         let budget = budget(50, 1000);
         let mut a = Accounting::default();
-        a.polled();
-        a.start_activation(0);
-        // The first tick comes part-way into a tick: not counted.
+        a.polled(0);
+        a.start_activation(0, 0);
+        // The first tick comes part-way into a slice: its CPU time before
+        // the first sample is not counted, and the slice goes on.
         let mut cpu = 7 * MS + MS / 3;
-        let mut now = 1;
-        assert_eq!(a.tick(cpu, now, budget), Verdict::Continue);
+        let mut now = MS / 3;
+        assert_eq!(a.tick(cpu, 0, now, budget), Verdict::Watch);
         let mut yields = 0;
         let verdict = loop {
             cpu += MS;
-            now += 1;
-            match a.tick(cpu, now, budget) {
-                Verdict::Continue => {}
+            now += MS;
+            match a.tick(cpu, now / MS, now, budget) {
+                Verdict::Continue | Verdict::Watch => {}
                 Verdict::Yield => {
                     yields += 1;
-                    a.polled();
                     cpu += 3 * MS;
-                    a.resumed(cpu, 0);
+                    now += 3 * MS;
+                    a.polled(now);
+                    a.resumed(cpu, 3, now);
                 }
                 exceeded => break exceeded,
             }
@@ -239,35 +270,58 @@ mod tests {
                 budget_ms: 50
             })
         );
-        // One yield per two ticks.
-        assert_eq!(yields, 25);
+        // A tick a slice after each resumption: one yield per tick.
+        assert_eq!(yields, 49);
     }
 
-    /// Work shorter than a tick is not interrupted, even when a tick comes
-    /// while it runs, nor a long run of short activations in one poll.
+    /// Work shorter than a slice is not interrupted, even when a tick comes
+    /// while it runs, nor a long run of short activations in one poll; nor
+    /// does it keep the ticker fast.
     #[test]
     fn a_tick_in_passing_does_not_make_a_guest_yield() {
         let budget = budget(50, 1000);
         let mut a = Accounting::default();
-        a.polled();
+        a.polled(0);
         for n in 1..100 {
-            a.start_activation(n);
-            assert_eq!(a.tick(n * MS, n, budget), Verdict::Continue);
+            a.start_activation(n, n * MS);
+            assert_eq!(
+                a.tick(n * MS, n, n * MS + 20 * US, budget),
+                Verdict::Continue
+            );
         }
+    }
+
+    /// The slice is measured from its start, not counted in ticks: however
+    /// far apart the ticks come (the ticker's relaxed pace), the first tick
+    /// after a slice's length makes the guest yield, and one a quarter of
+    /// the way in asks the ticker to come back in time.
+    #[test]
+    fn a_slice_is_timed_whatever_the_ticks_pace() {
+        let budget = budget(50, 1000);
+        let mut a = Accounting::default();
+        a.start_activation(0, 0);
+        assert_eq!(a.tick(0, 4, 4 * MS, budget), Verdict::Yield);
+        a.resumed(0, 0, 4 * MS);
+        assert_eq!(a.tick(0, 4, 4 * MS + 100 * US, budget), Verdict::Continue);
+        assert_eq!(a.tick(0, 4, 4 * MS + 300 * US, budget), Verdict::Watch);
+        assert_eq!(a.tick(0, 5, 5 * MS, budget), Verdict::Yield);
     }
 
     #[test]
     fn cpu_time_on_another_thread_or_task_is_not_counted() {
         let budget = budget(10, 1000);
         let mut a = Accounting::default();
-        a.start_activation(0);
-        assert_eq!(a.tick(100 * MS, 1, budget), Verdict::Continue);
+        a.start_activation(0, 0);
+        assert_eq!(a.tick(100 * MS, 0, 100 * US, budget), Verdict::Continue);
         // The task returned to the executor and was polled again, maybe on
         // another thread whose clock reads anything.
-        a.polled();
-        assert_eq!(a.tick(5 * MS, 2, budget), Verdict::Continue);
+        a.polled(2 * MS);
+        assert_eq!(
+            a.tick(5 * MS, 2, 2 * MS + 100 * US, budget),
+            Verdict::Continue
+        );
         assert_eq!(a.used_ns, 0);
-        assert_eq!(a.tick(6 * MS, 3, budget), Verdict::Yield);
+        assert_eq!(a.tick(6 * MS, 3, 3 * MS, budget), Verdict::Yield);
         assert_eq!(a.used_ns, MS);
     }
 
@@ -277,7 +331,7 @@ mod tests {
     fn io_inside_an_activation_renews_the_budgets_but_not_the_slice() {
         let budget = budget(5, 1_000);
         let mut a = Accounting::default();
-        a.start_activation(0);
+        a.start_activation(0, 0);
         let mut cpu = 0;
         let mut yields = 0;
         for now in 0..100 {
@@ -285,13 +339,13 @@ mod tests {
             if now % 3 == 0 {
                 a.renew_budgets(now);
             }
-            match a.tick(cpu, now, budget) {
+            match a.tick(cpu, now, now * MS, budget) {
                 Verdict::Exceeded(e) => panic!("stopped a guest doing I/O: {e}"),
                 Verdict::Yield => {
                     yields += 1;
-                    a.resumed(cpu, 0);
+                    a.resumed(cpu, 0, now * MS);
                 }
-                Verdict::Continue => {}
+                Verdict::Continue | Verdict::Watch => {}
             }
         }
         assert!(yields > 10, "the guest kept its thread: {yields} yields");
@@ -301,16 +355,19 @@ mod tests {
     fn a_new_activation_starts_with_a_full_budget() {
         let budget = budget(10, 1000);
         let mut a = Accounting::default();
-        a.start_activation(0);
-        a.tick(0, 1, budget);
-        a.tick(9 * MS, 2, budget);
+        a.start_activation(0, 0);
+        a.tick(0, 0, 100 * US, budget);
+        a.tick(9 * MS, 0, 200 * US, budget);
         assert_eq!(a.used_ns, 9 * MS);
-        a.start_activation(2);
+        a.start_activation(2, 2 * MS);
         assert_eq!(a.used_ns, 0);
         // The baseline went with the old activation, and a slice began.
-        assert_eq!(a.tick(30 * MS, 3, budget), Verdict::Continue);
+        assert_eq!(
+            a.tick(30 * MS, 2, 2 * MS + 100 * US, budget),
+            Verdict::Continue
+        );
         assert_eq!(a.used_ns, 0);
-        assert_eq!(a.tick(31 * MS, 4, budget), Verdict::Yield);
+        assert_eq!(a.tick(31 * MS, 3, 3 * MS, budget), Verdict::Yield);
         assert_eq!(a.used_ns, MS);
     }
 
@@ -320,12 +377,15 @@ mod tests {
     fn the_wall_clock_budget_counts_time_not_cpu() {
         let budget = budget(50, 200);
         let mut a = Accounting::default();
-        a.start_activation(1000);
-        assert_eq!(a.tick(0, 1001, budget), Verdict::Continue);
-        assert_eq!(a.tick(MS / 10, 1200, budget), Verdict::Yield);
-        a.resumed(MS / 10, 0);
+        a.start_activation(1000, 1000 * MS);
         assert_eq!(
-            a.tick(MS / 5, 1201, budget),
+            a.tick(0, 1000, 1000 * MS + 100 * US, budget),
+            Verdict::Continue
+        );
+        assert_eq!(a.tick(MS / 10, 1200, 1200 * MS, budget), Verdict::Yield);
+        a.resumed(MS / 10, 0, 1200 * MS);
+        assert_eq!(
+            a.tick(MS / 5, 1201, 1201 * MS, budget),
             Verdict::Exceeded(Exceeded::Wall {
                 ran_ms: 201,
                 budget_ms: 200
@@ -341,25 +401,32 @@ mod tests {
     fn waiting_for_the_next_slice_is_not_counted_as_wall_time() {
         let budget = budget(1000, 1000);
         let mut a = Accounting::default();
-        a.start_activation(0);
+        a.start_activation(0, 0);
         let (mut cpu, mut now) = (0, 0);
         for _ in 0..100 {
             cpu += MS;
             now += 1;
-            assert_eq!(a.tick(cpu, now, budget), Verdict::Continue);
+            assert_eq!(
+                a.tick(cpu, now, now * MS - 300 * US, budget),
+                Verdict::Watch
+            );
             cpu += MS;
             now += 1;
-            assert_eq!(a.tick(cpu, now, budget), Verdict::Yield);
+            assert_eq!(a.tick(cpu, now, now * MS, budget), Verdict::Yield);
             // 100 ms in the queue behind the other guests.
             now += 100;
-            a.resumed(cpu, 100);
+            a.resumed(cpu, 100, now * MS);
         }
         // 10.2 s have passed, 200 ms of them holding a thread.
         assert_eq!(now - a.started_ms, 200);
         // Held without a break, the same activation is stopped on time.
-        assert_eq!(a.tick(cpu, now + 700, budget), Verdict::Continue);
         assert_eq!(
-            a.tick(cpu, now + 801, budget),
+            a.tick(cpu, now + 700, (now + 700) * MS, budget),
+            Verdict::Yield
+        );
+        a.resumed(cpu, 0, (now + 700) * MS);
+        assert_eq!(
+            a.tick(cpu, now + 801, (now + 801) * MS, budget),
             Verdict::Exceeded(Exceeded::Wall {
                 ran_ms: 1001,
                 budget_ms: 1000
@@ -371,8 +438,8 @@ mod tests {
     fn a_clock_going_backwards_counts_nothing() {
         let budget = budget(10, 1000);
         let mut a = Accounting::default();
-        a.resumed(50 * MS, 0);
-        assert_eq!(a.tick(40 * MS, 0, budget), Verdict::Continue);
+        a.resumed(50 * MS, 0, 0);
+        assert_eq!(a.tick(40 * MS, 0, 0, budget), Verdict::Continue);
         assert_eq!(a.used_ns, 0);
     }
 }

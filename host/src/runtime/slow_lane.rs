@@ -5,7 +5,7 @@
 //! on the gateway's tokio workers, which also move every app's bytes, so
 //! every piece of guest work starts there: handling a message takes
 //! microseconds, and stays on the worker. When a guest has held the worker
-//! for a full epoch tick, it yields (see [`super::supervisor`]) and its
+//! for a time slice (1 ms, [`super::budget::SLICE`]), it yields (see [`super::supervisor`]) and its
 //! task's future moves here: to a few threads of their own, at a lower OS
 //! priority ([`SLOW_LANE_NICE`]), which run the guests they hold a time
 //! slice each in turn. The guest computes on as fast as the machine has
@@ -323,7 +323,6 @@ struct SlowLane {
 impl SlowLane {
     /// Takes a future lent by its task.
     fn lend(&self, slice: Arc<dyn Slice>) {
-        ticker::slow_lane_lent();
         self.push(slice);
     }
 
@@ -349,14 +348,12 @@ impl SlowLane {
             // A panic (a host bug) goes to the home task, as it would have
             // there; this thread goes on.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| next.slice())) {
-                Ok(true) => self.push(next),
-                Ok(false) => {
-                    ticker::slow_lane_returned();
+                Ok(true) => {
+                    ticker::slow_lane_computing();
+                    self.push(next);
                 }
-                Err(panic) => {
-                    ticker::slow_lane_returned();
-                    next.panicked(panic);
-                }
+                Ok(false) => {}
+                Err(panic) => next.panicked(panic),
             }
         }
     }

@@ -1,12 +1,11 @@
 //! CPU and memory supervision of guests.
 //!
-//! One thread for the whole process ticks the engines' epoch every
-//! [`EPOCH_TICK`] while guests run ([`super::ticker`]) — no timer per
-//! call. Every guest running when a tick comes calls back into the
-//! supervisor, which:
+//! One thread for the whole process ticks the engines' epoch while guests
+//! run ([`super::ticker`]) — no timer per call. Every guest running when a
+//! tick comes calls back into the supervisor, which:
 //!
-//! - **shares the threads**: a guest that has held its thread for a full
-//!   tick yields (an async yield of its fiber), and goes on in the slow
+//! - **shares the threads**: a guest that has held its thread for a time
+//!   slice ([`super::budget::SLICE`], 1 ms) yields (an async yield of its fiber), and goes on in the slow
 //!   lane ([`super::slow_lane`]): threads of lower OS priority, so the
 //!   tokio workers stay free for every app's connections and the I/O
 //!   driver, and anything that needs a core gets it before the guest;
@@ -25,7 +24,7 @@
 //!
 //! Memory is bounded by a store limiter ([`GuestLimiter`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -40,7 +39,7 @@ pub use super::budget::Exceeded;
 pub use super::trap::{TrapCause, explain_trap};
 
 pub use super::ticker::{EPOCH_TICK, start_ticker};
-use crate::base::clock::coarse_now_ms;
+use crate::base::clock::{coarse_now_ms, precise_now_ns};
 
 /// Set whenever the guest's connection moved bytes (or its call waited);
 /// the supervisor then treats the import as I/O and refills the wall-clock
@@ -94,8 +93,9 @@ pub enum Activation {
     /// entry for as long as its clients send. The flag is set whenever a
     /// connection of the instance moved bytes; the epoch callback clears it
     /// and renews the budgets (the time slices go on: the guest still
-    /// yields its thread every tick). A guest that computes without moving
-    /// bytes never sets it.
+    /// yields its worker to the worker's other tasks at each slice's end,
+    /// but stays on it rather than moving to the slow lane). A guest that
+    /// computes without moving bytes never sets it.
     EventLoop(IoProgress),
     /// The `conn-handler-sync` world: a guest waits for I/O inside a
     /// blocking import (`blocking-read`, `poll`), so the return of an import
@@ -120,7 +120,7 @@ pub struct Meter {
     baseline_ns: AtomicU64,
     used_ns: AtomicU64,
     started_ms: AtomicU64,
-    slice_ticks: AtomicU32,
+    slice_started_ns: AtomicU64,
     /// Set while the guest waits in [`Meter::next_slice`].
     yielding: AtomicBool,
     /// The coarse clock (ms) when the guest last yielded its slice.
@@ -136,7 +136,7 @@ impl Meter {
             baseline_ns: AtomicU64::new(NO_BASELINE),
             used_ns: AtomicU64::new(0),
             started_ms: AtomicU64::new(coarse_now_ms()),
-            slice_ticks: AtomicU32::new(0),
+            slice_started_ns: AtomicU64::new(precise_now_ns()),
             yielding: AtomicBool::new(false),
             yielded_ms: AtomicU64::new(0),
         })
@@ -154,17 +154,20 @@ impl Meter {
     /// have run anything since ([`Accounting::polled`]).
     pub fn polled(&self) {
         self.baseline_ns.store(NO_BASELINE, Ordering::Relaxed);
-        self.slice_ticks.store(0, Ordering::Relaxed);
+        self.slice_started_ns
+            .store(precise_now_ns(), Ordering::Relaxed);
     }
 
     /// [`Accounting::start_activation`]: on the path of every message, so
-    /// a few relaxed stores and no clock read.
+    /// a few relaxed stores, the precise clock (a vDSO read) and no system
+    /// call.
     fn start_activation(&self) {
         ticker::guest_active();
         self.used_ns.store(0, Ordering::Relaxed);
         self.started_ms.store(coarse_now_ms(), Ordering::Relaxed);
         self.baseline_ns.store(NO_BASELINE, Ordering::Relaxed);
-        self.slice_ticks.store(0, Ordering::Relaxed);
+        self.slice_started_ns
+            .store(precise_now_ns(), Ordering::Relaxed);
     }
 
     /// The guest did I/O inside its activation ([`Activation::EventLoop`]):
@@ -181,7 +184,7 @@ impl Meter {
             baseline_ns: (baseline != NO_BASELINE).then_some(baseline),
             used_ns: self.used_ns.load(Ordering::Relaxed),
             started_ms: self.started_ms.load(Ordering::Relaxed),
-            slice_ticks: self.slice_ticks.load(Ordering::Relaxed),
+            slice_started_ns: self.slice_started_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -193,19 +196,42 @@ impl Meter {
         self.used_ns.store(accounting.used_ns, Ordering::Relaxed);
         self.started_ms
             .store(accounting.started_ms, Ordering::Relaxed);
-        self.slice_ticks
-            .store(accounting.slice_ticks, Ordering::Relaxed);
+        self.slice_started_ns
+            .store(accounting.slice_started_ns, Ordering::Relaxed);
     }
 
     /// The epoch callback: samples the clocks and carries out the verdict.
-    fn tick(self: &Arc<Self>, budget: Budget) -> wasmtime::Result<UpdateDeadline> {
+    /// `moved_bytes`: the guest's connections moved bytes since the last
+    /// tick, so it is serving them, not computing
+    /// ([`Activation::EventLoop`]): at a slice's end it lets the worker's
+    /// other tasks run and stays on the worker, instead of moving to the
+    /// slow lane, and it does not keep the ticker fast.
+    fn tick(
+        self: &Arc<Self>,
+        budget: Budget,
+        moved_bytes: bool,
+    ) -> wasmtime::Result<UpdateDeadline> {
         ticker::guest_active();
         let mut accounting = self.load();
-        let verdict = accounting.tick(thread_cpu_ns(), coarse_now_ms(), budget);
+        let verdict = accounting.tick(thread_cpu_ns(), coarse_now_ms(), precise_now_ns(), budget);
         self.save(&accounting);
         match verdict {
             Verdict::Continue => Ok(UpdateDeadline::Continue(1)),
+            Verdict::Watch => {
+                if !moved_bytes {
+                    ticker::guest_computing();
+                }
+                Ok(UpdateDeadline::Continue(1))
+            }
+            Verdict::Yield if moved_bytes => {
+                self.yielded_ms.store(coarse_now_ms(), Ordering::Relaxed);
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(self.clone().next_turn()),
+                ))
+            }
             Verdict::Yield => {
+                ticker::guest_computing();
                 self.yielded_ms.store(coarse_now_ms(), Ordering::Relaxed);
                 self.yielding.store(true, Ordering::Relaxed);
                 Ok(UpdateDeadline::YieldCustom(
@@ -234,11 +260,26 @@ impl Meter {
             std::task::Poll::Pending
         })
         .await;
+        self.resumed();
+        self.yielding.store(false, Ordering::Relaxed);
+    }
+
+    /// What a guest that is serving its connections waits for at the end
+    /// of a slice: its turn on the same worker, after the tasks that were
+    /// waiting for it (tokio's `yield_now` puts it behind them, where a
+    /// plain wake-up would run it again at once).
+    async fn next_turn(self: Arc<Self>) {
+        tokio::task::yield_now().await;
+        self.resumed();
+    }
+
+    /// The guest goes on after a yield, on whichever thread polls it: a
+    /// slice begins ([`Accounting::resumed`]).
+    fn resumed(&self) {
         let queued_ms = coarse_now_ms().saturating_sub(self.yielded_ms.load(Ordering::Relaxed));
         let mut accounting = self.load();
-        accounting.resumed(thread_cpu_ns(), queued_ms);
+        accounting.resumed(thread_cpu_ns(), queued_ms, precise_now_ns());
         self.save(&accounting);
-        self.yielding.store(false, Ordering::Relaxed);
     }
 }
 
@@ -298,12 +339,13 @@ pub fn supervise_activations(
         Activation::HostWait(_) => None,
     };
     store.epoch_deadline_callback(move |_store| {
-        if let Some(progress) = &moved_bytes
-            && progress.swap(false, Ordering::Relaxed)
-        {
+        let moved = moved_bytes
+            .as_ref()
+            .is_some_and(|progress| progress.swap(false, Ordering::Relaxed));
+        if moved {
             ticked.renew_budgets();
         }
-        ticked.tick(budget)
+        ticked.tick(budget, moved)
     });
     let hooked = meter.clone();
     store.call_hook(move |mut store, hook| {

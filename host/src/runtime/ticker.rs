@@ -3,14 +3,24 @@
 //! the supervisor, [`super::supervisor`]) and the coarse clock — no timer
 //! per call or per connection.
 //!
-//! A wake-up costs the ticker thread about 20 µs of CPU on a small VM, so
-//! it keeps its pace ([`pace`]) to what the guests need:
-//! - [`EPOCH_TICK`] (1 ms) while guests run: the time slice, and the
-//!   resolution of the CPU and wall-clock budgets;
-//! - [`FAST_TICK`] while guests compute in the slow lane, and for
+//! A wake-up costs about 40 µs of a core on this 2-core VM (the timer
+//! interrupt, two context switches and the hypervisor's share of them;
+//! a C loop that only sleeps costs the same), so the ticker keeps its pace
+//! ([`pace`]) to what the guests need:
+//! - [`FAST_TICK`] while guests compute in the slow lane (one ended a
+//!   slice there wanting another, [`slow_lane_computing`]), and for
 //!   [`FAST_TICKS_FOR`] after: a guest that starts computing on a worker
 //!   then leaves it sooner, which matters when many do, one after the
 //!   other (connections that spin, are stopped and reconnect);
+//! - [`EPOCH_TICK`] (1 ms) while a guest computes — a tick found one a
+//!   good part into its time slice ([`guest_computing`]) — and for
+//!   [`FAST_TICKS_FOR`] after: the time slices are then 1 to 2 ms;
+//! - [`RELAXED_TICK`] while guests run but none computes (a busy I/O app
+//!   whose activations last microseconds): a tick every millisecond would
+//!   cost such an app a tenth of its core on this VM, for nothing. A tick
+//!   that finds a guest computing wakes the ticker at once, so a guest that
+//!   starts computing then keeps its thread for at most one relaxed tick,
+//!   once;
 //! - [`IDLE_TICK`] when no guest ran during a tick, until one starts
 //!   ([`guest_active`] wakes the ticker).
 //!
@@ -28,7 +38,7 @@
 //! scheduler slice instead, which on Linux 6.12 and later usually (not
 //! always) preempts too; it says which it got at start.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -38,14 +48,20 @@ use wasmtime::Engine;
 use crate::base::clock;
 use crate::base::locks::lock;
 
-/// The epoch tick while guests run: the longest a guest keeps a thread
-/// before yielding is two ticks.
+/// The epoch tick while a guest computes: a guest then yields within a
+/// tick of its time slice's end ([`super::budget::SLICE`]).
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The epoch tick while guests run but none computes: the longest a guest
+/// that starts computing then keeps its thread. The kernel's own tick on
+/// a 250 Hz kernel.
+pub(crate) const RELAXED_TICK: Duration = Duration::from_millis(4);
 
 /// The epoch tick while guests compute in the slow lane.
 pub(crate) const FAST_TICK: Duration = Duration::from_micros(250);
 
-/// How long the ticker stays fast after the slow lane emptied.
+/// How long the ticker stays fast after the slow lane emptied, or after
+/// it last saw a guest computing.
 pub(crate) const FAST_TICKS_FOR: Duration = Duration::from_secs(1);
 
 /// The longest the ticker sleeps while no guest runs; the coarse clock's
@@ -54,25 +70,46 @@ pub(crate) const IDLE_TICK: Duration = Duration::from_millis(50);
 
 /// How fast the ticker goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Pace {
     /// No guest ran during the last tick: sleep [`IDLE_TICK`], or until a
     /// guest starts.
     Idle,
+    /// Guests run, none computes: [`RELAXED_TICK`], or until a tick finds
+    /// one computing.
+    Relaxed,
     /// [`EPOCH_TICK`].
     Normal,
     /// [`FAST_TICK`].
     Fast,
 }
 
-/// The pace after a tick: `active` if a guest ran during it, `since_busy`
-/// the time since the slow lane was last seen computing.
-pub(crate) fn pace(active: bool, since_busy: Option<Duration>) -> Pace {
-    match since_busy {
-        Some(since) if since < FAST_TICKS_FOR => Pace::Fast,
-        _ if active => Pace::Normal,
-        _ => Pace::Idle,
+/// The pace after a tick: `active` if a guest ran during it; `since_busy`
+/// the time since the slow lane was last seen computing, `since_computing`
+/// since a tick last found a guest computing.
+pub(crate) fn pace(
+    active: bool,
+    since_busy: Option<Duration>,
+    since_computing: Option<Duration>,
+) -> Pace {
+    let recent = |since: Option<Duration>| since.is_some_and(|since| since < FAST_TICKS_FOR);
+    if recent(since_busy) {
+        Pace::Fast
+    } else if recent(since_computing) {
+        Pace::Normal
+    } else if active {
+        Pace::Relaxed
+    } else {
+        Pace::Idle
     }
 }
+
+/// The ticker's pace now, as a [`Pace`]'s `u8`: who wakes it early reads it.
+static PACE: AtomicU8 = AtomicU8::new(Pace::Idle as u8);
+
+/// Set when a tick finds a guest computing; cleared by the ticker at each
+/// tick.
+static COMPUTING: AtomicBool = AtomicBool::new(false);
 
 /// Set when a guest runs; cleared by the ticker at each tick.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -84,37 +121,47 @@ static TICKER: OnceLock<Thread> = OnceLock::new();
 /// process; the supervision benchmark builds several.
 static TICKED_ENGINES: Mutex<Vec<Engine>> = Mutex::new(Vec::new());
 
-/// Futures lent to the slow lane ([`super::slow_lane`]) and not back yet;
-/// the slow lane reports them here, and the ticker goes faster while there
-/// are any.
-static SLOW_LANE_LENT: AtomicUsize = AtomicUsize::new(0);
+/// Set when a guest lent to the slow lane ([`super::slow_lane`]) ended a
+/// slice there still computing (it wants another); cleared by the ticker
+/// at each tick, which goes faster for a while after it saw one.
+static SLOW_LANE_COMPUTING: AtomicBool = AtomicBool::new(false);
 
-/// The slow lane took a guest's future.
-pub(crate) fn slow_lane_lent() {
-    SLOW_LANE_LENT.fetch_add(1, Ordering::Relaxed);
-}
-
-/// The slow lane gave a guest's future back.
-pub(crate) fn slow_lane_returned() {
-    SLOW_LANE_LENT.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// Whether a guest is computing in the slow lane (or waiting there for its
-/// turn); the ticker ticks faster meanwhile.
-fn slow_lane_busy() -> bool {
-    SLOW_LANE_LENT.load(Ordering::Relaxed) > 0
+/// A guest in the slow lane used up a slice and goes on computing.
+pub(crate) fn slow_lane_computing() {
+    if !SLOW_LANE_COMPUTING.load(Ordering::Relaxed) {
+        SLOW_LANE_COMPUTING.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A guest runs (an activation starts, or a tick found one running): on
 /// the path of every message, so one relaxed load, except for the first
-/// guest after the ticker went idle, which refreshes the coarse clock and
-/// wakes the ticker.
+/// guest after a tick, which also reads the pace, and the first after the
+/// ticker went idle, which refreshes the coarse clock and wakes the ticker.
 pub(crate) fn guest_active() {
-    if !ACTIVE.load(Ordering::Relaxed) && !ACTIVE.swap(true, Ordering::Relaxed) {
+    if !ACTIVE.load(Ordering::Relaxed)
+        && !ACTIVE.swap(true, Ordering::Relaxed)
+        && PACE.load(Ordering::Relaxed) == Pace::Idle as u8
+    {
         clock::refresh();
-        if let Some(ticker) = TICKER.get() {
-            ticker.unpark();
-        }
+        wake_ticker();
+    }
+}
+
+/// A tick found a guest a good part into its time slice
+/// ([`super::budget::Verdict::Watch`]) or at its end: the ticker must come
+/// back within a slice, so a relaxed ticker is woken now and keeps the
+/// [`EPOCH_TICK`] pace for [`FAST_TICKS_FOR`].
+pub(crate) fn guest_computing() {
+    if !COMPUTING.swap(true, Ordering::Relaxed)
+        && PACE.load(Ordering::Relaxed) == Pace::Relaxed as u8
+    {
+        wake_ticker();
+    }
+}
+
+fn wake_ticker() {
+    if let Some(ticker) = TICKER.get() {
+        ticker.unpark();
     }
 }
 
@@ -150,14 +197,26 @@ fn tick_forever() {
         ),
     }
     let mut busy_at: Option<Instant> = None;
+    let mut computing_at: Option<Instant> = None;
     loop {
-        if slow_lane_busy() {
+        if SLOW_LANE_COMPUTING.swap(false, Ordering::Relaxed) {
             busy_at = Some(Instant::now());
         }
+        if COMPUTING.swap(false, Ordering::Relaxed) {
+            computing_at = Some(Instant::now());
+        }
         let active = ACTIVE.swap(false, Ordering::Relaxed);
-        match pace(active, busy_at.map(|at| at.elapsed())) {
+        let pace = pace(
+            active,
+            busy_at.map(|at| at.elapsed()),
+            computing_at.map(|at| at.elapsed()),
+        );
+        PACE.store(pace as u8, Ordering::Relaxed);
+        match pace {
             Pace::Fast => std::thread::sleep(FAST_TICK),
             Pace::Normal => std::thread::sleep(EPOCH_TICK),
+            // Woken early by `guest_computing`.
+            Pace::Relaxed => std::thread::park_timeout(RELAXED_TICK),
             // Woken early by `guest_active`.
             Pace::Idle => std::thread::park_timeout(IDLE_TICK),
         }
@@ -240,11 +299,16 @@ mod tests {
 
     #[test]
     fn the_ticker_keeps_pace_with_the_guests() {
-        assert_eq!(pace(false, None), Pace::Idle);
-        assert_eq!(pace(true, None), Pace::Normal);
-        assert_eq!(pace(false, Some(Duration::ZERO)), Pace::Fast);
-        assert_eq!(pace(true, Some(FAST_TICKS_FOR / 2)), Pace::Fast);
-        assert_eq!(pace(true, Some(FAST_TICKS_FOR)), Pace::Normal);
-        assert_eq!(pace(false, Some(FAST_TICKS_FOR * 2)), Pace::Idle);
+        let now = Some(Duration::ZERO);
+        let long_ago = Some(FAST_TICKS_FOR * 2);
+        assert_eq!(pace(false, None, None), Pace::Idle);
+        assert_eq!(pace(true, None, None), Pace::Relaxed);
+        assert_eq!(pace(true, None, long_ago), Pace::Relaxed);
+        assert_eq!(pace(true, None, now), Pace::Normal);
+        assert_eq!(pace(false, None, Some(FAST_TICKS_FOR / 2)), Pace::Normal);
+        assert_eq!(pace(false, now, None), Pace::Fast);
+        assert_eq!(pace(true, Some(FAST_TICKS_FOR / 2), now), Pace::Fast);
+        assert_eq!(pace(true, Some(FAST_TICKS_FOR), None), Pace::Relaxed);
+        assert_eq!(pace(false, long_ago, long_ago), Pace::Idle);
     }
 }
