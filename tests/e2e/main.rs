@@ -18,6 +18,7 @@ mod http_hello;
 mod limits;
 mod new_project;
 mod refusals;
+mod reload;
 mod security_guest;
 mod sync_world;
 mod traps;
