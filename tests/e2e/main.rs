@@ -17,6 +17,7 @@ mod http_apps;
 mod http_hello;
 mod limits;
 mod new_project;
+mod production;
 mod refusals;
 mod reload;
 mod security_guest;
