@@ -26,7 +26,12 @@ struct Cli {
     /// `json` (one object a line, with `timestamp`, `level`, `fields.message`,
     /// `target`) for log collectors. Default: `gateway.log_format` of the
     /// configuration file, else `text`.
-    #[arg(long, global = true, env = "SOCKGATE_LOG_FORMAT", value_name = "text|json")]
+    #[arg(
+        long,
+        global = true,
+        env = "SOCKGATE_LOG_FORMAT",
+        value_name = "text|json"
+    )]
     log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,

@@ -29,7 +29,9 @@ pub async fn reload(client: &Client) -> Result<(), Failure> {
     };
     println!(
         "reloaded {}",
-        reloaded["file"].as_str().unwrap_or("the configuration file")
+        reloaded["file"]
+            .as_str()
+            .unwrap_or("the configuration file")
     );
     for (what, key) in [
         ("added", "added"),

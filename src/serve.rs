@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use anyhow::Result;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use sockgate_host::Gateway;
 use sockgate_host::config::Config;
 use sockgate_host::gateway::{AppStatus, ConfigFile};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Starts a gateway for `config` (read from `file`, when there is one),
 /// prints how to reach each app, and serves until SIGINT or SIGTERM; SIGHUP

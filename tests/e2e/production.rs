@@ -18,7 +18,11 @@ fn outside_checkout(label: &str) -> ScratchDir {
     let dir = std::env::temp_dir().join(format!("sockgate-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    assert!(!dir.starts_with(root()), "{} is in the checkout", dir.display());
+    assert!(
+        !dir.starts_with(root()),
+        "{} is in the checkout",
+        dir.display()
+    );
     ScratchDir(dir)
 }
 
@@ -111,8 +115,8 @@ fn first_json_line(gateway: &Gateway) -> Value {
     );
     let text = gateway.stderr.text();
     let line = text.lines().next().unwrap();
-    let value: Value = serde_json::from_str(line)
-        .unwrap_or_else(|err| panic!("not JSON ({err}): {line}\n{text}"));
+    let value: Value =
+        serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}\n{text}"));
     assert!(value["level"].is_string(), "{value}");
     assert!(value["fields"]["message"].is_string(), "{value}");
     value

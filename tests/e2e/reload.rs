@@ -134,7 +134,10 @@ async fn reload_adds_changes_and_removes_apps_with_drain() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("added: new"), "{stdout}");
     assert!(stdout.contains("changed: svc"), "{stdout}");
-    assert!(stdout.contains("removed (connections drain): old"), "{stdout}");
+    assert!(
+        stdout.contains("removed (connections drain): old"),
+        "{stdout}"
+    );
     assert!(stdout.contains("unchanged: same"), "{stdout}");
     assert!(
         stderr.contains("applied only when the gateway restarts: gateway.max_connections"),
@@ -220,7 +223,10 @@ async fn reload_refuses_a_broken_file_whole_with_its_line() {
         assert_eq!(code, 1, "{case}: {stdout}{stderr}");
         let at = format!("{}:{line}:", gateway.config.display());
         assert!(stderr.contains(&at), "{case}: no {at} in\n{stderr}");
-        assert!(stderr.contains(reason), "{case}: no {reason:?} in\n{stderr}");
+        assert!(
+            stderr.contains(reason),
+            "{case}: no {reason:?} in\n{stderr}"
+        );
         // Nothing applied: svc keeps its version, nothing was added.
         let mut fresh = TcpStream::connect(svc).await.unwrap();
         assert_eq!(version_of(&mut fresh).await, "echo", "{case}");

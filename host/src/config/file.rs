@@ -152,7 +152,10 @@ mod tests {
         std::fs::write(dir.join("a.wasm"), b"").unwrap();
         let path = dir.join("sockgate.toml");
         let err = parse(&path, text).unwrap_err();
-        format!("{err:#}").replace(&format!("invalid configuration file {}/", dir.display()), "")
+        format!("{err:#}").replace(
+            &format!("invalid configuration file {}/", dir.display()),
+            "",
+        )
     }
 
     const APP: &str = "[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\nlisten = \"127.0.0.1:1\"\n";
@@ -166,7 +169,10 @@ mod tests {
     #[test]
     fn an_unknown_field_names_its_line() {
         let err = refusal(&format!("{APP}port = 3\n"));
-        assert!(err.starts_with("sockgate.toml:5:1: unknown field `port`"), "{err}");
+        assert!(
+            err.starts_with("sockgate.toml:5:1: unknown field `port`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -180,12 +186,20 @@ mod tests {
     #[test]
     fn a_missing_component_names_its_app() {
         let err = refusal(&APP.replace("a.wasm", "missing.wasm"));
-        assert!(err.starts_with("sockgate.toml:2:1: app `a`: component"), "{err}");
+        assert!(
+            err.starts_with("sockgate.toml:2:1: app `a`: component"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_gateway_setting_names_its_key() {
-        let err = refusal(&format!("[gateway]\ndrain_secs = 1\nmax_connections = 0\n{APP}"));
-        assert!(err.starts_with("sockgate.toml:3:1: gateway.max_connections"), "{err}");
+        let err = refusal(&format!(
+            "[gateway]\ndrain_secs = 1\nmax_connections = 0\n{APP}"
+        ));
+        assert!(
+            err.starts_with("sockgate.toml:3:1: gateway.max_connections"),
+            "{err}"
+        );
     }
 }

@@ -394,9 +394,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     );
     // The listeners' settings have no equality of their own; their debug
     // form holds every field.
-    let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
-        format!("{a:?}") != format!("{b:?}")
-    };
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     compare("[tls]", differs(&old.tls, &new.tls));
     compare("[http]", differs(&old.http, &new.http));
     compare("[quic]", differs(&old.quic, &new.quic));

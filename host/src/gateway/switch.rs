@@ -301,7 +301,9 @@ impl Gateway {
         self.check_app_among(
             config,
             source,
-            slots.iter().map(|(name, slot)| (name.as_str(), &slot.config)),
+            slots
+                .iter()
+                .map(|(name, slot)| (name.as_str(), &slot.config)),
         )
     }
 
@@ -327,9 +329,9 @@ impl Gateway {
         };
         for domain in &config.domains {
             policy.check_claim(&config.name, domain, source == Source::Config)?;
-            let owner = others
-                .clone()
-                .find(|(name, other)| *name != config.name.as_str() && other.domains.contains(domain));
+            let owner = others.clone().find(|(name, other)| {
+                *name != config.name.as_str() && other.domains.contains(domain)
+            });
             if let Some((owner, _)) = owner {
                 anyhow::bail!(
                     "app `{}`: domain `{domain}` is already app `{owner}`'s (a name serves one \
