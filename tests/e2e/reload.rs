@@ -10,8 +10,8 @@ use std::process::Command;
 use sockgate_testkit::gateway::{WAIT, config_toml};
 use tokio::net::TcpStream;
 
-use crate::deploy::{app_addr, cli, ls, version_of};
-use crate::support::{Gateway, ScratchDir, TestApp, ask, shared_cache_dir};
+use crate::deploy::{app_addr, cli, deploy, ls, version_of};
+use crate::support::{Gateway, ScratchDir, TestApp, ask, guest, shared_cache_dir};
 
 /// A gateway serving a configuration file the test rewrites, with an admin
 /// API (for `sockgate reload` and `ls`).
@@ -118,6 +118,14 @@ async fn reload_adds_changes_and_removes_apps_with_drain() {
     assert_eq!(version_of(&mut before).await, "echo");
     let mut on_removed = TcpStream::connect(gateway.addr("old")).await.unwrap();
     assert_eq!(ask(&mut on_removed, "hello").await, "hello");
+    // An app deployed through the admin API, which no reload touches.
+    deploy(
+        gateway.admin,
+        &gateway.state,
+        "deployed",
+        &guest("echo"),
+        &["--listen", "127.0.0.1:0"],
+    );
 
     // svc gets another component, old goes, new comes, same stays; and a
     // setting that needs a restart changes.
@@ -161,6 +169,17 @@ async fn reload_adds_changes_and_removes_apps_with_drain() {
     let names = gateway.names();
     assert!(!names.contains(&"old".to_owned()), "{names:?}");
     assert_eq!(ask(&mut on_removed, "still here").await, "still here");
+    // The deployed app still serves; a file that claims its name is
+    // refused.
+    assert!(names.contains(&"deployed".to_owned()), "{names:?}");
+    let mut deployed = TcpStream::connect(gateway.addr("deployed")).await.unwrap();
+    assert_eq!(ask(&mut deployed, "mine").await, "mine");
+    gateway.rewrite("", &app("deployed", "hostile", ""));
+    let (code, stdout, stderr) = gateway.reload();
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("deployed through the admin API"), "{stderr}");
+    let mut again = TcpStream::connect(gateway.addr("deployed")).await.unwrap();
+    assert_eq!(version_of(&mut again).await, "echo");
 
     // The app's events and the gateway's say what happened.
     let (_, events, _) = cli(gateway.admin, &gateway.state, &["events", "svc"]);
