@@ -177,7 +177,10 @@ async fn reload_adds_changes_and_removes_apps_with_drain() {
     gateway.rewrite("", &app("deployed", "hostile", ""));
     let (code, stdout, stderr) = gateway.reload();
     assert_eq!(code, 1, "{stdout}{stderr}");
-    assert!(stderr.contains("deployed through the admin API"), "{stderr}");
+    assert!(
+        stderr.contains("deployed through the admin API"),
+        "{stderr}"
+    );
     let mut again = TcpStream::connect(gateway.addr("deployed")).await.unwrap();
     assert_eq!(version_of(&mut again).await, "echo");
 
