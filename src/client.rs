@@ -1,5 +1,5 @@
 //! The operator commands (`deploy`, `ls`, `logs`, `events`, `rm`,
-//! `rollback`): clients of a running gateway's admin API.
+//! `rollback`; `reload` in reload.rs): clients of a running gateway's admin API.
 //!
 //! Exit codes scripts can rely on: 0 done; 1 the gateway refused (bad
 //! component, bad settings, conflict); 2 usage error; 3 the admin API could
@@ -215,6 +215,17 @@ impl Client {
         }
     }
 
+    /// `POST path` with no body; the answer's JSON.
+    pub async fn post_json(&self, path: &str) -> Result<Value, Failure> {
+        let response = self.send(Method::POST, path, &[], empty()).await?;
+        read_json(response).await
+    }
+
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        self.args.json
+    }
+
     async fn get_json(&self, path: &str) -> Result<Value, Failure> {
         let response = self.send(Method::GET, path, &[], empty()).await?;
         read_json(response).await
@@ -393,9 +404,14 @@ impl Client {
         Ok(())
     }
 
-    /// `sockgate events`.
-    pub async fn events(&self, name: &str) -> Result<(), Failure> {
-        let value = self.get_json(&format!("/v1/apps/{name}/events")).await?;
+    /// `sockgate events [NAME]`: an app's events, or without a name the
+    /// gateway's own (reloads).
+    pub async fn events(&self, name: Option<&str>) -> Result<(), Failure> {
+        let path = match name {
+            Some(name) => format!("/v1/apps/{name}/events"),
+            None => "/v1/events".to_owned(),
+        };
+        let value = self.get_json(&path).await?;
         if self.args.json {
             return print_json(&value);
         }
@@ -405,7 +421,7 @@ impl Client {
             let instance = event
                 .instance
                 .map(|i| format!("instance {i}"))
-                .unwrap_or_else(|| "app".into());
+                .unwrap_or_else(|| if name.is_some() { "app" } else { "gateway" }.into());
             println!(
                 "{}  {instance:<10}  {}",
                 clock(event.at_ms),

@@ -6,6 +6,7 @@ mod dev_ca;
 mod guest_steps;
 mod log_writer;
 mod new;
+mod reload;
 mod serve;
 
 use std::net::SocketAddr;
@@ -14,12 +15,24 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sockgate_host::base::names::AppName;
-use sockgate_host::config::{AppConfig, Config, Instances};
+use sockgate_host::config::{AppConfig, Config, Instances, LogFormat};
+use sockgate_host::gateway::ConfigFile;
 
 /// Serve network connections from WebAssembly components.
 #[derive(Parser)]
 #[command(name = "sockgate", version, about)]
 struct Cli {
+    /// How the gateway's own log (stderr) is written: `text` for people,
+    /// `json` (one object a line, with `timestamp`, `level`, `fields.message`,
+    /// `target`) for log collectors. Default: `gateway.log_format` of the
+    /// configuration file, else `text`.
+    #[arg(
+        long,
+        global = true,
+        env = "SOCKGATE_LOG_FORMAT",
+        value_name = "text|json"
+    )]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,10 +111,11 @@ enum Command {
         #[command(flatten)]
         admin: client::AdminArgs,
     },
-    /// Print an app's events (deploys, traps, limits hit).
+    /// Print an app's events (deploys, traps, limits hit); without a name,
+    /// the gateway's own (reloads).
     Events {
         /// The app.
-        name: String,
+        name: Option<String>,
         #[command(flatten)]
         admin: client::AdminArgs,
     },
@@ -109,6 +123,13 @@ enum Command {
     Rm {
         /// The app.
         name: String,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// Re-read the running gateway's configuration file (as SIGHUP does):
+    /// apps added, changed and removed there switch, with drain; a broken
+    /// file is refused whole, naming its line, and changes nothing.
+    Reload {
         #[command(flatten)]
         admin: client::AdminArgs,
     },
@@ -160,7 +181,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Flushes the gateway's log (briefly) when main returns.
-    let _flush_log = init_tracing();
+    let format = cli
+        .log_format
+        .or_else(|| configured_log_format(&cli.command))
+        .unwrap_or_default();
+    let _flush_log = init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -191,15 +216,16 @@ async fn run(command: Command) -> ExitCode {
             let mut config = Config::default();
             config.gateway.cache_dir = cache_dir;
             config.apps.push(app);
-            return result(serve::serve(config).await);
+            return result(serve::serve(config, None).await);
         }
         Command::Serve {
             config,
             admin,
             state_dir,
         } => {
-            let loaded = match config {
-                Some(path) => Config::load(&path),
+            let file = config.map(|path| ConfigFile::new(path, admin, state_dir.clone()));
+            let loaded = match &file {
+                Some(file) => file.read(),
                 None => Ok(Config::default()),
             };
             let mut config = match loaded {
@@ -212,7 +238,7 @@ async fn run(command: Command) -> ExitCode {
             if state_dir.is_some() {
                 config.gateway.state_dir = state_dir;
             }
-            return result(serve::serve(config).await);
+            return result(serve::serve(config, file).await);
         }
         Command::DevCa { config, state_dir } => {
             return result(dev_ca::print_root(config, state_dir));
@@ -251,11 +277,15 @@ async fn run(command: Command) -> ExitCode {
             Err(failure) => Err(failure),
         },
         Command::Events { name, admin } => match client(admin) {
-            Ok(client) => client.events(&name).await,
+            Ok(client) => client.events(name.as_deref()).await,
             Err(failure) => Err(failure),
         },
         Command::Rm { name, admin } => match client(admin) {
             Ok(client) => client.rm(&name).await,
+            Err(failure) => Err(failure),
+        },
+        Command::Reload { admin } => match client(admin) {
+            Ok(client) => reload::reload(&client).await,
             Err(failure) => Err(failure),
         },
         Command::Rollback { name, admin } => match client(admin) {
@@ -279,28 +309,46 @@ fn result(outcome: anyhow::Result<()>) -> ExitCode {
 /// Logs to stderr through a bounded queue and a writer thread
 /// ([`log_writer`]), so a slow stderr never blocks the runtime; falls back
 /// to writing stderr directly if the thread cannot start.
-fn init_tracing() -> Option<log_writer::FlushOnExit> {
+fn init_tracing(format: LogFormat) -> Option<log_writer::FlushOnExit> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    use tracing_subscriber::fmt::MakeWriter;
+    fn install<W>(format: LogFormat, writer: W)
+    where
+        W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    {
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer);
+        match format {
+            LogFormat::Json => builder.json().init(),
+            LogFormat::Text => builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init(),
+        }
+    }
     match log_writer::LossyStderr::start() {
         Ok((writer, flush)) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(writer)
-                .with_ansi(ansi)
-                .init();
+            install(format, writer);
             Some(flush)
         }
         Err(err) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_ansi(ansi)
-                .init();
+            install(format, std::io::stderr);
             tracing::warn!("cannot start the log writer thread ({err}); logging synchronously");
             None
         }
+    }
+}
+
+/// `gateway.log_format` of the configuration file `sockgate serve` will
+/// read, if it says; a file that does not load says nothing here (its
+/// error is reported once the log is set up).
+fn configured_log_format(command: &Command) -> Option<LogFormat> {
+    match command {
+        Command::Serve {
+            config: Some(path), ..
+        } => Config::load(path).ok()?.gateway.log_format,
+        _ => None,
     }
 }
 

@@ -5,12 +5,19 @@ use std::path::Path;
 use anyhow::Result;
 use sockgate_host::Gateway;
 use sockgate_host::config::Config;
-use sockgate_host::gateway::AppStatus;
+use sockgate_host::gateway::{AppStatus, ConfigFile};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// Starts a gateway for `config`, prints how to reach each app, and serves
-/// until SIGINT or SIGTERM.
-pub async fn serve(mut config: Config) -> Result<()> {
+/// Starts a gateway for `config` (read from `file`, when there is one),
+/// prints how to reach each app, and serves until SIGINT or SIGTERM; SIGHUP
+/// reloads `file`.
+pub async fn serve(mut config: Config, file: Option<ConfigFile>) -> Result<()> {
     config.validate()?;
+    // Watched from the start: a SIGHUP once `sockgate ready` is printed
+    // reloads, never kills (the default action).
+    let signals = Signals::watch();
+    // As the file says it, before a port 0 is bound: what a reload compares.
+    let as_read = config.clone();
     let state_dir = config.state_dir();
     // Before anything is opened: the guests' outbound budget is half of it.
     let descriptors = sockgate_host::tenant::guest_budget::raise_descriptor_limit();
@@ -25,6 +32,9 @@ pub async fn serve(mut config: Config) -> Result<()> {
         None => None,
     };
     let gateway = Gateway::start(config).await?;
+    if let Some(file) = file {
+        gateway.enable_reload(file, as_read);
+    }
     describe_descriptors(descriptors);
     let apps = gateway.apps().await;
     for app in &apps {
@@ -49,7 +59,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
         );
     }
     println!("sockgate ready: {} app(s); Ctrl-C stops", apps.len());
-    wait_for_shutdown().await;
+    signals.serve_until_shutdown(&gateway).await;
     Ok(())
 }
 
@@ -103,18 +113,44 @@ pub fn default_app_name(component: &Path) -> String {
         .unwrap_or_else(|| "app".to_owned())
 }
 
-async fn wait_for_shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
+/// The signals a serving gateway answers: SIGINT and SIGTERM stop it,
+/// SIGHUP reloads its configuration file.
+struct Signals {
+    watched: std::io::Result<(Signal, Signal)>,
+}
+
+impl Signals {
+    /// Starts watching (before this, SIGHUP would end the process).
+    fn watch() -> Self {
+        let watched = signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::hangup())?)));
+        Self { watched }
+    }
+
+    /// Serves until SIGINT or SIGTERM; each SIGHUP reloads the
+    /// configuration file ([`Gateway::reload`], which records its outcome
+    /// as a gateway event and in the log), one after the other.
+    async fn serve_until_shutdown(self, gateway: &Gateway) {
+        let (mut term, mut hangup) = match self.watched {
+            Ok(watched) => watched,
+            Err(err) => {
+                tracing::warn!("cannot watch SIGTERM and SIGHUP ({err}); Ctrl-C stops");
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+                return;
+            }
+        };
+        loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration file");
+                    // The outcome is a gateway event, logged as recorded.
+                    let _ = gateway.reload().await;
+                }
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }

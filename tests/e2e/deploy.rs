@@ -91,7 +91,7 @@ pub(crate) fn app_addr(admin: SocketAddr, state: &Path, name: &str) -> SocketAdd
 
 /// `echo` answers `compute 1` with itself, `hostile` computes: the two
 /// versions are told apart by one request.
-async fn version_of(stream: &mut TcpStream) -> &'static str {
+pub(crate) async fn version_of(stream: &mut TcpStream) -> &'static str {
     match ask(stream, "compute 1").await.as_str() {
         "compute 1" => "echo",
         reply if reply.starts_with("computed ") => "hostile",

@@ -9,6 +9,8 @@
 //! | `POST /v1/apps/{name}/rollback` | back to the previous version |
 //! | `GET /v1/apps/{name}/logs[?follow=true]` | log lines as JSON lines, following if asked |
 //! | `GET /v1/apps/{name}/events` | events as JSON |
+//! | `POST /v1/reload` | re-read the configuration file ([`Reloaded`](crate::gateway::Reloaded) as JSON; 400 when the file is refused, 409 when the gateway has none) |
+//! | `GET /v1/events` | the gateway's own events (reloads) as JSON |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input: the message names
 //! the setting and the bound), 401, 403 (a change by a dashboard session
@@ -28,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::{Body, error, json};
 use crate::base::names::{AppName, DnsName};
 use crate::config::AppConfig;
-use crate::gateway::{DeployError, Gateway, MAX_COMPONENT_BYTES};
+use crate::gateway::{DeployError, Gateway, MAX_COMPONENT_BYTES, ReloadError};
 use crate::limits::AppLimits;
 use crate::tenant::logs::{Event, LogLine, Stream};
 
@@ -141,6 +143,21 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
                 .query()
                 .is_some_and(|q| q.split('&').any(|p| p == "follow=true" || p == "follow=1"));
             logs(gateway, name, follow)
+        }
+        (Method::POST, ["reload"]) => match gateway.reload().await {
+            Ok(reloaded) => json(StatusCode::OK, &reloaded),
+            Err(err) => {
+                let status = match &err {
+                    ReloadError::NoConfigFile => StatusCode::CONFLICT,
+                    ReloadError::Refused(_) => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                error(status, &err.to_string())
+            }
+        },
+        (Method::GET, ["events"]) => {
+            let events: Vec<EventJson> = gateway.events().events().iter().map(event_json).collect();
+            json(StatusCode::OK, &events)
         }
         (Method::GET, ["apps", name, "events"]) => match gateway.log_of(name) {
             Some(log) => {

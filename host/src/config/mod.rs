@@ -23,6 +23,7 @@
 //! apps of this file and apps deployed through the admin API alike.
 
 mod app;
+mod file;
 pub mod http;
 pub mod quic;
 pub mod tls;
@@ -31,10 +32,11 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 pub use app::{AppConfig, Instances};
+pub use file::app_location;
 pub use http::HttpSettings;
 pub use quic::{QuicSettings, RetryPolicy};
 pub use tls::TlsSettings;
@@ -103,6 +105,35 @@ pub struct GatewaySettings {
     /// (the usual assignment) counting as 2^64 clients.
     #[serde(default = "default_ipv6_prefix")]
     pub client_ipv6_prefix: u8,
+    /// How `sockgate serve` writes its own log (stderr): `"text"` (the
+    /// default) or `"json"`, one object a line for log collectors.
+    /// `--log-format` wins over it.
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The format of the gateway's own log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object a line (`timestamp`, `level`, `fields.message`,
+    /// `target`, and the event's other fields).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => bail!("log format `{other}`: expected `text` or `json`"),
+        }
+    }
 }
 
 fn default_drain_secs() -> u64 {
@@ -128,6 +159,7 @@ impl Default for GatewaySettings {
             drain_secs: default_drain_secs(),
             reserved_connections_percent: default_reserved_percent(),
             client_ipv6_prefix: default_ipv6_prefix(),
+            log_format: None,
         }
     }
 }
@@ -136,91 +168,123 @@ fn default_max_connections() -> usize {
     GatewayLimits::default().max_connections
 }
 
+/// A refusal of [`Config::check`], with where in the file it points.
+struct Invalid {
+    place: Place,
+    error: anyhow::Error,
+}
+
+/// A place in the configuration file, found again in its text by
+/// `file::locate`.
+enum Place {
+    /// The file as a whole.
+    File,
+    /// A table (`[ceilings]`, `[tls]`).
+    Table(&'static str),
+    /// A key of a table (`[gateway]`'s `max_connections`).
+    Key(&'static str, &'static str),
+    /// The n-th `[[app]]` table.
+    App(usize),
+}
+
 impl Config {
-    /// Reads and checks a configuration file. Errors name the file and,
-    /// where it applies, the app.
+    /// Reads and checks a configuration file. Errors name the file and the
+    /// line and column they concern (`FILE:LINE:COLUMN: reason`), and the
+    /// app where one is at fault; see [`file`].
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-        let mut config: Config = toml::from_str(&text)
-            .with_context(|| format!("invalid configuration file {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for app in &mut config.apps {
-            if app.component.is_relative() {
-                app.component = base.join(&app.component);
-            }
-        }
-        for dir in [&mut config.gateway.cache_dir, &mut config.gateway.state_dir]
-            .into_iter()
-            .flatten()
-        {
-            if dir.is_relative() {
-                *dir = base.join(&*dir);
-            }
-        }
-        if let Some(tls) = &mut config.tls {
-            tls.resolve_paths(base);
-        }
-        config
-            .validate()
-            .with_context(|| format!("invalid configuration file {}", path.display()))?;
-        Ok(config)
+        file::parse(path, &text)
     }
 
     /// Checks what serde cannot: names, duplicates, limits.
     pub fn validate(&self) -> Result<()> {
+        self.check().map_err(|invalid| invalid.error)
+    }
+
+    /// [`Config::validate`], saying where in the file the fault is.
+    fn check(&self) -> Result<(), Invalid> {
+        let gateway = |key, error| Invalid {
+            place: Place::Key("gateway", key),
+            error,
+        };
         if self.gateway.max_connections == 0 {
-            bail!("gateway.max_connections must be at least 1");
+            return Err(gateway(
+                "max_connections",
+                anyhow!("gateway.max_connections must be at least 1"),
+            ));
         }
         if self.gateway.reserved_connections_percent > 90 {
-            bail!(
-                "gateway.reserved_connections_percent must be at most 90 (every app may hold \
-                 the rest of gateway.max_connections)"
-            );
+            return Err(gateway(
+                "reserved_connections_percent",
+                anyhow!(
+                    "gateway.reserved_connections_percent must be at most 90 (every app may \
+                     hold the rest of gateway.max_connections)"
+                ),
+            ));
         }
         if !(32..=128).contains(&self.gateway.client_ipv6_prefix) {
-            bail!(
-                "gateway.client_ipv6_prefix must be between 32 and 128 (64: one client per \
-                 /64, the usual assignment of one host)"
-            );
+            return Err(gateway(
+                "client_ipv6_prefix",
+                anyhow!(
+                    "gateway.client_ipv6_prefix must be between 32 and 128 (64: one client per \
+                     /64, the usual assignment of one host)"
+                ),
+            ));
         }
         if let Some(admin) = self.gateway.admin
             && !admin.ip().is_loopback()
             && !self.gateway.allow_remote_admin
         {
-            bail!(
-                "gateway.admin = {admin} is not a loopback address: the admin API speaks plain \
-                 HTTP and deploys code, so its token would cross the network in clear text. \
-                 Listen on 127.0.0.1 (and reach it over SSH or a TLS-terminating proxy), or set \
-                 gateway.allow_remote_admin = true if the network is trusted"
-            );
+            return Err(gateway(
+                "admin",
+                anyhow!(
+                    "gateway.admin = {admin} is not a loopback address: the admin API speaks \
+                     plain HTTP and deploys code, so its token would cross the network in clear \
+                     text. Listen on 127.0.0.1 (and reach it over SSH or a TLS-terminating \
+                     proxy), or set gateway.allow_remote_admin = true if the network is trusted"
+                ),
+            ));
         }
-        self.ceilings.validate()?;
+        self.ceilings.validate().map_err(|error| Invalid {
+            place: Place::Table("ceilings"),
+            error,
+        })?;
         if self.apps.is_empty() && self.gateway.admin.is_none() {
-            bail!(
-                "no apps configured and no admin API to deploy any: add an [[app]] table with \
-                 name, component and listen, or set gateway.admin"
-            );
+            return Err(Invalid {
+                place: Place::File,
+                error: anyhow!(
+                    "no apps configured and no admin API to deploy any: add an [[app]] table \
+                     with name, component and listen, or set gateway.admin"
+                ),
+            });
         }
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
-        for app in &self.apps {
+        for (index, app) in self.apps.iter().enumerate() {
+            let app_error = |error| Invalid {
+                place: Place::App(index),
+                error,
+            };
             if !names.insert(app.name.as_str()) {
-                bail!(
+                return Err(app_error(anyhow!(
                     "app `{}` is configured twice: app names must be unique",
                     app.name
-                );
+                )));
             }
             if app.listen.port() != 0 && !addresses.insert(app.listen) {
-                bail!(
+                return Err(app_error(anyhow!(
                     "app `{}`: listen address {} is already used by another app",
                     app.name,
                     app.listen
-                );
+                )));
             }
-            app.check(None)?;
+            app.check(None).map_err(app_error)?;
         }
-        tls::validate(self)?;
+        tls::validate(self).map_err(|error| Invalid {
+            place: Place::Table("tls"),
+            error,
+        })?;
         Ok(())
     }
 
@@ -268,6 +332,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sockgate-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("sockgate.toml");
+        std::fs::write(dir.join("echo.wasm"), b"").unwrap();
         std::fs::write(
             &file,
             "[[app]]\nname = \"echo\"\ncomponent = \"echo.wasm\"\nlisten = \"127.0.0.1:0\"\n",

@@ -4,6 +4,7 @@
 //! trace), then goes through [`Gateway::switch`] with a persist step that
 //! records the change in the state directory once the new version runs.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use super::error::{Change, DeployError};
+use super::switch::Slot;
 use super::{AppStatus, Gateway, Source, digest_of, short, unix_now};
 use crate::base::locks::lock;
 use crate::config::AppConfig;
@@ -171,6 +173,15 @@ impl Gateway {
             collect_blobs(state);
         }
         lock(&self.inner.failed).remove(name);
+        self.stop_serving(&mut slots, name);
+        Ok(())
+    }
+
+    /// Takes app `name` out of `slots` (the gateway's, locked): its
+    /// listener closes, the router and the TLS side forget it, and its open
+    /// connections drain. The one way an app stops, for a removal through
+    /// the admin API and a reload alike.
+    pub(super) fn stop_serving(&self, slots: &mut BTreeMap<String, Slot>, name: &str) {
         if let Some(slot) = slots.remove(name) {
             slot.accept_task.abort();
             self.inner.router.remove(name);
@@ -179,8 +190,7 @@ impl Gateway {
             }
             slot.app.log().event(None, EventKind::Removed);
         }
-        self.inner.own_ports.replace(self.listening_ports(&slots));
-        Ok(())
+        self.inner.own_ports.replace(self.listening_ports(slots));
     }
 }
 

@@ -28,8 +28,8 @@ impl Change {
     /// What to do instead when the app belongs to the configuration file.
     fn config_advice(self) -> &'static str {
         match self {
-            Change::Deploy => "change it there (or pick another name)",
-            Change::Rollback | Change::Remove => "remove it there and restart",
+            Change::Deploy => "change it there and `sockgate reload` (or pick another name)",
+            Change::Rollback | Change::Remove => "remove it there and `sockgate reload`",
         }
     }
 
@@ -69,7 +69,7 @@ pub enum DeployError {
 
     /// The app is defined in the configuration file, which owns it: the
     /// admin API may neither replace nor remove it. The operator edits the
-    /// file (and restarts), or deploys under another name.
+    /// file (and reloads it), or deploys under another name.
     #[error("app `{name}` is defined in the configuration file; {}", .change.config_advice())]
     OwnedByConfig {
         /// The app.
@@ -178,15 +178,16 @@ mod tests {
                     name: name(),
                     change: Change::Deploy,
                 },
-                "app `echo` is defined in the configuration file; change it there (or pick \
-                 another name)",
+                "app `echo` is defined in the configuration file; change it there and \
+                 `sockgate reload` (or pick another name)",
             ),
             (
                 DeployError::OwnedByConfig {
                     name: name(),
                     change: Change::Remove,
                 },
-                "app `echo` is defined in the configuration file; remove it there and restart",
+                "app `echo` is defined in the configuration file; remove it there and `sockgate \
+                 reload`",
             ),
             (
                 DeployError::TooLarge {

@@ -30,19 +30,22 @@
 //! - `plan.rs`: the switch's decisions that need no I/O (the listener
 //!   rule, version numbers), table-tested.
 //! - `deploy.rs`: deploy, rollback and remove, as the admin API asks.
+//! - `reload.rs`: re-reading the configuration file (`sockgate reload`,
+//!   SIGHUP): its apps added, changed and removed through the same switch.
 //! - `error.rs`: [`DeployError`], why one of those changed nothing.
 //! - `status.rs`: [`AppStatus`] and the other views operators read.
 
 mod deploy;
 mod error;
 mod plan;
+mod reload;
 mod status;
 mod switch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Result;
 use tokio::sync::Mutex;
@@ -50,6 +53,7 @@ use tokio::sync::Mutex;
 pub use self::deploy::MAX_COMPONENT_BYTES;
 use self::deploy::read_blob;
 pub use self::error::{Change, DeployError};
+pub use self::reload::{ConfigFile, ReloadError, Reloaded};
 pub use self::status::{AppStatus, FailedApp, LoadFacts, Source};
 use self::switch::Slot;
 use crate::apps::route::{NamePolicy, Router};
@@ -75,7 +79,9 @@ struct Inner {
     router: Arc<Router>,
     /// Where deployed apps persist; `None` without an admin API.
     state: Option<StateDir>,
-    drain: Duration,
+    /// `gateway.drain_secs`: a reload may change it (versions started
+    /// afterwards drain within the new value).
+    drain_secs: AtomicU64,
     /// Serializes deploys and holds what each app is.
     slots: Mutex<BTreeMap<String, Slot>>,
     /// The admin API's port, once known.
@@ -89,8 +95,15 @@ struct Inner {
     https: std::sync::OnceLock<Arc<listen::tls::Https>>,
     /// Who may claim which custom domain; `None` without `[tls]`.
     names: Option<NamePolicy>,
-    /// The most a deployed app may ask for (`[ceilings]`).
-    ceilings: Ceilings,
+    /// The most a deployed app may ask for (`[ceilings]`); a reload may
+    /// change it (for deploys from then on).
+    ceilings: std::sync::RwLock<Ceilings>,
+    /// What happens to the gateway as a whole (reloads), beside each
+    /// app's own events.
+    events: Arc<AppLog>,
+    /// The configuration file `sockgate reload` and SIGHUP re-read, once
+    /// [`Gateway::enable_reload`] named it.
+    reload: std::sync::OnceLock<reload::Reloader>,
     /// Persisted apps that could not be started, by name.
     failed: std::sync::Mutex<BTreeMap<String, FailedApp>>,
     cache_hits: AtomicU64,
@@ -134,14 +147,16 @@ impl Gateway {
                 tracker,
                 router: Router::new(),
                 state,
-                drain: Duration::from_secs(config.gateway.drain_secs),
+                drain_secs: AtomicU64::new(config.gateway.drain_secs),
                 slots: Mutex::new(BTreeMap::new()),
                 admin_port: std::sync::Mutex::new(admin_port),
                 tls_ports,
                 own_ports,
                 https: std::sync::OnceLock::new(),
                 names: config.tls.as_ref().map(|tls| tls.name_policy()),
-                ceilings: config.ceilings.clone(),
+                ceilings: std::sync::RwLock::new(config.ceilings.clone()),
+                events: Arc::new(AppLog::new(GATEWAY_EVENTS)),
+                reload: std::sync::OnceLock::new(),
                 failed: std::sync::Mutex::new(BTreeMap::new()),
                 cache_hits: AtomicU64::new(0),
                 cache_misses: AtomicU64::new(0),
@@ -290,11 +305,20 @@ impl Gateway {
         &self.inner.router
     }
 
+    /// What happened to the gateway as a whole (reloads, refused or
+    /// applied), newest last: `GET /v1/events`, `sockgate events`.
+    pub fn events(&self) -> &Arc<AppLog> {
+        &self.inner.events
+    }
+
     /// TLS termination (listener addresses, certificates), if configured.
     pub fn https(&self) -> Option<&Arc<listen::tls::Https>> {
         self.inner.https.get()
     }
 }
+
+/// The name the gateway's own events are logged under.
+const GATEWAY_EVENTS: &str = "(gateway)";
 
 fn unix_now() -> u64 {
     SystemTime::now()

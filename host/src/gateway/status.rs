@@ -20,7 +20,8 @@ use crate::tenant::logs::AppLog;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
-    /// The configuration file; changed by editing it and restarting.
+    /// The configuration file; changed by editing it and reloading it
+    /// (`sockgate reload`, SIGHUP).
     Config,
     /// The admin API; persisted in the state directory.
     Deployed,

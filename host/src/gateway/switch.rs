@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use tokio::task::JoinHandle;
@@ -19,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::plan::{ListenerPlan, Listening, plan_listener, version_number};
 use super::{DeployError, Gateway, LoadFacts, Source, digest_of, short, unix_now};
 use crate::apps::app::App;
-use crate::base::locks::lock;
+use crate::base::locks::{lock, read};
 use crate::config::AppConfig;
 use crate::listen;
 use crate::runtime::cache::CacheOutcome;
@@ -196,7 +197,7 @@ impl Gateway {
             self.inner.runtime.supervision,
             self.inner.tracker.clone(),
         );
-        settings.drain = self.inner.drain;
+        settings.drain = Duration::from_secs(self.inner.drain_secs.load(Ordering::Relaxed));
         // Started before anything is persisted: a version that cannot
         // start is never recorded, so it can never fail a later start.
         let site = HttpSite {
@@ -297,8 +298,25 @@ impl Gateway {
         source: Source,
         slots: &BTreeMap<String, Slot>,
     ) -> anyhow::Result<()> {
-        let ceilings = (source == Source::Deployed).then_some(&self.inner.ceilings);
-        config.check(ceilings)?;
+        self.check_app_among(
+            config,
+            source,
+            slots
+                .iter()
+                .map(|(name, slot)| (name.as_str(), &slot.config)),
+        )
+    }
+
+    /// [`Gateway::check_app`], against the apps `others` (name and
+    /// settings) instead of every app that serves.
+    pub(super) fn check_app_among<'a>(
+        &self,
+        config: &AppConfig,
+        source: Source,
+        others: impl Iterator<Item = (&'a str, &'a AppConfig)> + Clone,
+    ) -> anyhow::Result<()> {
+        let ceilings = (source == Source::Deployed).then(|| read(&self.inner.ceilings).clone());
+        config.check(ceilings.as_ref())?;
         let Some(policy) = &self.inner.names else {
             if !config.domains.is_empty() || !config.alpn.is_empty() {
                 anyhow::bail!(
@@ -311,8 +329,8 @@ impl Gateway {
         };
         for domain in &config.domains {
             policy.check_claim(&config.name, domain, source == Source::Config)?;
-            let owner = slots.iter().find(|(name, slot)| {
-                **name != *config.name && slot.config.domains.contains(domain)
+            let owner = others.clone().find(|(name, other)| {
+                *name != config.name.as_str() && other.domains.contains(domain)
             });
             if let Some((owner, _)) = owner {
                 anyhow::bail!(

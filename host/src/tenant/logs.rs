@@ -127,6 +127,26 @@ pub enum EventKind {
         /// The version's number and component digest.
         version: String,
     },
+    /// A reload of the configuration file added or changed this app: the
+    /// version from the file now takes new connections.
+    Reconfigured {
+        /// `added` or `changed`.
+        change: &'static str,
+        /// The component's digest, short.
+        component: String,
+    },
+    /// The gateway re-read its configuration file and applied it (a
+    /// gateway event, see `Gateway::events`).
+    Reloaded {
+        /// What changed, and what needs a restart.
+        summary: String,
+    },
+    /// The gateway refused to reload its configuration file, or stopped
+    /// part-way; what it did not apply keeps serving as before.
+    ReloadRefused {
+        /// Why, with the file and line.
+        reason: String,
+    },
     /// A memory growth was refused at the app's limit.
     MemoryRefused {
         /// The size the guest asked for, in bytes.
@@ -183,6 +203,15 @@ impl std::fmt::Display for EventKind {
                 "drain deadline passed: closed {closed} connection(s) of a replaced version"
             ),
             EventKind::Deployed { version } => write!(f, "deployed {version}"),
+            EventKind::Reconfigured { change, component } => write!(
+                f,
+                "{change} by a reload of the configuration file (component {component})"
+            ),
+            EventKind::Reloaded { summary } => write!(f, "configuration reloaded: {summary}"),
+            EventKind::ReloadRefused { reason } => write!(
+                f,
+                "configuration reload refused; what was not applied serves as before: {reason}"
+            ),
             EventKind::Removed => write!(f, "removed; open connections drain"),
             EventKind::NotStarted { reason } => write!(f, "not started: {reason}"),
             EventKind::MemoryRefused { requested, limit } => write!(
@@ -311,7 +340,9 @@ impl AppLog {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.may_trace() {
             match &kind {
-                EventKind::InstanceStarted => {
+                EventKind::InstanceStarted
+                | EventKind::Reloaded { .. }
+                | EventKind::Reconfigured { .. } => {
                     tracing::info!(app = %self.app, instance, "{kind}")
                 }
                 _ => tracing::warn!(app = %self.app, instance, "{kind}"),
