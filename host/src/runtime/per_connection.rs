@@ -20,8 +20,8 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use super::host_state::HostState;
 use super::instance::{Assigned, InstanceSettings, dispose_after_trap};
 use super::slow_lane;
+use super::supervisor::IoProgress;
 use super::supervisor::{Activation, Meter, supervise_activations};
-use super::supervisor::{IoProgress, TrapCause};
 use super::sync_bindings::ConnHandlerSyncPre;
 use super::sync_bindings::sockgate::gateway::sync_types as wit;
 use super::sync_streams::{ConnInput, ConnOutput};
@@ -185,9 +185,7 @@ async fn serve(
         Ok(()) => Ok(()),
         Err(error) => {
             let (cause, reason) = dispose_after_trap(store, error, &settings.limits).await;
-            if cause == TrapCause::CpuBudget {
-                settings.demotion.stopped_at_cpu_budget();
-            }
+            settings.demotion.after_trap(cause);
             Err(Failure::Trap { cause, reason })
         }
     }

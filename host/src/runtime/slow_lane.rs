@@ -98,6 +98,14 @@ pub struct Demotion {
 }
 
 impl Demotion {
+    /// One of the app's guests trapped with `cause`: a stop at its CPU
+    /// budget demotes the app.
+    pub fn after_trap(&self, cause: super::trap::TrapCause) {
+        if cause == super::trap::TrapCause::CpuBudget {
+            self.stopped_at_cpu_budget();
+        }
+    }
+
     /// One of the app's guests was stopped at its CPU budget.
     pub fn stopped_at_cpu_budget(&self) {
         let until = coarse_now_ms().saturating_add(DEMOTION.as_millis() as u64);
@@ -184,14 +192,13 @@ where
             drop(slot);
             this.lent = None;
         }
-        if this.home.is_none() {
-            // Polled after completion.
-            return Poll::Pending;
-        }
+        // `lend_first` is only ever set before the first poll, when the
+        // future is here.
         if std::mem::take(&mut this.lend_first) && this.lend(cx) {
             return Poll::Pending;
         }
         let Some(future) = this.home.as_mut() else {
+            // Polled after completion.
             return Poll::Pending;
         };
         this.meter.polled();

@@ -25,7 +25,7 @@ use crate::runtime::instance::InstanceSettings;
 use crate::runtime::per_connection::PER_CONNECTION_INSTANCE;
 use crate::runtime::slow_lane;
 use crate::runtime::supervisor::IoProgress;
-use crate::runtime::supervisor::{Activation, TrapCause, explain_trap, supervise_activations};
+use crate::runtime::supervisor::{Activation, explain_trap, supervise_activations};
 use crate::tenant::conns::ShardLoad;
 use crate::tenant::logs::EventKind;
 
@@ -131,9 +131,7 @@ pub(super) fn serve_on_new_instance(
                 }
             }
             ProxyEnd::Trapped((cause, reason)) => {
-                if cause == TrapCause::CpuBudget {
-                    demotion.stopped_at_cpu_budget();
-                }
+                demotion.after_trap(cause);
                 account.counters.traps[cause.index()].fetch_add(1, Ordering::Relaxed);
                 log.event(
                     Some(PER_CONNECTION_INSTANCE),
