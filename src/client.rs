@@ -3,7 +3,9 @@
 //!
 //! Exit codes scripts can rely on: 0 done; 1 the gateway refused (bad
 //! component, bad settings, conflict); 2 usage error; 3 the admin API could
-//! not be reached; 4 authentication failed; 5 no such app.
+//! not be reached; 4 authentication failed; 5 no such app; 6 the registry
+//! of an `oci://` deploy did not give the component (unreachable, refused
+//! the credentials, no such tag, a blob that does not match its digest).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -50,8 +52,18 @@ pub struct AdminArgs {
 pub struct DeployArgs {
     /// App name (a DNS label).
     pub name: String,
-    /// The component to deploy.
+    /// The component to deploy: a `.wasm` file, or a component in an OCI
+    /// registry, `oci://REGISTRY/REPOSITORY:TAG` or
+    /// `oci://REGISTRY/REPOSITORY@sha256:DIGEST`, pulled by this command
+    /// (credentials from the Docker configuration: `$DOCKER_CONFIG` or
+    /// `~/.docker/config.json`; HTTPS, plain HTTP for a registry on
+    /// localhost) and checked against its digests.
+    #[arg(value_name = "COMPONENT|oci://REGISTRY/REPOSITORY:TAG")]
     pub component: PathBuf,
+    /// Reach the `oci://` registry over plain HTTP even if it is not on
+    /// this machine (a registry on a trusted private network).
+    #[arg(long)]
+    pub plain_http: bool,
     /// TCP port to serve on, on all addresses (0.0.0.0).
     #[arg(long, conflicts_with = "listen")]
     pub port: Option<u16>,
@@ -287,9 +299,22 @@ impl Client {
     /// `sockgate deploy`.
     pub async fn deploy(&self, args: DeployArgs) -> Result<(), Failure> {
         sockgate_host::base::names::check_app_name(&args.name).map_err(|e| Failure::new(2, e))?;
-        let bytes = std::fs::read(&args.component)
-            .with_context(|| format!("cannot read {}", args.component.display()))
-            .map_err(|e| Failure::new(1, e))?;
+        // A registry reference is checked whole before anything else; a
+        // file is read at once, a registry pulled once the settings are.
+        let from_registry = match args.component.to_str() {
+            Some(text) if text.starts_with(crate::oci::SCHEME) => {
+                Some(crate::oci::Reference::parse(text).map_err(|e| Failure::new(2, e))?)
+            }
+            _ => None,
+        };
+        let file = match from_registry {
+            Some(_) => None,
+            None => Some(
+                std::fs::read(&args.component)
+                    .with_context(|| format!("cannot read {}", args.component.display()))
+                    .map_err(|e| Failure::new(1, e))?,
+            ),
+        };
         let listen = match (args.listen, args.port) {
             (Some(addr), _) => addr,
             (None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
@@ -329,6 +354,15 @@ impl Client {
             alpn: args.alpn,
         };
         let settings = serde_json::to_string(&settings).map_err(|e| Failure::new(2, e.into()))?;
+        let (bytes, pulled) = match (file, from_registry) {
+            (Some(bytes), _) => (bytes, None),
+            (None, Some(reference)) => {
+                let mut pulled = self.pull(&reference, args.plain_http).await?;
+                let component = std::mem::take(&mut pulled.component);
+                (component, Some((reference, pulled)))
+            }
+            (None, None) => unreachable!("a deploy reads a file or pulls a reference"),
+        };
         let total = bytes.len();
         let progress = Progress::new(total, !self.args.json);
         let chunks: Vec<Bytes> = Bytes::from(bytes)
@@ -350,9 +384,24 @@ impl Client {
                 BodyExt::boxed(body),
             )
             .await?;
-        let app = read_json(response).await?;
+        let mut app = read_json(response).await?;
+        if let Some((reference, pulled)) = &pulled {
+            // Where this version came from, next to the gateway's answer
+            // (whose `digest` is the layer's).
+            app["pulled"] = serde_json::json!({
+                "reference": reference.to_string(),
+                "manifest_digest": pulled.manifest.to_string(),
+                "layer_digest": pulled.layer.to_string(),
+            });
+        }
         if self.args.json {
             return print_json(&app);
+        }
+        if let Some((reference, pulled)) = &pulled {
+            println!(
+                "pulled {reference} (manifest {}, component {})",
+                pulled.manifest, pulled.layer
+            );
         }
         println!(
             "deployed {} version {} ({}, world {}) on tcp {} — {}",
@@ -371,6 +420,25 @@ impl Client {
             }
         );
         Ok(())
+    }
+
+    /// Pulls the component `reference` names (exit code 6 when the
+    /// registry does not give it).
+    async fn pull(
+        &self,
+        reference: &crate::oci::Reference,
+        plain_http: bool,
+    ) -> Result<crate::oci::Pulled, Failure> {
+        if !self.args.json {
+            eprintln!("pulling {reference}");
+        }
+        crate::oci::pull(
+            reference,
+            plain_http,
+            sockgate_host::gateway::MAX_COMPONENT_BYTES,
+        )
+        .await
+        .map_err(|e| Failure::new(6, e))
     }
 
     /// `sockgate rm`.
@@ -474,7 +542,7 @@ impl Client {
 /// window title or the clipboard) and invisible reordering marks (which
 /// make text read differently from what it is) are shown as `\u{..}`
 /// escapes; every other character, UTF-8 included, stays readable.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         let invisible = matches!(

@@ -6,6 +6,7 @@ mod dev_ca;
 mod guest_steps;
 mod log_writer;
 mod new;
+mod oci;
 mod reload;
 mod serve;
 
@@ -89,7 +90,10 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
-    /// Deploy a component as a new version of an app (created if new).
+    /// Deploy a component as a new version of an app (created if new): a
+    /// `.wasm` file, or `oci://REGISTRY/REPOSITORY:TAG` (or `@sha256:…`)
+    /// pulled from an OCI registry with the Docker configuration's
+    /// credentials.
     Deploy {
         #[command(flatten)]
         args: client::DeployArgs,

@@ -17,6 +17,7 @@ mod http_apps;
 mod http_hello;
 mod limits;
 mod new_project;
+mod oci;
 mod production;
 mod refusals;
 mod reload;
