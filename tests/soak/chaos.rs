@@ -69,10 +69,14 @@ async fn served(soak: &Soak) -> Result<Version, String> {
         .map_err(|e| e.to_string())?;
     let mut line = String::new();
     let mut reader = BufReader::new(stream);
-    tokio::time::timeout(Duration::from_secs(15), reader.read_line(&mut line))
-        .await
-        .map_err(|_| "churn did not answer".to_owned())?
-        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(15), reader.read_line(&mut line)).await {
+        Err(_) => return Err("churn did not answer".to_owned()),
+        // A removed app's listener may close with connections still in its
+        // accept queue: the kernel resets them. Nothing serves: `None`.
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+        Ok(Err(err)) => return Err(err.to_string()),
+        Ok(Ok(_)) => {}
+    }
     match line.trim_end() {
         "compute 1" => Ok(Some("echo")),
         reply if reply.starts_with("computed ") => Ok(Some("hostile")),
@@ -148,6 +152,8 @@ pub async fn deployer(soak: Arc<Soak>) {
                 if !soak.excused(epoch) {
                     soak.violation(format!("after {action}, churn: {err}"));
                 }
+                // Go on from what the step should have left.
+                current = next;
             }
         }
     }
