@@ -2,7 +2,7 @@
 //! DNS server, on free loopback ports, for the ACME tests.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,8 @@ pub struct Pebble {
     /// The CA of Pebble's own HTTPS certificate (for `directory_ca`).
     pub https_ca: PathBuf,
     management: SocketAddr,
+    /// How to start Pebble again after [`Pebble::stop`].
+    command: (PathBuf, u16),
     _dir: ScratchDir,
 }
 
@@ -82,10 +84,26 @@ impl Pebble {
         );
         let config_path = dir.0.join("pebble.json");
         std::fs::write(&config_path, config).unwrap();
+        let (pebble, output) = Self::spawn_pebble(&config_path, dns_port);
+        Self {
+            pebble: Some(pebble),
+            dns,
+            output,
+            directory: format!("https://{listen}/dir"),
+            https_ca,
+            management,
+            command: (config_path, dns_port),
+            _dir: dir,
+        }
+    }
+
+    /// Starts Pebble on `config`, asking the DNS server on `dns_port`, and
+    /// waits until it serves its directory.
+    fn spawn_pebble(config: &Path, dns_port: u16) -> (Child, Output) {
         let mut pebble = Command::new("pebble");
         pebble
             .arg("-config")
-            .arg(&config_path)
+            .arg(config)
             .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
             // Validate at once, never reject a good nonce, and validate
             // every order afresh.
@@ -98,14 +116,18 @@ impl Pebble {
             "pebble did not start:\n{}",
             output.text()
         );
-        Self {
-            pebble: Some(pebble),
-            dns,
-            output,
-            directory: format!("https://{listen}/dir"),
-            https_ca,
-            management,
-            _dir: dir,
+        (pebble, output)
+    }
+
+    /// Starts Pebble again after [`Pebble::stop`], on the same addresses
+    /// (a CA that comes back). It has forgotten every account and order,
+    /// and issues under a new root.
+    pub fn resume(&mut self) {
+        if self.pebble.is_none() {
+            let (config, dns_port) = &self.command;
+            let (pebble, output) = Self::spawn_pebble(config, *dns_port);
+            self.pebble = Some(pebble);
+            self.output = output;
         }
     }
 
