@@ -21,14 +21,6 @@
     return String(Math.round(value * 100) / 100);
   }
 
-  function timeRange(plot, min, max) {
-    if (min == null || max == null) {
-      max = Date.now() / 1000;
-      min = max;
-    }
-    return [Math.min(min, max - 300), max];
-  }
-
   function live(section) {
     var state = section.querySelector(".live-state");
     var charts = [];
@@ -40,9 +32,7 @@
         title: element.dataset.title,
         width: Math.max(320, element.clientWidth || 560),
         height: 200,
-        // At least the last 5 minutes, growing to the hour kept, so that
-        // a few points are not spread over an automatic range of years.
-        scales: { x: { time: true, range: timeRange } },
+        scales: { x: { time: true } },
         series: [{}].concat(
           names.map(function (name, i) {
             return { label: name, stroke: COLOURS[i % COLOURS.length], width: 1.5 };
@@ -55,12 +45,20 @@
     });
 
     function draw() {
+      var times = data.times;
+      var newest = times.length ? times[times.length - 1] : Date.now() / 1000;
       charts.forEach(function (chart) {
         chart.plot.setData(
-          [data.times].concat(
+          [times].concat(
             chart.names.map(function (name) { return data[name] || []; })
           )
         );
+        // At least the last 5 minutes, growing to the hour kept, so that
+        // a few points are not spread over an automatic range of years.
+        chart.plot.setScale("x", {
+          min: Math.min(times.length ? times[0] : newest, newest - 300),
+          max: newest,
+        });
       });
       section.querySelectorAll("[data-stat]").forEach(function (cell) {
         var name = cell.dataset.stat;
@@ -79,7 +77,6 @@
           ? "now " + format(last) + ", peak " + format(peak)
           : "last step " + format(last) + ", last hour " + format(total);
       });
-      var times = data.times;
       state.textContent = times.length
         ? "Live: " + times.length + " point(s); the newest at " +
           new Date(times[times.length - 1] * 1000).toLocaleTimeString() + "."
