@@ -4,13 +4,14 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::net::TcpStream;
 
+use crate::browser::{Browser, LOAD_TIMEOUT};
 use crate::support::{Gateway, Output, ScratchDir, ask, guest, root};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -545,16 +546,10 @@ pub(crate) fn parse_prometheus(text: &str) -> std::collections::HashMap<String, 
     samples
 }
 
-#[tokio::test]
-async fn the_dashboard_shows_the_apps_in_chromium() {
-    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|b| {
-        Command::new(b)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }) else {
-        panic!("Debian's chromium is needed for this test: apt-get install chromium");
-    };
+/// The overview lists the apps with their events (the live charts have
+/// their own test: `dashboard.rs`).
+#[test]
+fn the_dashboard_shows_the_apps_in_chromium() {
     let dir = ScratchDir::new("deploy-dashboard");
     let state = dir.0.join("state");
     let (_gateway, admin) = start_admin(&state, None);
@@ -572,51 +567,21 @@ async fn the_dashboard_shows_the_apps_in_chromium() {
         &guest("hostile"),
         &["--listen", "127.0.0.1:0"],
     );
-    // The browser logs in as an operator does: the login form posts the
-    // token (a local page submits it, as a person would).
-    let token = std::fs::read_to_string(state.join("admin-token")).unwrap();
-    let login = dir.0.join("login.html");
-    std::fs::write(
-        &login,
-        format!(
-            "<!doctype html><form method=\"post\" action=\"http://{admin}/login\">\
-             <input name=\"token\" value=\"{}\"></form>\
-             <script>document.forms[0].submit()</script>",
-            token.trim()
-        ),
-    )
-    .unwrap();
-    let profile = dir.0.join("profile");
-    let shot: PathBuf = root().join("target/dashboard.png");
-    let browse = |extra: &str, url: &str| {
-        Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1200,900",
-                "--virtual-time-budget=10000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(extra)
-            .arg(url)
-            .output()
-            .unwrap()
-    };
-    // Logged in, the profile keeps the session cookie; the dashboard is
-    // then opened as a typed address (its cookie is SameSite=Strict, so
-    // the redirect that follows a post from a local file does not carry
-    // it).
-    browse("--dump-dom", &format!("file://{}", login.display()));
-    let url = format!("http://{admin}/");
-    let browse = |extra: &str| browse(extra, &url);
-    let dom = browse("--dump-dom");
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    let mut browser = Browser::start(
+        &dir.0.join("profile"),
+        &dir.0.join("chromium.log"),
+        1200,
+        900,
+    );
+    browser.log_in(admin, &state);
+    let dom = browser.wait_for(
+        "both apps and their events",
+        "document.body.innerText.includes('beta') \
+         && document.body.innerText.includes('instance started') \
+         && document.documentElement.outerHTML",
+        LOAD_TIMEOUT,
+    );
+    let dom = dom.as_str().unwrap();
     for expected in [
         "<h1>sockgate</h1>",
         ">alpha<",
@@ -629,16 +594,10 @@ async fn the_dashboard_shows_the_apps_in_chromium() {
             "{expected:?} missing from the dashboard:\n{dom}"
         );
     }
-    let _ = std::fs::remove_file(&shot);
-    let screenshot = browse(&format!("--screenshot={}", shot.display()));
-    assert!(
-        screenshot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&screenshot.stderr)
-    );
-    let png = std::fs::read(&shot).expect("no screenshot written");
+    let png = browser.screenshot();
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 5000,
         "not a real screenshot"
     );
+    std::fs::write(root().join("target/dashboard.png"), png).unwrap();
 }

@@ -1,12 +1,14 @@
 //! End-to-end tests: the real `sockgate` binary, real guests built from
 //! `guests/`, real TCP clients on loopback.
 
+mod browser;
 mod languages;
 mod support;
 mod tls_support;
 
 mod chat;
 mod compile_cache;
+mod dashboard;
 mod deploy;
 mod echo;
 mod events_world;

@@ -1,5 +1,7 @@
-//! The dashboard: one server-rendered HTML page (no script), readable in
-//! any browser and in a terminal browser alike.
+//! The dashboard's overview page: server-rendered HTML, readable in any
+//! browser and in a terminal browser alike, with the gateway's CPU and
+//! memory charts drawn live by `assets/dashboard.js` where scripts run
+//! (see [`super::live`]). Each app has its own page ([`super::app_page`]).
 
 use std::fmt::Write;
 
@@ -14,7 +16,61 @@ const RECENT: usize = 8;
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}\
 table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;\
 text-align:left}th{background:#f3f3f3}h2{margin-top:2rem}pre{background:#f7f7f7;padding:.5rem;\
-overflow-x:auto;max-height:14rem}.muted{color:#777}";
+overflow-x:auto;max-height:14rem}.muted{color:#777}\
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1rem}\
+.chart{min-height:220px}.stats td{font-family:monospace}";
+
+/// The `<head>` of a dashboard page titled `title` (escaped here), with
+/// the charting library, the dashboard's script and the session's CSRF
+/// token (in a `<meta>` element for scripts of this origin that change
+/// something).
+pub(crate) fn head(title: &str, csrf: Option<&str>) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <meta name=\"sockgate-csrf\" content=\"{csrf}\">\
+         <link rel=\"stylesheet\" href=\"{css}\"><style>{STYLE}</style>\
+         <script src=\"{uplot}\" defer></script><script src=\"{script}\" defer></script>\
+         </head><body>",
+        title = escape(title),
+        csrf = escape(csrf.unwrap_or("")),
+        css = super::live::UPLOT_CSS,
+        uplot = super::live::UPLOT_JS,
+        script = super::live::DASHBOARD_JS,
+    )
+}
+
+/// Live charts fed by the event stream at `live` (a path of this
+/// listener): one chart per group of series (`(title, series names)`),
+/// and per series a cell whose `data-points`, `data-last` and
+/// `data-total` (the sum over the hour) the script keeps current — what
+/// a test, or a person with the inspector, reads.
+pub(crate) fn charts(live: &str, groups: &[(&str, &[&str])]) -> String {
+    let mut html = format!(
+        "<section class=\"live\" data-live=\"{}\"><p class=\"muted live-state\">Charts \
+         of the last hour, one point every {} s; they need JavaScript.</p><div class=\"charts\">",
+        escape(live),
+        super::timeline::STEP.as_secs()
+    );
+    for (title, series) in groups {
+        let _ = write!(
+            html,
+            "<div class=\"chart\" data-title=\"{}\" data-series=\"{}\"></div>",
+            escape(title),
+            escape(&series.join(" "))
+        );
+    }
+    html.push_str("</div><table class=\"stats\"><tr><th>series</th><th>latest</th></tr>");
+    for series in groups.iter().flat_map(|(_, series)| series.iter()) {
+        let _ = write!(
+            html,
+            "<tr><td>{name}</td><td data-stat=\"{name}\" data-points=\"0\" data-last=\"0\" \
+             data-total=\"0\">-</td></tr>",
+            name = escape(series)
+        );
+    }
+    html.push_str("</table></section>");
+    html
+}
 
 /// The page for a visitor without a session: a form that logs in by
 /// posting the token (never in a URL, so it stays out of the history,
@@ -34,29 +90,25 @@ pub(crate) fn login_page(status: StatusCode, message: Option<&str>) -> Response<
     respond(status, "text/html; charset=utf-8", html)
 }
 
-/// The dashboard. `csrf`: the session's CSRF token, in a `<meta>` element
-/// for scripts of this origin that change something.
+/// The dashboard's overview. `csrf`: the session's CSRF token.
 pub(crate) async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body> {
     let apps = gateway.apps().await;
     let (hits, misses) = gateway.cache_stats();
-    let mut html = String::new();
+    let mut html = head("sockgate", csrf);
     let _ = write!(
         html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sockgate</title>\
-         <meta name=\"sockgate-csrf\" content=\"{csrf}\">\
-         <style>{STYLE}</style></head><body><h1>sockgate</h1>\
+        "<h1>sockgate</h1>\
          <form method=\"post\" action=\"/logout\"><button type=\"submit\">Log out</button></form>\
          <p>{} app(s), {} connection(s) open; compile cache: {hits} hit(s), {misses} miss(es).</p>\
          <table><tr><th>app</th><th>version</th><th>source</th><th>world</th><th>address</th><th>instances</th>\
          <th>open</th><th>accepted</th><th>refused</th><th>component</th></tr>",
         apps.len(),
         gateway.tracker().active(),
-        csrf = escape(csrf.unwrap_or("")),
     );
     for app in &apps {
         let _ = write!(
             html,
-            "<tr><td><a href=\"#{name}\">{name}</a></td><td>{version}</td><td>{source:?}</td>\
+            "<tr><td><a href=\"/apps/{name}\">{name}</a></td><td>{version}</td><td>{source:?}</td>\
              <td>{world}</td><td>tcp://{tcp}</td><td>{instances}</td><td>{open}</td><td>{accepted}</td>\
              <td>{refused}</td><td><code>{digest}</code> ({kib} KiB)</td></tr>",
             name = escape(&app.name),
@@ -72,7 +124,14 @@ pub(crate) async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body
             kib = app.load.size.div_ceil(1024),
         );
     }
-    html.push_str("</table>");
+    html.push_str("</table><h2>The gateway</h2>");
+    html.push_str(&charts(
+        "/live/gateway",
+        &[
+            ("CPU (% of one core)", &["cpu_percent"]),
+            ("resident memory (MiB)", &["rss_mib"]),
+        ],
+    ));
     // HTTP apps: requests by protocol.
     let http: Vec<_> = apps
         .iter()
@@ -142,7 +201,8 @@ pub(crate) async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body
         let log = running.log();
         let _ = write!(
             html,
-            "<h2 id=\"{name}\">{name}</h2><h3>Recent events (newest first)</h3><pre>",
+            "<h2 id=\"{name}\"><a href=\"/apps/{name}\">{name}</a></h2>\
+             <h3>Recent events (newest first)</h3><pre>",
             name = escape(&app.name)
         );
         let events = log.events();

@@ -6,7 +6,10 @@
 //! (`gateway.allow_remote_admin`).
 //!
 //! - [`api`] serves the `/v1/…` endpoints,
-//! - [`dashboard`] the HTML page at `/`,
+//! - [`dashboard`] the overview page at `/`, [`app_page`] each app's page
+//!   at `/apps/NAME`,
+//! - [`live`] the charts' live streams (`/live/…`) and the static files
+//!   (`/assets/…`), fed by [`timeline`], the one sampler of the last hour,
 //! - [`metrics`] the Prometheus text at `/metrics`,
 //! - [`session`] the dashboard's sessions.
 //!
@@ -29,9 +32,12 @@
 //! keeping the operator out.
 
 pub mod api;
+pub(crate) mod app_page;
 pub(crate) mod dashboard;
+pub(crate) mod live;
 pub(crate) mod metrics;
 pub(crate) mod session;
+pub(crate) mod timeline;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -75,6 +81,7 @@ struct Admin {
     gateway: Gateway,
     token: String,
     sessions: Sessions,
+    timeline: Arc<timeline::Timeline>,
 }
 
 /// Who a request is, as far as the admin API is concerned.
@@ -119,10 +126,13 @@ pub fn serve(gateway: Gateway, listener: TcpListener) -> Result<SocketAddr> {
              in front of it, or listen on 127.0.0.1"
         );
     }
+    let timeline = timeline::Timeline::new();
+    tokio::spawn(timeline.clone().run(gateway.clone()));
     let admin = Arc::new(Admin {
         gateway,
         token,
         sessions: Sessions::default(),
+        timeline,
     });
     let slots = ClientSlots::new(MAX_CONNECTIONS, CONNECTIONS_PER_CLIENT);
     tokio::spawn(async move {
@@ -215,8 +225,23 @@ impl Admin {
         match path.as_str() {
             "/" => dashboard::page(&self.gateway, csrf).await,
             "/metrics" => metrics::render(&self.gateway).await,
+            "/live/gateway" => live::stream(&self.timeline, live::Subject::Gateway),
             _ if path.starts_with("/v1/") => api::handle(&self.gateway, request).await,
-            _ => error(StatusCode::NOT_FOUND, "no such page"),
+            _ if path.starts_with("/assets/") => {
+                live::asset(&path).unwrap_or_else(|| error(StatusCode::NOT_FOUND, "no such file"))
+            }
+            _ => {
+                if let Some(name) = path.strip_prefix("/apps/") {
+                    return app_page::page(&self.gateway, name, csrf).await;
+                }
+                if let Some(name) = path.strip_prefix("/live/apps/") {
+                    if self.gateway.app(name).is_none() {
+                        return error(StatusCode::NOT_FOUND, &format!("no running app `{name}`"));
+                    }
+                    return live::stream(&self.timeline, live::Subject::App(name.to_owned()));
+                }
+                error(StatusCode::NOT_FOUND, "no such page")
+            }
         }
     }
 
@@ -400,19 +425,26 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Headers every admin response carries: no caching, no framing by other
-/// pages (clickjacking), no referrer, no sniffing; the dashboard runs no
-/// script and loads nothing.
+/// Headers every admin response carries: no caching (unless the response
+/// chose its own, as the versioned static files do), no framing by other
+/// pages (clickjacking), no referrer, no sniffing; the dashboard runs only
+/// its own scripts from this listener (no inline script, nothing from
+/// elsewhere) and connects only to it (the live streams).
 fn harden(headers: &mut hyper::HeaderMap) {
+    if !headers.contains_key(hyper::header::CACHE_CONTROL) {
+        headers.insert(
+            hyper::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+    }
     for (name, value) in [
-        ("cache-control", "no-store"),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
         ("referrer-policy", "no-referrer"),
         (
             "content-security-policy",
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
-             frame-ancestors 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; \
+             style-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
         ),
     ] {
         headers.insert(

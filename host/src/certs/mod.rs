@@ -26,7 +26,7 @@ pub(crate) mod renewal;
 pub mod store;
 pub(crate) mod x509;
 
-pub use x509::{certified_key_from_pem, dns_names_of, format_time, validity_of};
+pub use x509::{certified_key_from_pem, dns_names_of, format_time, issuer_of, validity_of};
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};

@@ -48,6 +48,14 @@ pub fn dns_names_of(der: &[u8]) -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
+/// The issuer of a DER certificate, as a distinguished name
+/// (`CN=…, O=…`), for the dashboard.
+pub fn issuer_of(der: &[u8]) -> Result<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|err| anyhow!("cannot parse the certificate: {err}"))?;
+    Ok(cert.issuer().to_string())
+}
+
 /// Formats a time as RFC 3339 (UTC, seconds), for logs.
 pub fn format_time(t: SystemTime) -> String {
     let t = time::OffsetDateTime::from(t)
