@@ -171,27 +171,9 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
 }
 
 async fn deploy(gateway: &Gateway, name: AppName, request: Request<Incoming>) -> Response<Body> {
-    let settings = match request
-        .headers()
-        .get("sockgate-settings")
-        .map(|v| v.to_str().map(str::to_owned))
-    {
-        None => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "missing `sockgate-settings` header (JSON: listen, instances, outbound, limits)",
-            );
-        }
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "sockgate-settings is not ASCII"),
-        Some(Ok(text)) => match serde_json::from_str::<DeploySettings>(&text) {
-            Ok(settings) => settings,
-            Err(err) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("invalid sockgate-settings: {err}"),
-                );
-            }
-        },
+    let config = match deploy_config(name, request.headers().get("sockgate-settings")) {
+        Ok(config) => config,
+        Err(refused) => return refused,
     };
     // Bound the upload before reading it, so a huge body costs nothing.
     let declared = request
@@ -234,6 +216,45 @@ async fn deploy(gateway: &Gateway, name: AppName, request: Request<Incoming>) ->
             );
         }
     };
+    // Every setting is checked by the gateway (`AppConfig::check`, with
+    // the operator's ceilings) before anything is compiled or stored.
+    match gateway.deploy(config, body.to_vec()).await {
+        Ok(status) => json(StatusCode::OK, &status),
+        Err(err) => refusal(err),
+    }
+}
+
+/// The app a deploy of `name` describes, from its `sockgate-settings`
+/// header (JSON [`DeploySettings`]): parsed, its domains parsed as names;
+/// or the `400` saying what was wrong. Its limits and ceilings are checked
+/// by the gateway. (Crate-visible for the fuzz target over it.)
+pub(crate) fn deploy_config(
+    name: AppName,
+    header: Option<&hyper::header::HeaderValue>,
+) -> Result<AppConfig, Response<Body>> {
+    let settings = match header.map(|v| v.to_str().map(str::to_owned)) {
+        None => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "missing `sockgate-settings` header (JSON: listen, instances, outbound, limits)",
+            ));
+        }
+        Some(Err(_)) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "sockgate-settings is not ASCII",
+            ));
+        }
+        Some(Ok(text)) => match serde_json::from_str::<DeploySettings>(&text) {
+            Ok(settings) => settings,
+            Err(err) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid sockgate-settings: {err}"),
+                ));
+            }
+        },
+    };
     let mut config = AppConfig::new(name, Default::default(), settings.listen);
     config.instances = settings.instances;
     config.outbound = settings.outbound;
@@ -247,16 +268,11 @@ async fn deploy(gateway: &Gateway, name: AppName, request: Request<Incoming>) ->
         Ok(domains) => domains,
         Err(err) => {
             let err = err.context(format!("app `{}`: domains", config.name));
-            return error(StatusCode::BAD_REQUEST, &format!("{err:#}"));
+            return Err(error(StatusCode::BAD_REQUEST, &format!("{err:#}")));
         }
     };
     config.alpn = settings.alpn;
-    // Every setting is checked by the gateway (`AppConfig::check`, with
-    // the operator's ceilings) before anything is compiled or stored.
-    match gateway.deploy(config, body.to_vec()).await {
-        Ok(status) => json(StatusCode::OK, &status),
-        Err(err) => refusal(err),
-    }
+    Ok(config)
 }
 
 fn logs(gateway: &Gateway, name: &str, follow: bool) -> Response<Body> {
