@@ -319,8 +319,8 @@ pub fn config_file(text: &str) {
 /// A deploy's settings: the app name of the URL and the
 /// `sockgate-settings` header (its bytes as hyper would carry them),
 /// through the admin API's parsing ([`deploy_config`]) and the gateway's
-/// check of the settings against the default ceilings; the outbound rules
-/// of settings that pass must parse.
+/// check of the settings against the default ceilings; a refusal says
+/// what was wrong, and the outbound rules of settings that pass parse.
 pub fn deploy_settings(name: &str, header: &[u8]) {
     let Ok(name) = AppName::parse(name) else {
         return;
@@ -337,7 +337,7 @@ pub fn deploy_settings(name: &str, header: &[u8]) {
                 OutboundPolicy::parse(&config.outbound).expect("checked outbound rules parse");
             }
         }
-        Err(refused) => assert_eq!(refused.status(), http::StatusCode::BAD_REQUEST),
+        Err(why) => assert!(!why.is_empty()),
     }
 }
 
