@@ -15,6 +15,8 @@ pub mod apps;
 pub mod base;
 pub mod certs;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod gateway;
 pub(crate) mod http;
 pub mod limits;

@@ -27,6 +27,7 @@ const FLOORS: &[&str] = &[
     "state",   // persistence of deployed apps
     "gateway", // the assembly: builds, switches and drains all of the above
     "admin",   // the admin API, dashboard and metrics
+    "fuzzing", // entry points of the fuzz targets (feature `fuzzing`): reach into any floor
 ];
 
 /// The longest a file in `host/src` may be (`tests.rs` files aside).

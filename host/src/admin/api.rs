@@ -171,27 +171,9 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
 }
 
 async fn deploy(gateway: &Gateway, name: AppName, request: Request<Incoming>) -> Response<Body> {
-    let settings = match request
-        .headers()
-        .get("sockgate-settings")
-        .map(|v| v.to_str().map(str::to_owned))
-    {
-        None => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "missing `sockgate-settings` header (JSON: listen, instances, outbound, limits)",
-            );
-        }
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "sockgate-settings is not ASCII"),
-        Some(Ok(text)) => match serde_json::from_str::<DeploySettings>(&text) {
-            Ok(settings) => settings,
-            Err(err) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("invalid sockgate-settings: {err}"),
-                );
-            }
-        },
+    let config = match deploy_config(name, request.headers().get("sockgate-settings")) {
+        Ok(config) => config,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
     // Bound the upload before reading it, so a huge body costs nothing.
     let declared = request
@@ -234,29 +216,45 @@ async fn deploy(gateway: &Gateway, name: AppName, request: Request<Incoming>) ->
             );
         }
     };
-    let mut config = AppConfig::new(name, Default::default(), settings.listen);
-    config.instances = settings.instances;
-    config.outbound = settings.outbound;
-    config.limits = settings.limits;
-    config.domains = match settings
-        .domains
-        .iter()
-        .map(|domain| DnsName::parse(domain))
-        .collect::<anyhow::Result<_>>()
-    {
-        Ok(domains) => domains,
-        Err(err) => {
-            let err = err.context(format!("app `{}`: domains", config.name));
-            return error(StatusCode::BAD_REQUEST, &format!("{err:#}"));
-        }
-    };
-    config.alpn = settings.alpn;
     // Every setting is checked by the gateway (`AppConfig::check`, with
     // the operator's ceilings) before anything is compiled or stored.
     match gateway.deploy(config, body.to_vec()).await {
         Ok(status) => json(StatusCode::OK, &status),
         Err(err) => refusal(err),
     }
+}
+
+/// The app a deploy of `name` describes, from its `sockgate-settings`
+/// header (JSON [`DeploySettings`]): parsed, its domains parsed as names;
+/// or what was wrong (a `400`). Its limits and ceilings are checked by the
+/// gateway. (Crate-visible for the fuzz target over it.)
+pub(crate) fn deploy_config(
+    name: AppName,
+    header: Option<&hyper::header::HeaderValue>,
+) -> Result<AppConfig, String> {
+    let text = header
+        .ok_or("missing `sockgate-settings` header (JSON: listen, instances, outbound, limits)")?
+        .to_str()
+        .map_err(|_| "sockgate-settings is not ASCII")?;
+    let settings = serde_json::from_str::<DeploySettings>(text)
+        .map_err(|err| format!("invalid sockgate-settings: {err}"))?;
+    let mut config = AppConfig::new(name, Default::default(), settings.listen);
+    config.instances = settings.instances;
+    config.outbound = settings.outbound;
+    config.limits = settings.limits;
+    config.domains = settings
+        .domains
+        .iter()
+        .map(|domain| DnsName::parse(domain))
+        .collect::<anyhow::Result<_>>()
+        .map_err(|err| {
+            format!(
+                "{:#}",
+                err.context(format!("app `{}`: domains", config.name))
+            )
+        })?;
+    config.alpn = settings.alpn;
+    Ok(config)
 }
 
 fn logs(gateway: &Gateway, name: &str, follow: bool) -> Response<Body> {

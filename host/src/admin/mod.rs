@@ -77,7 +77,7 @@ pub const CSRF_HEADER: &str = "x-sockgate-csrf";
 pub type Body = BoxBody<Bytes, Infallible>;
 
 /// The admin listener's shared state.
-struct Admin {
+pub(crate) struct Admin {
     gateway: Gateway,
     token: String,
     sessions: Sessions,
@@ -126,14 +126,9 @@ pub fn serve(gateway: Gateway, listener: TcpListener) -> Result<SocketAddr> {
              in front of it, or listen on 127.0.0.1"
         );
     }
-    let timeline = timeline::Timeline::new();
-    tokio::spawn(timeline.clone().run(gateway.clone()));
-    let admin = Arc::new(Admin {
-        gateway,
-        token,
-        sessions: Sessions::default(),
-        timeline,
-    });
+    let admin = Admin::new(gateway, token);
+    // The one sampler behind the dashboard's charts.
+    tokio::spawn(admin.timeline.clone().run(admin.gateway.clone()));
     let slots = ClientSlots::new(MAX_CONNECTIONS, CONNECTIONS_PER_CLIENT);
     tokio::spawn(async move {
         accept_loop(&listener, "admin", |stream, peer| {
@@ -150,19 +145,7 @@ pub fn serve(gateway: Gateway, listener: TcpListener) -> Result<SocketAddr> {
                     tracing::debug!("admin: {peer}: {err}");
                     return;
                 }
-                let service = hyper::service::service_fn(move |request| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(request, peer.ip()).await) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .max_buf_size(MAX_REQUEST_HEAD)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(err) = served {
-                    tracing::debug!("admin: {peer}: {err}");
-                }
+                serve_connection(admin, stream, peer, false).await;
                 drop(slot);
             });
         })
@@ -177,7 +160,47 @@ pub async fn start(gateway: Gateway, addr: SocketAddr) -> Result<SocketAddr> {
     serve(gateway, bind(addr).await?)
 }
 
+/// Serves the admin API's HTTP/1.1 on one accepted connection (`io`, from
+/// `peer`) until it closes. `half_close`: whether requests already
+/// received are still answered once the client has shut its sending side
+/// (hyper's `half_close`; off for the listener, as hyper's default; on for
+/// the fuzz target, which sends its requests and then its end of stream).
+pub(crate) async fn serve_connection<I>(
+    admin: Arc<Admin>,
+    io: I,
+    peer: SocketAddr,
+    half_close: bool,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(admin.handle(request, peer.ip()).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .half_close(half_close)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+    if let Err(err) = served {
+        tracing::debug!("admin: {peer}: {err}");
+    }
+}
+
 impl Admin {
+    /// The admin API of `gateway`, which requires `token`, with an empty
+    /// timeline (whoever serves it starts the sampler: see [`serve`]).
+    pub(crate) fn new(gateway: Gateway, token: String) -> Arc<Self> {
+        Arc::new(Admin {
+            gateway,
+            token,
+            sessions: Sessions::default(),
+            timeline: timeline::Timeline::new(),
+        })
+    }
+
     async fn handle(&self, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         let mut response = self.route(request, peer).await;
         harden(response.headers_mut());

@@ -19,7 +19,7 @@ use super::{Config, Invalid, Place};
 
 /// Parses and checks the configuration file `path`, whose text is `text`;
 /// relative paths in it are resolved against the file's directory.
-pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Config> {
     let mut config: Config = toml::from_str(text).map_err(|err| {
         let at = err.span().map(|span| position(text, span.start));
         anyhow!("{}", err.message().trim_end())

@@ -23,7 +23,7 @@
 //! apps of this file and apps deployed through the admin API alike.
 
 mod app;
-mod file;
+pub(crate) mod file;
 pub mod http;
 pub mod quic;
 pub mod tls;

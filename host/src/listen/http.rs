@@ -88,9 +88,53 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
     .await
 }
 
+/// What the answers on this port read of the gateway: the listener's
+/// context over the router and certificates, or a table (fuzzing).
+pub(crate) trait Site {
+    /// Whether the bare base domain lists the apps.
+    fn list_apps(&self) -> bool;
+    /// The TLS port redirects point to (omitted from URLs when 443).
+    fn https_port(&self) -> u16;
+    /// The base domains.
+    fn domains(&self) -> Vec<String>;
+    /// The names of the apps served, sorted.
+    fn app_names(&self) -> Vec<String>;
+    /// Whether `host` (a normalised name) selects a running app.
+    fn serves(&self, host: &str) -> bool;
+    /// The key authorization of the HTTP-01 challenge `token`, if one is
+    /// under way.
+    fn key_authorization(&self, token: &str) -> Option<String>;
+}
+
+impl Site for HttpContext {
+    fn list_apps(&self) -> bool {
+        self.list_apps
+    }
+
+    fn https_port(&self) -> u16 {
+        self.https_port
+    }
+
+    fn domains(&self) -> Vec<String> {
+        self.router.domains()
+    }
+
+    fn app_names(&self) -> Vec<String> {
+        self.router.names()
+    }
+
+    fn serves(&self, host: &str) -> bool {
+        self.router.app_for_server_name(host).is_some()
+    }
+
+    fn key_authorization(&self, token: &str) -> Option<String> {
+        self.certs.http01_key_authorization(token)
+    }
+}
+
 /// A response: status, extra headers, body.
 #[derive(Debug, PartialEq, Eq)]
-struct Response {
+pub(crate) struct Response {
     status: u16,
     location: Option<String>,
     body: String,
@@ -107,7 +151,9 @@ impl Response {
         }
     }
 
-    fn to_bytes(&self, head_only: bool) -> Vec<u8> {
+    /// The response as sent: status line, headers and (unless the request
+    /// was `HEAD`) the body.
+    pub(crate) fn to_bytes(&self, head_only: bool) -> Vec<u8> {
         let reason = match self.status {
             200 => "OK",
             308 => "Permanent Redirect",
@@ -170,7 +216,7 @@ async fn handle(ctx: &HttpContext, mut stream: TcpStream) -> std::io::Result<()>
 }
 
 /// The response to a request head, or `None` if it is incomplete.
-fn respond(ctx: &HttpContext, head: &[u8]) -> Option<Response> {
+pub(crate) fn respond(ctx: &impl Site, head: &[u8]) -> Option<Response> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
@@ -187,24 +233,24 @@ fn respond(ctx: &HttpContext, head: &[u8]) -> Option<Response> {
         .map(str::to_owned);
     // The bare base domain gets the public info page: which apps are
     // served here, and where.
-    if ctx.list_apps
+    if ctx.list_apps()
         && let Some(domain) = host.as_deref().and_then(host_name)
-        && ctx.router.domains().contains(&domain)
+        && ctx.domains().contains(&domain)
         && (path == "/" || path.starts_with("/?"))
     {
         return Some(Response {
             status: 200,
             location: None,
-            body: info_page(&domain, &ctx.router.names(), ctx.https_port),
+            body: info_page(&domain, &ctx.app_names(), ctx.https_port()),
             html: true,
         });
     }
     Some(route(
         path,
         host.as_deref(),
-        |token| ctx.certs.http01_key_authorization(token),
-        |host| ctx.router.app_for_server_name(host).is_some(),
-        ctx.https_port,
+        |token| ctx.key_authorization(token),
+        |host| ctx.serves(host),
+        ctx.https_port(),
     ))
 }
 

@@ -261,17 +261,32 @@ pub fn load_component_bytes(
     path: &Path,
     bytes: &[u8],
 ) -> Result<LoadedComponent, LoadError> {
+    let world = detect_world(path, bytes)?;
     let path = path.to_owned();
-    match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(LoadError::CoreModule { path }),
-        Some([0, b'a', b's', b'm', ..]) => {}
-        _ => return Err(LoadError::NotWasm { path }),
+    match world {
+        World::ConnHandler | World::HttpService => load_shared(runtime, path, bytes, world),
+        World::ConnEvents => load_events(runtime, path, bytes),
+        World::ConnHandlerSync | World::HttpProxy => {
+            load_per_connection(runtime, path, bytes, world)
+        }
     }
+}
 
-    // Which world: by export name, before compiling, so the component is
-    // compiled once, for the engine that will run it. A component the
-    // parser cannot read goes to the main engine, whose compiler explains.
-    let world = match top_level_exports(bytes) {
+/// The world of component `bytes` (`path` names them in errors), by its
+/// export names, before compiling (so it is compiled once, for the engine
+/// that will run it); refuses core modules, non-wasm and release candidates.
+pub(crate) fn detect_world(path: &Path, bytes: &[u8]) -> Result<World, LoadError> {
+    let path = || path.to_owned();
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+            return Err(LoadError::CoreModule { path: path() });
+        }
+        Some([0, b'a', b's', b'm', ..]) => {}
+        _ => return Err(LoadError::NotWasm { path: path() }),
+    }
+    // A component the parser cannot read goes to the main engine, whose
+    // compiler explains.
+    Ok(match top_level_exports(bytes) {
         Ok(exports) if exports.iter().any(|e| e == EVENTS_HANDLER_EXPORT) => World::ConnEvents,
         Ok(exports)
             if !exports
@@ -283,7 +298,7 @@ pub fn load_component_bytes(
                 Detected::Http(HttpWorld::Proxy, _) => World::HttpProxy,
                 Detected::ReleaseCandidate(export) => {
                     return Err(LoadError::ReleaseCandidate {
-                        path,
+                        path: path(),
                         why: http::rc_refusal(&export),
                     });
                 }
@@ -298,15 +313,7 @@ pub fn load_component_bytes(
             }
         }
         _ => World::ConnHandler,
-    };
-    match world {
-        World::ConnHandler => load_shared(runtime, path, bytes, world),
-        World::ConnEvents => load_events(runtime, path, bytes),
-        World::ConnHandlerSync | World::HttpProxy => {
-            load_per_connection(runtime, path, bytes, world)
-        }
-        World::HttpService => load_shared(runtime, path, bytes, world),
-    }
+    })
 }
 
 /// A component compiled for one engine, checked against its world and

@@ -11,11 +11,11 @@
 /// Largest ClientHello waited for; a longer one is read with the default
 /// configuration. Real ones are a few KiB (post-quantum key shares
 /// included); quinn's crypto buffer is 16 KiB.
-pub(super) const MAX_CLIENT_HELLO: usize = 16 * 1024;
+pub(crate) const MAX_CLIENT_HELLO: usize = 16 * 1024;
 
 /// What the handshake bytes received so far say.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Hello {
+pub(crate) enum Hello {
     /// The ClientHello is not complete yet.
     Incomplete,
     /// A complete ClientHello, with its server name if it has one.
@@ -29,7 +29,7 @@ const SERVER_NAME_EXTENSION: u16 = 0;
 const HOST_NAME: u8 = 0;
 
 /// Reads the server name of the ClientHello at the start of `bytes`.
-pub(super) fn server_name(bytes: &[u8]) -> Hello {
+pub(crate) fn server_name(bytes: &[u8]) -> Hello {
     let mut header = Reader(bytes);
     let (Some(kind), Some(length)) = (header.u8(), header.u24()) else {
         return Hello::Incomplete;

@@ -117,19 +117,30 @@ impl std::fmt::Debug for QuicCertResolver {
 
 impl QuicCertResolver {
     fn check(&self, hello: &ClientHello<'_>) -> Result<Arc<CertifiedKey>, Refusal> {
-        let server_name = hello.server_name().map(normalize_name);
-        let offered: Vec<&[u8]> = hello.alpn().map(|p| p.collect()).unwrap_or_default();
-        let hello = Hello {
-            server_name: server_name.as_deref(),
-            // TLS-ALPN-01 validations come over TCP, never QUIC.
-            acme_challenge: false,
-            offered_alpn: Some(&offered),
-        };
-        match route_hello(hello, self) {
-            Routing::Serve { certificate, .. } => Ok(certificate),
-            Routing::Refuse(refusal) => Err(refusal),
-            Routing::Challenge(name) => Err(Refusal::NoChallenge(name)),
-        }
+        check_hello(hello, self)
+    }
+}
+
+/// The QUIC endpoint's decision on a ClientHello (as rustls parsed it):
+/// its server name normalised, its ALPN protocols checked against the
+/// app's, then [`route_hello`]; the certificate to show, or the refusal.
+/// (Crate-visible for the fuzz target over it.)
+pub(crate) fn check_hello<L: Lookup>(
+    hello: &ClientHello<'_>,
+    lookup: &L,
+) -> Result<L::Certificate, Refusal> {
+    let server_name = hello.server_name().map(normalize_name);
+    let offered: Vec<&[u8]> = hello.alpn().map(|p| p.collect()).unwrap_or_default();
+    let hello = Hello {
+        server_name: server_name.as_deref(),
+        // TLS-ALPN-01 validations come over TCP, never QUIC.
+        acme_challenge: false,
+        offered_alpn: Some(&offered),
+    };
+    match route_hello(hello, lookup) {
+        Routing::Serve { certificate, .. } => Ok(certificate),
+        Routing::Refuse(refusal) => Err(refusal),
+        Routing::Challenge(name) => Err(Refusal::NoChallenge(name)),
     }
 }
 

@@ -48,9 +48,9 @@
 //! kernel send buffer holds as much).
 
 mod budget;
-mod client_hello;
+pub(crate) mod client_hello;
 mod connection;
-mod crypto;
+pub(crate) mod crypto;
 mod stream;
 
 use std::collections::HashMap;

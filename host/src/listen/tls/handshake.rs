@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use rustls::AlertDescription;
-use rustls::server::Acceptor;
+use rustls::server::{Acceptor, ClientHello};
 use rustls::sign::CertifiedKey;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -70,17 +70,7 @@ async fn handshake(ctx: &TlsContext, stream: TcpStream) -> Result<Option<(Arc<Ap
     let start = LazyConfigAcceptor::new(Acceptor::default(), SharedTcp(stream.clone()))
         .await
         .context("no valid ClientHello")?;
-    let routing = {
-        let hello = start.client_hello();
-        let server_name = hello.server_name().map(normalize_name);
-        let hello = Hello {
-            server_name: server_name.as_deref(),
-            acme_challenge: rustls_acme::is_tls_alpn_challenge(&hello),
-            // The app's own configuration negotiates ALPN.
-            offered_alpn: None,
-        };
-        route_hello(hello, ctx)
-    };
+    let routing = routing_of(&start.client_hello(), ctx);
     let (name, app) = match routing {
         Routing::Serve { name, app, .. } => (name, app),
         Routing::Refuse(refusal) => {
@@ -125,6 +115,24 @@ async fn handshake(ctx: &TlsContext, stream: TcpStream) -> Result<Option<(Arc<Ap
         }),
     };
     Ok(Some((app, conn)))
+}
+
+/// Where a TLS ClientHello (as rustls parsed it from the client's first
+/// bytes) goes: its server name normalised, an ACME TLS-ALPN-01
+/// validation recognised, then [`route_hello`]. ALPN is left to the app's
+/// own configuration. (Crate-visible for the fuzz target over it.)
+pub(crate) fn routing_of<L: Lookup>(
+    hello: &ClientHello<'_>,
+    lookup: &L,
+) -> Routing<L::App, L::Certificate> {
+    let server_name = hello.server_name().map(normalize_name);
+    let hello = Hello {
+        server_name: server_name.as_deref(),
+        acme_challenge: rustls_acme::is_tls_alpn_challenge(hello),
+        // The app's own configuration negotiates ALPN.
+        offered_alpn: None,
+    };
+    route_hello(hello, lookup)
 }
 
 /// Sends a fatal TLS alert in a plaintext record (what a server says before

@@ -37,7 +37,7 @@
 //! added and removed) and the server configurations; `handshake` accepts
 //! connections and carries out [`super::route::route_hello`]'s decision.
 
-mod handshake;
+pub(crate) mod handshake;
 mod prepare;
 
 use std::collections::{BTreeMap, HashMap};
