@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::terminal::printable;
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -537,30 +538,6 @@ impl Client {
     }
 }
 
-/// Text a guest chose, made safe for the operator's terminal: control
-/// characters (escape sequences that could rewrite the screen, set the
-/// window title or the clipboard) and invisible reordering marks (which
-/// make text read differently from what it is) are shown as `\u{..}`
-/// escapes; every other character, UTF-8 included, stays readable.
-pub(crate) fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        let invisible = matches!(
-            c,
-            '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}'
-        );
-        if c == '\t' {
-            out.push(c);
-        } else if c.is_control() || invisible {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn set<T>(slot: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *slot = value;
@@ -666,20 +643,5 @@ impl Progress {
                 eprintln!("compiling…");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::printable;
-
-    #[test]
-    fn guest_text_cannot_drive_the_terminal() {
-        assert_eq!(
-            printable("\u{1b}]0;owned\u{7}\u{1b}[2Jhi\r\u{9b}31m"),
-            "\\u{1b}]0;owned\\u{7}\\u{1b}[2Jhi\\u{d}\\u{9b}31m"
-        );
-        assert_eq!(printable("évité\tok ✓"), "évité\tok ✓");
-        assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
     }
 }

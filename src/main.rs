@@ -9,6 +9,7 @@ mod new;
 mod oci;
 mod reload;
 mod serve;
+mod terminal;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -483,5 +483,5 @@ async fn error_text(response: Response) -> String {
         }
     };
     // The registry's words reach the operator's terminal.
-    crate::client::printable(&text)
+    crate::terminal::printable(&text)
 }
