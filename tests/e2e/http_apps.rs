@@ -241,7 +241,14 @@ async fn h3_request(
         .body(())
         .unwrap();
     let mut stream = send.send_request(request).await.expect("send_request");
-    stream.finish().await.expect("finish");
+    if let Err(err) = stream.finish().await {
+        // The gateway may answer before the request ends and stop it with
+        // H3_NO_ERROR (RFC 9114 §4.1.2); the response stands.
+        assert!(
+            matches!(err, h3::error::StreamError::RemoteTerminate { code, .. } if code == h3::error::Code::H3_NO_ERROR),
+            "finish: {err}"
+        );
+    }
     let response = stream.recv_response().await.expect("recv_response");
     let mut body = Vec::new();
     while let Some(mut chunk) = stream.recv_data().await.expect("recv_data") {
@@ -307,6 +314,68 @@ async fn http_apps_answer_over_http3_and_advertise_it() {
         "no h3 access line:\n{}",
         gw.gateway.stderr.text()
     );
+}
+
+/// RFC 9114 §4.1.2: a server that answers before the request ends asks
+/// the client to stop sending with `H3_NO_ERROR`, and the client keeps the
+/// response. Spoken by hand over quinn, so the client can hold its request
+/// open while it reads the whole answer, then see the code the gateway
+/// stopped it with (quinn's default, 0, made h3 clients fail the request).
+#[tokio::test]
+async fn an_http3_answer_before_the_request_ends_stops_it_with_h3_no_error() {
+    let state = ScratchDir::new("http-apps-h3-stop");
+    let gw = http_gateway(&state, "");
+    let quic = gw.quic.expect("no QUIC endpoint");
+    let root = crate::tls_support::dev_ca_root(&state.0);
+    let client = crate::quic::quic_client(std::slice::from_ref(&root), &["h3"]);
+    let conn = crate::quic::connect_quic(&client, quic, "web.localhost")
+        .await
+        .expect("QUIC handshake failed");
+
+    // The client's control stream: its type (0x00), then an empty SETTINGS
+    // frame. It stays open for the connection's life.
+    let mut control = conn.open_uni().await.unwrap();
+    control.write_all(&[0x00, 0x04, 0x00]).await.unwrap();
+
+    // GET https://web.localhost/info as one HEADERS frame, QPACK with the
+    // static table only: :method GET (17), :scheme https (23), :path from
+    // the name of :path / (1), :authority from the name of entry 0.
+    let authority = b"web.localhost";
+    let path = b"/info";
+    let mut fields = vec![0x00, 0x00, 0xc0 | 17, 0xc0 | 23];
+    fields.extend_from_slice(&[0x51, path.len() as u8]);
+    fields.extend_from_slice(path);
+    fields.extend_from_slice(&[0x50, authority.len() as u8]);
+    fields.extend_from_slice(authority);
+    let mut frame = vec![0x01, fields.len() as u8];
+    frame.extend_from_slice(&fields);
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame).await.unwrap();
+
+    // The whole answer arrives while the request is still open…
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+        .await
+        .expect("no answer while the request was open")
+        .expect("the answer stream failed");
+    assert_eq!(
+        answer.first(),
+        Some(&0x01),
+        "not a HEADERS frame first: {answer:?}"
+    );
+    assert!(
+        answer
+            .windows(b"world: p3".len())
+            .any(|w| w == b"world: p3"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // …and the request is stopped with H3_NO_ERROR (0x100), not code 0.
+    let stopped = tokio::time::timeout(Duration::from_secs(10), send.stopped())
+        .await
+        .expect("the gateway never stopped the request it answered")
+        .expect("the connection failed");
+    assert_eq!(stopped, Some(quinn::VarInt::from_u32(0x100)));
+    drop(control);
 }
 
 /// Fetches `url` with curl on a blocking thread: status and body.

@@ -449,7 +449,13 @@ async fn http3_session(soak: &Soak, endpoint: &quinn::Endpoint) -> Result<(), St
                 .send_request(request)
                 .await
                 .map_err(|e| e.to_string())?;
-            stream.finish().await.map_err(|e| e.to_string())?;
+            // RFC 9114 §4.1.2: a server may answer before the request
+            // ends and stop it with H3_NO_ERROR; the response stands.
+            match stream.finish().await {
+                Err(h3::error::StreamError::RemoteTerminate { code, .. })
+                    if code == h3::error::Code::H3_NO_ERROR => {}
+                other => other.map_err(|e| e.to_string())?,
+            }
             let response = stream.recv_response().await.map_err(|e| e.to_string())?;
             let mut body = Vec::new();
             while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes};
@@ -98,6 +98,8 @@ async fn exchange(
         RecvBody {
             stream: recv,
             data_done: false,
+            ended: false,
+            reading: false,
         }
         .boxed_unsync()
     });
@@ -137,17 +139,37 @@ async fn exchange(
 
 /// A request body read from the request's stream: data frames, then the
 /// trailers if the client sent any.
+///
+/// Dropped before the client's side of the stream ended (an origin that
+/// answers without reading the whole request, as most `GET` handlers do),
+/// it asks the client to stop sending with `H3_NO_ERROR`, as RFC 9114
+/// §4.1.2 says, and the client keeps the response. quinn's own drop would
+/// send code 0, which h3 clients report as a failed request ("Remote
+/// reset: 0x0") when it reaches them before they finish the request.
 struct RecvBody {
     stream: RequestStream<h3_quinn::RecvStream, Bytes>,
     data_done: bool,
+    /// The client's side of the stream ended, or failed: nothing to stop.
+    ended: bool,
+    /// A read is in flight: h3-quinn holds the QUIC stream inside its read
+    /// future until the read completes, and cannot stop it meanwhile.
+    reading: bool,
 }
 
-impl HttpBody for RecvBody {
-    type Data = Bytes;
-    type Error = BoxError;
+impl RecvBody {
+    /// Polls the next frame, keeping [`Self::ended`] and
+    /// [`Self::reading`] true to the stream's state.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = self.poll_stream(cx);
+        self.reading = polled.is_pending();
+        if let Poll::Ready(None | Some(Err(_))) = polled {
+            self.ended = true;
+        }
+        polled
+    }
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
+    fn poll_stream(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if !self.data_done {
@@ -167,5 +189,36 @@ impl HttpBody for RecvBody {
             Poll::Ready(Err(err)) => Poll::Ready(Some(Err(err.into()))),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl HttpBody for RecvBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.poll_next(cx)
+    }
+}
+
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        if self.reading {
+            // Collect the read in flight if it is done: that gives the
+            // stream back. If it is not, the stream goes with the read
+            // future and quinn stops it with code 0: the origin dropped a
+            // body it was still reading, which is rare.
+            let mut cx = Context::from_waker(Waker::noop());
+            if self.poll_next(&mut cx).is_pending() || self.ended {
+                return;
+            }
+        }
+        self.stream.stop_sending(Code::H3_NO_ERROR);
     }
 }
