@@ -3,7 +3,7 @@
 //! one connection a request (a pull is a handful of them), every wait and
 //! every body bounded.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -264,29 +264,5 @@ where
 
 /// The TLS client configuration: the system's trusted roots, read once.
 fn tls_config() -> Result<Arc<rustls::ClientConfig>> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(format!(
-                    "no trusted root certificates found on this system ({} errors reading \
-                     them); install the ca-certificates package or set SSL_CERT_FILE",
-                    found.errors.len()
-                ));
-            }
-            let mut config = rustls::ClientConfig::builder_with_provider(
-                sockgate_host::certs::crypto_provider(),
-            )
-            .with_safe_default_protocol_versions()
-            .map_err(|err| err.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Ok(Arc::new(config))
-        })
-        .clone()
-        .map_err(|why| anyhow!(why))
+    sockgate_host::certs::system_roots::https_client_config().map_err(|why| anyhow!(why))
 }

@@ -311,15 +311,7 @@ impl<'r> Registry<'r> {
     /// GET, answering one `401` with the authorization its challenge asks
     /// for.
     async fn get(&mut self, path: &str, accept: &str) -> Result<Response> {
-        let headers = [("accept", accept.to_owned())];
-        let response = http::get(
-            &self.endpoint,
-            path,
-            &headers,
-            self.authorization.as_deref(),
-        )
-        .await
-        .with_context(|| format!("pulling {}", self.reference))?;
+        let response = self.get_once(path, accept).await?;
         if response.status != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -338,18 +330,24 @@ impl<'r> Registry<'r> {
             })?
             .unwrap_or(Challenge::Basic);
         self.authorization = Some(self.authorize(challenge).await?);
-        let response = http::get(
+        let response = self.get_once(path, accept).await?;
+        if response.status == StatusCode::UNAUTHORIZED {
+            return Err(self.refused());
+        }
+        Ok(response)
+    }
+
+    /// One GET with the authorization held so far.
+    async fn get_once(&self, path: &str, accept: &str) -> Result<Response> {
+        let headers = [("accept", accept.to_owned())];
+        http::get(
             &self.endpoint,
             path,
             &headers,
             self.authorization.as_deref(),
         )
         .await
-        .with_context(|| format!("pulling {}", self.reference))?;
-        if response.status == StatusCode::UNAUTHORIZED {
-            return Err(self.refused());
-        }
-        Ok(response)
+        .with_context(|| format!("pulling {}", self.reference))
     }
 
     async fn authorize(&mut self, challenge: Challenge) -> Result<String> {

@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use anyhow::{Result, bail};
+use sockgate_host::base::names::is_dns_label;
 
 use super::digest::Digest;
 
@@ -146,16 +147,7 @@ fn parse_registry(registry: &str) -> Result<(String, Option<u16>), String> {
     if host.is_empty() {
         return Err("the registry's host is empty".into());
     }
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    };
-    if !registry.starts_with('[') && !host.split('.').all(label_ok) {
+    if !registry.starts_with('[') && !host.split('.').all(is_dns_label) {
         return Err("a host is DNS labels (letters, digits, `-`) separated by dots".into());
     }
     Ok((host.to_owned(), port))

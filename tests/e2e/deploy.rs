@@ -153,6 +153,39 @@ async fn a_redeploy_takes_new_connections_while_old_ones_keep_their_version() {
     drop(gateway);
 }
 
+/// Once `rm` has returned, the app's port refuses connections: its
+/// listener is closed, not merely asked to close (a connection the kernel
+/// completed meanwhile would be reset). Its open connections drain.
+#[tokio::test]
+async fn a_removed_apps_port_refuses_connections_once_rm_returns() {
+    let dir = ScratchDir::new("deploy-rm");
+    let state = dir.0.join("state");
+    let (_gateway, admin) = start_admin(&state, None);
+    for round in 0..5 {
+        deploy(
+            admin,
+            &state,
+            "gone",
+            &guest("echo"),
+            &["--listen", "127.0.0.1:0"],
+        );
+        let addr = app_addr(admin, &state, "gone");
+        let mut open = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(ask(&mut open, "before").await, "before");
+        let (code, _, stderr) = cli(admin, &state, &["rm", "gone"]);
+        assert_eq!(code, 0, "{stderr}");
+        match TcpStream::connect(addr).await {
+            Err(err) => assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionRefused,
+                "round {round}: {err}"
+            ),
+            Ok(_) => panic!("round {round}: {addr} took a connection after `rm` returned"),
+        }
+        assert_eq!(ask(&mut open, "after").await, "after", "round {round}");
+    }
+}
+
 #[tokio::test]
 async fn a_sync_world_component_deploys_and_its_world_is_reported() {
     let dir = ScratchDir::new("deploy-sync");

@@ -32,16 +32,7 @@ pub fn check_app_name(name: &str) -> Result<()> {
 /// characters; a trailing dot (a fully qualified name) is allowed.
 pub fn check_dns_name(name: &str) -> Result<()> {
     let name = name.strip_suffix('.').unwrap_or(name);
-    let valid = name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
+    let valid = name.len() <= 253 && name.split('.').all(is_dns_label);
     if !valid {
         bail!(
             "`{name}` is not a valid DNS name: use dot-separated labels of letters, digits \
@@ -49,6 +40,19 @@ pub fn check_dns_name(name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `label` is one label of a DNS host name: 1 to 63 letters,
+/// digits and inner hyphens (RFC 1123). Any case: callers that compare
+/// names lowercase them first.
+pub fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
 }
 
 /// A server name as routing and certificates compare it: lowercase,

@@ -17,13 +17,15 @@
 //!
 //! Beside them: [`renewal`] (when to order, a plain state machine),
 //! [`x509`] (reading certificates and PEM bundles, shared by the three
-//! sources).
+//! sources), and [`system_roots`] (the client side: the system's trusted
+//! roots for the gateway's own outbound TLS).
 
 pub(crate) mod acme;
 pub mod dev_ca;
 pub(crate) mod files;
 pub(crate) mod renewal;
 pub mod store;
+pub mod system_roots;
 pub(crate) mod x509;
 
 pub use x509::{certified_key_from_pem, dns_names_of, format_time, issuer_of, validity_of};

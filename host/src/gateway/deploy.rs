@@ -173,22 +173,23 @@ impl Gateway {
             collect_blobs(state);
         }
         lock(&self.inner.failed).remove(name);
-        self.stop_serving(&mut slots, name);
+        self.stop_serving(&mut slots, name).await;
         Ok(())
     }
 
     /// Takes app `name` out of `slots` (the gateway's, locked): its
     /// listener closes, the router and the TLS side forget it, and its open
     /// connections drain. The one way an app stops, for a removal through
-    /// the admin API and a reload alike.
-    pub(super) fn stop_serving(&self, slots: &mut BTreeMap<String, Slot>, name: &str) {
+    /// the admin API and a reload alike; it returns once the listener is
+    /// closed.
+    pub(super) async fn stop_serving(&self, slots: &mut BTreeMap<String, Slot>, name: &str) {
         if let Some(slot) = slots.remove(name) {
-            slot.accept_task.abort();
             self.inner.router.remove(name);
             if let Some(https) = self.inner.https.get() {
                 https.remove_app(name);
             }
             slot.app.log().event(None, EventKind::Removed);
+            super::switch::close_listener(slot.accept_task).await;
         }
         self.inner.own_ports.replace(self.listening_ports(slots));
     }

@@ -204,7 +204,7 @@ impl Gateway {
             let mut slots = self.inner.slots.lock().await;
             for name in &reloaded.removed {
                 if slots.get(name).is_some_and(|s| s.source == Source::Config) {
-                    self.stop_serving(&mut slots, name);
+                    self.stop_serving(&mut slots, name).await;
                     done.removed.push(name.clone());
                 }
             }

@@ -80,6 +80,15 @@ pub(super) struct Slot {
     pub(super) load: LoadFacts,
 }
 
+/// Stops the accept loop `task` and returns once its listener is closed:
+/// aborting alone closes it whenever the runtime next drops the task, and
+/// until then the kernel completes handshakes on it that are then reset.
+/// A removal or a move that has returned refuses new connections.
+pub(super) async fn close_listener(task: JoinHandle<()>) {
+    task.abort();
+    let _ = task.await;
+}
+
 impl Slot {
     /// Its listener, as the listener rule sees it.
     fn listening(&self) -> Listening {
@@ -241,7 +250,7 @@ impl Gateway {
         let (tcp, accept_task) = match (new_listener, slots.remove(&name)) {
             (Some(listener), old) => {
                 if let Some(old) = old {
-                    old.accept_task.abort();
+                    close_listener(old.accept_task).await;
                 }
                 let task = tokio::spawn(listen::tcp::serve(
                     listener,

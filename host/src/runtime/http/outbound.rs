@@ -18,7 +18,7 @@
 use std::future::{Future, poll_fn};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::pin::{Pin, pin};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -329,32 +329,11 @@ async fn tls(
 /// The TLS client configuration: the operating system's trusted roots,
 /// read once.
 fn client_config() -> Result<Arc<rustls::ClientConfig>, Error> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let why = format!(
-                    "no trusted root certificates found on this system ({} errors reading \
-                     them); install the ca-certificates package or set SSL_CERT_FILE",
-                    found.errors.len()
-                );
-                tracing::error!("outbound https: {why}");
-                return Err(why);
-            }
-            let mut config =
-                rustls::ClientConfig::builder_with_provider(crate::certs::crypto_provider())
-                    .with_safe_default_protocol_versions()
-                    .map_err(|err| err.to_string())?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Ok(Arc::new(config))
-        })
-        .clone()
-        .map_err(|why| Error::InternalError(Some(why)))
+    crate::certs::system_roots::https_client_config().map_err(|why| {
+        static LOGGED: std::sync::Once = std::sync::Once::new();
+        LOGGED.call_once(|| tracing::error!("outbound https: {why}"));
+        Error::InternalError(Some(why))
+    })
 }
 
 /// A response body that fails when the server pauses for longer than
