@@ -29,6 +29,8 @@ use crate::runtime::Runtime;
 use crate::runtime::load::{detect_world, load_component_bytes};
 use crate::tenant::outbound::OutboundPolicy;
 
+mod events;
+
 /// The admin token the admin API target's gateway requires (the seed
 /// corpus's requests carry it, so the fuzzer gets past authentication).
 pub const ADMIN_TOKEN: &str = "fuzz-admin-token";
@@ -503,4 +505,20 @@ fn empty_cache(dir: &Path) {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// The event world's actions: a hostile guest's `list<action>` (sends of
+/// any size, shutdowns, closes, pauses, timers, connects, to open, closed
+/// and unknown connection ids) carried out turn after turn by the real
+/// event-loop driver (`Driver::apply`) on real loopback TCP connections
+/// whose peers send, read, finish and reset, with the driver gathering
+/// between turns as it does for a guest. Checks what the world promises:
+/// batches of at most `MAX_BATCH_EVENTS`; `closed` once per connection,
+/// never for one not opened, and nothing after it (or after the guest's
+/// `close`); no connection holding `SEND_HARD_CAP` bytes queued (one sent
+/// past it is reported closed with a limit reason); timers bounded; a
+/// connect the policy refuses answered by `connect-failed`, every connect
+/// answered once. The input format is in `fuzzing/events.rs`.
+pub fn event_actions(bytes: &[u8]) {
+    events::run(bytes);
 }

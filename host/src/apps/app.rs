@@ -316,7 +316,7 @@ async fn shard_loop(
 /// Gives an admitted connection its place in `active` (a shard's or the
 /// per-connection instances' count) and the guard that releases every
 /// count it holds once the connection is done.
-fn assign(conn: Connection, admission: Admission, active: &Arc<ShardLoad>) -> Assigned {
+pub(crate) fn assign(conn: Connection, admission: Admission, active: &Arc<ShardLoad>) -> Assigned {
     active.acquire();
     let Connection {
         info,

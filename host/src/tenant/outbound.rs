@@ -193,15 +193,21 @@ impl OutboundPolicy {
         })
     }
 
-    /// Whether the guest may look up `name`.
+    /// Whether the guest may look up `name`. An IP address as it is needs
+    /// no DNS (every caller takes it as the address): it is always
+    /// allowed. With a trailing dot (`127.0.0.1.`) it is not an address to
+    /// `IpAddr`'s parser, so the callers would ask the resolver: that is a
+    /// name lookup like any other, allowed only by a rule.
     pub fn allows_lookup(&self, name: &str) -> bool {
+        if name.parse::<IpAddr>().is_ok() {
+            return true;
+        }
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        name.parse::<IpAddr>().is_ok()
-            || self.rules.iter().any(|rule| match &rule.host {
-                HostPattern::AnyPublic => true,
-                HostPattern::Name { .. } => name_matches(&rule.host, &name),
-                HostPattern::Network { .. } => false,
-            })
+        self.rules.iter().any(|rule| match &rule.host {
+            HostPattern::AnyPublic => true,
+            HostPattern::Name { .. } => name_matches(&rule.host, &name),
+            HostPattern::Network { .. } => false,
+        })
     }
 
     /// Records what an allowed lookup of `name` returned, so connections to
@@ -339,6 +345,23 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    /// Regression (fuzz target `event_actions`, input
+    /// `fuzz/corpus/event_actions/connect_loopback`): `127.0.0.1.` was
+    /// "an IP literal" to this check but a name to every caller, which
+    /// then asked the resolver — a name lookup no rule allowed.
+    #[test]
+    fn an_ip_address_with_a_trailing_dot_is_a_name_to_look_up() {
+        let p = policy(&[]);
+        assert!(p.allows_lookup("127.0.0.1"));
+        assert!(p.allows_lookup("::1"));
+        assert!(!p.allows_lookup("127.0.0.1."));
+        assert!(!p.allows_lookup("::1."));
+        let p = policy(&["127.0.0.1:80"]);
+        assert!(!p.allows_lookup("127.0.0.1."));
+        let p = policy(&["*:443"]);
+        assert!(p.allows_lookup("127.0.0.1."));
     }
 
     #[test]

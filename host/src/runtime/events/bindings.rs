@@ -5,6 +5,8 @@
 //! `wit/events/conn-events.wit`.
 #![allow(missing_docs)]
 
+use crate::base::conn::{ConnInfo, Transport};
+
 wasmtime::component::bindgen!({
     path: "../wit/events",
     world: "sockgate:events/conn-events",
@@ -22,3 +24,45 @@ pub(crate) use sockgate::events::types::{
     Action, CloseReason, Closed, ConnInfo as WitConnInfo, ConnectFailed, Connected, Event,
     QuicStream, Received, Transport as WitTransport,
 };
+
+/// The connection an event is about, if one is: `opened` and
+/// `connected` too (a guest that guessed the id of a connection it has
+/// not heard of yet may close it).
+pub(crate) fn event_conn(event: &Event) -> Option<u64> {
+    match event {
+        Event::Opened(info) => Some(info.id),
+        Event::Received(received) => Some(received.conn),
+        Event::Ended(id) | Event::Writable(id) => Some(*id),
+        Event::Closed(closed) => Some(closed.conn),
+        Event::Connected(connected) => Some(connected.info.id),
+        Event::Timer(_) | Event::ConnectFailed(_) => None,
+    }
+}
+
+/// The bytes a `received` event carries (0 for the others).
+pub(crate) fn received_bytes(event: &Event) -> usize {
+    match event {
+        Event::Received(received) => received.bytes.len(),
+        _ => 0,
+    }
+}
+
+/// The WIT record of a client connection's info.
+pub(crate) fn wit_info(info: &ConnInfo) -> WitConnInfo {
+    WitConnInfo {
+        id: info.id,
+        transport: match info.transport {
+            Transport::Tcp => WitTransport::Tcp,
+            Transport::Tls => WitTransport::Tls,
+            Transport::Quic => WitTransport::Quic,
+        },
+        peer: info.peer.to_string(),
+        local: info.local.to_string(),
+        server_name: info.server_name.clone(),
+        alpn: info.alpn.clone(),
+        quic: info.quic.map(|q| QuicStream {
+            connection_id: q.connection_id,
+            stream_id: q.stream_id,
+        }),
+    }
+}

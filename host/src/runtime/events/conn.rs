@@ -151,6 +151,12 @@ impl EventConn {
         &self.waker
     }
 
+    /// Bytes the guest sent that are not written yet.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn queued(&self) -> usize {
+        self.queued
+    }
+
     /// Whether the gateway should read from the connection now.
     pub(crate) fn wants_read(&self) -> bool {
         !self.receive_done && !self.paused && !self.above_high_water

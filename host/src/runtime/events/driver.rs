@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -20,19 +21,20 @@ use tokio::sync::mpsc;
 use wasmtime::Store;
 
 use super::bindings::{
-    Action, CloseReason, Closed, ConnEvents, ConnectFailed, Connected, Event, QuicStream, Received,
-    WitConnInfo, WitTransport,
+    Action, CloseReason, Closed, ConnEvents, ConnectFailed, Connected, Event, Received,
+    WitConnInfo, WitTransport, event_conn, received_bytes, wit_info,
 };
 use super::conn::{ConnWaker, EventConn, READ_CHUNK, ReadOutcome};
 use super::outbound::{self, ConnectRefused};
 use super::ready::ReadyList;
 use super::timers::Timers;
-use crate::base::conn::{ConnInfo, Transport, next_conn_id};
+use crate::base::conn::next_conn_id;
 use crate::runtime::host_state::HostState;
-use crate::runtime::instance::{Assigned, InstanceSettings};
+use crate::runtime::instance::Assigned;
 use crate::runtime::supervisor::IoProgress;
 use crate::tenant::guest_budget::SocketLease;
-use crate::tenant::logs::EventKind;
+use crate::tenant::logs::{AppLog, EventKind};
+use crate::tenant::outbound::OutboundPolicy;
 
 /// Most events in one call. Threat: a batch so large that lowering it
 /// into the guest takes its memory, or one call runs for long.
@@ -64,7 +66,10 @@ enum Step {
 /// The instance's connections, timers and connects, and the batch being
 /// gathered.
 pub(crate) struct Driver {
-    settings: Arc<InstanceSettings>,
+    log: Arc<AppLog>,
+    policy: Arc<OutboundPolicy>,
+    /// How long connections may go on once the channel closed.
+    drain: Duration,
     index: u32,
     conns: HashMap<u64, EventConn>,
     ready: Arc<ReadyList>,
@@ -73,7 +78,11 @@ pub(crate) struct Driver {
     /// Ids to service on the next turn without a wake-up: new connections,
     /// those the guest acted on, those with more to read.
     carry: Vec<u64>,
+    /// The events gathered and not yet given to the guest, oldest first:
+    /// the next batch is at most [`MAX_BATCH_EVENTS`] of them (the guest's
+    /// actions may add more than a batch holds, e.g. refused connects).
     events: Vec<Event>,
+    /// Bytes of the `received` events in `events`.
     batch_bytes: usize,
     timers: Timers,
     fired: Vec<u64>,
@@ -87,11 +96,22 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    /// A driver for instance `index` of the app, setting `progress`
-    /// whenever bytes move.
-    pub(crate) fn new(settings: Arc<InstanceSettings>, index: u32, progress: IoProgress) -> Self {
+    /// A driver for instance `index` of the app with `log` (its events),
+    /// `policy` (its outbound connects) and `drain` (how long connections
+    /// go on once the instance is retired), setting `progress` whenever
+    /// bytes move. It needs nothing of the guest, so the fuzz target
+    /// (`crate::fuzzing::event_actions`) drives the same driver without one.
+    pub(crate) fn new(
+        log: Arc<AppLog>,
+        policy: Arc<OutboundPolicy>,
+        drain: Duration,
+        index: u32,
+        progress: IoProgress,
+    ) -> Self {
         Self {
-            settings,
+            log,
+            policy,
+            drain,
             index,
             conns: HashMap::new(),
             ready: Arc::new(ReadyList::default()),
@@ -122,32 +142,87 @@ impl Driver {
         let mut in_a_row = 0;
         loop {
             let mut waited = false;
-            let step = std::future::poll_fn(|cx| {
-                let step = self.poll_gather(cx, rx);
-                waited |= step.is_pending();
-                step
+            let batch = std::future::poll_fn(|cx| {
+                let batch = self.poll_batch(cx, rx);
+                waited |= batch.is_pending();
+                batch
             });
             // Polled without tokio's budget: one turn touches as many
             // connections as are ready (bounded by the batch).
-            let step = tokio::task::coop::unconstrained(step).await;
+            let batch = tokio::task::coop::unconstrained(batch).await;
             in_a_row = if waited { 0 } else { in_a_row + 1 };
             if in_a_row >= BATCHES_BEFORE_YIELD {
                 in_a_row = 0;
                 tokio::task::yield_now().await;
             }
-            match step {
-                Step::Done => return Ok(()),
-                Step::Batch => {
-                    let actions = handler
-                        .call_handle(&mut *store, &self.events)
-                        .await
-                        .map_err(|error| (error, self.conns.len()))?;
-                    self.events.clear();
-                    self.batch_bytes = 0;
-                    self.apply(actions);
-                }
-            }
+            let Some(batch) = batch else {
+                return Ok(());
+            };
+            let actions = handler
+                .call_handle(&mut *store, &batch)
+                .await
+                .map_err(|error| (error, self.conns.len()))?;
+            self.recycle(batch);
+            self.apply(actions);
         }
+    }
+
+    /// One turn of gathering: the next batch for the guest (at most
+    /// [`MAX_BATCH_EVENTS`] events, never empty), pending until there is
+    /// one, or `None` once the instance is done. [`Driver::serve`] calls
+    /// the guest with it; the fuzz target checks it instead.
+    pub(crate) fn poll_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+        rx: &mut mpsc::Receiver<Assigned>,
+    ) -> Poll<Option<Vec<Event>>> {
+        self.poll_gather(cx, rx).map(|step| match step {
+            Step::Batch => Some(self.take_batch()),
+            Step::Done => None,
+        })
+    }
+
+    /// Takes the oldest [`MAX_BATCH_EVENTS`] events gathered; the rest
+    /// (only when the guest's actions produced more than a batch holds, or
+    /// the last connection serviced added a few past it) wait for the
+    /// next batch, in order.
+    fn take_batch(&mut self) -> Vec<Event> {
+        if self.events.len() <= MAX_BATCH_EVENTS {
+            self.batch_bytes = 0;
+            return std::mem::take(&mut self.events);
+        }
+        let rest = self.events.split_off(MAX_BATCH_EVENTS);
+        let batch = std::mem::replace(&mut self.events, rest);
+        self.batch_bytes = self.events.iter().map(received_bytes).sum();
+        batch
+    }
+
+    /// Keeps the allocation of a batch the guest was given for the next
+    /// one, when no events wait already.
+    fn recycle(&mut self, mut batch: Vec<Event>) {
+        if self.events.is_empty() {
+            batch.clear();
+            self.events = batch;
+        }
+    }
+
+    /// The open connections and the bytes queued for each: what the
+    /// fuzz target checks against [`super::conn::SEND_HARD_CAP`].
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn queued(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.conns.iter().map(|(id, conn)| (*id, conn.queued()))
+    }
+
+    /// Timers pending (bounded by [`super::timers::MAX_TIMERS`]).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn pending_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Outbound connects not finished yet.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn pending_connects(&self) -> usize {
+        self.connects.len()
     }
 
     fn batch_full(&self) -> bool {
@@ -167,7 +242,7 @@ impl Driver {
                 match rx.poll_recv(cx) {
                     Poll::Ready(Some(assigned)) => self.open(assigned),
                     Poll::Ready(None) => {
-                        self.draining = Some(Box::pin(tokio::time::sleep(self.settings.drain)));
+                        self.draining = Some(Box::pin(tokio::time::sleep(self.drain)));
                         break;
                     }
                     Poll::Pending => break,
@@ -303,8 +378,10 @@ impl Driver {
         }
     }
 
-    /// Carries out the guest's actions, in order.
-    fn apply(&mut self, actions: Vec<Action>) {
+    /// Carries out the guest's actions, in order: what a hostile guest
+    /// controls entirely (the fuzz target calls it with any list).
+    pub(crate) fn apply(&mut self, actions: Vec<Action>) {
+        let mut closed = Vec::new();
         for action in actions {
             match action {
                 Action::Send(send) => self.send(send.conn, send.bytes),
@@ -313,6 +390,7 @@ impl Driver {
                     if let Some(conn) = self.conns.remove(&id) {
                         conn.abort();
                     }
+                    closed.push(id);
                 }
                 Action::Pause(id) => self.touch(id, |conn| conn.set_paused(true)),
                 Action::Resume(id) => self.touch(id, |conn| conn.set_paused(false)),
@@ -325,6 +403,34 @@ impl Driver {
                 Action::Connect(connect) => self.connect(connect.token, connect.host, connect.port),
             }
         }
+        self.forget_events_of(&closed);
+    }
+
+    /// The guest closed connections `closed`: events of them still
+    /// waiting for a batch (only when more than a batch was gathered) are
+    /// dropped, so the guest hears nothing more of a connection it closed
+    /// — except that a `connected` not told yet becomes a
+    /// `connect-failed`, so every connect is still answered once. One
+    /// pass for all of a call's closes.
+    fn forget_events_of(&mut self, closed: &[u64]) {
+        if closed.is_empty() || self.events.is_empty() {
+            return;
+        }
+        let closed: std::collections::HashSet<u64> = closed.iter().copied().collect();
+        self.events.retain_mut(|event| match event {
+            Event::Connected(connected) if closed.contains(&connected.info.id) => {
+                *event = Event::ConnectFailed(ConnectFailed {
+                    token: connected.token,
+                    reason: format!(
+                        "connection {} was closed by the guest before it was reported",
+                        connected.info.id
+                    ),
+                });
+                true
+            }
+            _ => event_conn(event).is_none_or(|id| !closed.contains(&id)),
+        });
+        self.batch_bytes = self.events.iter().map(received_bytes).sum();
     }
 
     /// Applies `change` to connection `id` (if it is open) and services it
@@ -349,7 +455,7 @@ impl Driver {
             conn.abort();
         }
         let limit = super::conn::SEND_HARD_CAP;
-        self.settings.log.event(
+        self.log.event(
             Some(self.index),
             EventKind::LimitHit {
                 limit: "event send queue",
@@ -372,7 +478,7 @@ impl Driver {
         if std::mem::replace(&mut self.timers_refused, true) {
             return;
         }
-        self.settings.log.event(
+        self.log.event(
             Some(self.index),
             EventKind::LimitHit {
                 limit: "event timers",
@@ -387,7 +493,7 @@ impl Driver {
     /// Starts an outbound connect, holding one of the app's outbound
     /// sockets from now (so pending connects are bounded by that budget).
     fn connect(&mut self, token: u64, host: String, port: u16) {
-        let policy = self.settings.policy.clone();
+        let policy = self.policy.clone();
         let lease = match policy.budget().open_socket() {
             Ok(lease) => lease,
             Err(refusal) => {
@@ -445,7 +551,7 @@ impl Driver {
 
     fn connect_failed(&mut self, token: u64, refused: ConnectRefused) {
         if let Some(limit) = refused.limit {
-            self.settings.log.event(
+            self.log.event(
                 Some(self.index),
                 EventKind::LimitHit {
                     limit,
@@ -465,28 +571,10 @@ impl Driver {
         for (_, conn) in self.conns.drain() {
             conn.abort();
         }
-        self.settings
-            .log
+        self.log
             .event(Some(self.index), EventKind::DrainDeadline { closed });
     }
 }
 
-/// The WIT record of a client connection's info.
-fn wit_info(info: &ConnInfo) -> WitConnInfo {
-    WitConnInfo {
-        id: info.id,
-        transport: match info.transport {
-            Transport::Tcp => WitTransport::Tcp,
-            Transport::Tls => WitTransport::Tls,
-            Transport::Quic => WitTransport::Quic,
-        },
-        peer: info.peer.to_string(),
-        local: info.local.to_string(),
-        server_name: info.server_name.clone(),
-        alpn: info.alpn.clone(),
-        quic: info.quic.map(|q| QuicStream {
-            connection_id: q.connection_id,
-            stream_id: q.stream_id,
-        }),
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -36,7 +36,13 @@ pub async fn run_events_instance(
             let served = match pre.instantiate_async(&mut store).await {
                 Ok(guest) => {
                     settings.log.event(Some(index), EventKind::InstanceStarted);
-                    let driver = Driver::new(settings.clone(), index, progress);
+                    let driver = Driver::new(
+                        settings.log.clone(),
+                        settings.policy.clone(),
+                        settings.drain,
+                        index,
+                        progress,
+                    );
                     Ok(driver.serve(&mut store, &guest, &mut rx).await)
                 }
                 Err(error) => Err(error),

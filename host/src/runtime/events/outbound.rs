@@ -118,3 +118,21 @@ async fn resolve(
     policy.record_lookup(host, &ips);
     Ok(addrs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (fuzz target `event_actions`): an IP address with a
+    /// trailing dot is a name; with no rule naming it, the connect is
+    /// refused without asking the resolver.
+    #[tokio::test]
+    async fn events_connect_to_an_ip_with_a_trailing_dot_asks_no_resolver() {
+        let policy = Arc::new(OutboundPolicy::parse(&["127.0.0.1:80".to_owned()]).unwrap());
+        let refused = connect(policy, "127.0.0.1.".to_owned(), 80)
+            .await
+            .expect_err("refused");
+        assert!(refused.reason.contains("the name"), "{}", refused.reason);
+        assert_eq!(refused.limit, Some("outbound"));
+    }
+}
