@@ -265,10 +265,14 @@ pub async fn run_instance(
 }
 
 /// What a trapped store leaves to do, off the threads that serve
-/// connections: dropping the store (unmapping its memories, closing the
-/// connections it served) and explaining the trap (formatting, and
-/// demangling, a backtrace that may be thousands of frames deep; a memory
-/// growth the store refused names the limit).
+/// connections and at a priority that yields to them (the slow lane,
+/// [`slow_lane::in_slow_lane`]): dropping the store (unmapping its
+/// memories, closing the connections it served) and explaining the trap
+/// (formatting, and demangling, a backtrace that may be thousands of
+/// frames deep; a memory growth the store refused names the limit). An
+/// attacker whose connections spin and reconnect makes dozens of these a
+/// second; at the priority of the gateway's workers each one could hold a
+/// core a neighbour's connection was woken for.
 pub async fn dispose_after_trap(
     store: Store<HostState>,
     error: wasmtime::Error,
@@ -276,12 +280,12 @@ pub async fn dispose_after_trap(
 ) -> (TrapCause, String) {
     let refused_memory = store.data().refused_memory();
     let limits = limits.clone();
-    tokio::task::spawn_blocking(move || {
+    slow_lane::in_slow_lane(move || {
         drop(store);
         explain_trap(&error, refused_memory, &limits)
     })
     .await
-    .unwrap_or_else(|_| {
+    .unwrap_or_else(|| {
         (
             TrapCause::Guest,
             "the instance trapped; explaining why failed (see the gateway's log)".to_owned(),

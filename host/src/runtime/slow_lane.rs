@@ -14,10 +14,19 @@
 //! at once. Once the guest waits for something (I/O, a timer) or its store
 //! is done, the future goes back to its tokio task.
 //!
+//! Its threads also ask the kernel for a short scheduler slice
+//! ([`SLOW_LANE_SLICE_NS`]): a nice value only weighs threads, and Linux's
+//! EEVDF scheduler may let a running thread finish its slice before a
+//! woken one of higher priority gets the core; a short slice bounds that
+//! wait. The work left after a trap (dropping the store, explaining the
+//! trap) runs here too ([`in_slow_lane`]), not on threads at the workers'
+//! priority: an attacker whose connections spin and reconnect makes dozens
+//! of traps a second.
+//!
 //! Moving a future between threads is what tokio does for any task (work
 //! stealing); here the future stays owned by its task ([`run`]), which
-//! lends it to the slow lane and gets it back, and wakers registered while
-//! it is away wake that task, which looks for it.
+//! lends it to a lane and gets it back, and wakers registered while it is
+//! away wake that task, which looks for it.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -62,7 +71,7 @@ where
         home: Some(Box::pin(future)),
         lent: None,
         meter,
-        lend_first: start == Start::InSlowLane,
+        lend_first: start == Start::Demoted,
     }
 }
 
@@ -73,13 +82,13 @@ pub enum Start {
     /// message) stays there, and only a guest that computes for a time
     /// slice moves.
     OnWorker,
-    /// In the slow lane from the first poll: for an app whose guests were
-    /// stopped at their CPU budget a moment ago ([`Demotion`]), whose next
-    /// connection most likely computes too — every new connection of a
-    /// spinning app would otherwise hold a worker for a slice first, and
-    /// an attacker reconnecting at once would turn that into a steady
-    /// share of the workers.
-    InSlowLane,
+    /// In the slow lane from the first poll: for an app whose guests were stopped at their CPU budget
+    /// a moment ago ([`Demotion`]), whose next connection most likely
+    /// computes too — every new connection of a spinning app would
+    /// otherwise hold a worker for a slice first, and an attacker
+    /// reconnecting at once would turn that into a steady share of the
+    /// workers.
+    Demoted,
 }
 
 /// How long an app whose guest was stopped at its CPU budget starts its
@@ -89,7 +98,7 @@ pub const DEMOTION: std::time::Duration = std::time::Duration::from_secs(10);
 /// Whether an app computes past its CPU budget lately: set when one of its
 /// guests is stopped at the budget, it lasts [`DEMOTION`] (renewed by every
 /// such stop). Its new connections then start in the slow lane
-/// ([`Start::InSlowLane`]): the app is served as before, one thread hop
+/// ([`Start::Demoted`]): the app is served as before, one thread hop
 /// later, and at the slow lane's priority while it computes.
 #[derive(Debug, Default)]
 pub struct Demotion {
@@ -116,7 +125,7 @@ impl Demotion {
     /// Where the app's next store starts.
     pub fn start(&self) -> Start {
         if coarse_now_ms() < self.until_ms.load(std::sync::atomic::Ordering::Relaxed) {
-            Start::InSlowLane
+            Start::Demoted
         } else {
             Start::OnWorker
         }
@@ -131,7 +140,7 @@ struct Run<F: Future> {
     lent: Option<Arc<Lent<F>>>,
     meter: Arc<Meter>,
     /// Lend the future to the slow lane before polling it at all
-    /// ([`Start::InSlowLane`]); cleared on the first poll.
+    /// ([`Start::Demoted`]); cleared on the first poll.
     lend_first: bool,
 }
 
@@ -321,6 +330,51 @@ where
     }
 }
 
+/// Runs `job` in the slow lane, with the current tokio runtime entered,
+/// and returns what it returns: for work after a trap (dropping a store,
+/// which unmaps its memories and closes its connections; formatting a
+/// backtrace) that no connection waits for and that must not take a core
+/// from one. `None` if the job panicked. Without a lane it runs on
+/// tokio's blocking threads.
+pub async fn in_slow_lane<T, J>(job: J) -> Option<T>
+where
+    J: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (Some(lane), Ok(runtime)) = (slow_lane(), tokio::runtime::Handle::try_current()) else {
+        return tokio::task::spawn_blocking(job).await.ok();
+    };
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job = Job {
+        run: Mutex::new(Some(Box::new(move || {
+            let _entered = runtime.enter();
+            let _ = done.send(job());
+        }))),
+    };
+    lane.push(Arc::new(job));
+    result.await.ok()
+}
+
+/// A one-shot job for the slow lane ([`in_slow_lane`]).
+struct Job {
+    run: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Slice for Job {
+    fn slice(&self) -> bool {
+        let run = lock(&self.run).take();
+        if let Some(run) = run {
+            run();
+        }
+        false
+    }
+
+    fn panicked(&self, _panic: Box<dyn std::any::Any + Send>) {
+        // The job's result sender was dropped in the unwinding: its caller
+        // is told (`None`).
+    }
+}
+
 /// The slow lane's queue and threads.
 struct SlowLane {
     queue: Mutex<VecDeque<Arc<dyn Slice>>>,
@@ -393,9 +447,19 @@ fn slow_lane() -> Option<&'static SlowLane> {
     })
 }
 
-/// Lowers the calling thread's scheduling priority to
-/// [`SLOW_LANE_NICE`] (on Linux the nice value is per thread).
+/// The scheduler slice the slow lane's threads ask for: the shortest the
+/// kernel allows, so that a woken worker waits at most that long for a
+/// core one of them holds (Linux 6.12 and later; the CPU share the nice
+/// value gives is the same whatever the slice).
+pub const SLOW_LANE_SLICE_NS: u64 = ticker::TICKER_SLICE_NS;
+
+/// Lowers the calling thread's scheduling priority to [`SLOW_LANE_NICE`]
+/// with a slice of [`SLOW_LANE_SLICE_NS`] (on Linux both are per thread);
+/// where the kernel refuses the slice, the nice value alone.
 fn lower_priority() {
+    if ticker::set_fair_slice(SLOW_LANE_NICE, SLOW_LANE_SLICE_NS).is_ok() {
+        return;
+    }
     // SAFETY: setpriority changes the calling thread's nice value and
     // touches no memory.
     let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SLOW_LANE_NICE) };
@@ -411,19 +475,35 @@ fn lower_priority() {
 mod tests {
     use super::*;
 
-    fn on_a_slow_lane_thread() -> bool {
+    fn on_a_lane_thread() -> bool {
         std::thread::current().name() == Some("sockgate-slow")
+    }
+
+    /// The calling thread's nice value.
+    fn nice() -> i32 {
+        // SAFETY: reads the calling thread's nice value.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
     }
 
     #[tokio::test]
     async fn a_store_starts_where_it_is_told() {
         let meter = || supervisor::Meter::new();
-        let on_worker = run_from(meter(), Start::OnWorker, async { on_a_slow_lane_thread() });
+        let on_worker = run_from(meter(), Start::OnWorker, async { on_a_lane_thread() });
         assert!(!on_worker.await, "started in the slow lane");
-        let in_lane = run_from(meter(), Start::InSlowLane, async {
-            on_a_slow_lane_thread()
+        let demoted = run_from(meter(), Start::Demoted, async {
+            (on_a_lane_thread(), nice())
         });
-        assert!(in_lane.await, "started on the worker");
+        assert_eq!(demoted.await, (true, SLOW_LANE_NICE));
+    }
+
+    #[tokio::test]
+    async fn slow_lane_jobs_run_there_and_a_panic_is_told() {
+        let ran = in_slow_lane(|| (on_a_lane_thread(), nice())).await;
+        assert_eq!(ran, Some((true, SLOW_LANE_NICE)));
+        let panicked = in_slow_lane(|| -> u8 { panic!("a job's bug") }).await;
+        assert_eq!(panicked, None);
+        // The lane goes on after it.
+        assert_eq!(in_slow_lane(|| 7).await, Some(7));
     }
 
     #[test]
@@ -431,6 +511,6 @@ mod tests {
         let demotion = Demotion::default();
         assert_eq!(demotion.start(), Start::OnWorker);
         demotion.stopped_at_cpu_budget();
-        assert_eq!(demotion.start(), Start::InSlowLane);
+        assert_eq!(demotion.start(), Start::Demoted);
     }
 }

@@ -245,7 +245,7 @@ const TICKER_RT_PRIORITY: i32 = 1;
 /// the shortest the kernel allows. Linux's EEVDF scheduler (6.12 and
 /// later) lets a waking thread with a shorter slice than the running one
 /// preempt it — usually, not always, so this is the fallback.
-const TICKER_SLICE_NS: u64 = 100_000;
+pub(super) const TICKER_SLICE_NS: u64 = 100_000;
 
 /// `struct sched_attr` of `sched_setattr(2)`, its first version (48 bytes).
 #[repr(C)]
@@ -272,25 +272,36 @@ fn raise_priority() -> Result<TickerPriority, String> {
         return Ok(TickerPriority::RealTime);
     }
     let real_time = std::io::Error::last_os_error();
+    match set_fair_slice(0, TICKER_SLICE_NS) {
+        Ok(()) => Ok(TickerPriority::ShortSlice),
+        Err(slice) => Err(format!(
+            "real-time priority: {real_time}; short slice: {slice}"
+        )),
+    }
+}
+
+/// Makes the calling thread an ordinary (`SCHED_OTHER`) one with nice
+/// value `nice` and a scheduler slice of `slice_ns` (Linux 6.12 and later
+/// honour the slice; older kernels ignore it). Neither a higher nice value
+/// nor a shorter slice needs a privilege.
+pub(super) fn set_fair_slice(nice: i32, slice_ns: u64) -> std::io::Result<()> {
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
         policy: libc::SCHED_OTHER as u32,
         flags: 0,
-        nice: 0,
+        nice,
         priority: 0,
-        runtime: TICKER_SLICE_NS,
+        runtime: slice_ns,
         deadline: 0,
         period: 0,
     };
     // SAFETY: pid 0 is the calling thread; `attr` is a valid, initialised
     // struct whose size field is its size.
     if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) } == 0 {
-        return Ok(TickerPriority::ShortSlice);
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    let slice = std::io::Error::last_os_error();
-    Err(format!(
-        "real-time priority: {real_time}; short slice: {slice}"
-    ))
 }
 
 #[cfg(test)]
