@@ -267,6 +267,15 @@ impl Client {
             .map(String::from)
             .to_vec(),
         ];
+        // Where versions came from, only if one of them says.
+        let origins = apps
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|app| app["origin"].is_string());
+        if origins {
+            rows[0].push("ORIGIN".to_owned());
+        }
         let mut failures = Vec::new();
         for app in apps.as_array().into_iter().flatten() {
             if app["state"] == "failed" {
@@ -289,6 +298,10 @@ impl Client {
                 text(&app["refused"]),
                 text(&app["digest"]).chars().take(12).collect(),
             ]);
+            if origins {
+                let origin = app["origin"].as_str().unwrap_or("-").to_owned();
+                rows.last_mut().expect("just pushed").push(origin);
+            }
         }
         print_table(&rows);
         for failure in failures {
@@ -346,15 +359,6 @@ impl Client {
             args.http_request_timeout_ms,
         );
         set(&mut limits.http_max_body_kb, args.http_max_body_kb);
-        let settings = DeploySettings {
-            listen,
-            instances: args.instances,
-            outbound: args.outbound,
-            limits,
-            domains: args.domains,
-            alpn: args.alpn,
-        };
-        let settings = serde_json::to_string(&settings).map_err(|e| Failure::new(2, e.into()))?;
         let (bytes, pulled) = match (file, from_registry) {
             (Some(bytes), _) => (bytes, None),
             (None, Some(reference)) => {
@@ -364,6 +368,24 @@ impl Client {
             }
             (None, None) => unreachable!("a deploy reads a file or pulls a reference"),
         };
+        // The version remembers where it came from, pinned to the manifest
+        // pulled (a tag may move).
+        let origin = pulled
+            .as_ref()
+            .map(|(reference, pulled)| match reference.digest {
+                Some(_) => reference.to_string(),
+                None => format!("{reference}@{}", pulled.manifest),
+            });
+        let settings = DeploySettings {
+            listen,
+            instances: args.instances,
+            outbound: args.outbound,
+            limits,
+            domains: args.domains,
+            alpn: args.alpn,
+            origin,
+        };
+        let settings = serde_json::to_string(&settings).map_err(|e| Failure::new(2, e.into()))?;
         let total = bytes.len();
         let progress = Progress::new(total, !self.args.json);
         let chunks: Vec<Bytes> = Bytes::from(bytes)

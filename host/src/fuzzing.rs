@@ -332,7 +332,11 @@ pub fn deploy_settings(name: &str, header: &[u8]) {
         return;
     };
     match deploy_config(name, Some(&value)) {
-        Ok(config) => {
+        Ok((config, origin)) => {
+            if let Some(origin) = origin {
+                assert!(origin.len() <= crate::admin::api::MAX_ORIGIN_BYTES);
+                assert!(origin.bytes().all(|b| b.is_ascii_graphic()));
+            }
             if config.check(Some(&Ceilings::default())).is_ok() {
                 config
                     .check(None)

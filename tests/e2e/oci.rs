@@ -300,6 +300,16 @@ fn digest_of(admin: SocketAddr, state: &Path, name: &str) -> String {
         .to_owned()
 }
 
+/// Where app `name`'s serving version came from, as `ls --json` says.
+fn origin_of(admin: SocketAddr, state: &Path, name: &str) -> Option<String> {
+    ls(admin, state)
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("no app {name}"))["origin"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 #[tokio::test]
 async fn deploys_from_a_registry_by_tag_digest_and_index_and_refuses_what_it_cannot_verify() {
     let dir = ScratchDir::new("oci-deploy");
@@ -344,6 +354,11 @@ async fn deploys_from_a_registry_by_tag_digest_and_index_and_refuses_what_it_can
         "{stdout}"
     );
     assert_eq!(digest_of(admin, &state, "svc"), echo_hex);
+    // The version remembers its origin, pinned to the manifest pulled.
+    assert_eq!(
+        origin_of(admin, &state, "svc"),
+        Some(format!("{by_tag}@{v1}"))
+    );
     let addr = app_addr(admin, &state, "svc");
     let mut first = TcpStream::connect(addr).await.unwrap();
     assert_eq!(version_of(&mut first).await, "echo");
@@ -361,6 +376,7 @@ async fn deploys_from_a_registry_by_tag_digest_and_index_and_refuses_what_it_can
     );
     let mut second = TcpStream::connect(addr).await.unwrap();
     assert_eq!(version_of(&mut second).await, "hostile");
+    assert_eq!(origin_of(admin, &state, "svc"), Some(by_digest.clone()));
 
     // Through the index: its wasm entry (v1, echo).
     let (code, stdout, stderr) = run(&["deploy", "svc", &registry.reference("apps/svc", ":multi")]);
@@ -430,6 +446,34 @@ async fn deploys_from_a_registry_by_tag_digest_and_index_and_refuses_what_it_can
     assert_eq!(digest_of(admin, &state, "svc"), serving);
     let mut after = TcpStream::connect(addr).await.unwrap();
     assert_eq!(version_of(&mut after).await, "hostile");
+
+    // A version deployed from a file has no origin; `ls` shows both.
+    let file = echo.to_str().unwrap();
+    let (code, stdout, stderr) = run(&["deploy", "local", file, "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(origin_of(admin, &state, "local"), None);
+    let (code, table, stderr) = run(&["ls"]);
+    assert_eq!(code, 0, "{table}{stderr}");
+    assert!(table.lines().next().unwrap().ends_with("ORIGIN"), "{table}");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row {name} in {table}"))
+            .to_owned()
+    };
+    assert!(row("svc").ends_with(&by_digest), "{table}");
+    assert!(row("local").ends_with(" -"), "{table}");
+    // Rolled back to v1 (through the index): that version's origin.
+    let (code, stdout, stderr) = run(&["rollback", "svc"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        origin_of(admin, &state, "svc"),
+        Some(format!(
+            "{}@{multi}",
+            registry.reference("apps/svc", ":multi")
+        ))
+    );
     drop(gateway);
 }
 

@@ -61,6 +61,38 @@ pub struct DeploySettings {
     /// ALPN protocols the app speaks.
     #[serde(default)]
     pub alpn: Vec<String>,
+    /// Where the client got the component, kept with the version and shown
+    /// by `ls` and the dashboard: `sockgate deploy NAME oci://…` sends the
+    /// registry reference pinned to the manifest it pulled
+    /// (`oci://REGISTRY/REPO:TAG@sha256:…`). Printable ASCII, at most
+    /// [`MAX_ORIGIN_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+/// The longest `origin` a deploy may carry. Threat: an origin as large as
+/// the header allows, kept in every version record and shown on every
+/// listing.
+pub const MAX_ORIGIN_BYTES: usize = 512;
+
+/// A deploy's `origin`, checked: printable ASCII (no spaces or control
+/// characters, which would garble a listing or a log line), at most
+/// [`MAX_ORIGIN_BYTES`].
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin.is_empty() || origin.len() > MAX_ORIGIN_BYTES {
+        return Err(format!(
+            "invalid sockgate-settings: origin must be 1 to {MAX_ORIGIN_BYTES} bytes, not {}",
+            origin.len()
+        ));
+    }
+    if !origin.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "invalid sockgate-settings: origin must be printable ASCII without spaces \
+             (e.g. oci://registry/repo:tag@sha256:…)"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// A log line as the API returns it.
@@ -171,8 +203,8 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
 }
 
 async fn deploy(gateway: &Gateway, name: AppName, request: Request<Incoming>) -> Response<Body> {
-    let config = match deploy_config(name, request.headers().get("sockgate-settings")) {
-        Ok(config) => config,
+    let (config, origin) = match deploy_config(name, request.headers().get("sockgate-settings")) {
+        Ok(parsed) => parsed,
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
     // Bound the upload before reading it, so a huge body costs nothing.
@@ -218,20 +250,21 @@ async fn deploy(gateway: &Gateway, name: AppName, request: Request<Incoming>) ->
     };
     // Every setting is checked by the gateway (`AppConfig::check`, with
     // the operator's ceilings) before anything is compiled or stored.
-    match gateway.deploy(config, body.to_vec()).await {
+    match gateway.deploy(config, body.to_vec(), origin).await {
         Ok(status) => json(StatusCode::OK, &status),
         Err(err) => refusal(err),
     }
 }
 
 /// The app a deploy of `name` describes, from its `sockgate-settings`
-/// header (JSON [`DeploySettings`]): parsed, its domains parsed as names;
-/// or what was wrong (a `400`). Its limits and ceilings are checked by the
-/// gateway. (Crate-visible for the fuzz target over it.)
+/// header (JSON [`DeploySettings`]): parsed, its domains parsed as names,
+/// with the version's origin if the client gave one; or what was wrong (a
+/// `400`). Its limits and ceilings are checked by the gateway.
+/// (Crate-visible for the fuzz target over it.)
 pub(crate) fn deploy_config(
     name: AppName,
     header: Option<&hyper::header::HeaderValue>,
-) -> Result<AppConfig, String> {
+) -> Result<(AppConfig, Option<String>), String> {
     let text = header
         .ok_or("missing `sockgate-settings` header (JSON: listen, instances, outbound, limits)")?
         .to_str()
@@ -254,7 +287,10 @@ pub(crate) fn deploy_config(
             )
         })?;
     config.alpn = settings.alpn;
-    Ok(config)
+    if let Some(origin) = &settings.origin {
+        check_origin(origin)?;
+    }
+    Ok((config, settings.origin))
 }
 
 fn logs(gateway: &Gateway, name: &str, follow: bool) -> Response<Body> {
@@ -356,4 +392,33 @@ fn refusal(err: DeployError) -> Response<Body> {
     };
     // The whole chain, as the operator needs it.
     error(status, &format!("{:#}", anyhow::Error::new(err)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(origin: &str) -> hyper::header::HeaderValue {
+        let json = serde_json::json!({"listen": "127.0.0.1:0", "origin": origin});
+        hyper::header::HeaderValue::from_str(&json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_deploys_origin_is_kept_only_if_printable_and_short() {
+        let name = || AppName::parse("svc").unwrap();
+        let pinned = "oci://127.0.0.1:5000/apps/svc:v1@sha256:0123";
+        let (_, origin) = deploy_config(name(), Some(&settings(pinned))).unwrap();
+        assert_eq!(origin.as_deref(), Some(pinned));
+        let header = hyper::header::HeaderValue::from_static(r#"{"listen":"127.0.0.1:0"}"#);
+        assert_eq!(deploy_config(name(), Some(&header)).unwrap().1, None);
+        for bad in [
+            "",
+            "oci://a b",
+            "oci://a\tb",
+            &"x".repeat(MAX_ORIGIN_BYTES + 1),
+        ] {
+            let why = deploy_config(name(), Some(&settings(bad))).unwrap_err();
+            assert!(why.contains("origin"), "{bad:?}: {why}");
+        }
+    }
 }

@@ -56,7 +56,7 @@ pub(crate) async fn page(gateway: &Gateway, name: &str, csrf: Option<&str>) -> R
          <tr><th>instances</th><td>{instances}</td></tr>\
          <tr><th>connections open</th><td>{open}</td></tr>\
          <tr><th>accepted / refused (this version)</th><td>{accepted} / {refused}</td></tr>\
-         <tr><th>component</th><td><code>{digest}</code> ({kib} KiB)</td></tr></table>",
+         <tr><th>component</th><td><code>{digest}</code> ({kib} KiB)</td></tr>{origin}</table>",
         version = status.version,
         deployed = format_time(UNIX_EPOCH + Duration::from_secs(status.deployed_at)),
         source = status.source,
@@ -68,6 +68,13 @@ pub(crate) async fn page(gateway: &Gateway, name: &str, csrf: Option<&str>) -> R
         refused = status.refused,
         digest = escape(&status.digest),
         kib = status.load.size.div_ceil(1024),
+        origin = status
+            .origin
+            .as_deref()
+            .map_or_else(String::new, |origin| format!(
+                "<tr><th>pulled from</th><td><code>{}</code></td></tr>",
+                escape(origin)
+            )),
     );
     html.push_str("<h2>Versions</h2>");
     if status.versions.is_empty() {

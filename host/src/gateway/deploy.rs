@@ -25,11 +25,13 @@ pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
 impl Gateway {
     /// Deploys `bytes` as a new version of app `config.name` (creating the
-    /// app), persisting it; see the module documentation for the steps.
+    /// app), persisting it with `origin` (where the client got the
+    /// component, if it said); see the module documentation for the steps.
     pub async fn deploy(
         &self,
         mut config: AppConfig,
         bytes: Vec<u8>,
+        origin: Option<String>,
     ) -> Result<AppStatus, DeployError> {
         if bytes.len() > MAX_COMPONENT_BYTES {
             return Err(DeployError::TooLarge {
@@ -71,6 +73,7 @@ impl Gateway {
             digest,
             deployed_at: unix_now(),
             config: config.clone(),
+            origin,
         };
         let inner = self.inner.clone();
         let blob = bytes.clone();

@@ -79,8 +79,12 @@ pub struct AppStatus {
     pub component: PathBuf,
     /// The TCP address it is served on.
     pub tcp: SocketAddr,
-    /// When the serving version was deployed (Unix seconds).
+    /// When the serving version was deployed (Unix seconds; for an app of
+    /// the configuration file, when this version started).
     pub deployed_at: u64,
+    /// Where the client got the serving version's component (e.g.
+    /// `oci://REGISTRY/REPO:TAG@sha256:…`), if the deploy said.
+    pub origin: Option<String>,
     /// Instances running.
     pub instances: usize,
     /// Connections active now.
@@ -145,14 +149,19 @@ impl Gateway {
     /// The status of the app `name` whose serving version is `slot`.
     fn describe(&self, name: &str, slot: &Slot) -> AppStatus {
         let counters = &slot.app.account().counters;
-        let versions = self
+        let record = self
             .inner
             .state
             .as_ref()
             .filter(|_| slot.source == Source::Deployed)
-            .and_then(|s| s.load_app(name).ok().flatten())
+            .and_then(|s| s.load_app(name).ok().flatten());
+        let versions = record
+            .as_ref()
             .map(|r| r.versions.iter().map(|v| v.number).collect())
             .unwrap_or_default();
+        let serving = record
+            .as_ref()
+            .and_then(|r| r.versions.iter().find(|v| v.number == slot.version));
         AppStatus {
             name: name.to_owned(),
             source: slot.source,
@@ -161,7 +170,8 @@ impl Gateway {
             digest: slot.digest.clone(),
             component: slot.config.component.clone(),
             tcp: slot.tcp,
-            deployed_at: slot.deployed_at,
+            deployed_at: serving.map_or(slot.deployed_at, |v| v.deployed_at),
+            origin: serving.and_then(|v| v.origin.clone()),
             instances: slot.app.instance_count(),
             active_connections: slot.app.account().active(),
             accepted: counters.accepted.load(Ordering::Relaxed),

@@ -38,6 +38,10 @@ pub(crate) struct VersionRecord {
     pub deployed_at: u64,
     /// Its settings; `component` points at the blob.
     pub config: AppConfig,
+    /// Where the client got the component (e.g. a pinned `oci://`
+    /// reference), if it said; records written before it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl AppRecord {

@@ -32,6 +32,7 @@ fn record(name: &str, digest: &str) -> AppRecord {
             digest: digest.to_owned(),
             deployed_at: 0,
             config,
+            origin: None,
         }],
     }
 }
