@@ -110,6 +110,12 @@ pub struct DeployArgs {
     /// limits.http_max_body_kb (HTTP apps: larger request bodies are `413`)
     #[arg(long)]
     pub http_max_body_kb: Option<u64>,
+    /// limits.hibernate_after_secs: drop the app's instances (their
+    /// memory) after this long without a connection or pending guest work;
+    /// the next connection wakes a fresh one (0: never; default for a
+    /// deployed app: 600). Instance state is lost, as on a trap.
+    #[arg(long, value_name = "SECS")]
+    pub hibernate_after_secs: Option<u64>,
 }
 
 /// A failed operation, with the exit code that says what kind.
@@ -289,7 +295,10 @@ impl Client {
                 text(&app["name"]),
                 text(&app["version"]),
                 text(&app["source"]),
-                text(&app["state"]),
+                match app["hibernation"].as_str() {
+                    Some("hibernated") => "hibernated".to_owned(),
+                    _ => text(&app["state"]),
+                },
                 text(&app["load"]["world"]),
                 text(&app["tcp"]),
                 text(&app["instances"]),
@@ -359,6 +368,7 @@ impl Client {
             args.http_request_timeout_ms,
         );
         set(&mut limits.http_max_body_kb, args.http_max_body_kb);
+        limits.hibernate_after_secs = args.hibernate_after_secs;
         let (bytes, pulled) = match (file, from_registry) {
             (Some(bytes), _) => (bytes, None),
             (None, Some(reference)) => {

@@ -61,6 +61,11 @@ enum Command {
         /// connections.
         #[arg(long, value_name = "N|auto")]
         instances: Option<Instances>,
+        /// Drop the app's instances (their memory) after this many seconds
+        /// without a connection or pending guest work; the next connection
+        /// starts a fresh one (default 0: never). Instance state is lost.
+        #[arg(long, value_name = "SECS")]
+        hibernate_after_secs: Option<u64>,
         /// Where compiled components are cached.
         #[arg(long)]
         cache_dir: Option<PathBuf>,
@@ -209,6 +214,7 @@ async fn run(command: Command) -> ExitCode {
             listen,
             name,
             instances,
+            hibernate_after_secs,
             cache_dir,
         } => {
             let name = name.unwrap_or_else(|| serve::default_app_name(&component));
@@ -218,6 +224,7 @@ async fn run(command: Command) -> ExitCode {
             };
             let mut app = AppConfig::new(name, component, listen);
             app.instances = instances;
+            app.limits.hibernate_after_secs = hibernate_after_secs;
             let mut config = Config::default();
             config.gateway.cache_dir = cache_dir;
             config.apps.push(app);

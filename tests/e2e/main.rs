@@ -15,6 +15,7 @@ mod events_world;
 mod fairness;
 mod go_panic;
 mod guest_steps;
+mod hibernate;
 mod http_apps;
 mod http_hello;
 mod limits;

@@ -171,6 +171,16 @@ pub(crate) async fn render(gateway: &Gateway) -> Response<Body> {
             ("result=\"miss\"".into(), misses),
         ],
     );
+    let wakes: String = apps
+        .iter()
+        .filter_map(|app| gateway.app(&app.name))
+        .map(|app| app.account().counters.wakes.lines(app.name()))
+        .collect();
+    let name = crate::tenant::hibernation::WAKE_METRIC;
+    lines.push(format!(
+        "# HELP {name} Wakes of hibernated instances, from the connection that woke one to \
+         the fresh instance ready.\n# TYPE {name} histogram\n{wakes}"
+    ));
     let name = crate::http::stats::DURATION_METRIC;
     lines.push(format!(
         "# HELP {name} HTTP requests to HTTP apps, from the request head to the end of the \

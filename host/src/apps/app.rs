@@ -6,11 +6,14 @@
 //! Each shard is a task that runs one instance at a time
 //! ([`run_instance`]); when the instance traps, the shard records why and
 //! starts a fresh one, after a delay if it keeps crashing ([`Backoff`](crate::base::backoff::Backoff)).
+//! A shard whose instance hibernated (the app's `hibernate_after_secs`)
+//! waits for the next connection and then starts a fresh one.
 //! A new connection is admitted against the gateway's, the app's and the
 //! per-IP caps ([`crate::tenant::conns`]), then goes to the shard with the fewest
 //! active connections, or is refused when every shard is at its cap.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -20,7 +23,7 @@ use crate::base::conn::Connection;
 use crate::runtime::events::run_events_instance;
 use crate::runtime::host_state::HostState;
 use crate::runtime::http::serving::{HttpApp, HttpSite, Workers};
-use crate::runtime::instance::{Assigned, InstanceSettings, run_instance};
+use crate::runtime::instance::{Assigned, Ended, InstanceSettings, run_instance};
 use crate::runtime::load::GuestPre;
 use crate::runtime::per_connection::serve_connection;
 use crate::runtime::sync_bindings::ConnHandlerSyncPre;
@@ -75,6 +78,8 @@ struct Shard {
     /// Connections assigned to this shard and not yet finished (including
     /// those still queued for it).
     active: Arc<ShardLoad>,
+    /// Set while the shard hibernates (no instance), by its loop.
+    asleep: Arc<AtomicBool>,
 }
 
 impl App {
@@ -137,8 +142,15 @@ impl App {
                 let (tx, rx) = mpsc::channel(max_connections_per_instance);
                 let active = Arc::new(ShardLoad::default());
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
-                tokio::spawn(shard_loop(settings.clone(), index, rx, active.clone()));
-                Shard { tx, active }
+                let asleep = Arc::new(AtomicBool::new(false));
+                let shard = ShardSide {
+                    index,
+                    active: active.clone(),
+                    asleep: asleep.clone(),
+                    requeue: tx.downgrade(),
+                };
+                tokio::spawn(shard_loop(settings.clone(), shard, rx));
+                Shard { tx, active, asleep }
             })
             .collect();
         Arc::new(Self {
@@ -166,13 +178,29 @@ impl App {
         &self.account
     }
 
-    /// How many instances the app runs: its shards, or for a
-    /// `conn-handler-sync` app one per open connection.
+    /// How many instances the app runs: its shards that are not
+    /// hibernating, or for a `conn-handler-sync` app one per open
+    /// connection.
     pub fn instance_count(&self) -> usize {
         match &self.serving {
-            Serving::Shards(shards) => shards.len(),
+            Serving::Shards(shards) => shards
+                .iter()
+                .filter(|s| !s.asleep.load(Ordering::Relaxed))
+                .count(),
             Serving::PerConnection(per) => per.active.active(),
             Serving::Http { http, .. } => http.instance_count(),
+        }
+    }
+
+    /// Whether the app hibernates now: every one of its long-lived
+    /// instances was dropped after its idle time, until the next
+    /// connection. Apps of the per-connection and per-request worlds have
+    /// no instance while idle anyway, and are never said to hibernate.
+    pub fn hibernated(&self) -> bool {
+        match &self.serving {
+            Serving::Shards(shards) => shards.iter().all(|s| s.asleep.load(Ordering::Relaxed)),
+            Serving::PerConnection(_) => false,
+            Serving::Http { http, .. } => http.hibernated(),
         }
     }
 
@@ -287,24 +315,62 @@ impl App {
     }
 }
 
+/// What a shard's loop holds of its shard.
+struct ShardSide {
+    index: u32,
+    active: Arc<ShardLoad>,
+    asleep: Arc<AtomicBool>,
+    /// Puts the connection that woke the shard back in its channel, for the
+    /// fresh instance (weak: the app's end still closes the channel).
+    requeue: mpsc::WeakSender<Assigned>,
+}
+
 /// Runs instance after instance for one shard until the app is dropped.
+/// An instance that hibernated is followed by the next one only when a
+/// connection arrives: the loop waits on the channel, where connections
+/// queue meanwhile (none is refused), and the first one wakes the shard —
+/// once, whatever arrives during the wake (single flight).
 async fn shard_loop(
     settings: Arc<InstanceSettings>,
-    index: u32,
+    shard: ShardSide,
     mut rx: mpsc::Receiver<Assigned>,
-    active: Arc<ShardLoad>,
 ) {
+    let ShardSide {
+        index,
+        active,
+        asleep,
+        requeue,
+    } = shard;
     let mut backoff = Backoff::default();
+    let mut woke = None;
     loop {
         let started = Instant::now();
         let (outcome, returned) = if let GuestPre::Events(_) = &settings.pre {
-            run_events_instance(settings.clone(), index, rx).await
+            run_events_instance(settings.clone(), index, rx, woke.take()).await
         } else {
-            run_instance(settings.clone(), index, rx, active.clone()).await
+            run_instance(settings.clone(), index, rx, active.clone(), woke.take()).await
         };
         rx = returned;
         match outcome {
-            Ok(()) => return,
+            Ok(Ended::Closed) => return,
+            Ok(Ended::Hibernate) => {
+                asleep.store(true, Ordering::Relaxed);
+                let idle_secs = settings.hibernate_after.unwrap_or_default().as_secs();
+                settings
+                    .log
+                    .event(Some(index), EventKind::Hibernated { idle_secs });
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
+                woke = Some(Instant::now());
+                asleep.store(false, Ordering::Relaxed);
+                // Room is certain: the channel holds as many entries as
+                // the shard's cap on connections, and `first` still counts.
+                match requeue.upgrade() {
+                    Some(tx) => drop(tx.try_send(first)),
+                    None => return,
+                }
+            }
             Err(err) => {
                 err.record_and_back_off(&settings, index, started.elapsed(), &mut backoff)
                     .await

@@ -85,8 +85,14 @@ pub struct AppStatus {
     /// Where the client got the serving version's component (e.g.
     /// `oci://REGISTRY/REPO:TAG@sha256:…`), if the deploy said.
     pub origin: Option<String>,
-    /// Instances running.
+    /// Instances running (0 while hibernated).
     pub instances: usize,
+    /// `awake`, or `hibernated`: every long-lived instance was dropped
+    /// after the app's `hibernate_after_secs` idle, and the next
+    /// connection wakes one. Apps of the per-connection and per-request
+    /// worlds (`conn-handler-sync`, `wasi:http/proxy`) hold no instance
+    /// while idle anyway and are always `awake`.
+    pub hibernation: &'static str,
     /// Connections active now.
     pub active_connections: usize,
     /// Connections accepted since the version started.
@@ -173,6 +179,11 @@ impl Gateway {
             deployed_at: serving.map_or(slot.deployed_at, |v| v.deployed_at),
             origin: serving.and_then(|v| v.origin.clone()),
             instances: slot.app.instance_count(),
+            hibernation: if slot.app.hibernated() {
+                "hibernated"
+            } else {
+                "awake"
+            },
             active_connections: slot.app.account().active(),
             accepted: counters.accepted.load(Ordering::Relaxed),
             refused: counters.refused(),

@@ -207,6 +207,7 @@ impl Gateway {
             self.inner.tracker.clone(),
         );
         settings.drain = Duration::from_secs(self.inner.drain_secs.load(Ordering::Relaxed));
+        settings.hibernate_after = config.limits.hibernate_after(source == Source::Deployed);
         // Started before anything is persisted: a version that cannot
         // start is never recorded, so it can never fail a later start.
         let site = HttpSite {

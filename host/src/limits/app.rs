@@ -109,7 +109,26 @@ pub struct AppLimits {
     /// HTTP apps: requests one HTTP/2 connection may have in flight (see
     /// [`http::HttpLimits::max_streams`]).
     pub http2_max_streams: u32,
+    /// Seconds without a connection, pending guest work or traffic after
+    /// which an app's long-lived instances (`conn-handler`, `conn-events`,
+    /// `wasi:http` 0.3 services) are dropped — their linear memory goes
+    /// back to the system — until the next connection starts a fresh one
+    /// (0: never; at most a year). Unset: [`DEPLOYED_HIBERNATE_AFTER_SECS`]
+    /// for apps deployed through the admin API, never for the
+    /// configuration file's apps and `sockgate run`. Threat addressed: a
+    /// gateway hosting many small apps paying for the memory of idle ones.
+    /// Instance state is lost, as on a trap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hibernate_after_secs: Option<u64>,
 }
+
+/// `hibernate_after_secs` of a deployed app that does not set it: ten
+/// minutes. Deployed apps are the many small ones (previews, one per
+/// customer) whose idle memory hibernation is for; ten minutes keeps an
+/// app that is used every few minutes awake, so only apps really left idle
+/// pay a wake. The configuration file's apps are the operator's own,
+/// usually few and busy: they hibernate only when asked to.
+pub const DEPLOYED_HIBERNATE_AFTER_SECS: u64 = 600;
 
 /// Largest `quic_receive_window_kb`: 16 MiB, twice what a 1 Gbit/s path
 /// with 100 ms of round trip needs.
@@ -148,6 +167,7 @@ impl Default for AppLimits {
             http_max_header_kb: HttpLimits::default().max_header_kb,
             http_request_timeout_ms: HttpLimits::default().request_timeout_ms,
             http2_max_streams: HttpLimits::default().max_streams,
+            hibernate_after_secs: None,
         }
     }
 }
@@ -156,6 +176,19 @@ impl AppLimits {
     /// The idle timeout, if any.
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+
+    /// How long the app's instances stay idle before they hibernate, if
+    /// they do: the setting, or its default for a `deployed` app or one of
+    /// the configuration file ([`AppLimits::hibernate_after_secs`]).
+    pub fn hibernate_after(&self, deployed: bool) -> Option<Duration> {
+        let default = if deployed {
+            DEPLOYED_HIBERNATE_AFTER_SECS
+        } else {
+            0
+        };
+        let secs = self.hibernate_after_secs.unwrap_or(default);
+        (secs > 0).then(|| Duration::from_secs(secs))
     }
 
     /// The HTTP bounds of an HTTP app (`http_*` and `http2_*`).
@@ -184,6 +217,12 @@ impl AppLimits {
     /// the bound and what to do.
     pub fn check(&self, ceilings: Option<&Ceilings>) -> anyhow::Result<()> {
         self.http().validate()?;
+        if let Some(secs) = self.hibernate_after_secs.filter(|&s| s > HARD_MAX_SECS) {
+            anyhow::bail!(
+                "limits.hibernate_after_secs must be at most {HARD_MAX_SECS} (it is {secs}): \
+                 a year (0 means never)"
+            );
+        }
         for (name, value, hard_max) in self.rows() {
             let never = value == 0 && NEVER_AT_ZERO.contains(&name);
             if value == 0 && !never && !NONE_AT_ZERO.contains(&name) {
@@ -476,6 +515,7 @@ impl Ceilings {
             http_max_header_kb: self.http_max_header_kb,
             http_request_timeout_ms: self.http_request_timeout_ms,
             http2_max_streams: self.http2_max_streams,
+            hibernate_after_secs: None,
         };
         as_limits
             .http()

@@ -136,6 +136,13 @@ pub struct AppInputs<'a> {
 }
 
 impl HostState {
+    /// Entries in the store's WASI resource table (sockets, streams,
+    /// pollables): what hibernation checks is back to where the store
+    /// started ([`super::instance::guest_is_quiet`]).
+    pub(crate) fn table_entries(&mut self) -> usize {
+        self.table.iter_mut().count()
+    }
+
     /// State for instance `instance` of the app `app` describes
     /// ([`InstanceSettings::inputs`](super::instance::InstanceSettings::inputs)).
     /// The guest gets no environment, arguments or files; its network

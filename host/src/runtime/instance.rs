@@ -73,6 +73,21 @@ pub struct InstanceSettings {
     /// its new per-connection (and per-request) instances then start in the
     /// slow lane.
     pub demotion: Arc<slow_lane::Demotion>,
+    /// How long an instance stays idle before it hibernates (dropped until
+    /// the next connection), if it does
+    /// ([`crate::limits::AppLimits::hibernate_after`]).
+    pub hibernate_after: Option<std::time::Duration>,
+}
+
+/// How an instance ended, other than by a trap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Its channel closed (the app was replaced or removed) and its
+    /// connections drained.
+    Closed,
+    /// It was idle for the app's `hibernate_after_secs`: its store is
+    /// dropped, and the next connection on the channel wakes a fresh one.
+    Hibernate,
 }
 
 impl InstanceSettings {
@@ -139,7 +154,23 @@ impl InstanceSettings {
             tracker,
             drain: DEFAULT_DRAIN,
             demotion: Arc::default(),
+            hibernate_after: None,
         }
+    }
+
+    /// Records that instance `index` was created and serves: an
+    /// `instance started` event, or, when it was woken from hibernation
+    /// by a connection that arrived at `woke`, a `woke (N ms)` event and
+    /// the wake's time in the app's histogram.
+    pub(crate) fn started(&self, index: u32, woke: Option<tokio::time::Instant>) {
+        let Some(woke) = woke else {
+            self.log.event(Some(index), EventKind::InstanceStarted);
+            return;
+        };
+        let took = woke.elapsed();
+        self.account.counters.wakes.record(took);
+        let wake_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.log.event(Some(index), EventKind::Woke { wake_us });
     }
 }
 
@@ -206,14 +237,18 @@ impl InstanceError {
 }
 
 /// Creates instance `index` and serves connections from `rx` on it until
-/// the channel closes (`Ok`) or the instance traps. `active` counts the
-/// connections assigned to this shard. Returns `rx` for the next instance.
+/// the channel closes ([`Ended::Closed`]), the instance has been idle for
+/// the app's `hibernate_after_secs` ([`Ended::Hibernate`]) or it traps.
+/// `active` counts the connections assigned to this shard; `woke` is when
+/// the connection that woke a hibernated shard arrived. Returns `rx` for
+/// the next instance.
 pub async fn run_instance(
     settings: Arc<InstanceSettings>,
     index: u32,
     mut rx: mpsc::Receiver<Assigned>,
     active: Arc<ShardLoad>,
-) -> (Result<(), InstanceError>, mpsc::Receiver<Assigned>) {
+    woke: Option<tokio::time::Instant>,
+) -> (Result<Ended, InstanceError>, mpsc::Receiver<Assigned>) {
     let GuestPre::Shared(pre) = &settings.pre else {
         let error = wasmtime::format_err!(
             "a conn-handler-sync component is served one instance per connection, not by \
@@ -231,9 +266,9 @@ pub async fn run_instance(
         async move {
             let served = match pre.instantiate_async(&mut store).await {
                 Ok(handler) => {
-                    settings.log.event(Some(index), EventKind::InstanceStarted);
+                    settings.started(index, woke);
                     Ok(store
-                        .run_concurrent(async |accessor| -> wasmtime::Result<()> {
+                        .run_concurrent(async |accessor| -> wasmtime::Result<Ended> {
                             let all = serve_all(
                                 &settings, index, &mut rx, &active, accessor, &handler, &progress,
                             );
@@ -248,7 +283,7 @@ pub async fn run_instance(
     };
     let (store, rx, served) = slow_lane::run(meter, serving).await;
     let error = match served {
-        Ok(Ok(Ok(()))) => return (Ok(()), rx),
+        Ok(Ok(Ok(ended))) => return (Ok(ended), rx),
         Err(error) => return (Err(InstanceError::Instantiate(error)), rx),
         Ok(Ok(Err(error)) | Err(error)) => error,
     };
@@ -294,7 +329,9 @@ pub async fn dispose_after_trap(
 }
 
 /// The instance's own work inside its event loop: starts a `handle` call
-/// for every connection from `rx`, and once the channel closes, drains.
+/// for every connection from `rx`; once the channel closes, drains; once
+/// idle for the app's `hibernate_after_secs`, returns
+/// [`Ended::Hibernate`] (see [`guest_is_quiet`] for what idle means).
 async fn serve_all(
     settings: &InstanceSettings,
     index: u32,
@@ -303,8 +340,13 @@ async fn serve_all(
     accessor: &Accessor<HostState>,
     handler: &ConnHandler,
     progress: &IoProgress,
-) -> wasmtime::Result<()> {
+) -> wasmtime::Result<Ended> {
     let mut calls = FuturesUnordered::new();
+    // One timer per instance, reset when it fires (never per connection).
+    let after = settings.hibernate_after;
+    let idle_check = tokio::time::sleep(after.unwrap_or(std::time::Duration::MAX / 4));
+    tokio::pin!(idle_check);
+    let table_at_start = accessor.with(|mut store| store.data_mut().table_entries());
     loop {
         tokio::select! {
             Some(result) = calls.next() => result?,
@@ -312,6 +354,21 @@ async fn serve_all(
                 Some(assigned) => calls.push(serve(accessor, handler, assigned, progress)),
                 None => break,
             },
+            () = &mut idle_check, if after.is_some() => {
+                let after = after.unwrap_or_default();
+                let quiet = calls.is_empty()
+                    && rx.is_empty()
+                    && guest_is_quiet(accessor, table_at_start);
+                let quiet_for = if quiet {
+                    active.quiet_for(crate::tenant::hibernation::now_ms())
+                } else {
+                    None
+                };
+                match crate::tenant::hibernation::next_check(quiet_for, after) {
+                    None => return Ok(Ended::Hibernate),
+                    Some(wait) => idle_check.as_mut().reset(tokio::time::Instant::now() + wait),
+                }
+            }
         }
     }
     // The app was replaced or removed: no new connections come. The
@@ -327,7 +384,7 @@ async fn serve_all(
         wasmtime::Result::<()>::Ok(())
     };
     match tokio::time::timeout(settings.drain, drained).await {
-        Ok(result) => result,
+        Ok(result) => result.map(|()| Ended::Closed),
         Err(_) => {
             settings.log.event(
                 Some(index),
@@ -335,9 +392,22 @@ async fn serve_all(
                     closed: active.active(),
                 },
             );
-            Ok(())
+            Ok(Ended::Closed)
         }
     }
+}
+
+/// Whether a WASI 0.3 store has no pending guest work: no task of the
+/// guest still running (wasmtime's `poll_no_interesting_tasks`: a `handle`
+/// call, or work it spawned, that has not exited — a task waiting on a
+/// timer, a socket or a stream included), and no host resource (socket,
+/// stream, pollable) beyond the `table_at_start` entries the store had
+/// when it started serving. Such a store can be dropped without cutting
+/// anything short; what its memory holds is lost, as on a trap.
+pub(crate) fn guest_is_quiet(accessor: &Accessor<HostState>, table_at_start: usize) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    accessor.poll_no_interesting_tasks(&mut cx).is_ready()
+        && accessor.with(|mut store| store.data_mut().table_entries()) <= table_at_start
 }
 
 /// Polls a future only when it was woken (or on its first poll).

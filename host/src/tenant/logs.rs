@@ -60,6 +60,18 @@ pub struct Event {
 pub enum EventKind {
     /// An instance was created and is serving.
     InstanceStarted,
+    /// An instance was idle (no connection, no pending guest work, no
+    /// traffic) for the app's `hibernate_after_secs` and was dropped; the
+    /// next connection wakes a fresh one.
+    Hibernated {
+        /// The idle time that made it hibernate, in seconds.
+        idle_secs: u64,
+    },
+    /// A connection woke a hibernated instance: a fresh one serves.
+    Woke {
+        /// From the connection's arrival to the instance ready, in µs.
+        wake_us: u64,
+    },
     /// An instance trapped; its connections were closed.
     InstanceTrapped {
         /// The category (`cpu-budget`, `wall-clock`, `memory-limit`, `guest`).
@@ -165,6 +177,13 @@ impl std::fmt::Display for EventKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             EventKind::InstanceStarted => write!(f, "instance started"),
+            EventKind::Hibernated { idle_secs } => write!(
+                f,
+                "hibernated after {idle_secs} s idle: instance dropped until the next connection"
+            ),
+            EventKind::Woke { wake_us } => {
+                write!(f, "woke ({:.2} ms)", *wake_us as f64 / 1000.0)
+            }
             EventKind::InstanceTrapped {
                 cause,
                 reason,
@@ -341,6 +360,8 @@ impl AppLog {
         if self.may_trace() {
             match &kind {
                 EventKind::InstanceStarted
+                | EventKind::Hibernated { .. }
+                | EventKind::Woke { .. }
                 | EventKind::Reloaded { .. }
                 | EventKind::Reconfigured { .. } => {
                     tracing::info!(app = %self.app, instance, "{kind}")

@@ -1,8 +1,9 @@
 //! What the gateway keeps for each app (tenant) while it runs, and hands
 //! to the runtime as its inputs: the connection account and its sweeper
 //! ([`conns`]), the budgets of host resources a guest may hold
-//! ([`guest_budget`]), the log and event records ([`logs`]) and the
-//! outbound policy ([`outbound`], with [`public_ip`]).
+//! ([`guest_budget`]), the log and event records ([`logs`]), the
+//! outbound policy ([`outbound`], with [`public_ip`]) and hibernation's
+//! policy and wake record ([`hibernation`]).
 //!
 //! **Architecture invariant:** these sit below the runtime: they know
 //! nothing of WebAssembly, listeners or the routing table, so the runtime
@@ -10,6 +11,7 @@
 
 pub mod conns;
 pub mod guest_budget;
+pub mod hibernation;
 pub mod logs;
 pub mod outbound;
 pub(crate) mod public_ip;

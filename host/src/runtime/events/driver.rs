@@ -30,9 +30,10 @@ use super::ready::ReadyList;
 use super::timers::Timers;
 use crate::base::conn::next_conn_id;
 use crate::runtime::host_state::HostState;
-use crate::runtime::instance::Assigned;
+use crate::runtime::instance::{Assigned, Ended};
 use crate::runtime::supervisor::IoProgress;
 use crate::tenant::guest_budget::SocketLease;
+use crate::tenant::hibernation::{next_check, quiet_since};
 use crate::tenant::logs::{AppLog, EventKind};
 use crate::tenant::outbound::OutboundPolicy;
 
@@ -130,16 +131,21 @@ impl Driver {
     }
 
     /// Serves connections from `rx` until the channel closes and they have
-    /// drained; an error is a trap of the guest, with the number of
-    /// connections it ends.
+    /// drained, or the instance was quiet ([`Driver::is_quiet`]) for
+    /// `hibernate_after`; an error is a trap, with the connections it ends.
     pub(crate) async fn serve(
         mut self,
         store: &mut Store<HostState>,
         guest: &ConnEvents,
         rx: &mut mpsc::Receiver<Assigned>,
-    ) -> Result<(), (wasmtime::Error, usize)> {
+        hibernate_after: Option<Duration>,
+    ) -> Result<Ended, (wasmtime::Error, usize)> {
         let handler = guest.sockgate_events_handler();
         let mut in_a_row = 0;
+        // One timer per instance, reset when it fires; a batch is traffic.
+        let idle_check = tokio::time::sleep(hibernate_after.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(idle_check);
+        let mut last_batch_ms = crate::base::clock::coarse_now_ms();
         loop {
             let mut waited = false;
             let batch = std::future::poll_fn(|cx| {
@@ -149,14 +155,25 @@ impl Driver {
             });
             // Polled without tokio's budget: one turn touches as many
             // connections as are ready (bounded by the batch).
-            let batch = tokio::task::coop::unconstrained(batch).await;
+            let batch = tokio::select! {
+                batch = tokio::task::coop::unconstrained(batch) => batch,
+                () = &mut idle_check, if hibernate_after.is_some() => {
+                    let quiet = self.is_quiet(rx).then(|| quiet_since(last_batch_ms));
+                    match next_check(quiet, hibernate_after.unwrap_or_default()) {
+                        None => return Ok(Ended::Hibernate),
+                        Some(wait) => idle_check.as_mut().reset(tokio::time::Instant::now() + wait),
+                    }
+                    continue;
+                }
+            };
+            last_batch_ms = crate::base::clock::coarse_now_ms();
             in_a_row = if waited { 0 } else { in_a_row + 1 };
             if in_a_row >= BATCHES_BEFORE_YIELD {
                 in_a_row = 0;
                 tokio::task::yield_now().await;
             }
             let Some(batch) = batch else {
-                return Ok(());
+                return Ok(Ended::Closed);
             };
             let actions = handler
                 .call_handle(&mut *store, &batch)
@@ -165,6 +182,18 @@ impl Driver {
             self.recycle(batch);
             self.apply(actions);
         }
+    }
+
+    /// No pending guest work: no connection (client or outbound, open or
+    /// queued), no timer set, no connect in progress, no event waiting.
+    fn is_quiet(&self, rx: &mpsc::Receiver<Assigned>) -> bool {
+        self.conns.is_empty()
+            && rx.is_empty()
+            && self.timers.len() == 0
+            && self.connects.is_empty()
+            && self.events.is_empty()
+            && self.carry.is_empty()
+            && self.draining.is_none()
     }
 
     /// One turn of gathering: the next batch for the guest (at most
@@ -180,30 +209,6 @@ impl Driver {
             Step::Batch => Some(self.take_batch()),
             Step::Done => None,
         })
-    }
-
-    /// Takes the oldest [`MAX_BATCH_EVENTS`] events gathered; the rest
-    /// (only when the guest's actions produced more than a batch holds, or
-    /// the last connection serviced added a few past it) wait for the
-    /// next batch, in order.
-    fn take_batch(&mut self) -> Vec<Event> {
-        if self.events.len() <= MAX_BATCH_EVENTS {
-            self.batch_bytes = 0;
-            return std::mem::take(&mut self.events);
-        }
-        let rest = self.events.split_off(MAX_BATCH_EVENTS);
-        let batch = std::mem::replace(&mut self.events, rest);
-        self.batch_bytes = self.events.iter().map(received_bytes).sum();
-        batch
-    }
-
-    /// Keeps the allocation of a batch the guest was given for the next
-    /// one, when no events wait already.
-    fn recycle(&mut self, mut batch: Vec<Event>) {
-        if self.events.is_empty() {
-            batch.clear();
-            self.events = batch;
-        }
     }
 
     /// The open connections and the bytes queued for each: what the
@@ -223,10 +228,6 @@ impl Driver {
     #[cfg(feature = "fuzzing")]
     pub(crate) fn pending_connects(&self) -> usize {
         self.connects.len()
-    }
-
-    fn batch_full(&self) -> bool {
-        self.events.len() >= MAX_BATCH_EVENTS || self.batch_bytes >= MAX_BATCH_BYTES
     }
 
     /// Gathers a batch: new connections, finished connects, fired timers,
@@ -576,5 +577,6 @@ impl Driver {
     }
 }
 
+mod batch;
 #[cfg(test)]
 mod tests;

@@ -8,20 +8,25 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::driver::Driver;
-use crate::runtime::instance::{Assigned, InstanceError, InstanceSettings, dispose_after_trap};
+use crate::runtime::instance::{
+    Assigned, Ended, InstanceError, InstanceSettings, dispose_after_trap,
+};
 use crate::runtime::load::GuestPre;
 use crate::runtime::slow_lane;
-use crate::tenant::logs::EventKind;
 
 /// Creates event-world instance `index` and serves connections from `rx`
-/// on it until the channel closes and its connections drained (`Ok`), or
-/// the instance traps (ending the connections it held; those still queued
-/// go to the next instance). Returns `rx` for the next instance.
+/// on it until the channel closes and its connections drained
+/// ([`Ended::Closed`]), it has been idle for the app's
+/// `hibernate_after_secs` ([`Ended::Hibernate`]), or the instance traps
+/// (ending the connections it held; those still queued go to the next
+/// instance). `woke` is when the connection that woke a hibernated shard
+/// arrived. Returns `rx` for the next instance.
 pub async fn run_events_instance(
     settings: Arc<InstanceSettings>,
     index: u32,
     mut rx: mpsc::Receiver<Assigned>,
-) -> (Result<(), InstanceError>, mpsc::Receiver<Assigned>) {
+    woke: Option<tokio::time::Instant>,
+) -> (Result<Ended, InstanceError>, mpsc::Receiver<Assigned>) {
     let GuestPre::Events(pre) = &settings.pre else {
         let error = wasmtime::format_err!("not a conn-events component");
         return (Err(InstanceError::Instantiate(error)), rx);
@@ -35,7 +40,7 @@ pub async fn run_events_instance(
         async move {
             let served = match pre.instantiate_async(&mut store).await {
                 Ok(guest) => {
-                    settings.log.event(Some(index), EventKind::InstanceStarted);
+                    settings.started(index, woke);
                     let driver = Driver::new(
                         settings.log.clone(),
                         settings.policy.clone(),
@@ -43,7 +48,8 @@ pub async fn run_events_instance(
                         index,
                         progress,
                     );
-                    Ok(driver.serve(&mut store, &guest, &mut rx).await)
+                    let after = settings.hibernate_after;
+                    Ok(driver.serve(&mut store, &guest, &mut rx, after).await)
                 }
                 Err(error) => Err(error),
             };
@@ -52,7 +58,7 @@ pub async fn run_events_instance(
     };
     let (store, rx, served) = slow_lane::run(meter, serving).await;
     let (error, connections) = match served {
-        Ok(Ok(())) => return (Ok(()), rx),
+        Ok(Ok(ended)) => return (Ok(ended), rx),
         Err(error) => return (Err(InstanceError::Instantiate(error)), rx),
         Ok(Err(trapped)) => trapped,
     };

@@ -47,6 +47,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtxView};
 
 use super::bodies::Guarded;
 use crate::tenant::conns::ShardLoad;
+use crate::tenant::hibernation::next_check;
 
 /// How a store's data gives the `wasi:http` view.
 pub(crate) type View<T> = fn(&mut T) -> WasiHttpCtxView<'_>;
@@ -103,6 +104,10 @@ pub(crate) struct ServiceSettings {
     /// Requests in the instance at once, each from its call until its
     /// response body ends (the app's `max_connections_per_instance`).
     pub max_requests: usize,
+    /// How long the instance may be idle — no request in it or queued for
+    /// it, no guest task left — before [`serve_jobs`] returns
+    /// [`ServiceEnd::Hibernate`]; `None`: never.
+    pub hibernate_after: Option<Duration>,
 }
 
 /// Why [`serve_jobs`] returned.
@@ -117,6 +122,9 @@ pub(crate) enum ServiceEnd {
         /// Calls still running past their deadline.
         lingering: usize,
     },
+    /// The instance was idle for [`ServiceSettings::hibernate_after`]: it
+    /// may be dropped, and the next job wakes a fresh one.
+    Hibernate,
 }
 
 /// Serves jobs from `jobs` on `service` (an instance in `accessor`'s store)
@@ -136,6 +144,10 @@ pub(crate) async fn serve_jobs<T: Send + 'static>(
     let mut slot: Option<OwnedSemaphorePermit> = None;
     let mut calls = FuturesUnordered::new();
     let mut end = ServiceEnd::Closed;
+    // One timer per instance, reset when it fires (never per request).
+    let after = settings.hibernate_after;
+    let idle_check = tokio::time::sleep(after.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(idle_check);
     loop {
         if lingering.load(Ordering::Relaxed) > settings.max_lingering {
             end = ServiceEnd::Recycle {
@@ -163,6 +175,24 @@ pub(crate) async fn serve_jobs<T: Send + 'static>(
                 Some(job) => calls.push(call(accessor, service, view, job, held, &lingering)),
                 None => break,
             },
+            () = &mut idle_check, if after.is_some() => {
+                slot = Some(held);
+                // Idle: no call, no request (response bodies included)
+                // in the instance or queued, no guest task left (work a
+                // guest spawned, waiting on a timer or an outbound
+                // request, included).
+                let quiet = calls.is_empty() && jobs.is_empty() && no_guest_tasks(accessor);
+                let quiet_for = quiet
+                    .then(|| load.quiet_for(crate::tenant::hibernation::now_ms()))
+                    .flatten();
+                match next_check(quiet_for, after.unwrap_or_default()) {
+                    None => {
+                        end = ServiceEnd::Hibernate;
+                        break;
+                    }
+                    Some(wait) => idle_check.as_mut().reset(Instant::now() + wait),
+                }
+            }
         }
     }
     // No new requests: those in flight go on until they end or the drain
@@ -204,6 +234,14 @@ pub(crate) async fn serve_jobs<T: Send + 'static>(
         };
     }
     Ok(end)
+}
+
+/// Whether no guest task of the store is left: wasmtime counts every task
+/// from its start until it exits, after it returned too (a body written by
+/// a spawned task, a timer awaited).
+fn no_guest_tasks<T: 'static>(accessor: &Accessor<T>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    accessor.poll_no_interesting_tasks(&mut cx).is_ready()
 }
 
 /// One request: starts `handle`, answers the job with its response (or

@@ -1,12 +1,14 @@
 //! The long-lived instances of a `wasi:http/service` (WASI 0.3) app: a
 //! task per instance runs one store after another ([`instance_loop`]),
 //! each serving the jobs [`super::serving`] dispatches to it until the
-//! channel closes, it must be recycled (too many lingering calls), or it
-//! traps; then the next store starts, after the crash-loop back-off of
+//! channel closes, it must be recycled (too many lingering calls), it
+//! hibernates (idle for the app's `hibernate_after_secs`: the next one
+//! starts when a job arrives), or it traps; then the next store starts, after the crash-loop back-off of
 //! `conn-handler` apps ([`crate::base::backoff::Backoff`]). Jobs still
 //! queued when a store ends are not lost: they go to the next one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 use wasmtime::Store;
@@ -39,22 +41,60 @@ pub(super) const MAX_LINGERING_CALLS: usize = 64;
 /// streams) runs more `instances`.
 pub(super) const MAX_REQUESTS_IN_STORE: usize = 1024;
 
+/// What an instance's loop holds of its worker.
+pub(super) struct WorkerSide {
+    /// The instance's index in the app.
+    pub index: u32,
+    /// Requests assigned to it.
+    pub load: Arc<ShardLoad>,
+    /// Set while the worker hibernates (no instance).
+    pub asleep: Arc<AtomicBool>,
+    /// Puts the job that woke the worker back in its channel, for the
+    /// fresh instance (weak: the app's end still closes the channel).
+    pub requeue: mpsc::WeakSender<HttpJob>,
+}
+
 /// Runs instance after instance of a WASI 0.3 app until the app is
-/// dropped, with the crash-loop back-off of `conn-handler` apps.
+/// dropped, with the crash-loop back-off of `conn-handler` apps. After an
+/// instance hibernated, the next one starts when a job arrives (jobs
+/// queue in the channel meanwhile; one wake, whatever arrives during it).
 pub(super) async fn instance_loop(
     settings: Arc<InstanceSettings>,
-    index: u32,
+    worker: WorkerSide,
     mut jobs: mpsc::Receiver<HttpJob>,
-    load: Arc<ShardLoad>,
 ) {
+    let WorkerSide {
+        index,
+        load,
+        asleep,
+        requeue,
+    } = worker;
     let log = settings.log.clone();
     let mut backoff = crate::base::backoff::Backoff::default();
+    let mut woke = None;
     loop {
         let started = std::time::Instant::now();
-        let (outcome, returned) = run_instance(settings.clone(), index, jobs, load.clone()).await;
+        let (outcome, returned) =
+            run_instance(settings.clone(), index, jobs, load.clone(), woke.take()).await;
         jobs = returned;
         match outcome {
             Ok(ServiceEnd::Closed) => return,
+            Ok(ServiceEnd::Hibernate) => {
+                asleep.store(true, Ordering::Relaxed);
+                let idle_secs = settings.hibernate_after.unwrap_or_default().as_secs();
+                log.event(Some(index), EventKind::Hibernated { idle_secs });
+                let Some(first) = jobs.recv().await else {
+                    return;
+                };
+                woke = Some(tokio::time::Instant::now());
+                asleep.store(false, Ordering::Relaxed);
+                // Room is certain: the channel holds as many jobs as the
+                // instance's cap, and `first` still counts in its load.
+                match requeue.upgrade() {
+                    Some(tx) => drop(tx.try_send(first)),
+                    None => return,
+                }
+            }
             Ok(ServiceEnd::Recycle { lingering }) => {
                 log.event(
                     Some(index),
@@ -77,14 +117,16 @@ pub(super) async fn instance_loop(
 }
 
 /// One WASI 0.3 instance: created, supervised, serving jobs until the
-/// channel closes, it must be recycled, or it traps (`connections` in the
-/// error then counts the requests it was serving). Returns `jobs` for the
-/// next instance.
+/// channel closes, it must be recycled, it hibernates, or it traps
+/// (`connections` in the error then counts the requests it was serving).
+/// `woke`: when the job that woke a hibernated worker arrived. Returns
+/// `jobs` for the next instance.
 async fn run_instance(
     settings: Arc<InstanceSettings>,
     index: u32,
     mut jobs: mpsc::Receiver<HttpJob>,
     load: Arc<ShardLoad>,
+    woke: Option<tokio::time::Instant>,
 ) -> (Result<ServiceEnd, InstanceError>, mpsc::Receiver<HttpJob>) {
     let GuestPre::Http(HttpPre::Service(pre)) = &settings.pre else {
         let error = wasmtime::format_err!(
@@ -112,7 +154,7 @@ async fn run_instance(
         async move {
             let served = match pre.instantiate_async(&mut store).await {
                 Ok(service) => {
-                    settings.log.event(Some(index), EventKind::InstanceStarted);
+                    settings.started(index, woke);
                     let service_settings = ServiceSettings {
                         drain: settings.drain,
                         max_lingering: MAX_LINGERING_CALLS,
@@ -120,6 +162,7 @@ async fn run_instance(
                             .limits
                             .max_connections_per_instance
                             .min(MAX_REQUESTS_IN_STORE),
+                        hibernate_after: settings.hibernate_after,
                     };
                     Ok(store
                         .run_concurrent(async |accessor| {

@@ -26,7 +26,7 @@
 //! flight), and closed outright once the drain deadline passes.
 
 use std::future::ready;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use futures::FutureExt;
@@ -39,7 +39,7 @@ use super::HttpPre;
 use super::bodies::{from_wasi, to_wasi};
 use super::per_request::serve_on_new_instance;
 use super::service::{HttpJob, InFlight, JobError};
-use super::service_instance::instance_loop;
+use super::service_instance::{WorkerSide, instance_loop};
 use crate::base::conn::Transport;
 use crate::http::front::Deadline;
 use crate::http::server::{self, Mode};
@@ -85,6 +85,8 @@ struct Worker {
     jobs: mpsc::Sender<HttpJob>,
     /// Requests assigned to it and not finished (response body included).
     load: Arc<ShardLoad>,
+    /// Set while it hibernates (no instance), by its loop.
+    asleep: Arc<AtomicBool>,
 }
 
 impl HttpApp {
@@ -112,8 +114,15 @@ impl HttpApp {
                             let (jobs, rx) = mpsc::channel(per_instance);
                             let load = Arc::new(ShardLoad::default());
                             let index = u32::try_from(index).unwrap_or(u32::MAX);
-                            tokio::spawn(instance_loop(settings.clone(), index, rx, load.clone()));
-                            Worker { jobs, load }
+                            let asleep = Arc::new(AtomicBool::new(false));
+                            let side = WorkerSide {
+                                index,
+                                load: load.clone(),
+                                asleep: asleep.clone(),
+                                requeue: jobs.downgrade(),
+                            };
+                            tokio::spawn(instance_loop(settings.clone(), side, rx));
+                            Worker { jobs, load, asleep }
                         })
                         .collect(),
                 )
@@ -154,13 +163,27 @@ impl HttpApp {
         &self.site.stats
     }
 
-    /// Instances running: the long-lived ones, or one per request in
-    /// flight.
+    /// Instances running: the long-lived ones not hibernating, or one per
+    /// request in flight.
     pub fn instance_count(&self) -> usize {
         match self.workers.upgrade().as_deref() {
-            Some(Workers(WorkerKind::Service(workers))) => workers.len(),
+            Some(Workers(WorkerKind::Service(workers))) => workers
+                .iter()
+                .filter(|w| !w.asleep.load(Ordering::Relaxed))
+                .count(),
             Some(Workers(WorkerKind::Proxy { active, .. })) => active.active(),
             None => 0,
+        }
+    }
+
+    /// Whether every long-lived instance hibernates (never for a
+    /// `wasi:http/proxy` app, which has no instance while idle anyway).
+    pub fn hibernated(&self) -> bool {
+        match self.workers.upgrade().as_deref() {
+            Some(Workers(WorkerKind::Service(workers))) => {
+                workers.iter().all(|w| w.asleep.load(Ordering::Relaxed))
+            }
+            _ => false,
         }
     }
 

@@ -142,6 +142,15 @@ struct Instance {
 }
 
 fn start_service(policy: OutboundPolicy, log: &Arc<AppLog>, max_lingering: usize) -> Instance {
+    start_service_with(policy, log, max_lingering, None)
+}
+
+fn start_service_with(
+    policy: OutboundPolicy,
+    log: &Arc<AppLog>,
+    max_lingering: usize,
+    hibernate_after: Option<Duration>,
+) -> Instance {
     let pre = ServicePre::new(
         host()
             .linker
@@ -159,6 +168,7 @@ fn start_service(policy: OutboundPolicy, log: &Arc<AppLog>, max_lingering: usize
             drain: Duration::from_secs(5),
             max_lingering,
             max_requests: 1000,
+            hibernate_after,
         };
         store
             .run_concurrent(async |accessor| {
@@ -188,6 +198,34 @@ impl Instance {
             Err(_) => Err(None),
         }
     }
+}
+
+#[tokio::test]
+async fn an_idle_service_instance_hibernates_but_not_while_a_request_sleeps() {
+    let log = Arc::new(AppLog::new("api"));
+    let after = Duration::from_millis(200);
+    let instance = start_service_with(OutboundPolicy::default(), &log, 4, Some(after));
+    let sent = std::time::Instant::now();
+    let slept = instance
+        .send(
+            request("GET", "https://api.example.org/sleep?ms=600", b""),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(slept).await, (200, "slept\n".into()));
+    let ended = tokio::time::timeout(Duration::from_secs(10), instance.ended)
+        .await
+        .expect("the idle instance did not hibernate")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended, ServiceEnd::Hibernate);
+    assert!(
+        sent.elapsed() >= Duration::from_millis(600),
+        "hibernated {:?} after a 600 ms request began",
+        sent.elapsed()
+    );
+    assert_eq!(instance.load.active(), 0);
 }
 
 #[test]
@@ -502,6 +540,7 @@ async fn a_busy_instance_finishes_its_requests_before_taking_more() {
         drain: Duration::from_secs(5),
         max_lingering: 4,
         max_requests: MAX_REQUESTS,
+        hibernate_after: None,
     };
     let counts = store
         .run_concurrent(async |accessor| {

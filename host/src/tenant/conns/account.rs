@@ -77,6 +77,8 @@ pub struct AppCounters {
     /// Instance traps, by cause: CPU budget, wall-clock budget, memory
     /// limit, anything else.
     pub traps: [AtomicU64; 4],
+    /// How long the wakes of hibernated instances took.
+    pub wakes: crate::tenant::hibernation::WakeStats,
 }
 
 impl AppCounters {

@@ -21,6 +21,9 @@ use crate::tenant::logs::EventKind;
 pub struct ShardLoad {
     active: AtomicUsize,
     idle: tokio::sync::Notify,
+    /// When the count last fell to 0 (coarse clock, ms): how long the
+    /// instance has been without a connection, for hibernation.
+    quiet_since_ms: AtomicU64,
 }
 
 impl ShardLoad {
@@ -37,8 +40,24 @@ impl ShardLoad {
     /// Counts one connection less, waking drainers when none is left.
     pub fn release(&self) {
         if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.quiet_since_ms
+                .store(coarse_now_ms(), Ordering::Relaxed);
             self.idle.notify_waiters();
         }
+    }
+
+    /// How long no connection has been assigned, at `now_ms` (coarse
+    /// clock): `None` while one is. A shard that never had one counts from
+    /// the clock's start; its instance's first check comes a whole
+    /// `hibernate_after_secs` after it started anyway.
+    pub fn quiet_for(&self, now_ms: u64) -> Option<std::time::Duration> {
+        if self.active() > 0 {
+            return None;
+        }
+        let since = self.quiet_since_ms.load(Ordering::Relaxed);
+        Some(std::time::Duration::from_millis(
+            now_ms.saturating_sub(since),
+        ))
     }
 
     /// Waits until no connection is assigned.
