@@ -71,3 +71,35 @@ fn hard_maxima_hold_for_everyone_and_ceilings_for_deploys() {
     };
     assert!(tiny_head.validate().is_err());
 }
+
+#[test]
+fn hibernation_defaults_to_ten_minutes_for_deployed_apps_only_and_zero_means_never() {
+    use std::time::Duration;
+    let unset = AppLimits::default();
+    assert_eq!(unset.hibernate_after(true), Some(Duration::from_secs(600)));
+    assert_eq!(unset.hibernate_after(false), None);
+    let never = AppLimits {
+        hibernate_after_secs: Some(0),
+        ..AppLimits::default()
+    };
+    assert_eq!(never.hibernate_after(true), None);
+    let soon = AppLimits {
+        hibernate_after_secs: Some(5),
+        ..AppLimits::default()
+    };
+    assert_eq!(soon.hibernate_after(false), Some(Duration::from_secs(5)));
+    let past = AppLimits {
+        hibernate_after_secs: Some(HARD_MAX_SECS + 1),
+        ..AppLimits::default()
+    };
+    let text = format!("{:#}", past.check(None).unwrap_err());
+    assert!(
+        text.contains("limits.hibernate_after_secs must be at most"),
+        "{text}"
+    );
+    // Unset stays unset through the deploy settings' JSON.
+    let json = serde_json::to_string(&unset).unwrap();
+    assert!(!json.contains("hibernate_after_secs"), "{json}");
+    let back: AppLimits = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.hibernate_after_secs, None);
+}

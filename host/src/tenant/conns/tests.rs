@@ -162,3 +162,19 @@ fn the_sweeper_closes_idle_and_old_connections() {
     tracker.sweep(start + 2000);
     assert_eq!(app.counters.closed_idle.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn a_shard_is_quiet_only_without_connections_and_counts_from_the_last_one() {
+    let shard = ShardLoad::default();
+    shard.acquire();
+    assert_eq!(shard.quiet_for(1_000_000), None);
+    let released_at = crate::base::clock::coarse_now_ms();
+    shard.release();
+    let quiet = shard.quiet_for(released_at + 1500).unwrap();
+    assert_eq!(quiet, std::time::Duration::from_millis(1500));
+    // A clock read before the release never makes a negative time.
+    assert_eq!(
+        shard.quiet_for(0).unwrap_or_default(),
+        std::time::Duration::ZERO
+    );
+}
