@@ -235,3 +235,34 @@ async fn an_event_world_guest_with_a_pending_timer_does_not_hibernate() {
         set.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_hibernated_wasi_http_service_wakes_on_the_next_request() {
+    let gateway = Gateway::start(&[TestApp {
+        name: "svc",
+        guest: "wasi-http-hello-p3",
+        extra: AFTER_1S,
+    }]);
+    let stderr = &gateway.stderr;
+    assert!(
+        stderr.wait_for_count(TIMEOUT, HIBERNATED, 1),
+        "{}",
+        stderr.text()
+    );
+    let mut stream = TcpStream::connect(gateway.addr("svc")).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        TIMEOUT,
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer),
+    )
+    .await
+    .expect("no answer in time")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(stderr.wait_for_count(TIMEOUT, WOKE, 1), "{}", stderr.text());
+}
