@@ -266,3 +266,40 @@ async fn a_hibernated_wasi_http_service_wakes_on_the_next_request() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(stderr.wait_for_count(TIMEOUT, WOKE, 1), "{}", stderr.text());
 }
+
+#[tokio::test]
+async fn a_guest_holding_sockets_does_not_hibernate_until_it_releases_them() {
+    let gateway = Gateway::start(&[TestApp {
+        name: "hostile",
+        guest: "hostile",
+        // An outbound rule, so that the guest may create sockets at all.
+        extra: "outbound = [\"192.0.2.1:9\"]\n[app.limits]\nhibernate_after_secs = 1",
+    }]);
+    let stderr = &gateway.stderr;
+    assert!(
+        stderr.wait_for_count(TIMEOUT, HIBERNATED, 1),
+        "{}",
+        stderr.text()
+    );
+    // The woken instance keeps two outbound sockets in a global after the
+    // connection that opened them is gone: WASI resources beyond those
+    // it started with keep it awake.
+    let mut client = TcpStream::connect(gateway.addr("hostile")).await.unwrap();
+    assert_eq!(ask(&mut client, "sockets 2").await, "sockets: opened 2");
+    drop(client);
+    // Three idle periods (a fixed wait: it shows something does not
+    // happen).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = stderr.text();
+    assert_eq!(text.matches(HIBERNATED).count(), 1, "{text}");
+    let mut client = TcpStream::connect(gateway.addr("hostile")).await.unwrap();
+    assert_eq!(ask(&mut client, "release").await, "released");
+    drop(client);
+    assert!(
+        stderr.wait_for_count(TIMEOUT, HIBERNATED, 2),
+        "{}",
+        stderr.text()
+    );
+    // It never had to wake again: the same instance served both.
+    assert_eq!(stderr.text().matches(WOKE).count(), 1);
+}
