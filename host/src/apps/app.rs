@@ -354,21 +354,11 @@ async fn shard_loop(
         match outcome {
             Ok(Ended::Closed) => return,
             Ok(Ended::Hibernate) => {
-                asleep.store(true, Ordering::Relaxed);
-                let idle_secs = settings.hibernate_after.unwrap_or_default().as_secs();
-                settings
-                    .log
-                    .event(Some(index), EventKind::Hibernated { idle_secs });
-                let Some(first) = rx.recv().await else {
+                woke = settings
+                    .sleep_until_woken(index, &mut rx, &requeue, &asleep)
+                    .await;
+                if woke.is_none() {
                     return;
-                };
-                woke = Some(Instant::now());
-                asleep.store(false, Ordering::Relaxed);
-                // Room is certain: the channel holds as many entries as
-                // the shard's cap on connections, and `first` still counts.
-                match requeue.upgrade() {
-                    Some(tx) => drop(tx.try_send(first)),
-                    None => return,
                 }
             }
             Err(err) => {

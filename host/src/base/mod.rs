@@ -9,5 +9,6 @@ pub(crate) mod clock;
 pub mod conn;
 pub(crate) mod failpoint;
 pub(crate) mod fsutil;
+pub(crate) mod histogram;
 pub(crate) mod locks;
 pub mod names;

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Exchange, Protocol};
+use crate::base::histogram::Histogram;
 use crate::base::locks::lock;
 
 /// Upper bounds of the duration histogram's buckets, in seconds: from a
@@ -24,15 +24,20 @@ pub(crate) const DURATION_METRIC: &str = "sockgate_http_request_duration_seconds
 
 /// One app's HTTP counters. Shared by the app's versions, so a deploy does
 /// not reset them.
-#[derive(Default)]
 pub struct HttpStats {
     /// Requests by protocol and status code (a handful of keys per app).
     requests: Mutex<BTreeMap<(Protocol, u16), u64>>,
-    /// Requests per duration bucket (not cumulative), the last one for
-    /// longer than every bound.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
-    /// Sum of durations, in microseconds.
-    sum_us: AtomicU64,
+    /// Request durations.
+    durations: Histogram<{ BUCKETS.len() }>,
+}
+
+impl Default for HttpStats {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::default(),
+            durations: Histogram::new(&BUCKETS),
+        }
+    }
 }
 
 impl HttpStats {
@@ -41,14 +46,7 @@ impl HttpStats {
         *lock(&self.requests)
             .entry((exchange.protocol, exchange.status))
             .or_default() += 1;
-        let seconds = exchange.duration.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        let us = u64::try_from(exchange.duration.as_micros()).unwrap_or(u64::MAX);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.durations.record(exchange.duration);
     }
 
     /// Requests served so far, over every protocol and status.
@@ -88,24 +86,7 @@ impl HttpStats {
     /// The lines of the [`DURATION_METRIC`] histogram for app `app`
     /// (buckets, sum, count), without its `# HELP`/`# TYPE` header.
     pub fn duration_lines(&self, app: &str) -> String {
-        let mut out = String::new();
-        let mut cumulative = 0;
-        for (index, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[index].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{DURATION_METRIC}_bucket{{app=\"{app}\",le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "{DURATION_METRIC}_bucket{{app=\"{app}\",le=\"+Inf\"}} {cumulative}\n\
-             {DURATION_METRIC}_sum{{app=\"{app}\"}} {sum}\n\
-             {DURATION_METRIC}_count{{app=\"{app}\"}} {cumulative}"
-        );
-        out
+        self.durations.lines(DURATION_METRIC, app)
     }
 }
 

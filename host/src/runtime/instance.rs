@@ -162,6 +162,31 @@ impl InstanceSettings {
     /// `instance started` event, or, when it was woken from hibernation
     /// by a connection that arrived at `woke`, a `woke (N ms)` event and
     /// the wake's time in the app's histogram.
+    /// Instance `index` hibernated: records it (`asleep` set, a
+    /// `hibernated` event) and waits on `rx` for the connection (or job)
+    /// that wakes it, which goes back in the channel through `requeue` for
+    /// the fresh instance — one wake, whatever arrives meanwhile. Returns
+    /// when it arrived; `None` once the app is gone (the channel closed).
+    pub(crate) async fn sleep_until_woken<T>(
+        &self,
+        index: u32,
+        rx: &mut mpsc::Receiver<T>,
+        requeue: &mpsc::WeakSender<T>,
+        asleep: &AtomicBool,
+    ) -> Option<tokio::time::Instant> {
+        asleep.store(true, Ordering::Relaxed);
+        let idle_secs = self.hibernate_after.unwrap_or_default().as_secs();
+        self.log
+            .event(Some(index), EventKind::Hibernated { idle_secs });
+        let first = rx.recv().await?;
+        let woke = tokio::time::Instant::now();
+        asleep.store(false, Ordering::Relaxed);
+        // Room is certain: the channel holds as many entries as the
+        // instance's cap, and `first` still counts in its load.
+        drop(requeue.upgrade()?.try_send(first));
+        Some(woke)
+    }
+
     pub(crate) fn started(&self, index: u32, woke: Option<tokio::time::Instant>) {
         let Some(woke) = woke else {
             self.log.event(Some(index), EventKind::InstanceStarted);

@@ -9,9 +9,9 @@
 //! starts a fresh instance. The runtime decides what "pending guest work"
 //! is for its world and asks [`next_check`] when to look again.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::base::histogram::Histogram;
 
 /// What an idle check found out: `None`, hibernate now; `Some(wait)`, look
 /// again after `wait`. `quiet_for` is how long the instance has been
@@ -51,53 +51,29 @@ pub const WAKE_METRIC: &str = "sockgate_wake_seconds";
 
 /// How long an app's wakes took: from the connection that woke a
 /// hibernated instance to the fresh instance ready to serve it.
-#[derive(Default)]
-pub struct WakeStats {
-    /// Wakes per bucket (not cumulative), the last one past every bound.
-    buckets: [AtomicU64; WAKE_BUCKETS.len() + 1],
-    /// Sum of wake times, in microseconds.
-    sum_us: AtomicU64,
+pub struct WakeStats(Histogram<{ WAKE_BUCKETS.len() }>);
+
+impl Default for WakeStats {
+    fn default() -> Self {
+        Self(Histogram::new(&WAKE_BUCKETS))
+    }
 }
 
 impl WakeStats {
     /// Counts one wake that took `took`.
     pub fn record(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        let bucket = WAKE_BUCKETS
-            .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(WAKE_BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.0.record(took);
     }
 
     /// Wakes so far.
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+        self.0.count()
     }
 
     /// The lines of the [`WAKE_METRIC`] histogram for app `app` (buckets,
     /// sum, count), without its `# HELP`/`# TYPE` header.
     pub fn lines(&self, app: &str) -> String {
-        let mut out = String::new();
-        let mut cumulative = 0;
-        for (index, bound) in WAKE_BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[index].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{WAKE_METRIC}_bucket{{app=\"{app}\",le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        cumulative += self.buckets[WAKE_BUCKETS.len()].load(Ordering::Relaxed);
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "{WAKE_METRIC}_bucket{{app=\"{app}\",le=\"+Inf\"}} {cumulative}\n\
-             {WAKE_METRIC}_sum{{app=\"{app}\"}} {sum}\n\
-             {WAKE_METRIC}_count{{app=\"{app}\"}} {cumulative}"
-        );
-        out
+        self.0.lines(WAKE_METRIC, app)
     }
 }
 

@@ -8,7 +8,7 @@
 //! queued when a store ends are not lost: they go to the next one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use tokio::sync::mpsc;
 use wasmtime::Store;
@@ -80,19 +80,11 @@ pub(super) async fn instance_loop(
         match outcome {
             Ok(ServiceEnd::Closed) => return,
             Ok(ServiceEnd::Hibernate) => {
-                asleep.store(true, Ordering::Relaxed);
-                let idle_secs = settings.hibernate_after.unwrap_or_default().as_secs();
-                log.event(Some(index), EventKind::Hibernated { idle_secs });
-                let Some(first) = jobs.recv().await else {
+                woke = settings
+                    .sleep_until_woken(index, &mut jobs, &requeue, &asleep)
+                    .await;
+                if woke.is_none() {
                     return;
-                };
-                woke = Some(tokio::time::Instant::now());
-                asleep.store(false, Ordering::Relaxed);
-                // Room is certain: the channel holds as many jobs as the
-                // instance's cap, and `first` still counts in its load.
-                match requeue.upgrade() {
-                    Some(tx) => drop(tx.try_send(first)),
-                    None => return,
                 }
             }
             Ok(ServiceEnd::Recycle { lingering }) => {
