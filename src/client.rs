@@ -65,12 +65,21 @@ pub struct DeployArgs {
     /// this machine (a registry on a trusted private network).
     #[arg(long)]
     pub plain_http: bool,
-    /// TCP port to serve on, on all addresses (0.0.0.0).
-    #[arg(long, conflicts_with = "listen")]
+    /// TCP port of its own to serve on, on all addresses (0.0.0.0).
+    /// Without `--port` or `--listen`, an app keeps the port it has; a new
+    /// app gets none and is served by name only, at `NAME.<base domain>`
+    /// on the gateway's shared TLS and QUIC listeners (the gateway needs
+    /// `[tls]`), which the command prints.
+    #[arg(long, conflicts_with_all = ["listen", "no_port"])]
     pub port: Option<u16>,
-    /// TCP address to serve on (default: the app's current one).
-    #[arg(long)]
+    /// TCP address of its own to serve on (default: the app's current one,
+    /// or none for a new app).
+    #[arg(long, conflicts_with = "no_port")]
     pub listen: Option<SocketAddr>,
+    /// Drop the app's own TCP port: serve it by name only, on the shared
+    /// TLS and QUIC listeners (its connections on the old port drain).
+    #[arg(long)]
+    pub no_port: bool,
     /// Instances serving the app: a number, or `auto` for one per core
     /// (default 1: every connection shares the instance's state; with
     /// several, each instance has its own).
@@ -339,18 +348,18 @@ impl Client {
             ),
         };
         let listen = match (args.listen, args.port) {
-            (Some(addr), _) => addr,
-            (None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
+            (Some(addr), _) => Some(addr),
+            (None, Some(port)) => Some(SocketAddr::from(([0, 0, 0, 0], port))),
+            (None, None) if args.no_port => None,
+            // The app's current port, if it has one; a new app: none.
             (None, None) => match self.get_json(&format!("/v1/apps/{}", args.name)).await {
-                Ok(app) => text(&app["tcp"]).parse().map_err(|_| {
-                    Failure::new(1, anyhow!("cannot read the app's current address"))
-                })?,
-                Err(_) => {
-                    return Err(Failure::new(
-                        2,
-                        anyhow!("a new app needs --port or --listen"),
-                    ));
-                }
+                Ok(app) => match &app["tcp"] {
+                    Value::Null => None,
+                    tcp => Some(text(tcp).parse().map_err(|_| {
+                        Failure::new(1, anyhow!("cannot read the app's current address"))
+                    })?),
+                },
+                Err(_) => None,
             },
         };
         let mut limits = AppLimits::default();
@@ -437,12 +446,15 @@ impl Client {
             );
         }
         println!(
-            "deployed {} version {} ({}, world {}) on tcp {} — {}",
+            "deployed {} version {} ({}, world {}) {} — {}",
             text(&app["name"]),
             text(&app["version"]),
             text(&app["digest"]).chars().take(12).collect::<String>(),
             text(&app["load"]["world"]),
-            text(&app["tcp"]),
+            match &app["tcp"] {
+                Value::Null => "without a port of its own".to_owned(),
+                tcp => format!("on tcp {}", text(tcp)),
+            },
             if app["load"]["cache_hit"].as_bool() == Some(true) {
                 format!(
                     "compiled code from cache in {} ms",
@@ -452,6 +464,9 @@ impl Client {
                 format!("compiled in {} ms", text(&app["load"]["load_ms"]))
             }
         );
+        for endpoint in app["endpoints"].as_array().into_iter().flatten() {
+            println!("  reachable at {}", printable(&text(endpoint)));
+        }
         Ok(())
     }
 

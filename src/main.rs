@@ -222,7 +222,7 @@ async fn run(command: Command) -> ExitCode {
                 Ok(name) => name,
                 Err(err) => return fail(&err),
             };
-            let mut app = AppConfig::new(name, component, listen);
+            let mut app = AppConfig::new(name, component, Some(listen));
             app.instances = instances;
             app.limits.hibernate_after_secs = hibernate_after_secs;
             let mut config = Config::default();

@@ -86,23 +86,33 @@ fn describe_descriptors(raised: std::io::Result<(u64, u64)>) {
 }
 
 /// The line printed for each app at start: how to reach it, and what was
-/// loaded. Tests parse its start: `app NAME listening on tcp ADDR`.
+/// loaded. Tests parse its start: `app NAME listening on tcp ADDR`, or
+/// `app NAME served by name at URL…` for an app without a port.
 fn describe(app: &AppStatus) -> String {
     let how = if app.load.cache_hit {
         "loaded from compile cache"
     } else {
         "compiled"
     };
-    format!(
-        "app {} listening on tcp {}  (try: nc {} {})  [{}, {} KiB, {how} in {} ms]",
-        app.name,
-        app.tcp,
-        app.tcp.ip(),
-        app.tcp.port(),
+    let loaded = format!(
+        "[{}, {} KiB, {how} in {} ms]",
         app.component.display(),
         app.load.size.div_ceil(1024),
         app.load.load_ms,
-    )
+    );
+    match app.tcp {
+        Some(tcp) => format!(
+            "app {} listening on tcp {tcp}  (try: nc {} {})  {loaded}",
+            app.name,
+            tcp.ip(),
+            tcp.port(),
+        ),
+        None => format!(
+            "app {} served by name at {}  {loaded}",
+            app.name,
+            app.endpoints.join(" ")
+        ),
+    }
 }
 
 /// `echo.wasm` → `echo`, lowercased, with `_` turned into `-`.

@@ -21,6 +21,7 @@ mod http_hello;
 mod limits;
 mod new_project;
 mod oci;
+mod portless;
 mod production;
 mod refusals;
 mod reload;

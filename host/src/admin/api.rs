@@ -44,8 +44,10 @@ pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploySettings {
-    /// TCP address to serve on.
-    pub listen: SocketAddr,
+    /// TCP address to serve on; absent: no port of its own, served by name
+    /// on the gateway's TLS and QUIC listeners (see [`AppConfig::listen`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     /// Instances (default 1; a number or `"auto"`).
     #[serde(default)]
     pub instances: Option<crate::config::Instances>,
@@ -266,7 +268,7 @@ pub(crate) fn deploy_config(
     header: Option<&hyper::header::HeaderValue>,
 ) -> Result<(AppConfig, Option<String>), String> {
     let text = header
-        .ok_or("missing `sockgate-settings` header (JSON: listen, instances, outbound, limits)")?
+        .ok_or("missing `sockgate-settings` header (JSON: listen, instances, outbound, limits, domains)")?
         .to_str()
         .map_err(|_| "sockgate-settings is not ASCII")?;
     let settings = serde_json::from_str::<DeploySettings>(text)

@@ -52,7 +52,7 @@ pub(crate) async fn page(gateway: &Gateway, name: &str, csrf: Option<&str>) -> R
          <tr><th>deployed</th><td>{deployed}</td></tr>\
          <tr><th>source</th><td>{source:?}</td></tr>\
          <tr><th>world</th><td>{world}</td></tr>\
-         <tr><th>address</th><td>tcp://{tcp}</td></tr>\
+         <tr><th>address</th><td>{tcp}</td></tr>\
          <tr><th>instances</th><td>{instances}</td></tr>\
          <tr><th>connections open</th><td>{open}</td></tr>\
          <tr><th>accepted / refused (this version)</th><td>{accepted} / {refused}</td></tr>\
@@ -61,7 +61,7 @@ pub(crate) async fn page(gateway: &Gateway, name: &str, csrf: Option<&str>) -> R
         deployed = format_time(UNIX_EPOCH + Duration::from_secs(status.deployed_at)),
         source = status.source,
         world = status.load.world.name(),
-        tcp = status.tcp,
+        tcp = escape(&status.endpoints.join(" ")),
         instances = status.instances,
         open = status.active_connections,
         accepted = status.accepted,

@@ -109,13 +109,13 @@ pub(crate) async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body
         let _ = write!(
             html,
             "<tr><td><a href=\"/apps/{name}\">{name}</a></td><td>{version}</td><td>{source:?}</td>\
-             <td>{world}</td><td>tcp://{tcp}</td><td>{instances}{asleep}</td><td>{open}</td><td>{accepted}</td>\
+             <td>{world}</td><td>{tcp}</td><td>{instances}{asleep}</td><td>{open}</td><td>{accepted}</td>\
              <td>{refused}</td><td><code>{digest}</code> ({kib} KiB)</td></tr>",
             name = escape(&app.name),
             version = app.version,
             source = app.source,
             world = app.load.world.name(),
-            tcp = app.tcp,
+            tcp = escape(&app.endpoints.join(" ")),
             instances = app.instances,
             asleep = if app.hibernation == "hibernated" {
                 " (hibernated)"

@@ -233,6 +233,13 @@ impl NamePolicy {
         )
     }
 
+    /// Whether there is a base domain: without one, an app has no
+    /// `<name>.<domain>` and is reached by name only through its custom
+    /// domains.
+    pub fn has_base_domains(&self) -> bool {
+        !self.base.is_empty()
+    }
+
     /// Whether the operator's allowlist covers `domain` (normalized).
     fn allows(&self, domain: &str) -> bool {
         self.allowed

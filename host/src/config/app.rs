@@ -24,8 +24,12 @@ pub struct AppConfig {
     /// configuration file.
     pub component: PathBuf,
     /// The TCP address to accept connections on (port 0 picks a free port,
-    /// which the gateway prints when it starts).
-    pub listen: SocketAddr,
+    /// which the gateway prints when it starts). None: the app has no port
+    /// of its own and is served by name only, on the gateway's shared TLS
+    /// and QUIC listeners (`<name>.<base domain>` and its `domains`), so
+    /// thousands of apps need no thousands of ports. Needs `[tls]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     /// How many instances serve the app (shards), default 1: one long-lived
     /// instance serves every connection, so state the guest keeps in
     /// ordinary variables (a chat room, a cache) is shared by all of them.
@@ -56,7 +60,7 @@ pub struct AppConfig {
 
 impl AppConfig {
     /// An app with default settings.
-    pub fn new(name: AppName, component: PathBuf, listen: SocketAddr) -> Self {
+    pub fn new(name: AppName, component: PathBuf, listen: Option<SocketAddr>) -> Self {
         Self {
             name,
             component,
@@ -315,7 +319,7 @@ mod tests {
         let mut app = AppConfig::new(
             AppName::parse("a").unwrap(),
             PathBuf::from("a.wasm"),
-            "127.0.0.1:0".parse().unwrap(),
+            Some("127.0.0.1:0".parse().unwrap()),
         );
         app.instances = Some(count(64));
         app.check(None).unwrap();

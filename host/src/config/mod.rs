@@ -272,11 +272,12 @@ impl Config {
                     app.name
                 )));
             }
-            if app.listen.port() != 0 && !addresses.insert(app.listen) {
+            if let Some(listen) = app.listen.filter(|addr| addr.port() != 0)
+                && !addresses.insert(listen)
+            {
                 return Err(app_error(anyhow!(
-                    "app `{}`: listen address {} is already used by another app",
+                    "app `{}`: listen address {listen} is already used by another app",
                     app.name,
-                    app.listen
                 )));
             }
             app.check(None).map_err(app_error)?;

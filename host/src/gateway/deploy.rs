@@ -79,7 +79,7 @@ impl Gateway {
         let blob = bytes.clone();
         // Runs under the slot lock, once the new version is started: the
         // blob, then the record, then the blobs no record needs any more.
-        let persist = move |bound: SocketAddr| -> anyhow::Result<u64> {
+        let persist = move |bound: Option<SocketAddr>| -> anyhow::Result<u64> {
             let state = inner.state.as_ref().context("no state directory")?;
             state.put_blob(&blob)?;
             crate::base::failpoint::hit("deploy-after-blob");
@@ -130,7 +130,7 @@ impl Gateway {
         let bytes = read_blob(&previous).map_err(DeployError::State)?;
         let inner = self.inner.clone();
         let number = previous.number;
-        let persist = move |_bound: SocketAddr| -> anyhow::Result<u64> {
+        let persist = move |_bound: Option<SocketAddr>| -> anyhow::Result<u64> {
             let state = inner.state.as_ref().context("no state directory")?;
             let mut record = record;
             record.current = number;
@@ -192,7 +192,9 @@ impl Gateway {
                 https.remove_app(name);
             }
             slot.app.log().event(None, EventKind::Removed);
-            super::switch::close_listener(slot.accept_task).await;
+            if let Some(task) = slot.accept_task {
+                super::switch::close_listener(task).await;
+            }
         }
         self.inner.own_ports.replace(self.listening_ports(slots));
     }

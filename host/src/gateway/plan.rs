@@ -4,8 +4,8 @@
 //! out).
 //!
 //! - **Which listener** a new version serves on ([`plan_listener`]): the
-//!   one already bound, when the new settings ask for its address, else a
-//!   new one.
+//!   one already bound, when the new settings ask for its address, a new
+//!   one, or none (an app without a port of its own, served by name).
 //! - **Which number** it is known by ([`version_number`]).
 
 use std::net::SocketAddr;
@@ -29,14 +29,21 @@ pub(super) enum ListenerPlan {
     /// Bind a listener at this address; once the new version serves, the
     /// old accept loop stops (its connections drain).
     Bind(SocketAddr),
+    /// No port of its own: the app is served by name on the shared TLS and
+    /// QUIC listeners only; a listener it had closes once the new version
+    /// serves (its connections drain).
+    NoPort,
 }
 
 /// The listener rule: the current listener is kept when the new settings
 /// ask for the same address as before, for the address actually bound (a
 /// restored app records the port its `:0` got), or for any port (`:0`) on
 /// the same IP. Anything else binds anew, and nothing switches if that
-/// fails.
-pub(super) fn plan_listener(current: Option<Listening>, asked: SocketAddr) -> ListenerPlan {
+/// fails. Settings that ask for no address get no listener.
+pub(super) fn plan_listener(current: Option<Listening>, asked: Option<SocketAddr>) -> ListenerPlan {
+    let Some(asked) = asked else {
+        return ListenerPlan::NoPort;
+    };
     match current {
         Some(now)
             if now.asked == asked
@@ -76,56 +83,59 @@ mod tests {
 
     #[test]
     fn the_listener_is_kept_only_for_its_own_address() {
-        use ListenerPlan::{Bind, Keep};
+        use ListenerPlan::{Bind, Keep, NoPort};
         let table = [
             // A new app binds what it asks for.
-            (None, "127.0.0.1:0", Bind(addr("127.0.0.1:0"))),
-            (None, "127.0.0.1:8080", Bind(addr("127.0.0.1:8080"))),
+            (None, Some("127.0.0.1:0"), Bind(addr("127.0.0.1:0"))),
+            (None, Some("127.0.0.1:8080"), Bind(addr("127.0.0.1:8080"))),
             // The same settings keep the listener (and its port).
             (
                 listening("127.0.0.1:0", "127.0.0.1:4000"),
-                "127.0.0.1:0",
+                Some("127.0.0.1:0"),
                 Keep(addr("127.0.0.1:4000")),
             ),
             (
                 listening("127.0.0.1:8080", "127.0.0.1:8080"),
-                "127.0.0.1:8080",
+                Some("127.0.0.1:8080"),
                 Keep(addr("127.0.0.1:8080")),
             ),
             // Asking for the port bound (as a restored record does).
             (
                 listening("127.0.0.1:0", "127.0.0.1:4000"),
-                "127.0.0.1:4000",
+                Some("127.0.0.1:4000"),
                 Keep(addr("127.0.0.1:4000")),
             ),
             // Any port on the same IP will do.
             (
                 listening("127.0.0.1:8080", "127.0.0.1:8080"),
-                "127.0.0.1:0",
+                Some("127.0.0.1:0"),
                 Keep(addr("127.0.0.1:8080")),
             ),
             // Another port, or another IP, binds anew.
             (
                 listening("127.0.0.1:8080", "127.0.0.1:8080"),
-                "127.0.0.1:9090",
+                Some("127.0.0.1:9090"),
                 Bind(addr("127.0.0.1:9090")),
             ),
             (
                 listening("127.0.0.1:0", "127.0.0.1:4000"),
-                "0.0.0.0:0",
+                Some("0.0.0.0:0"),
                 Bind(addr("0.0.0.0:0")),
             ),
             (
                 listening("[::1]:0", "[::1]:4000"),
-                "127.0.0.1:4000",
+                Some("127.0.0.1:4000"),
                 Bind(addr("127.0.0.1:4000")),
             ),
+            // No address asked: no listener, whatever there was.
+            (None, None, NoPort),
+            (listening("127.0.0.1:0", "127.0.0.1:4000"), None, NoPort),
         ];
         for (current, asked, expected) in table {
             assert_eq!(
-                plan_listener(current, addr(asked)),
+                plan_listener(current, asked.map(addr)),
                 expected,
-                "{current:?} asked {asked}"
+                "{current:?} asked {asked:?}"
             );
         }
     }

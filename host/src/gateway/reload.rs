@@ -287,16 +287,12 @@ impl Gateway {
                     ),
                 ));
             }
-            if let Some((other, _)) = deployed
-                .iter()
-                .find(|(_, d)| app.listen.port() != 0 && d.listen == app.listen)
+            if let Some(listen) = app.listen.filter(|addr| addr.port() != 0)
+                && let Some((other, _)) = deployed.iter().find(|(_, d)| d.listen == Some(listen))
             {
                 return Err(refused(
                     index,
-                    anyhow!(
-                        "app `{name}`: listen address {} is deployed app `{other}`'s",
-                        app.listen
-                    ),
+                    anyhow!("app `{name}`: listen address {listen} is deployed app `{other}`'s"),
                 ));
             }
             let others = deployed.iter().map(|(n, c)| (n.as_str(), c));

@@ -77,8 +77,14 @@ pub struct AppStatus {
     pub digest: String,
     /// The component file (a blob in the state directory for deployed apps).
     pub component: PathBuf,
-    /// The TCP address it is served on.
-    pub tcp: SocketAddr,
+    /// The TCP address of its own port, if it has one (`null`: served by
+    /// name only, on the shared TLS and QUIC listeners).
+    pub tcp: Option<SocketAddr>,
+    /// Where clients reach it, one URL per way in: `tcp://ADDR` (its own
+    /// port; `http://ADDR/` for an HTTP app), `tls://NAME:PORT` and
+    /// `quic://NAME:PORT` for each name it is served at over TLS and QUIC
+    /// (`https://NAME:PORT/` for an HTTP app, which HTTP/3 reaches too).
+    pub endpoints: Vec<String>,
     /// When the serving version was deployed (Unix seconds; for an app of
     /// the configuration file, when this version started).
     pub deployed_at: u64,
@@ -152,6 +158,35 @@ impl Gateway {
         )
     }
 
+    /// The URLs app `slot` is reached at (see [`AppStatus::endpoints`]).
+    fn endpoints(&self, slot: &Slot) -> Vec<String> {
+        let http = slot.load.world.is_http();
+        let mut out: Vec<String> = slot
+            .tcp
+            .map(|addr| match http {
+                true => format!("http://{addr}/"),
+                false => format!("tcp://{addr}"),
+            })
+            .into_iter()
+            .collect();
+        let Some(https) = self.inner.https.get() else {
+            return out;
+        };
+        let tls_port = https.tls_addr().port();
+        let quic_port = https.quic().map(|quic| quic.local_addr().port());
+        for name in https.names_of(&slot.config) {
+            if http {
+                out.push(format!("https://{name}:{tls_port}/"));
+                continue;
+            }
+            out.push(format!("tls://{name}:{tls_port}"));
+            if let Some(port) = quic_port {
+                out.push(format!("quic://{name}:{port}"));
+            }
+        }
+        out
+    }
+
     /// The status of the app `name` whose serving version is `slot`.
     fn describe(&self, name: &str, slot: &Slot) -> AppStatus {
         let counters = &slot.app.account().counters;
@@ -176,6 +211,7 @@ impl Gateway {
             digest: slot.digest.clone(),
             component: slot.config.component.clone(),
             tcp: slot.tcp,
+            endpoints: self.endpoints(slot),
             deployed_at: serving.map_or(slot.deployed_at, |v| v.deployed_at),
             origin: serving.and_then(|v| v.origin.clone()),
             instances: slot.app.instance_count(),

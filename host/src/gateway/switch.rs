@@ -32,8 +32,9 @@ use crate::tenant::outbound::OutboundPolicy;
 
 /// Persists a deploy or rollback once the new version is known to load
 /// and its listener is bound (at the given address, recorded so that a
-/// restart binds the same port); returns the version number now current.
-pub(super) type Persist = Box<dyn FnOnce(SocketAddr) -> anyhow::Result<u64> + Send>;
+/// restart binds the same port; none for an app without a port of its
+/// own); returns the version number now current.
+pub(super) type Persist = Box<dyn FnOnce(Option<SocketAddr>) -> anyhow::Result<u64> + Send>;
 
 /// What an app runs: its serving version and the listener that feeds it.
 /// The gateway keeps one per app, by name, under its deploy lock.
@@ -47,7 +48,9 @@ pub(super) type Persist = Box<dyn FnOnce(SocketAddr) -> anyhow::Result<u64> + Se
 ///   a [`FailedApp`](super::FailedApp), until it is deployed anew, rolled
 ///   back or removed).
 /// - **Serving** version *n*: the router hands new connections to
-///   [`Slot::app`]; [`Slot::accept_task`] accepts on [`Slot::tcp`].
+///   [`Slot::app`]; [`Slot::accept_task`] accepts on [`Slot::tcp`] (an
+///   app without a port of its own has neither, and is reached by name
+///   on the shared TLS and QUIC listeners only).
 ///   - A switch that succeeds replaces the slot (still *Serving*, version
 ///     *n′*). The old [`App`] is dropped from the router and drains: its
 ///     connections go on until they close or the drain deadline passes.
@@ -66,10 +69,10 @@ pub(super) struct Slot {
     pub(super) config: AppConfig,
     /// Who owns the app.
     pub(super) source: Source,
-    /// The address its listener is bound to.
-    pub(super) tcp: SocketAddr,
+    /// The address its listener is bound to, if it has a port of its own.
+    pub(super) tcp: Option<SocketAddr>,
     /// The accept loop of that listener.
-    pub(super) accept_task: JoinHandle<()>,
+    pub(super) accept_task: Option<JoinHandle<()>>,
     /// Its version number (0 for an app of the configuration file).
     pub(super) version: u64,
     /// SHA-256 of its component, hex.
@@ -90,12 +93,12 @@ pub(super) async fn close_listener(task: JoinHandle<()>) {
 }
 
 impl Slot {
-    /// Its listener, as the listener rule sees it.
-    fn listening(&self) -> Listening {
-        Listening {
-            asked: self.config.listen,
-            bound: self.tcp,
-        }
+    /// Its listener, as the listener rule sees it (none without a port).
+    fn listening(&self) -> Option<Listening> {
+        Some(Listening {
+            asked: self.config.listen?,
+            bound: self.tcp?,
+        })
     }
 }
 
@@ -158,8 +161,8 @@ impl Gateway {
         // The listener: kept when the address is unchanged, else bound anew.
         let existing = slots.get(&name);
         let (new_listener, bound) =
-            match plan_listener(existing.map(Slot::listening), config.listen) {
-                ListenerPlan::Keep(bound) => (None, bound),
+            match plan_listener(existing.and_then(Slot::listening), config.listen) {
+                ListenerPlan::Keep(bound) => (None, Some(bound)),
                 ListenerPlan::Bind(addr) => {
                     let listener = listen::tcp::bind(addr)
                         .await
@@ -168,11 +171,14 @@ impl Gateway {
                     let bound = listener
                         .local_addr()
                         .map_err(|err| DeployError::Bind(err.into()))?;
-                    (Some(listener), bound)
+                    (Some(listener), Some(bound))
                 }
+                ListenerPlan::NoPort => (None, None),
             };
         // Every app's guests are held to the new port before it serves.
-        self.inner.own_ports.insert(bound.port());
+        if let Some(bound) = bound {
+            self.inner.own_ports.insert(bound.port());
+        }
 
         let policy = OutboundPolicy::parse(&config.outbound)
             .with_context(|| format!("app `{name}`: invalid outbound rule"))
@@ -248,20 +254,28 @@ impl Gateway {
         // The switch: from here on new connections get the new version.
         self.inner.router.insert(&name, app.clone());
         lock(&self.inner.failed).remove(&name);
-        let (tcp, accept_task) = match (new_listener, slots.remove(&name)) {
-            (Some(listener), old) => {
-                if let Some(old) = old {
-                    close_listener(old.accept_task).await;
+        let old = slots.remove(&name);
+        let (tcp, accept_task) = match (new_listener, bound, old) {
+            (Some(listener), _, old) => {
+                if let Some(task) = old.and_then(|old| old.accept_task) {
+                    close_listener(task).await;
                 }
                 let task = tokio::spawn(listen::tcp::serve(
                     listener,
                     name.clone(),
                     self.inner.router.clone(),
                 ));
-                (bound, task)
+                (bound, Some(task))
             }
-            (None, Some(old)) => (old.tcp, old.accept_task),
-            (None, None) => unreachable!("a kept listener implies an existing slot"),
+            (None, Some(_), Some(old)) => (old.tcp, old.accept_task),
+            (None, Some(_), None) => unreachable!("a kept listener implies an existing slot"),
+            // No port of its own (any more): served by name only.
+            (None, None, old) => {
+                if let Some(task) = old.and_then(|old| old.accept_task) {
+                    close_listener(task).await;
+                }
+                (None, None)
+            }
         };
         if let Some(number) = version {
             log.event(
@@ -327,6 +341,9 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let ceilings = (source == Source::Deployed).then(|| read(&self.inner.ceilings).clone());
         config.check(ceilings.as_ref())?;
+        if config.listen.is_none() {
+            self.check_reachable_by_name(config)?;
+        }
         let Some(policy) = &self.inner.names else {
             if !config.domains.is_empty() || !config.alpn.is_empty() {
                 anyhow::bail!(
@@ -351,6 +368,28 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// Refuses an app without a port of its own (`listen`) that no name
+    /// would reach: the gateway has no `[tls]`, or neither a base domain
+    /// (`<name>.<domain>`) nor a custom domain of the app.
+    fn check_reachable_by_name(&self, config: &AppConfig) -> anyhow::Result<()> {
+        let name = &config.name;
+        match &self.inner.names {
+            None => anyhow::bail!(
+                "app `{name}` has no port of its own (no `listen`) and this gateway has no \
+                 [tls] section to serve it by name: give it a port (`sockgate deploy \
+                 --port N`, or `listen` in the configuration), or configure [tls]"
+            ),
+            Some(policy) if !policy.has_base_domains() && config.domains.is_empty() => {
+                anyhow::bail!(
+                    "app `{name}` has no port of its own (no `listen`) and no name: this \
+                     gateway's [tls] has no base domains, so `{name}.<domain>` does not exist; \
+                     give it a port or a custom domain (`domains`)"
+                )
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     /// Loads (compiles, or takes from the compile cache) the component of
@@ -384,7 +423,11 @@ impl Gateway {
 
     /// Every port the gateway listens on now: apps, admin, TLS/HTTP/QUIC.
     pub(super) fn listening_ports(&self, slots: &BTreeMap<String, Slot>) -> Vec<u16> {
-        let mut ports: Vec<u16> = slots.values().map(|s| s.tcp.port()).collect();
+        let mut ports: Vec<u16> = slots
+            .values()
+            .filter_map(|slot| slot.tcp)
+            .map(|addr| addr.port())
+            .collect();
         ports.extend(*lock(&self.inner.admin_port));
         ports.extend(self.inner.tls_ports.iter().copied());
         ports

@@ -21,7 +21,7 @@ fn record(name: &str, digest: &str) -> AppRecord {
     let mut config = AppConfig::new(
         AppName::parse(name).unwrap(),
         PathBuf::new(),
-        "127.0.0.1:0".parse().unwrap(),
+        Some("127.0.0.1:0".parse().unwrap()),
     );
     config.component = PathBuf::from(format!("{digest}.wasm"));
     AppRecord {
