@@ -42,6 +42,7 @@ use serde_json::Value;
 use sockgate_testkit::bench::{publish, quick};
 use sockgate_testkit::guests::{guest, lang_guest};
 use sockgate_testkit::os::process_rss_kib;
+use sockgate_testkit::output::printed_admin;
 use sockgate_testkit::paths::{root, sockgate_binary};
 use sockgate_testkit::server::{Server, write_bench_config};
 use sockgate_testkit::tls::{client_config, connect, dev_ca_root};
@@ -267,15 +268,7 @@ struct Admin {
 
 impl Admin {
     fn of(server: &Server, state: &Path) -> Self {
-        let addr = server
-            .stdout()
-            .text()
-            .lines()
-            .find_map(|line| {
-                let rest = line.strip_prefix("admin API and dashboard on http://")?;
-                rest.split('/').next()?.parse().ok()
-            })
-            .expect("no admin address printed");
+        let addr = printed_admin(&server.stdout().text()).expect("no admin address printed");
         let token = std::fs::read_to_string(state.join("admin-token")).expect("no admin token");
         Self {
             addr,

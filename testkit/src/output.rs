@@ -143,6 +143,15 @@ pub fn printed_addr<'t>(text: &'t str, marker: &str) -> Option<(SocketAddr, &'t 
     })
 }
 
+/// The admin API's address, from the line `sockgate serve` prints for it
+/// (`admin API and dashboard on http://ADDR/ …`).
+pub fn printed_admin(text: &str) -> Option<SocketAddr> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix("admin API and dashboard on http://")?;
+        rest.split('/').next()?.parse().ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,15 +28,7 @@ fn gateway(state: &Path, apps: &str) -> (TlsGateway, SocketAddr) {
         ),
         &[],
     );
-    let admin = gw
-        .gateway
-        .stdout
-        .text()
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix("admin API and dashboard on http://")?;
-            rest.split('/').next()?.parse().ok()
-        })
+    let admin = sockgate_testkit::output::printed_admin(&gw.gateway.stdout.text())
         .expect("no admin address printed");
     (gw, admin)
 }

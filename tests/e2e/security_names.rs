@@ -29,15 +29,7 @@ fn gateway(state: &Path, tls: &str) -> (TlsGateway, SocketAddr) {
             extra: "",
         }],
     );
-    let admin = gw
-        .gateway
-        .stdout
-        .text()
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix("admin API and dashboard on http://")?;
-            rest.split('/').next()?.parse().ok()
-        })
+    let admin = sockgate_testkit::output::printed_admin(&gw.gateway.stdout.text())
         .expect("no admin address printed");
     (gw, admin)
 }

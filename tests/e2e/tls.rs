@@ -407,15 +407,7 @@ async fn an_app_deployed_while_running_is_served_over_tls_with_its_domains_and_a
          [http]\nenabled = false\n",
         &[],
     );
-    let admin = gw
-        .gateway
-        .stdout
-        .text()
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix("admin API and dashboard on http://")?;
-            rest.split('/').next()?.parse::<std::net::SocketAddr>().ok()
-        })
+    let admin = sockgate_testkit::output::printed_admin(&gw.gateway.stdout.text())
         .expect("no admin address printed");
     let config = client_config(&[dev_ca_root(&state.0)], &["x-test"]);
     let err = connect(gw.tls, "late.localhost", config.clone())
