@@ -160,7 +160,7 @@ fn settings(engine: &Engine, component: &Path) -> InstanceSettings {
 
 /// One instance as the gateway creates it, dropped at once.
 async fn instantiate(settings: &InstanceSettings) {
-    let GuestPre::Shared(pre) = &settings.pre else {
+    let GuestPre::Shared(pre) = &*settings.pre else {
         unreachable!("the echo guest implements conn-handler")
     };
     let state = HostState::new(settings.inputs(), 0);

@@ -455,7 +455,9 @@ impl Client {
                 Value::Null => "without a port of its own".to_owned(),
                 tcp => format!("on tcp {}", text(tcp)),
             },
-            if app["load"]["cache_hit"].as_bool() == Some(true) {
+            if app["load"]["shared"].as_bool() == Some(true) {
+                "compiled code shared with an app of the same component".to_owned()
+            } else if app["load"]["cache_hit"].as_bool() == Some(true) {
                 format!(
                     "compiled code from cache in {} ms",
                     text(&app["load"]["load_ms"])

@@ -89,7 +89,9 @@ fn describe_descriptors(raised: std::io::Result<(u64, u64)>) {
 /// loaded. Tests parse its start: `app NAME listening on tcp ADDR`, or
 /// `app NAME served by name at URL…` for an app without a port.
 fn describe(app: &AppStatus) -> String {
-    let how = if app.load.cache_hit {
+    let how = if app.load.shared {
+        "shared with an app of the same component"
+    } else if app.load.cache_hit {
         "loaded from compile cache"
     } else {
         "compiled"

@@ -1,9 +1,13 @@
 //! The compile cache: the second start of the same component loads the
-//! compiled artifact instead of compiling, and a changed component misses.
+//! compiled artifact instead of compiling, and a changed component misses;
+//! apps of the same bytes share one compiled component in memory.
 
 use std::process::Command;
 
-use crate::support::{Gateway, ScratchDir, guest};
+use tokio::net::TcpStream;
+
+use crate::deploy::{app_addr, authed, cli, deploy, ls, parse_prometheus, start_admin};
+use crate::support::{Gateway, ScratchDir, ask, guest};
 
 fn start(component: &std::path::Path, cache: &std::path::Path) -> Gateway {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sockgate"));
@@ -86,4 +90,93 @@ fn a_corrupt_cache_entry_is_recompiled() {
         "{}",
         gateway.stderr.text()
     );
+}
+
+/// `/metrics`' count of distinct compiled components in memory.
+fn images_in_memory(admin: std::net::SocketAddr, state: &std::path::Path) -> f64 {
+    let raw = authed(admin, state, "GET /metrics HTTP/1.1");
+    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+    parse_prometheus(body)["sockgate_component_images{}"]
+}
+
+/// Apps deployed from the same bytes share one compiled component in
+/// memory (the deploy says so), each still serving on its own; other bytes
+/// get their own; the shared one is freed once no app holds it.
+#[tokio::test]
+async fn apps_of_the_same_component_share_its_compiled_code() {
+    let dir = ScratchDir::new("compile-cache-shared");
+    let state = dir.0.join("state");
+    let (_gateway, admin) = start_admin(&state, None);
+    let listen = ["--listen", "127.0.0.1:0"];
+    let (code, first, stderr) = cli(
+        admin,
+        &state,
+        &[
+            "deploy",
+            "one",
+            guest("echo").to_str().unwrap(),
+            listen[0],
+            listen[1],
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!first.contains("shared"), "{first}");
+    let (code, second, stderr) = cli(
+        admin,
+        &state,
+        &[
+            "deploy",
+            "two",
+            guest("echo").to_str().unwrap(),
+            listen[0],
+            listen[1],
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        second.contains("compiled code shared with an app of the same component"),
+        "{second}"
+    );
+    let app = |name: &str| {
+        ls(admin, &state)
+            .into_iter()
+            .find(|a| a["name"] == name)
+            .unwrap()
+    };
+    assert_eq!(app("one")["load"]["shared"], false);
+    assert_eq!(app("two")["load"]["shared"], true);
+    assert_eq!(images_in_memory(admin, &state), 1.0);
+
+    deploy(admin, &state, "other", &guest("chat"), &listen);
+    assert_eq!(app("other")["load"]["shared"], false);
+    assert_eq!(images_in_memory(admin, &state), 2.0);
+
+    // Sharing code shares nothing else: each app serves on its own.
+    for name in ["one", "two"] {
+        let mut conn = TcpStream::connect(app_addr(admin, &state, name))
+            .await
+            .unwrap();
+        assert_eq!(ask(&mut conn, name).await, name);
+    }
+
+    // The image lives while one app holds it, and goes with the last.
+    let (code, _, stderr) = cli(admin, &state, &["rm", "one"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(images_in_memory(admin, &state), 2.0);
+    let mut conn = TcpStream::connect(app_addr(admin, &state, "two"))
+        .await
+        .unwrap();
+    assert_eq!(ask(&mut conn, "still").await, "still");
+    drop(conn);
+    let (code, _, stderr) = cli(admin, &state, &["rm", "two"]);
+    assert_eq!(code, 0, "{stderr}");
+    // Its instances stop after `rm` returns (draining): the count follows.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while images_in_memory(admin, &state) != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed apps' compiled code was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -19,6 +19,7 @@ mod hibernate;
 mod http_apps;
 mod http_hello;
 mod limits;
+mod memory_ceiling;
 mod new_project;
 mod oci;
 mod portless;

@@ -204,7 +204,7 @@ async fn instantiation_times(component: &std::path::Path, rounds: usize) -> Vec<
     let runtime = Runtime::new(shared_cache_dir()).expect("runtime");
     let loaded = load_component(&runtime, component).expect("load");
     assert_eq!(loaded.world, World::ConnHandlerSync);
-    let GuestPre::PerConnection(pre) = loaded.pre.clone() else {
+    let GuestPre::PerConnection(pre) = (*loaded.pre).clone() else {
         panic!("a sync component was not loaded for per-connection instances");
     };
     let settings = InstanceSettings::new(

@@ -171,6 +171,25 @@ pub(crate) async fn render(gateway: &Gateway) -> Response<Body> {
             ("result=\"miss\"".into(), misses),
         ],
     );
+    section(
+        "sockgate_component_images",
+        "gauge",
+        "Distinct compiled components in memory; apps of the same bytes share one.",
+        vec![(String::new(), gateway.component_images() as u64)],
+    );
+    let memory = gateway.tracker().memory();
+    section(
+        "sockgate_guest_memory_bytes",
+        "gauge",
+        "Linear memory all instances hold, and the ceiling (max_guest_memory_mb) if set.",
+        std::iter::once(("kind=\"used\"".to_owned(), memory.used() as u64))
+            .chain(
+                memory
+                    .ceiling()
+                    .map(|ceiling| ("kind=\"ceiling\"".to_owned(), ceiling as u64)),
+            )
+            .collect(),
+    );
     let wakes: String = apps
         .iter()
         .filter_map(|app| gateway.app(&app.name))

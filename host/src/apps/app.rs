@@ -107,7 +107,7 @@ impl App {
         let tracker = settings.tracker.clone();
         let max_connections_per_instance = settings.limits.max_connections_per_instance;
         let settings = Arc::new(settings);
-        if let GuestPre::Http(_) = &settings.pre {
+        if let GuestPre::Http(_) = &*settings.pre {
             let (http, workers) = HttpApp::start(name, settings, instances, site);
             return Arc::new(Self {
                 name: name.to_owned(),
@@ -122,7 +122,7 @@ impl App {
                 account,
             });
         }
-        if let GuestPre::PerConnection(pre) = &settings.pre {
+        if let GuestPre::PerConnection(pre) = &*settings.pre {
             return Arc::new(Self {
                 name: name.to_owned(),
                 log,
@@ -343,9 +343,19 @@ async fn shard_loop(
     } = shard;
     let mut backoff = Backoff::default();
     let mut woke = None;
+    settings.offer_for_hibernation(&active);
     loop {
+        if !settings.room_to_start(index, &active, &mut rx).await {
+            woke = settings
+                .sleep_until_woken(index, &mut rx, &requeue, &asleep)
+                .await;
+            if woke.is_none() {
+                return;
+            }
+            continue;
+        }
         let started = Instant::now();
-        let (outcome, returned) = if let GuestPre::Events(_) = &settings.pre {
+        let (outcome, returned) = if let GuestPre::Events(_) = &*settings.pre {
             run_events_instance(settings.clone(), index, rx, woke.take()).await
         } else {
             run_instance(settings.clone(), index, rx, active.clone(), woke.take()).await

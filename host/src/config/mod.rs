@@ -110,6 +110,15 @@ pub struct GatewaySettings {
     /// `--log-format` wins over it.
     #[serde(default)]
     pub log_format: Option<LogFormat>,
+    /// The most linear memory all guests' instances may hold together, in
+    /// MiB; unset: no ceiling. When starting or waking an instance would
+    /// pass it, the least recently used idle instances of apps that
+    /// hibernate are hibernated first, and only then is the connection
+    /// refused, with an event (see [`crate::tenant::memory`]). Threat: many
+    /// apps, each within its own `memory_limit_mb`, together exhausting the
+    /// machine's memory.
+    #[serde(default)]
+    pub max_guest_memory_mb: Option<u64>,
 }
 
 /// The format of the gateway's own log.
@@ -160,6 +169,7 @@ impl Default for GatewaySettings {
             reserved_connections_percent: default_reserved_percent(),
             client_ipv6_prefix: default_ipv6_prefix(),
             log_format: None,
+            max_guest_memory_mb: None,
         }
     }
 }

@@ -123,9 +123,14 @@ impl Gateway {
         config.validate()?;
         crate::tenant::conns::set_client_ipv6_prefix(config.gateway.client_ipv6_prefix);
         let runtime = Arc::new(Runtime::new(config.cache_dir()?)?);
-        let tracker = ConnTracker::with_reserve(
+        let memory_ceiling = config
+            .gateway
+            .max_guest_memory_mb
+            .map(|mb| usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX));
+        let tracker = ConnTracker::with_memory(
             config.gateway.max_connections,
             config.gateway.reserved_connections_percent,
+            crate::tenant::memory::GuestMemory::new(memory_ceiling),
         );
         tokio::spawn(tracker.clone().run_sweeper());
         let state = match config.gateway.admin {

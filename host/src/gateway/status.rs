@@ -50,8 +50,13 @@ pub struct FailedApp {
 /// What loading a component found out.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct LoadFacts {
-    /// Whether the compiled component came from the cache.
+    /// Whether the compiled component came from the cache (on disk, or
+    /// shared in memory: `shared`).
     pub cache_hit: bool,
+    /// Whether the compiled component is the one another app of the same
+    /// bytes already had in memory: the two share it, and this app added
+    /// no compiled code to the gateway's memory.
+    pub shared: bool,
     /// Compile (or cache load) time in milliseconds.
     pub load_ms: u64,
     /// Component size in bytes.
@@ -156,6 +161,13 @@ impl Gateway {
             self.inner.cache_hits.load(Ordering::Relaxed),
             self.inner.cache_misses.load(Ordering::Relaxed),
         )
+    }
+
+    /// How many distinct compiled components the apps hold: apps whose
+    /// components have the same bytes share one
+    /// ([`crate::runtime::images`]).
+    pub fn component_images(&self) -> usize {
+        self.inner.runtime.images.live()
     }
 
     /// The URLs app `slot` is reached at (see [`AppStatus::endpoints`]).

@@ -301,7 +301,8 @@ impl Gateway {
                 digest,
                 deployed_at: unix_now(),
                 load: LoadFacts {
-                    cache_hit: loaded.cache == CacheOutcome::Hit,
+                    cache_hit: loaded.cache.is_hit(),
+                    shared: loaded.cache == CacheOutcome::Shared,
                     load_ms: loaded.load_time.as_millis() as u64,
                     size: loaded.size,
                     world: loaded.world,
@@ -414,7 +415,7 @@ impl Gateway {
                     source,
                 })?;
         match loaded.cache {
-            CacheOutcome::Hit => &self.inner.cache_hits,
+            CacheOutcome::Hit | CacheOutcome::Shared => &self.inner.cache_hits,
             CacheOutcome::Miss => &self.inner.cache_misses,
         }
         .fetch_add(1, Ordering::Relaxed);

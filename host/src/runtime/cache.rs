@@ -24,6 +24,17 @@ pub enum CacheOutcome {
     Hit,
     /// Compiled now (and stored for next time).
     Miss,
+    /// Already loaded for another app of the same bytes, and shared with
+    /// it ([`super::images`]): nothing was read or compiled.
+    Shared,
+}
+
+impl CacheOutcome {
+    /// Whether the component was not compiled now (loaded from the disk
+    /// cache or shared in memory).
+    pub fn is_hit(self) -> bool {
+        self != CacheOutcome::Miss
+    }
 }
 
 /// A directory of compiled components, `<key>.cwasm`.
@@ -81,7 +92,19 @@ impl CompileCache {
         engine: &Engine,
         bytes: &[u8],
     ) -> Result<(Component, CacheOutcome)> {
-        let path = self.dir.join(format!("{}.cwasm", self.key(bytes)));
+        self.load_or_compile_keyed(engine, &self.key(bytes), bytes)
+    }
+
+    /// Like [`CompileCache::load_or_compile`] with the key of `bytes`
+    /// already computed (it hashes every byte: a loader that needed it
+    /// first does not pay twice).
+    pub fn load_or_compile_keyed(
+        &self,
+        engine: &Engine,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, CacheOutcome)> {
+        let path = self.dir.join(format!("{key}.cwasm"));
         let trusted = match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() && crate::base::fsutil::is_own_file(&meta) => true,
             Ok(_) => {

@@ -13,6 +13,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::cache::CompileCache;
 use super::host_state::HostState;
+use super::images::LoadedImages;
 pub use super::supervisor::Supervision;
 
 /// What every app shares: one engine (so compiled code and the epoch are
@@ -27,6 +28,9 @@ pub struct Runtime {
     pub linker: Linker<HostState>,
     /// Compiled components on disk.
     pub cache: CompileCache,
+    /// Compiled components in memory, shared by the apps of the same
+    /// bytes (every engine's: the keys tell the engines apart).
+    pub images: LoadedImages,
     /// Where the compile cache lives (the per-connection engine's cache
     /// shares the directory).
     cache_dir: PathBuf,
@@ -106,6 +110,7 @@ impl Runtime {
             supervision,
             linker,
             cache,
+            images: LoadedImages::default(),
             cache_dir,
             per_connection: OnceLock::new(),
             events: OnceLock::new(),

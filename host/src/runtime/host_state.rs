@@ -199,7 +199,7 @@ impl HostState {
         Self {
             wasi: builder.build(),
             table,
-            limiter: GuestLimiter::new(limits, log.clone(), instance),
+            limiter: GuestLimiter::new(limits, log.clone(), instance, app.tracker.memory().clone()),
             policy,
             log,
             instance,
@@ -254,6 +254,13 @@ impl HostState {
     /// The store's resource limiter.
     pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limiter
+    }
+
+    /// Tells `shard` (a long-lived instance's) what linear memory the store
+    /// holds, for the gateway's memory ceiling
+    /// ([`crate::tenant::memory`]).
+    pub(crate) fn attach_shard(&mut self, shard: Arc<crate::tenant::conns::ShardLoad>) {
+        self.limiter.attach(shard);
     }
 
     /// The size of the last memory growth refused at the limit, if any.

@@ -54,7 +54,7 @@ pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(30
 /// What every instance of an app is created with.
 pub struct InstanceSettings {
     /// The component, pre-linked for its world.
-    pub pre: GuestPre,
+    pub pre: Arc<GuestPre>,
     /// The app's log and events.
     pub log: Arc<AppLog>,
     /// The app's limits.
@@ -123,7 +123,7 @@ impl InstanceSettings {
     /// accounting created fresh.
     pub fn new(
         name: &str,
-        pre: impl Into<GuestPre>,
+        pre: impl Into<Arc<GuestPre>>,
         limits: AppLimits,
         policy: OutboundPolicy,
         supervision: Supervision,
@@ -137,7 +137,7 @@ impl InstanceSettings {
     /// version of an app continues its log and events).
     pub fn with_log(
         log: Arc<AppLog>,
-        pre: impl Into<GuestPre>,
+        pre: impl Into<Arc<GuestPre>>,
         limits: AppLimits,
         policy: OutboundPolicy,
         supervision: Supervision,
@@ -156,46 +156,6 @@ impl InstanceSettings {
             demotion: Arc::default(),
             hibernate_after: None,
         }
-    }
-
-    /// Records that instance `index` was created and serves: an
-    /// `instance started` event, or, when it was woken from hibernation
-    /// by a connection that arrived at `woke`, a `woke (N ms)` event and
-    /// the wake's time in the app's histogram.
-    /// Instance `index` hibernated: records it (`asleep` set, a
-    /// `hibernated` event) and waits on `rx` for the connection (or job)
-    /// that wakes it, which goes back in the channel through `requeue` for
-    /// the fresh instance — one wake, whatever arrives meanwhile. Returns
-    /// when it arrived; `None` once the app is gone (the channel closed).
-    pub(crate) async fn sleep_until_woken<T>(
-        &self,
-        index: u32,
-        rx: &mut mpsc::Receiver<T>,
-        requeue: &mpsc::WeakSender<T>,
-        asleep: &AtomicBool,
-    ) -> Option<tokio::time::Instant> {
-        asleep.store(true, Ordering::Relaxed);
-        let idle_secs = self.hibernate_after.unwrap_or_default().as_secs();
-        self.log
-            .event(Some(index), EventKind::Hibernated { idle_secs });
-        let first = rx.recv().await?;
-        let woke = tokio::time::Instant::now();
-        asleep.store(false, Ordering::Relaxed);
-        // Room is certain: the channel holds as many entries as the
-        // instance's cap, and `first` still counts in its load.
-        drop(requeue.upgrade()?.try_send(first));
-        Some(woke)
-    }
-
-    pub(crate) fn started(&self, index: u32, woke: Option<tokio::time::Instant>) {
-        let Some(woke) = woke else {
-            self.log.event(Some(index), EventKind::InstanceStarted);
-            return;
-        };
-        let took = woke.elapsed();
-        self.account.counters.wakes.record(took);
-        let wake_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.log.event(Some(index), EventKind::Woke { wake_us });
     }
 }
 
@@ -274,7 +234,7 @@ pub async fn run_instance(
     active: Arc<ShardLoad>,
     woke: Option<tokio::time::Instant>,
 ) -> (Result<Ended, InstanceError>, mpsc::Receiver<Assigned>) {
-    let GuestPre::Shared(pre) = &settings.pre else {
+    let GuestPre::Shared(pre) = &*settings.pre else {
         let error = wasmtime::format_err!(
             "a conn-handler-sync component is served one instance per connection, not by \
              shared instances"
@@ -283,6 +243,7 @@ pub async fn run_instance(
     };
     let pre = pre.clone();
     let (mut store, progress, meter) = settings.supervised_store(pre.engine(), index);
+    store.data_mut().attach_shard(active.clone());
     // Everything the store's work needs moves into it: it may go on in the
     // slow lane, on another thread.
     let serving = {
@@ -392,6 +353,17 @@ async fn serve_all(
                 match crate::tenant::hibernation::next_check(quiet_for, after) {
                     None => return Ok(Ended::Hibernate),
                     Some(wait) => idle_check.as_mut().reset(tokio::time::Instant::now() + wait),
+                }
+            }
+            // The gateway's memory ceiling needs room: hibernate now if
+            // quiet, however recently used.
+            () = active.hibernation_requested(), if after.is_some() => {
+                if calls.is_empty()
+                    && rx.is_empty()
+                    && active.active() == 0
+                    && guest_is_quiet(accessor, table_at_start)
+                {
+                    return Ok(Ended::Hibernate);
                 }
             }
         }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 use crate::limits::AppLimits;
+use crate::tenant::conns::ShardLoad;
 use crate::tenant::logs::{AppLog, EventKind};
+use crate::tenant::memory::GuestMemory;
 
 /// Elements one table of a store may grow to. Threat: a guest growing a
 /// table without bound, in host memory outside its `memory_limit_mb`.
@@ -28,6 +30,16 @@ pub(crate) const MAX_MEMORIES: usize = 100;
 pub(crate) struct GuestLimiter {
     limits: StoreLimits,
     memory_limit: usize,
+    /// The gateway's guest memory (and its ceiling), which every growth
+    /// draws on and the store's drop gives back.
+    gateway: Arc<GuestMemory>,
+    /// The long-lived instance's shard, told what the store holds.
+    shard: Option<Arc<ShardLoad>>,
+    /// Bytes of linear memory this store holds.
+    held: usize,
+    /// What it would have held had the gateway's ceiling not refused a
+    /// growth: what the shard's next instance is assumed to need.
+    needed: usize,
     /// The size a guest last asked to grow a memory to and was refused.
     pub refused_memory: Option<usize>,
     log: Arc<AppLog>,
@@ -37,7 +49,12 @@ pub(crate) struct GuestLimiter {
 impl GuestLimiter {
     /// Limits from the app's configuration; refusals are recorded as events
     /// of instance `instance` in `log`.
-    pub(crate) fn new(limits: &AppLimits, log: Arc<AppLog>, instance: u32) -> Self {
+    pub(crate) fn new(
+        limits: &AppLimits,
+        log: Arc<AppLog>,
+        instance: u32,
+        gateway: Arc<GuestMemory>,
+    ) -> Self {
         let memory_limit = usize::try_from(limits.memory_limit_mb << 20).unwrap_or(usize::MAX);
         Self {
             limits: StoreLimitsBuilder::new()
@@ -51,10 +68,30 @@ impl GuestLimiter {
                 .trap_on_grow_failure(false)
                 .build(),
             memory_limit,
+            gateway,
+            shard: None,
+            held: 0,
+            needed: 0,
             refused_memory: None,
             log,
             instance,
         }
+    }
+
+    /// Tells `shard` (a long-lived instance's) what the store holds, from
+    /// now on and for what it holds already.
+    pub(crate) fn attach(&mut self, shard: Arc<ShardLoad>) {
+        shard.held(self.held);
+        self.shard = Some(shard);
+    }
+}
+
+impl Drop for GuestLimiter {
+    fn drop(&mut self) {
+        if let Some(shard) = &self.shard {
+            shard.held_no_more(self.held, self.held.max(self.needed));
+        }
+        self.gateway.release(self.held);
     }
 }
 
@@ -79,8 +116,31 @@ impl ResourceLimiter for GuestLimiter {
                 );
             }
             self.refused_memory = Some(desired);
+            return Ok(false);
         }
-        Ok(allowed)
+        let growth = desired.saturating_sub(current);
+        if !self.gateway.try_grow(growth) {
+            self.needed = self.needed.max(self.held.saturating_add(growth));
+            self.log.event(
+                Some(self.instance),
+                EventKind::LimitHit {
+                    limit: "max_guest_memory_mb",
+                    detail: format!(
+                        "memory growth to {} MiB refused: the gateway's guest memory is at {} \
+                         of {} MiB",
+                        desired.div_ceil(1 << 20),
+                        self.gateway.used().div_ceil(1 << 20),
+                        self.gateway.ceiling().unwrap_or(0) >> 20,
+                    ),
+                },
+            );
+            return Ok(false);
+        }
+        self.held += growth;
+        if let Some(shard) = &self.shard {
+            shard.held(growth);
+        }
+        Ok(true)
     }
 
     fn table_growing(

@@ -12,9 +12,9 @@
 //! socket events, on long-lived instances).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thiserror::Error;
 use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
@@ -25,6 +25,7 @@ use super::events::ConnEventsPre;
 use super::events::bindings::{EVENTS_HANDLER_EXPORT, EVENTS_TYPES_IMPORT};
 use super::host_state::HostState;
 use super::http::{self, Detected, HttpPre, HttpWorld};
+pub use super::load_error::LoadError;
 use super::sync_bindings::{ConnHandlerSyncPre, SYNC_HANDLER_EXPORT, SYNC_TYPES_IMPORT};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
@@ -104,6 +105,25 @@ pub enum GuestPre {
 }
 
 impl GuestPre {
+    /// What an instance's linear memories take at its start, at most
+    /// (every memory at the largest initial size among them; 0 when
+    /// wasmtime cannot tell): what a first start is assumed to need under
+    /// the gateway's memory ceiling ([`crate::tenant::memory`]).
+    pub fn initial_memory(&self) -> usize {
+        let component = match self {
+            GuestPre::Shared(pre) => pre.instance_pre().component(),
+            GuestPre::PerConnection(pre) => pre.instance_pre().component(),
+            GuestPre::Events(pre) => pre.instance_pre().component(),
+            GuestPre::Http(HttpPre::Service(pre)) => pre.instance_pre().component(),
+            GuestPre::Http(HttpPre::Proxy(pre)) => pre.instance_pre().component(),
+        };
+        component.resources_required().map_or(0, |needs| {
+            let pages = needs.max_initial_memory_size.unwrap_or(0);
+            let bytes = u64::from(needs.num_memories).saturating_mul(pages.saturating_mul(1 << 16));
+            usize::try_from(bytes).unwrap_or(usize::MAX)
+        })
+    }
+
     /// The world the component implements.
     pub fn world(&self) -> World {
         match self {
@@ -130,114 +150,27 @@ impl From<ConnHandlerSyncPre<HostState>> for GuestPre {
     }
 }
 
-/// Why a component was refused.
-#[derive(Debug, Error)]
-pub enum LoadError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Unreadable {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The file is not WebAssembly at all.
-    #[error(
-        "{path} is not a WebAssembly file (it does not start with the `\\0asm` magic): \
-         point the app at the `.wasm` component your guest build produced"
-    )]
-    NotWasm {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A core module where a component was expected.
-    #[error(
-        "{path} is a core WebAssembly module, not a component: build the guest for \
-         `wasm32-wasip2` (not wasm32-wasip1 or wasm32-unknown-unknown), or wrap the module \
-         with `wasm-tools component new`"
-    )]
-    CoreModule {
-        /// The file.
-        path: PathBuf,
-    },
-    /// wasmtime rejected the component (malformed, or uses unsupported
-    /// features).
-    #[error("{path} is not a valid component: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// wasmtime's explanation.
-        reason: String,
-    },
-    /// The component exports neither world's handler interface.
-    #[error(
-        "{path} implements no sockgate world: it exports none of `{HANDLER_EXPORT}` \
-         (world `conn-handler`, wit/gateway.wit), `{SYNC_HANDLER_EXPORT}` (world \
-         `conn-handler-sync`, wit/sync/conn-handler-sync.wit) and `{EVENTS_HANDLER_EXPORT}` \
-         (world `conn-events`, wit/events/conn-events.wit) (it exports: {exports}); \
-         implement `handler.handle` from the gateway's wit/gateway.wit, \
-         `sync-handler.handle` for WASI 0.2 toolchains, or the event world's \
-         `handler.handle`; an HTTP app exports \
-         `wasi:http/handler@0.3.x` (world `wasi:http/service`) or \
-         `wasi:http/incoming-handler@0.2.x` (world `wasi:http/proxy`)"
-    )]
-    MissingExport {
-        /// The file.
-        path: PathBuf,
-        /// What it exports instead, comma-separated.
-        exports: String,
-    },
-    /// A `wasi:http` component built against a release candidate of WASI
-    /// 0.3, which does not link with the final version.
-    #[error("{path}: {why}")]
-    ReleaseCandidate {
-        /// The file.
-        path: PathBuf,
-        /// The version found and the toolchains that build 0.3.0
-        /// ([`crate::runtime::http::rc_refusal`]).
-        why: String,
-    },
-    /// The handler export exists but has the wrong shape.
-    #[error(
-        "{path} exports `{export}` with the wrong type ({reason}); regenerate the \
-         guest's bindings from the gateway's {wit}"
-    )]
-    WrongExport {
-        /// The file.
-        path: PathBuf,
-        /// The export.
-        export: &'static str,
-        /// The WIT the guest should be built from.
-        wit: &'static str,
-        /// The mismatch, as wasmtime found it.
-        reason: String,
-    },
-    /// The component imports interfaces the gateway does not provide.
-    #[error(
-        "{path} imports interfaces the gateway does not provide: {imports}; a guest may \
-         import only what the `{world}` world lists (wasi:sockets, wasi:clocks, \
-         wasi:random, wasi:cli stdout/stderr, and wasi:http for HTTP apps) and the WASI 0.2 \
-         interfaces of its toolchain"
-    )]
-    UnsupportedImports {
-        /// The file.
-        path: PathBuf,
-        /// The world the component implements.
-        world: &'static str,
-        /// The unsupported imports, comma-separated.
-        imports: String,
-    },
+impl From<ConnHandlerPre<HostState>> for Arc<GuestPre> {
+    fn from(pre: ConnHandlerPre<HostState>) -> Self {
+        Arc::new(GuestPre::Shared(pre))
+    }
+}
+
+impl From<ConnHandlerSyncPre<HostState>> for Arc<GuestPre> {
+    fn from(pre: ConnHandlerSyncPre<HostState>) -> Self {
+        Arc::new(GuestPre::PerConnection(pre))
+    }
 }
 
 /// A component ready to instantiate.
 pub struct LoadedComponent {
-    /// The compiled component.
-    pub component: Component,
-    /// Pre-linked and type-checked against its world.
-    pub pre: GuestPre,
+    /// Pre-linked and type-checked against its world; shared by every app
+    /// of the same bytes ([`super::images`]).
+    pub pre: Arc<GuestPre>,
     /// The world it implements.
     pub world: World,
-    /// Whether it came from the compile cache.
+    /// Whether it came from the compile cache, or was shared with an app
+    /// of the same bytes.
     pub cache: CacheOutcome,
     /// Size of the component file.
     pub size: usize,
@@ -262,14 +195,47 @@ pub fn load_component_bytes(
     bytes: &[u8],
 ) -> Result<LoadedComponent, LoadError> {
     let world = detect_world(path, bytes)?;
-    let path = path.to_owned();
-    match world {
-        World::ConnHandler | World::HttpService => load_shared(runtime, path, bytes, world),
-        World::ConnEvents => load_events(runtime, path, bytes),
-        World::ConnHandlerSync | World::HttpProxy => {
-            load_per_connection(runtime, path, bytes, world)
-        }
+    let started = Instant::now();
+    let key = compile_cache_of(runtime, path, world)?.key(bytes);
+    if let Some(pre) = runtime.images.get(&key) {
+        return Ok(LoadedComponent {
+            pre,
+            world,
+            cache: CacheOutcome::Shared,
+            size: bytes.len(),
+            load_time: started.elapsed(),
+        });
     }
+    let path = path.to_owned();
+    let loaded = match world {
+        World::ConnHandler | World::HttpService => load_shared(runtime, path, bytes, &key, world),
+        World::ConnEvents => load_events(runtime, path, bytes, &key),
+        World::ConnHandlerSync | World::HttpProxy => {
+            load_per_connection(runtime, path, bytes, &key, world)
+        }
+    }?;
+    runtime.images.insert(key, &loaded.pre);
+    Ok(loaded)
+}
+
+/// The compile cache of the engine that runs `world` (creating that engine
+/// on first use).
+fn compile_cache_of<'r>(
+    runtime: &'r Runtime,
+    path: &Path,
+    world: World,
+) -> Result<&'r CompileCache, LoadError> {
+    let cache = match world {
+        World::ConnHandler | World::HttpService => Ok(&runtime.cache),
+        World::ConnEvents => runtime.events().map(|events| &events.cache),
+        World::ConnHandlerSync | World::HttpProxy => runtime
+            .per_connection()
+            .map(|per_connection| &per_connection.cache),
+    };
+    cache.map_err(|err| LoadError::Invalid {
+        path: path.to_owned(),
+        reason: format!("{err:#}"),
+    })
 }
 
 /// The world of component `bytes` (`path` names them in errors), by its
@@ -319,7 +285,6 @@ pub(crate) fn detect_world(path: &Path, bytes: &[u8]) -> Result<World, LoadError
 /// A component compiled for one engine, checked against its world and
 /// linked, before its world's typed pre-instance is made.
 struct Linked {
-    component: Component,
     instance_pre: InstancePre<HostState>,
     cache: CacheOutcome,
     load_time: Duration,
@@ -332,13 +297,13 @@ impl Linked {
     fn new(
         (engine, cache, linker): (&Engine, &CompileCache, &Linker<HostState>),
         path: &Path,
-        bytes: &[u8],
+        (bytes, key): (&[u8], &str),
         world: World,
     ) -> Result<Self, LoadError> {
         let started = Instant::now();
         let (component, cache) =
             cache
-                .load_or_compile(engine, bytes)
+                .load_or_compile_keyed(engine, key, bytes)
                 .map_err(|err| LoadError::Invalid {
                     path: path.to_owned(),
                     reason: format!("{err:#}"),
@@ -354,7 +319,6 @@ impl Linked {
                     imports: format!("{err:#}"),
                 })?;
         Ok(Self {
-            component,
             instance_pre,
             cache,
             load_time,
@@ -364,8 +328,7 @@ impl Linked {
     /// The loaded component, with its world's pre-instance.
     fn loaded(self, pre: GuestPre, world: World, size: usize) -> LoadedComponent {
         LoadedComponent {
-            component: self.component,
-            pre,
+            pre: Arc::new(pre),
             world,
             cache: self.cache,
             size,
@@ -396,10 +359,11 @@ fn load_shared(
     runtime: &Runtime,
     path: PathBuf,
     bytes: &[u8],
+    key: &str,
     world: World,
 ) -> Result<LoadedComponent, LoadError> {
     let engine = (&runtime.engine, &runtime.cache, &runtime.linker);
-    let linked = Linked::new(engine, &path, bytes, world)?;
+    let linked = Linked::new(engine, &path, (bytes, key), world)?;
     let instance_pre = linked.instance_pre.clone();
     let pre = if world == World::HttpService {
         let pre = ServicePre::new(instance_pre).map_err(|err| {
@@ -425,6 +389,7 @@ fn load_events(
     runtime: &Runtime,
     path: PathBuf,
     bytes: &[u8],
+    key: &str,
 ) -> Result<LoadedComponent, LoadError> {
     let world = World::ConnEvents;
     let events = runtime.events().map_err(|err| LoadError::Invalid {
@@ -432,7 +397,7 @@ fn load_events(
         reason: format!("{err:#}"),
     })?;
     let engine = (&events.engine, &events.cache, &events.linker);
-    let linked = Linked::new(engine, &path, bytes, world)?;
+    let linked = Linked::new(engine, &path, (bytes, key), world)?;
     let pre = ConnEventsPre::new(linked.instance_pre.clone()).map_err(|err| {
         wrong_export(
             &path,
@@ -450,6 +415,7 @@ fn load_per_connection(
     runtime: &Runtime,
     path: PathBuf,
     bytes: &[u8],
+    key: &str,
     world: World,
 ) -> Result<LoadedComponent, LoadError> {
     let per_connection = runtime.per_connection().map_err(|err| LoadError::Invalid {
@@ -461,7 +427,7 @@ fn load_per_connection(
         &per_connection.cache,
         &per_connection.linker,
     );
-    let linked = Linked::new(engine, &path, bytes, world)?;
+    let linked = Linked::new(engine, &path, (bytes, key), world)?;
     let instance_pre = linked.instance_pre.clone();
     let pre = if world == World::HttpProxy {
         let pre = ProxyPre::new(instance_pre).map_err(|err| {

@@ -6,12 +6,16 @@
 //!
 //! - [`engine`]: the engines' configuration and linkers.
 //! - [`cache`]: compiled components on disk, keyed by a hash of the input.
+//! - [`images`]: compiled components in memory, shared by the apps of the
+//!   same bytes.
 //! - [`load`]: reading a component file, finding which world it implements
 //!   and checking it against that world.
 //! - [`bindings`]: the host side of the WIT world.
 //! - [`host_state`]: what each store holds (WASI context, guest output).
 //! - [`pump`]: moving bytes between a client connection and guest streams.
 //! - [`instance`]: one instance's task, serving the connections sent to it.
+//! - `hibernate`: an instance's sleep and wake, and the room a start needs
+//!   under the gateway's memory ceiling.
 //! - [`supervisor`]: time slices, CPU and wall-clock budgets (the epoch
 //!   ticker), memory limits.
 //! - [`budget`]: the budgets' policy, a plain struct driven by samples.
@@ -62,11 +66,14 @@ pub mod cache;
 pub mod engine;
 pub mod events;
 pub(crate) mod guest_sockets;
+mod hibernate;
 pub mod host_state;
 pub(crate) mod http;
+pub mod images;
 pub mod instance;
 pub(crate) mod limiter;
 pub mod load;
+mod load_error;
 pub(crate) mod name_lookup;
 pub mod per_connection;
 pub(crate) mod pump;

@@ -27,7 +27,7 @@ pub async fn run_events_instance(
     mut rx: mpsc::Receiver<Assigned>,
     woke: Option<tokio::time::Instant>,
 ) -> (Result<Ended, InstanceError>, mpsc::Receiver<Assigned>) {
-    let GuestPre::Events(pre) = &settings.pre else {
+    let GuestPre::Events(pre) = &*settings.pre else {
         let error = wasmtime::format_err!("not a conn-events component");
         return (Err(InstanceError::Instantiate(error)), rx);
     };

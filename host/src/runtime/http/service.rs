@@ -193,6 +193,15 @@ pub(crate) async fn serve_jobs<T: Send + 'static>(
                     Some(wait) => idle_check.as_mut().reset(Instant::now() + wait),
                 }
             }
+            // The gateway's memory ceiling needs room: hibernate now if
+            // quiet, however recently used.
+            () = load.hibernation_requested(), if after.is_some() => {
+                slot = Some(held);
+                if calls.is_empty() && jobs.is_empty() && no_guest_tasks(accessor) {
+                    end = ServiceEnd::Hibernate;
+                    break;
+                }
+            }
         }
     }
     // No new requests: those in flight go on until they end or the drain

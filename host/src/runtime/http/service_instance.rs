@@ -72,7 +72,17 @@ pub(super) async fn instance_loop(
     let log = settings.log.clone();
     let mut backoff = crate::base::backoff::Backoff::default();
     let mut woke = None;
+    settings.offer_for_hibernation(&load);
     loop {
+        if !settings.room_to_start(index, &load, &mut jobs).await {
+            woke = settings
+                .sleep_until_woken(index, &mut jobs, &requeue, &asleep)
+                .await;
+            if woke.is_none() {
+                return;
+            }
+            continue;
+        }
         let started = std::time::Instant::now();
         let (outcome, returned) =
             run_instance(settings.clone(), index, jobs, load.clone(), woke.take()).await;
@@ -120,7 +130,7 @@ async fn run_instance(
     load: Arc<ShardLoad>,
     woke: Option<tokio::time::Instant>,
 ) -> (Result<ServiceEnd, InstanceError>, mpsc::Receiver<HttpJob>) {
-    let GuestPre::Http(HttpPre::Service(pre)) = &settings.pre else {
+    let GuestPre::Http(HttpPre::Service(pre)) = &*settings.pre else {
         let error = wasmtime::format_err!(
             "only a wasi:http/service component runs on long-lived HTTP instances"
         );
@@ -129,6 +139,7 @@ async fn run_instance(
     let pre = pre.clone();
     let mut store = Store::new(pre.engine(), HostState::new(settings.inputs(), index));
     bound_store(&mut store, settings.limits.max_connections_per_instance);
+    store.data_mut().attach_shard(load.clone());
     // Request and response bodies move inside wasmtime-wasi-http, not
     // through the gateway's byte pumps: nothing sets the progress flag, and
     // every entry into wasm starts an activation.

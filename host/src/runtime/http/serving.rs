@@ -101,7 +101,7 @@ impl HttpApp {
         instances: usize,
         site: HttpSite,
     ) -> (Arc<Self>, Arc<Workers>) {
-        let workers = match &settings.pre {
+        let workers = match &*settings.pre {
             GuestPre::Http(HttpPre::Proxy(pre)) => WorkerKind::Proxy {
                 pre: pre.clone(),
                 active: Arc::new(ShardLoad::default()),

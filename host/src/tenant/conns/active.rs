@@ -24,6 +24,15 @@ pub struct ShardLoad {
     /// When the count last fell to 0 (coarse clock, ms): how long the
     /// instance has been without a connection, for hibernation.
     quiet_since_ms: AtomicU64,
+    /// Bytes of linear memory the shard's current instance holds (0 while
+    /// it hibernates), for the gateway's memory ceiling.
+    memory: AtomicUsize,
+    /// What its last instance held when it was dropped: what a wake is
+    /// assumed to need.
+    last_memory: AtomicUsize,
+    /// Asks the instance to hibernate now if it is quiet (the gateway's
+    /// memory ceiling needs room: [`crate::tenant::memory`]).
+    hibernate_now: tokio::sync::Notify,
 }
 
 impl ShardLoad {
@@ -58,6 +67,51 @@ impl ShardLoad {
         Some(std::time::Duration::from_millis(
             now_ms.saturating_sub(since),
         ))
+    }
+
+    /// Counts `bytes` more held by the shard's instance.
+    pub fn held(&self, bytes: usize) {
+        self.memory.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The shard's instance gave back the `bytes` it held (its store was
+    /// dropped); it would have needed `needed` (more, when a growth was
+    /// refused at the gateway's ceiling): what its next start needs.
+    pub fn held_no_more(&self, bytes: usize, needed: usize) {
+        let before = self.memory.fetch_sub(bytes, Ordering::Relaxed);
+        if before == bytes {
+            self.last_memory.store(needed, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes the shard's instance holds now.
+    pub fn memory(&self) -> usize {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the shard's last instance held when it was dropped (0 if none
+    /// was): what starting the next one is assumed to need.
+    pub fn last_memory(&self) -> usize {
+        self.last_memory.load(Ordering::Relaxed)
+    }
+
+    /// Asks the instance to hibernate at once if it is quiet.
+    pub fn hibernate_now(&self) {
+        self.hibernate_now.notify_one();
+    }
+
+    /// Waits until [`ShardLoad::hibernate_now`] asks (once per ask).
+    pub async fn hibernation_requested(&self) {
+        self.hibernate_now.notified().await;
+    }
+
+    /// What choosing instances to hibernate early sees of this one.
+    pub fn idle_view(&self) -> crate::tenant::memory::IdleView {
+        crate::tenant::memory::IdleView {
+            idle: self.active() == 0,
+            memory: self.memory(),
+            quiet_since_ms: self.quiet_since_ms.load(Ordering::Relaxed),
+        }
     }
 
     /// Waits until no connection is assigned.

@@ -42,6 +42,7 @@ use std::time::Duration;
 use crate::base::clock::coarse_now_ms;
 use crate::base::conn::{ConnInfo, ReceiveError};
 use crate::base::locks::lock;
+use crate::tenant::memory::GuestMemory;
 
 pub mod account;
 pub mod active;
@@ -73,6 +74,10 @@ pub struct ConnTracker {
     active: AtomicUsize,
     /// Live connections by id, for the sweeper and `connection.info`.
     live: Mutex<HashMap<u64, Weak<ActiveConn>>>,
+    /// The guest memory of every instance, against the gateway's ceiling
+    /// (handed to the runtime with the connections' account, as the other
+    /// gateway-wide share every app draws on).
+    memory: Arc<GuestMemory>,
 }
 
 impl ConnTracker {
@@ -86,6 +91,16 @@ impl ConnTracker {
     /// the top `reserved_percent` percent for apps below an equal share
     /// (see the module documentation).
     pub fn with_reserve(max_connections: usize, reserved_percent: u8) -> Arc<Self> {
+        Self::with_memory(max_connections, reserved_percent, GuestMemory::new(None))
+    }
+
+    /// Like [`ConnTracker::with_reserve`], with the account of guest memory
+    /// (and its ceiling) every instance draws on.
+    pub fn with_memory(
+        max_connections: usize,
+        reserved_percent: u8,
+        memory: Arc<GuestMemory>,
+    ) -> Arc<Self> {
         let reserved = max_connections.saturating_mul(usize::from(reserved_percent.min(100))) / 100;
         Arc::new(Self {
             max_connections,
@@ -93,7 +108,13 @@ impl ConnTracker {
             apps_holding: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             live: Mutex::new(HashMap::new()),
+            memory,
         })
+    }
+
+    /// The guest memory of every instance, against the gateway's ceiling.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.memory
     }
 
     /// Connections active over all apps.
