@@ -88,7 +88,10 @@ async fn wait_for_event(admin: SocketAddr, state: &Path, name: &str, needle: &st
         if stdout.contains(needle) {
             return stdout;
         }
-        assert!(Instant::now() < deadline, "no event {needle:?} in time:\n{stdout}");
+        assert!(
+            Instant::now() < deadline,
+            "no event {needle:?} in time:\n{stdout}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -231,8 +234,10 @@ fn restarted_with(
 
 #[tokio::test]
 async fn fifty_connections_at_once_to_a_dormant_app_are_all_served_by_one_load() {
-    let (dir, gw, admin) =
-        restarted_with("lazy-50", &[("echo", "echo", true), ("named", "echo", false)]);
+    let (dir, gw, admin) = restarted_with(
+        "lazy-50",
+        &[("echo", "echo", true), ("named", "echo", false)],
+    );
     let state = dir.0.join("state");
     assert_eq!(status(admin, &state, "echo")["hibernation"], "dormant");
     assert_eq!(status(admin, &state, "named")["hibernation"], "dormant");

@@ -18,14 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::base::backoff::Backoff;
 use crate::apps::dormant::{Dormant, LoadTrigger, Queued};
+use crate::base::backoff::Backoff;
 use crate::base::conn::Connection;
+use crate::limits::AppLimits;
 use crate::runtime::events::run_events_instance;
 use crate::runtime::host_state::HostState;
 use crate::runtime::http::serving::{HttpApp, HttpSite, Workers};
 use crate::runtime::instance::{Assigned, Ended, InstanceSettings, run_instance};
-use crate::limits::AppLimits;
 use crate::runtime::load::{GuestPre, World};
 use crate::runtime::per_connection::serve_connection;
 use crate::runtime::sync_bindings::ConnHandlerSyncPre;

@@ -167,10 +167,9 @@ impl Gateway {
         let (digest, number) = (target.digest.clone(), target.version);
         let loading = tokio::spawn(async move {
             let path = config.component.clone();
-            let bytes =
-                tokio::task::spawn_blocking(move || read_blob_at(&path, &digest, number))
-                    .await
-                    .map_err(|err| anyhow!("reading the component failed: {err}"))??;
+            let bytes = tokio::task::spawn_blocking(move || read_blob_at(&path, &digest, number))
+                .await
+                .map_err(|err| anyhow!("reading the component failed: {err}"))??;
             anyhow::Ok(gateway.load(&config, Arc::new(bytes)).await?)
         });
         let loaded = match loading.await {
@@ -181,7 +180,10 @@ impl Gateway {
             )),
         };
         let mut slots = self.inner.slots.lock().await;
-        if !slots.get(&name).is_some_and(|s| Arc::ptr_eq(&s.app, &dormant)) {
+        if !slots
+            .get(&name)
+            .is_some_and(|s| Arc::ptr_eq(&s.app, &dormant))
+        {
             // A deploy, rollback or removal won while this loaded: it
             // handed the waiting connections on (or closed them).
             tracing::info!(

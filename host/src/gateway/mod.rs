@@ -265,9 +265,7 @@ impl Gateway {
             };
             match restored.await {
                 Ok(()) => self.record_world(state, &record.name, version.number).await,
-                Err(err) => {
-                    self.record_failure(&record.name, version.number, format!("{err:#}"))
-                }
+                Err(err) => self.record_failure(&record.name, version.number, format!("{err:#}")),
             }
         }
     }

@@ -35,8 +35,7 @@ use crate::tenant::outbound::OutboundPolicy;
 /// restart binds the same port; none for an app without a port of its
 /// own) with the world its component implements (recorded so that a
 /// restart can leave it dormant); returns the version number now current.
-pub(super) type Persist =
-    Box<dyn FnOnce(Option<SocketAddr>, World) -> anyhow::Result<u64> + Send>;
+pub(super) type Persist = Box<dyn FnOnce(Option<SocketAddr>, World) -> anyhow::Result<u64> + Send>;
 
 /// How the app's log announces a version that now serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +70,7 @@ pub(super) enum Announce {
 ///   - A switch that fails leaves the slot as it was (version *n* serves).
 ///   - A removal goes to *Absent*: the accept task is aborted, the router
 ///     entry and TLS names go, and the app drains as above.
-////// - **Dormant** version *n* (lazy start, `lazy.rs`): restored at the
+/// - **Dormant** version *n* (lazy start, `lazy.rs`): restored at the
 ///   gateway's start but not loaded; [`Slot::app`] is an `App::dormant`
 ///   whose connections wait, and the listener and names are as for
 ///   *Serving*. Its first connection's load goes to *Serving* version *n*

@@ -137,5 +137,8 @@ fn a_version_records_its_world_and_one_recorded_before_worlds_reads_without() {
     let new = serde_json::to_string(&app).unwrap();
     assert!(new.contains(r#""world":"http-service""#), "{new}");
     let read: AppRecord = serde_json::from_str(&new).unwrap();
-    assert_eq!(read.versions[0].world, Some(crate::runtime::load::World::HttpService));
+    assert_eq!(
+        read.versions[0].world,
+        Some(crate::runtime::load::World::HttpService)
+    );
 }
