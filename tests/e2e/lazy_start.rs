@@ -395,3 +395,33 @@ async fn a_deploy_to_a_dormant_app_wins_over_its_load_on_first_use() {
         assert_eq!(version_of(&mut client).await, "hostile");
     }
 }
+
+#[tokio::test]
+async fn an_app_recorded_before_worlds_loads_at_start_once_then_starts_dormant() {
+    let dir = ScratchDir::new("lazy-old-record");
+    let state = dir.0.join("state");
+    let (gw, admin) = gateway(&state);
+    deploy(admin, &state, "old", &guest("echo"), &[]);
+    drop(gw);
+    // The record as a sockgate older than lazy start wrote it: no world.
+    let path = state.join("apps/old.json");
+    let mut record: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for version in record["versions"].as_array_mut().unwrap() {
+        assert!(version.as_object_mut().unwrap().remove("world").is_some());
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+
+    // Loaded at start, as before; its world is recorded then.
+    let (gw, admin) = gateway(&state);
+    assert_eq!(status(admin, &state, "old")["hibernation"], "awake");
+    echo_over_tls(&gw, &state, "old").await;
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(record["versions"][0]["world"], "conn-handler", "{record}");
+    drop(gw);
+
+    // The next restart leaves it dormant.
+    let (gw, admin) = gateway(&state);
+    assert_eq!(status(admin, &state, "old")["hibernation"], "dormant");
+    echo_over_tls(&gw, &state, "old").await;
+    wait_for_event(admin, &state, "old", LOADED).await;
+}
