@@ -174,3 +174,78 @@ fn close(queued: Queued) {
         Queued::H3 { closer, .. } => closer(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    use super::*;
+    use crate::base::conn::Transport;
+
+    /// A connection whose client end is returned beside it.
+    fn conn() -> (Connection, DuplexStream) {
+        let (ours, client) = tokio::io::duplex(64);
+        let (reader, writer) = tokio::io::split(ours);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let info = ConnInfo {
+            id: 1,
+            transport: Transport::Tcp,
+            peer: addr,
+            local: addr,
+            server_name: None,
+            alpn: None,
+            quic: None,
+        };
+        let conn = Connection {
+            info,
+            reader: Box::pin(reader),
+            writer: Box::pin(writer),
+            closer: Box::new(|| {}),
+        };
+        (conn, client)
+    }
+
+    async fn closed(client: &mut DuplexStream) -> bool {
+        let mut byte = [0u8; 1];
+        client.read(&mut byte).await.unwrap() == 0
+    }
+
+    #[tokio::test]
+    async fn the_first_connection_fires_the_load_once_and_the_queue_is_bounded() {
+        let fired = Arc::new(AtomicUsize::new(0));
+        let counter = fired.clone();
+        let trigger: LoadTrigger = Box::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let dormant = Dormant::new(World::ConnHandler, 2, trigger);
+        let full = || Refused::AppFull;
+        let (a, mut client_a) = conn();
+        let (b, mut client_b) = conn();
+        let (c, mut client_c) = conn();
+        assert!(dormant.offer(Queued::Conn(a), full).is_ok());
+        assert!(dormant.offer(Queued::Conn(b), full).is_ok());
+        assert_eq!(
+            fired.load(Ordering::Relaxed),
+            1,
+            "one load, whatever arrives"
+        );
+        assert_eq!(dormant.queued(), 2);
+        // Over `max_connections`: refused and closed.
+        let refused = dormant.offer(Queued::Conn(c), full);
+        assert!(matches!(refused, Err(Refused::AppFull)), "{refused:?}");
+        assert!(closed(&mut client_c).await);
+
+        // A failed load closes the waiting connections, and those that
+        // still find the dormant app later; it never fires again.
+        dormant.resolve(None);
+        assert_eq!(dormant.queued(), 0);
+        assert!(closed(&mut client_a).await);
+        assert!(closed(&mut client_b).await);
+        let (d, mut client_d) = conn();
+        assert!(dormant.offer(Queued::Conn(d), full).is_ok());
+        assert!(closed(&mut client_d).await);
+        assert_eq!(fired.load(Ordering::Relaxed), 1);
+    }
+}
