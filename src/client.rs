@@ -305,7 +305,7 @@ impl Client {
                 text(&app["version"]),
                 text(&app["source"]),
                 match app["hibernation"].as_str() {
-                    Some("hibernated") => "hibernated".to_owned(),
+                    Some(sleeping @ ("hibernated" | "dormant")) => sleeping.to_owned(),
                     _ => text(&app["state"]),
                 },
                 text(&app["load"]["world"]),

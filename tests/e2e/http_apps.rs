@@ -41,15 +41,15 @@ fn http_gateway(state: &ScratchDir, extra_tables: &str) -> TlsGateway {
 }
 
 /// What curl got: the body, then the HTTP version and status it printed.
-struct Fetched {
-    body: String,
-    version: String,
-    status: u16,
+pub(crate) struct Fetched {
+    pub(crate) body: String,
+    pub(crate) version: String,
+    pub(crate) status: u16,
 }
 
 /// Runs curl with `args` (a URL among them) and reads the version and
 /// status it reports after the body.
-fn curl(args: &[&str]) -> Fetched {
+pub(crate) fn curl(args: &[&str]) -> Fetched {
     let output = Command::new("curl")
         .args([
             "-sS",
@@ -78,7 +78,7 @@ fn curl(args: &[&str]) -> Fetched {
 
 /// curl arguments reaching `name.localhost` on the gateway's TLS port
 /// with the dev CA trusted.
-fn https_args(state: &Path, gw: &TlsGateway, name: &str) -> (Vec<String>, String) {
+pub(crate) fn https_args(state: &Path, gw: &TlsGateway, name: &str) -> (Vec<String>, String) {
     let port = gw.tls.port();
     let host = format!("{name}.localhost");
     (
@@ -209,7 +209,7 @@ async fn h3_get(
 }
 
 /// [`h3_get`] for a full server name, the request's authority being it.
-async fn h3_get_named(
+pub(crate) async fn h3_get_named(
     endpoint: &quinn::Endpoint,
     addr: std::net::SocketAddr,
     server: &str,

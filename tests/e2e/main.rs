@@ -18,6 +18,7 @@ mod guest_steps;
 mod hibernate;
 mod http_apps;
 mod http_hello;
+mod lazy_start;
 mod limits;
 mod memory_ceiling;
 mod new_project;

@@ -117,10 +117,10 @@ pub(crate) async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body
             world = app.load.world.name(),
             tcp = escape(&app.endpoints.join(" ")),
             instances = app.instances,
-            asleep = if app.hibernation == "hibernated" {
-                " (hibernated)"
-            } else {
-                ""
+            asleep = match app.hibernation {
+                "hibernated" => " (hibernated)",
+                "dormant" => " (dormant: loads on its first connection)",
+                _ => "",
             },
             open = app.active_connections,
             accepted = app.accepted,

@@ -18,13 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::apps::dormant::{Dormant, LoadTrigger, Queued};
 use crate::base::backoff::Backoff;
 use crate::base::conn::Connection;
+use crate::limits::AppLimits;
 use crate::runtime::events::run_events_instance;
 use crate::runtime::host_state::HostState;
 use crate::runtime::http::serving::{HttpApp, HttpSite, Workers};
 use crate::runtime::instance::{Assigned, Ended, InstanceSettings, run_instance};
-use crate::runtime::load::GuestPre;
+use crate::runtime::load::{GuestPre, World};
 use crate::runtime::per_connection::serve_connection;
 use crate::runtime::sync_bindings::ConnHandlerSyncPre;
 use crate::tenant::conns::{Admission, AppAccount, ConnTracker, Refused, ShardLoad, admit};
@@ -59,6 +61,9 @@ enum Serving {
         /// then close gracefully, within the drain deadline.
         alive: tokio::sync::watch::Sender<()>,
     },
+    /// Not loaded yet (lazy start): connections queue until the gateway
+    /// has loaded it and replaced this app in the router.
+    Dormant(Dormant),
 }
 
 /// What every connection task of a `conn-handler-sync` app shares.
@@ -163,6 +168,46 @@ impl App {
         })
     }
 
+    /// A dormant app (lazy start): registered under `name` but not loaded;
+    /// its first connection calls `trigger`, and connections queue (at
+    /// most `limits.max_connections`) until the gateway replaces it with
+    /// the loaded version. `world` is the one recorded at its deploy.
+    pub fn dormant(
+        name: &str,
+        log: Arc<AppLog>,
+        limits: &AppLimits,
+        tracker: Arc<ConnTracker>,
+        world: World,
+        trigger: LoadTrigger,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_owned(),
+            account: AppAccount::new(log.clone(), limits),
+            log,
+            serving: Serving::Dormant(Dormant::new(world, limits.max_connections, trigger)),
+            max_connections_per_instance: limits.max_connections_per_instance,
+            tracker,
+        })
+    }
+
+    /// The dormant state of an app not loaded yet (lazy start).
+    pub fn as_dormant(&self) -> Option<&Dormant> {
+        match &self.serving {
+            Serving::Dormant(dormant) => Some(dormant),
+            _ => None,
+        }
+    }
+
+    /// Whether it is an HTTP app (TLS offers `h2` and `http/1.1` for it,
+    /// QUIC `h3`): answered from the recorded world while dormant.
+    pub fn is_http(&self) -> bool {
+        match &self.serving {
+            Serving::Http { .. } => true,
+            Serving::Dormant(dormant) => dormant.world().is_http(),
+            Serving::Shards(_) | Serving::PerConnection(_) => false,
+        }
+    }
+
     /// The app's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -189,6 +234,7 @@ impl App {
                 .count(),
             Serving::PerConnection(per) => per.active.active(),
             Serving::Http { http, .. } => http.instance_count(),
+            Serving::Dormant(_) => 0,
         }
     }
 
@@ -201,6 +247,7 @@ impl App {
             Serving::Shards(shards) => shards.iter().all(|s| s.asleep.load(Ordering::Relaxed)),
             Serving::PerConnection(_) => false,
             Serving::Http { http, .. } => http.hibernated(),
+            Serving::Dormant(_) => false,
         }
     }
 
@@ -210,6 +257,7 @@ impl App {
             Serving::Shards(shards) => shards.iter().map(|s| s.active.active()).sum(),
             Serving::PerConnection(per) => per.active.active(),
             Serving::Http { http, .. } => http.connections().active(),
+            Serving::Dormant(dormant) => dormant.queued(),
         }
     }
 
@@ -222,12 +270,19 @@ impl App {
     }
 
     /// Hands a connection to the least busy instance, or refuses it (the
-    /// connection is then dropped, which closes it).
+    /// connection is then dropped, which closes it). A dormant app queues
+    /// it until it is loaded.
     pub fn dispatch(&self, conn: Connection) -> Result<(), Refused> {
         let peer = conn.info.peer.ip();
+        if let Serving::Dormant(dormant) = &self.serving {
+            return dormant.offer(Queued::Conn(conn), || {
+                self.account.refuse(Refused::AppFull, peer)
+            });
+        }
         let admission = admit(&self.tracker, &self.account, peer)?;
         let shards = match &self.serving {
             Serving::Shards(shards) => shards,
+            Serving::Dormant(_) => unreachable!("a dormant app queued the connection above"),
             Serving::Http { http, alive, .. } => {
                 let assigned = assign(conn, admission, http.connections());
                 http.serve_connection(assigned, alive.subscribe());
@@ -283,6 +338,12 @@ impl App {
         closer: crate::base::conn::Closer,
     ) -> Result<(), Refused> {
         let peer = info.peer.ip();
+        if let Serving::Dormant(dormant) = &self.serving
+            && dormant.world().is_http()
+        {
+            let queued = Queued::H3 { conn, info, closer };
+            return dormant.offer(queued, || self.account.refuse(Refused::AppFull, peer));
+        }
         let Serving::Http { http, alive, .. } = &self.serving else {
             return Err(Refused::InstancesFull);
         };

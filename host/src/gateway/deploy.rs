@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -16,6 +16,7 @@ use super::switch::Slot;
 use super::{AppStatus, Gateway, Source, digest_of, short, unix_now};
 use crate::base::locks::lock;
 use crate::config::AppConfig;
+use crate::runtime::load::World;
 use crate::state::{AppRecord, StateDir, VersionRecord};
 use crate::tenant::logs::EventKind;
 
@@ -74,12 +75,13 @@ impl Gateway {
             deployed_at: unix_now(),
             config: config.clone(),
             origin,
+            world: None,
         };
         let inner = self.inner.clone();
         let blob = bytes.clone();
         // Runs under the slot lock, once the new version is started: the
         // blob, then the record, then the blobs no record needs any more.
-        let persist = move |bound: Option<SocketAddr>| -> anyhow::Result<u64> {
+        let persist = move |bound: Option<SocketAddr>, world: World| -> anyhow::Result<u64> {
             let state = inner.state.as_ref().context("no state directory")?;
             state.put_blob(&blob)?;
             crate::base::failpoint::hit("deploy-after-blob");
@@ -90,6 +92,7 @@ impl Gateway {
                 versions: Vec::new(),
             });
             version.config.listen = bound;
+            version.world = Some(world);
             record.push(version);
             state.save_app(&record)?;
             crate::base::failpoint::hit("deploy-after-record");
@@ -130,10 +133,13 @@ impl Gateway {
         let bytes = read_blob(&previous).map_err(DeployError::State)?;
         let inner = self.inner.clone();
         let number = previous.number;
-        let persist = move |_bound: Option<SocketAddr>| -> anyhow::Result<u64> {
+        let persist = move |_bound: Option<SocketAddr>, world: World| -> anyhow::Result<u64> {
             let state = inner.state.as_ref().context("no state directory")?;
             let mut record = record;
             record.current = number;
+            if let Some(version) = record.versions.iter_mut().find(|v| v.number == number) {
+                version.world = Some(world);
+            }
             state.save_app(&record)?;
             Ok(number)
         };
@@ -192,6 +198,9 @@ impl Gateway {
                 https.remove_app(name);
             }
             slot.app.log().event(None, EventKind::Removed);
+            if let Some(dormant) = slot.app.as_dormant() {
+                dormant.resolve(None);
+            }
             if let Some(task) = slot.accept_task {
                 super::switch::close_listener(task).await;
             }
@@ -203,17 +212,26 @@ impl Gateway {
 /// The component of a persisted version, checked against its digest: a
 /// blob that was damaged or replaced is refused, never run.
 pub(super) fn read_blob(version: &VersionRecord) -> anyhow::Result<Vec<u8>> {
-    let path = &version.config.component;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    read_blob_at(&version.config.component, &version.digest, version.number)
+}
+
+/// [`read_blob`], given the blob's path, the digest recorded and the
+/// version's number.
+pub(super) fn read_blob_at(path: &Path, recorded: &str, number: u64) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read {} (the component of version {number}); deploy the app anew",
+            path.display()
+        )
+    })?;
     let digest = digest_of(&bytes);
-    if digest != version.digest {
+    if digest != recorded {
         bail!(
-            "{} does not hold the component of version {} (its SHA-256 is {}, the record says \
-             {}): it was damaged or replaced; deploy the app anew",
+            "{} does not hold the component of version {number} (its SHA-256 is {}, the \
+             record says {}): it was damaged or replaced; deploy the app anew",
             path.display(),
-            version.number,
             short(&digest),
-            short(&version.digest)
+            short(recorded)
         );
     }
     Ok(bytes)

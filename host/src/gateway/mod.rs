@@ -16,7 +16,10 @@
 //! At start, a persisted app that cannot be started (a record damaged by
 //! hand, settings over a lowered ceiling, a missing component) is skipped
 //! and reported: in the log, as an event of the app, and as `failed` in
-//! `sockgate ls`. The other apps serve.
+//! `sockgate ls`. The other apps serve. A persisted app whose record
+//! names its world starts *dormant* (`lazy.rs`): registered at once,
+//! loaded on its first connection — a component found missing or damaged
+//! then is reported the same way.
 //!
 //! [`AppConfig::check`]: crate::config::AppConfig::check
 //!
@@ -29,6 +32,8 @@
 //!   holds what an app runs (its lifecycle is documented there).
 //! - `plan.rs`: the switch's decisions that need no I/O (the listener
 //!   rule, version numbers), table-tested.
+//! - `lazy.rs`: lazy start: persisted apps registered dormant at a
+//!   restart, each loaded on its first connection.
 //! - `deploy.rs`: deploy, rollback and remove, as the admin API asks.
 //! - `reload.rs`: re-reading the configuration file (`sockgate reload`,
 //!   SIGHUP): its apps added, changed and removed through the same switch.
@@ -37,6 +42,7 @@
 
 mod deploy;
 mod error;
+mod lazy;
 mod plan;
 mod reload;
 mod status;
@@ -242,6 +248,14 @@ impl Gateway {
                 );
                 continue;
             };
+            if let Some(world) = version.world {
+                if let Err(err) = self.restore_dormant(&version, world).await {
+                    self.record_failure(&record.name, version.number, format!("{err:#}"));
+                }
+                continue;
+            }
+            // Recorded before worlds were: loaded now, as before lazy
+            // start, and its world recorded for the next restart.
             let restored = async {
                 let bytes = read_blob(&version)?;
                 self.switch(
@@ -254,17 +268,47 @@ impl Gateway {
                 .await?;
                 anyhow::Ok(())
             };
-            if let Err(err) = restored.await {
-                self.record_failure(&record.name, version.number, format!("{err:#}"));
+            match restored.await {
+                Ok(()) => self.record_world(state, &record.name, version.number).await,
+                Err(err) => self.record_failure(&record.name, version.number, format!("{err:#}")),
             }
+        }
+    }
+
+    /// Records in app `name`'s record the world of its version `number`,
+    /// now loaded, so that the next restart starts it dormant; a failure
+    /// only costs that, so it is logged.
+    async fn record_world(&self, state: &StateDir, name: &str, number: u64) {
+        let slots = self.inner.slots.lock().await;
+        let Some(world) = slots.get(name).map(|slot| slot.load.world) else {
+            return;
+        };
+        let recorded = state.load_app(name).and_then(|record| {
+            let Some(mut record) = record else {
+                return Ok(());
+            };
+            match record.versions.iter_mut().find(|v| v.number == number) {
+                Some(version) if version.world.is_none() => version.world = Some(world),
+                _ => return Ok(()),
+            }
+            state.save_app(&record)
+        });
+        if let Err(err) = recorded {
+            tracing::warn!(app = %name, "cannot record the app's world (it will be loaded at \
+                           the next start too, not on its first connection): {err:#}");
         }
     }
 
     /// Reports that persisted app `name` (at `version`) could not start:
     /// the log, an event of the app, and `failed` in the list of apps.
     fn record_failure(&self, name: &str, version: u64, error: String) {
+        self.record_failure_in(Arc::new(AppLog::new(name)), name, version, error);
+    }
+
+    /// [`Gateway::record_failure`], the event going to `log` (the app's
+    /// own, when it was served dormant until its load failed).
+    fn record_failure_in(&self, log: Arc<AppLog>, name: &str, version: u64, error: String) {
         tracing::error!(app = %name, "cannot start the deployed app; skipping it: {error}");
-        let log = Arc::new(AppLog::new(name));
         log.event(
             None,
             EventKind::NotStarted {

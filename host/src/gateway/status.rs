@@ -102,7 +102,9 @@ pub struct AppStatus {
     /// after the app's `hibernate_after_secs` idle, and the next
     /// connection wakes one. Apps of the per-connection and per-request
     /// worlds (`conn-handler-sync`, `wasi:http/proxy`) hold no instance
-    /// while idle anyway and are always `awake`.
+    /// while idle anyway and are always `awake`. `dormant`: restored at
+    /// the gateway's start but not loaded yet (lazy start); its first
+    /// connection loads it (`load` then tells how), and it is `awake`.
     pub hibernation: &'static str,
     /// Connections active now.
     pub active_connections: usize,
@@ -227,7 +229,9 @@ impl Gateway {
             deployed_at: serving.map_or(slot.deployed_at, |v| v.deployed_at),
             origin: serving.and_then(|v| v.origin.clone()),
             instances: slot.app.instance_count(),
-            hibernation: if slot.app.hibernated() {
+            hibernation: if slot.app.as_dormant().is_some() {
+                "dormant"
+            } else if slot.app.hibernated() {
                 "hibernated"
             } else {
                 "awake"

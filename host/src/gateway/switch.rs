@@ -33,8 +33,19 @@ use crate::tenant::outbound::OutboundPolicy;
 /// Persists a deploy or rollback once the new version is known to load
 /// and its listener is bound (at the given address, recorded so that a
 /// restart binds the same port; none for an app without a port of its
-/// own); returns the version number now current.
-pub(super) type Persist = Box<dyn FnOnce(Option<SocketAddr>) -> anyhow::Result<u64> + Send>;
+/// own) with the world its component implements (recorded so that a
+/// restart can leave it dormant); returns the version number now current.
+pub(super) type Persist = Box<dyn FnOnce(Option<SocketAddr>, World) -> anyhow::Result<u64> + Send>;
+
+/// How the app's log announces a version that now serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Announce {
+    /// `deployed version N (…)`: a deploy, rollback or restart.
+    Deployed,
+    /// `loaded on first use (…)`: a dormant app was loaded by its first
+    /// connection, this long after it arrived.
+    LoadedOnFirstUse(Duration),
+}
 
 /// What an app runs: its serving version and the listener that feeds it.
 /// The gateway keeps one per app, by name, under its deploy lock.
@@ -59,9 +70,20 @@ pub(super) type Persist = Box<dyn FnOnce(Option<SocketAddr>) -> anyhow::Result<u
 ///   - A switch that fails leaves the slot as it was (version *n* serves).
 ///   - A removal goes to *Absent*: the accept task is aborted, the router
 ///     entry and TLS names go, and the app drains as above.
+/// - **Dormant** version *n* (lazy start, `lazy.rs`): restored at the
+///   gateway's start but not loaded; [`Slot::app`] is an `App::dormant`
+///   whose connections wait, and the listener and names are as for
+///   *Serving*. Its first connection's load goes to *Serving* version *n*
+///   (through [`Gateway::switch_loaded`], unless the slot changed
+///   meanwhile); a deploy or rollback goes to *Serving* as above, and the
+///   waiting connections go to the new version; a removal, or a load that
+///   fails (then recorded as a [`FailedApp`](super::FailedApp)), goes to
+///   *Absent* and closes them.
 ///
 /// There is no state in between: the deploy lock is held from the checks
-/// to the replacement, so no one sees a slot half switched.
+/// to the replacement, so no one sees a slot half switched (a load on
+/// first use compiles without it, and switches only if the slot still
+/// holds the dormant app it loaded for).
 pub(super) struct Slot {
     /// The version serving (in the router too).
     pub(super) app: Arc<App>,
@@ -90,6 +112,19 @@ pub(super) struct Slot {
 pub(super) async fn close_listener(task: JoinHandle<()>) {
     task.abort();
     let _ = task.await;
+}
+
+/// What a switch makes serve, besides its loaded component.
+pub(super) struct Target {
+    /// The settings.
+    pub(super) config: AppConfig,
+    /// Who owns the app.
+    pub(super) source: Source,
+    /// SHA-256 of the component, hex.
+    pub(super) digest: String,
+    /// Its version number when known (0: the persist step gives it, or an
+    /// app of the configuration file).
+    pub(super) version: u64,
 }
 
 impl Slot {
@@ -142,7 +177,8 @@ impl Gateway {
         }
     }
 
-    /// The steps of [`Gateway::switch`].
+    /// The steps of [`Gateway::switch`]: the checks and the load, then
+    /// [`Gateway::switch_loaded`].
     async fn switch_now(
         &self,
         config: AppConfig,
@@ -151,12 +187,41 @@ impl Gateway {
         version: u64,
         persist: Option<Persist>,
     ) -> Result<(), DeployError> {
-        let name = config.name.to_string();
         let mut slots = self.inner.slots.lock().await;
         self.check_app(&config, source, &slots)
             .map_err(DeployError::InvalidSettings)?;
         let digest = digest_of(&bytes);
         let loaded = self.load(&config, bytes).await?;
+        let target = Target {
+            config,
+            source,
+            digest,
+            version,
+        };
+        self.switch_loaded(&mut slots, target, loaded, persist, Announce::Deployed)
+            .await
+    }
+
+    /// The steps of a switch once the component is loaded (and checked):
+    /// take the listener, start the instances, tell the TLS side, persist,
+    /// switch the router. `slots` is the gateway's, locked by the caller
+    /// since its checks; a dormant version replaced hands its waiting
+    /// connections to the new one.
+    pub(super) async fn switch_loaded(
+        &self,
+        slots: &mut BTreeMap<String, Slot>,
+        target: Target,
+        loaded: LoadedComponent,
+        persist: Option<Persist>,
+        announce: Announce,
+    ) -> Result<(), DeployError> {
+        let Target {
+            config,
+            source,
+            digest,
+            version,
+        } = target;
+        let name = config.name.to_string();
 
         // The listener: kept when the address is unchanged, else bound anew.
         let existing = slots.get(&name);
@@ -232,7 +297,7 @@ impl Gateway {
         }
         let persisted = match persist {
             None => None,
-            Some(persist) => match persist(bound) {
+            Some(persist) => match persist(bound, loaded.world) {
                 Ok(number) => Some(number),
                 Err(err) => {
                     // Nothing switched: the TLS side goes back to the
@@ -245,7 +310,7 @@ impl Gateway {
                             None => https.remove_app(&name),
                         }
                     }
-                    self.inner.own_ports.replace(self.listening_ports(&slots));
+                    self.inner.own_ports.replace(self.listening_ports(slots));
                     return Err(DeployError::State(err));
                 }
             },
@@ -255,6 +320,9 @@ impl Gateway {
         self.inner.router.insert(&name, app.clone());
         lock(&self.inner.failed).remove(&name);
         let old = slots.remove(&name);
+        if let Some(dormant) = old.as_ref().and_then(|old| old.app.as_dormant()) {
+            dormant.resolve(Some(app.clone()));
+        }
         let (tcp, accept_task) = match (new_listener, bound, old) {
             (Some(listener), _, old) => {
                 if let Some(task) = old.and_then(|old| old.accept_task) {
@@ -277,8 +345,8 @@ impl Gateway {
                 (None, None)
             }
         };
-        if let Some(number) = version {
-            log.event(
+        match (announce, version) {
+            (Announce::Deployed, Some(number)) => log.event(
                 None,
                 EventKind::Deployed {
                     version: format!(
@@ -287,7 +355,16 @@ impl Gateway {
                         loaded.world.name()
                     ),
                 },
-            );
+            ),
+            (Announce::Deployed, None) => {}
+            (Announce::LoadedOnFirstUse(waited), _) => log.event(
+                None,
+                EventKind::Loaded {
+                    wait_ms: waited.as_millis() as u64,
+                    load_ms: loaded.load_time.as_millis() as u64,
+                    cache_hit: loaded.cache.is_hit(),
+                },
+            ),
         }
         slots.insert(
             name,
@@ -310,7 +387,7 @@ impl Gateway {
             },
         );
         // A listener that moved no longer needs protecting.
-        self.inner.own_ports.replace(self.listening_ports(&slots));
+        self.inner.own_ports.replace(self.listening_ports(slots));
         Ok(())
     }
 

@@ -48,7 +48,7 @@ const PROVIDED_SYNC_INTERFACES: &[&str] = &[SYNC_TYPES_IMPORT];
 const PROVIDED_EVENTS_INTERFACES: &[&str] = &[EVENTS_TYPES_IMPORT];
 
 /// The WIT world a component implements, which decides how it is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum World {
     /// `conn-handler` (wit/gateway.wit): WASI 0.3, an async export called

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::StateDir;
 use crate::base::fsutil::{is_own_file, write_atomic_marked};
 use crate::config::AppConfig;
+use crate::runtime::load::World;
 
 /// Versions kept per app (for rollback); older ones are forgotten.
 /// Threat: a client deploying in a loop to fill the state directory.
@@ -42,6 +43,13 @@ pub(crate) struct VersionRecord {
     /// reference), if it said; records written before it have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// The WIT world its component implements, found when it was first
+    /// loaded: a restart registers the app without loading it (lazy
+    /// start) and still knows whether it is an HTTP app (TLS and QUIC
+    /// must offer `h2`, `http/1.1` and `h3` before it loads). Records
+    /// written before it have none, and such a version loads at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<World>,
 }
 
 impl AppRecord {

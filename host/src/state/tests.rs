@@ -33,6 +33,7 @@ fn record(name: &str, digest: &str) -> AppRecord {
             deployed_at: 0,
             config,
             origin: None,
+            world: None,
         }],
     }
 }
@@ -123,4 +124,21 @@ fn versions_are_numbered_after_the_newest_and_the_oldest_are_forgotten() {
     assert_eq!(app.current, 23);
     let numbers: Vec<u64> = app.versions.iter().map(|v| v.number).collect();
     assert_eq!(numbers, (14..=23).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_version_records_its_world_and_one_recorded_before_worlds_reads_without() {
+    let mut app = record("a", "one");
+    let old = serde_json::to_string(&app).unwrap();
+    assert!(!old.contains("world"), "{old}");
+    let read: AppRecord = serde_json::from_str(&old).unwrap();
+    assert_eq!(read.versions[0].world, None);
+    app.versions[0].world = Some(crate::runtime::load::World::HttpService);
+    let new = serde_json::to_string(&app).unwrap();
+    assert!(new.contains(r#""world":"http-service""#), "{new}");
+    let read: AppRecord = serde_json::from_str(&new).unwrap();
+    assert_eq!(
+        read.versions[0].world,
+        Some(crate::runtime::load::World::HttpService)
+    );
 }

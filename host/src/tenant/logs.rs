@@ -134,6 +134,16 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// A dormant app (lazy start: registered at a restart, not loaded)
+    /// was loaded by its first connection and now serves.
+    Loaded {
+        /// From the first connection's arrival to the app serving, in ms.
+        wait_ms: u64,
+        /// Of that, the compile or compile-cache load, in ms.
+        load_ms: u64,
+        /// Whether the compiled component came from the compile cache.
+        cache_hit: bool,
+    },
     /// A new version of the app now takes new connections.
     Deployed {
         /// The version's number and component digest.
@@ -220,6 +230,18 @@ impl std::fmt::Display for EventKind {
             EventKind::DrainDeadline { closed } => write!(
                 f,
                 "drain deadline passed: closed {closed} connection(s) of a replaced version"
+            ),
+            EventKind::Loaded {
+                wait_ms,
+                load_ms,
+                cache_hit,
+            } => write!(
+                f,
+                "loaded on first use ({wait_ms} ms; component {} in {load_ms} ms)",
+                match cache_hit {
+                    true => "from the compile cache",
+                    false => "compiled",
+                }
             ),
             EventKind::Deployed { version } => write!(f, "deployed {version}"),
             EventKind::Reconfigured { change, component } => write!(
@@ -362,6 +384,7 @@ impl AppLog {
                 EventKind::InstanceStarted
                 | EventKind::Hibernated { .. }
                 | EventKind::Woke { .. }
+                | EventKind::Loaded { .. }
                 | EventKind::Reloaded { .. }
                 | EventKind::Reconfigured { .. } => {
                     tracing::info!(app = %self.app, instance, "{kind}")

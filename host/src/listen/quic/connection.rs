@@ -109,7 +109,7 @@ pub(super) async fn serve_connection(
     let quic_id = next_conn_id();
     let local = SocketAddr::new(local_ip.unwrap_or(ctx.local.ip()), ctx.local.port());
     if alpn == crate::http::h3::ALPN_H3
-        && let Some(app) = ctx.router.get(&app_name).filter(|app| app.http().is_some())
+        && let Some(app) = ctx.router.get(&app_name).filter(|app| app.is_http())
     {
         // HTTP/3: the app's HTTP side takes the whole connection (its
         // control and QPACK streams, a request per bidirectional stream),

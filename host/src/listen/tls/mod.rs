@@ -113,7 +113,7 @@ struct TlsContext {
 
 impl TlsContext {
     fn config_for(&self, app: &App) -> Arc<ServerConfig> {
-        if app.http().is_some() {
+        if app.is_http() {
             return self.http_config.clone();
         }
         let app = app.name();
