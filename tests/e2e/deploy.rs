@@ -378,6 +378,18 @@ async fn kill_9_at_any_point_of_a_deploy_leaves_the_old_or_the_new_version() {
             survivor,
             "after a kill at {point}"
         );
+        // A component stored for a version never recorded is collected by
+        // the next start (in the background): only the survivor's stays.
+        let expected = if survivor == "echo" { 1 } else { 2 };
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while blobs(&state) != expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "after a kill at {point}: {} components kept, {expected} expected",
+                blobs(&state)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -210,7 +210,31 @@ impl Gateway {
             let _ = gateway.inner.https.set(https);
         }
         gateway.restore().await;
+        gateway.collect_unused_blobs_in_background();
         Ok(gateway)
+    }
+
+    /// Removes, off the start's path, the components no record uses (those a
+    /// crash between storing a component and recording its version left
+    /// behind). Under the slot lock, like every collection, so that no
+    /// deploy stores a component between the records read and the
+    /// components listed.
+    fn collect_unused_blobs_in_background(&self) {
+        if self.inner.state.is_none() {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let slots = inner.slots.lock().await;
+            let collecting = inner.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(state) = &collecting.state {
+                    deploy::collect_blobs(state);
+                }
+            })
+            .await;
+            drop(slots);
+        });
     }
 
     /// Brings back every app persisted in the state directory; one that

@@ -59,14 +59,13 @@ impl AppRecord {
     }
 
     /// Adds `version` as the newest and makes it current, forgetting the
-    /// oldest beyond [`VERSIONS_KEPT`].
-    pub(crate) fn push(&mut self, mut version: VersionRecord) {
+    /// oldest beyond [`VERSIONS_KEPT`]; returns the version forgotten, whose
+    /// component may now be used by no record.
+    pub(crate) fn push(&mut self, mut version: VersionRecord) -> Option<VersionRecord> {
         version.number = self.versions.last().map_or(1, |v| v.number + 1);
         self.current = version.number;
         self.versions.push(version);
-        if self.versions.len() > VERSIONS_KEPT {
-            self.versions.remove(0);
-        }
+        (self.versions.len() > VERSIONS_KEPT).then(|| self.versions.remove(0))
     }
 
     /// The version before the current one, for rollback.
