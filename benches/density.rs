@@ -159,7 +159,7 @@ impl Run {
         }
         let deploys_per_sec = count as f64 / started.elapsed().as_secs_f64();
         if sleep == Sleep::AfterOneSecond {
-            admin.wait_until_hibernated(count);
+            wait_until_hibernated(&admin, count);
         }
         let rss_per_app_kib =
             process_rss_kib(server.pid()).saturating_sub(before) as f64 / count as f64;
@@ -173,7 +173,7 @@ impl Run {
             }
         });
         if sleep == Sleep::AfterOneSecond {
-            admin.wait_until_hibernated(count);
+            wait_until_hibernated(&admin, count);
         }
         let mut times: Vec<f64> = runtime.block_on(async {
             let mut times = Vec::new();
@@ -186,7 +186,7 @@ impl Run {
         let first_byte_ms = (percentile(&times, 0.5), percentile(&times, 0.99));
 
         let restart = restart.then(|| {
-            admin.wait_until_hibernated(count);
+            wait_until_hibernated(&admin, count);
             drop(server);
             let started = Instant::now();
             let server = Server::serve(&sockgate_binary(), &config, false, Stdio::inherit());
@@ -259,113 +259,23 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[index]
 }
 
-/// The admin API over plain HTTP/1.1: a deploy is one request, so
-/// thousands of deploys start no process.
-struct Admin {
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Admin {
-    fn of(server: &Server, state: &Path) -> Self {
-        let addr = printed_admin(&server.stdout().text()).expect("no admin address printed");
-        let token = std::fs::read_to_string(state.join("admin-token")).expect("no admin token");
-        Self {
-            addr,
-            token: token.trim().to_owned(),
-        }
-    }
-
-    /// One request; the status code and the body.
-    fn request(&self, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let mut stream = std::net::TcpStream::connect(self.addr).expect("admin API unreachable");
-        let head = format!(
-            "{head}\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n\
-             connection: close\r\n\r\n",
-            self.token,
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).unwrap();
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("no HTTP head");
-        let status = std::str::from_utf8(&response[9..12])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .expect("no status code");
-        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-        let mut body = response[split + 4..].to_vec();
-        if head.contains("transfer-encoding: chunked") {
-            body = unchunk(&body);
-        }
-        (status, body)
-    }
-
-    fn deploy(&self, name: &str, component: &[u8], settings: &str) {
-        let (status, body) = self.request(
-            &format!("PUT /v1/apps/{name} HTTP/1.1\r\nsockgate-settings: {settings}"),
-            component,
-        );
-        assert_eq!(
-            status,
-            200,
-            "deploy of {name}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-
-    fn apps(&self) -> Vec<Value> {
-        let (status, body) = self.request("GET /v1/apps HTTP/1.1", b"");
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        serde_json::from_slice::<Value>(&body)
-            .expect("the app list is not JSON")
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Waits until `count` apps report `hibernated`.
-    fn wait_until_hibernated(&self, count: usize) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let asleep = self
-                .apps()
-                .iter()
-                .filter(|app| app["hibernation"] == "hibernated")
-                .count();
-            if asleep >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {asleep} of {count} apps hibernated"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-/// A chunked HTTP/1.1 body, joined.
-fn unchunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Waits until `count` apps report `hibernated`.
+fn wait_until_hibernated(admin: &Admin, count: usize) {
+    let deadline = Instant::now() + PATIENCE;
     loop {
-        let Some(end) = body.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = std::str::from_utf8(&body[..end])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
-            .unwrap_or(0);
-        if size == 0 {
-            return out;
+        let asleep = admin
+            .apps()
+            .iter()
+            .filter(|app| app["hibernation"] == "hibernated")
+            .count();
+        if asleep >= count {
+            return;
         }
-        let start = end + 2;
-        out.extend_from_slice(&body[start..start + size]);
-        body = &body[start + size + 2..];
+        assert!(
+            Instant::now() < deadline,
+            "only {asleep} of {count} apps hibernated"
+        );
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -236,6 +236,8 @@ impl Client {
                 let code = match status {
                     StatusCode::UNAUTHORIZED => 4,
                     StatusCode::NOT_FOUND => 5,
+                    StatusCode::CONFLICT => 7,
+                    StatusCode::SERVICE_UNAVAILABLE => 8,
                     _ => 1,
                 };
                 Err(Failure::new(code, anyhow!("{message}")))
@@ -324,6 +326,11 @@ impl Client {
         print_table(&rows);
         for failure in failures {
             println!("{}", printable(&failure));
+        }
+        // A cluster node: the nodes, and which version of each app each
+        // serves (a gateway in no cluster answers 404).
+        if let Ok(cluster) = self.get_json("/v1/cluster").await {
+            print_cluster(&cluster);
         }
         Ok(())
     }
@@ -693,4 +700,49 @@ impl Progress {
             }
         }
     }
+}
+
+/// The cluster section of `sockgate ls`: one row per live node, with the
+/// version of each cluster app it serves.
+fn print_cluster(cluster: &Value) {
+    println!();
+    println!(
+        "cluster: this is node {}; etcd at {} is {}",
+        printable(&text(&cluster["node"])),
+        printable(
+            &cluster["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        printable(&text(&cluster["etcd"]))
+    );
+    let mut rows = vec![
+        ["NODE", "PEER", "SOCKGATE", "APPS (VERSION SERVED)"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for node in cluster["nodes"].as_array().into_iter().flatten() {
+        let apps = node["apps"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, version)| format!("{name}@{}", text(version)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        rows.push(vec![
+            text(&node["name"]),
+            text(&node["peer_url"]),
+            text(&node["sockgate"]),
+            if apps.is_empty() {
+                "-".to_owned()
+            } else {
+                apps
+            },
+        ]);
+    }
+    print_table(&rows);
 }

@@ -84,6 +84,11 @@ enum Command {
         /// gateway.state_dir).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Join a cluster whose apps live in etcd at these addresses
+        /// (overrides cluster.endpoints; the file's [cluster] section gives
+        /// the node's name, peer address and token).
+        #[arg(long, value_name = "etcd://HOST:PORT[,HOST:PORT…]")]
+        cluster: Option<String>,
     },
     /// Print the development CA's root certificate (PEM), creating the CA
     /// if needed: clients trust it to reach apps served with
@@ -234,8 +239,11 @@ async fn run(command: Command) -> ExitCode {
             config,
             admin,
             state_dir,
+            cluster,
         } => {
-            let file = config.map(|path| ConfigFile::new(path, admin, state_dir.clone()));
+            let file = config.map(|path| {
+                ConfigFile::new(path, admin, state_dir.clone()).with_cluster(cluster.clone())
+            });
             let loaded = match &file {
                 Some(file) => file.read(),
                 None => Ok(Config::default()),
@@ -249,6 +257,12 @@ async fn run(command: Command) -> ExitCode {
             }
             if state_dir.is_some() {
                 config.gateway.state_dir = state_dir;
+            }
+            if cluster.is_some() && file.is_none() {
+                return fail(&anyhow::anyhow!(
+                    "--cluster needs --config FILE with a [cluster] section (peer_listen, \
+                     token_file; see the README's \"Run a cluster\")"
+                ));
             }
             return result(serve::serve(config, file).await);
         }

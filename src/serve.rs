@@ -58,6 +58,9 @@ pub async fn serve(mut config: Config, file: Option<ConfigFile>) -> Result<()> {
             state_dir.join("admin-token").display()
         );
     }
+    if let Some(line) = gateway.describe_cluster() {
+        println!("{line}");
+    }
     println!("sockgate ready: {} app(s); Ctrl-C stops", apps.len());
     signals.serve_until_shutdown(&gateway).await;
     Ok(())

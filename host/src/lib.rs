@@ -14,6 +14,7 @@ pub mod admin;
 pub mod apps;
 pub mod base;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

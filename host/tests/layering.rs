@@ -25,6 +25,7 @@ const FLOORS: &[&str] = &[
     "apps",    // the apps being served and the table that routes to them
     "listen",  // TCP, TLS, QUIC and port-80 listeners: accept, handshake, route
     "state",   // persistence of deployed apps
+    "cluster", // cluster mode: apps and their holders in etcd, components between nodes
     "gateway", // the assembly: builds, switches and drains all of the above
     "admin",   // the admin API, dashboard and metrics
     "fuzzing", // entry points of the fuzz targets (feature `fuzzing`): reach into any floor

@@ -20,6 +20,7 @@
 //! binary, Cargo (and nextest) give tests and benchmarks at run time too
 //! ([`paths::sockgate_binary`]).
 
+pub mod admin;
 pub mod bench;
 pub mod gateway;
 pub mod guests;

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Body, error, json};
 use crate::base::names::{AppName, DnsName};
+use crate::cluster::ClusterError;
 use crate::config::AppConfig;
 use crate::gateway::{DeployError, Gateway, MAX_COMPONENT_BYTES, ReloadError};
 use crate::limits::AppLimits;
@@ -188,6 +189,13 @@ pub(super) async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Res
                 };
                 error(status, &err.to_string())
             }
+        },
+        (Method::GET, ["cluster"]) => match gateway.cluster_status().await {
+            Some(cluster) => json(StatusCode::OK, &cluster),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "this gateway is in no cluster (no [cluster] section)",
+            ),
         },
         (Method::GET, ["events"]) => {
             let events: Vec<EventJson> = gateway.events().events().iter().map(event_json).collect();
@@ -377,11 +385,16 @@ fn not_found(name: &str) -> Response<Body> {
 /// configuration file is a conflict, an unknown app not found, a component
 /// over the limit too large, anything else bad input. Every variant is
 /// named, so a new one needs a decision here (the CLI's exit codes rest on
-/// these codes: 404 is exit code 5, the others 1).
+/// these codes: 404 is exit code 5, 409 is 7, 503 is 8, the others 1).
 fn refusal(err: DeployError) -> Response<Body> {
     let status = match &err {
         DeployError::NoSuchApp { .. } | DeployError::NotDeployed { .. } => StatusCode::NOT_FOUND,
-        DeployError::OwnedByConfig { .. } => StatusCode::CONFLICT,
+        DeployError::OwnedByConfig { .. } | DeployError::Cluster(ClusterError::Conflict { .. }) => {
+            StatusCode::CONFLICT
+        }
+        DeployError::Cluster(
+            ClusterError::Unavailable { .. } | ClusterError::TooFewHolders { .. },
+        ) => StatusCode::SERVICE_UNAVAILABLE,
         DeployError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         DeployError::InvalidSettings(_)
         | DeployError::InvalidComponent { .. }

@@ -23,6 +23,7 @@
 //! apps of this file and apps deployed through the admin API alike.
 
 mod app;
+pub mod cluster;
 pub(crate) mod file;
 pub mod http;
 pub mod quic;
@@ -36,6 +37,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 pub use app::{AppConfig, Instances};
+pub use cluster::ClusterSettings;
 pub use file::app_location;
 pub use http::HttpSettings;
 pub use quic::{QuicSettings, RetryPolicy};
@@ -66,6 +68,9 @@ pub struct Config {
     /// (`[ceilings]`). See [`Ceilings`].
     #[serde(default)]
     pub ceilings: Ceilings,
+    /// Cluster mode (`[cluster]`): deployed apps shared with other
+    /// gateways through etcd; none when absent. See [`cluster`].
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// Settings that apply to the whole gateway.
@@ -296,6 +301,21 @@ impl Config {
             place: Place::Table("tls"),
             error,
         })?;
+        if let Some(cluster) = &self.cluster {
+            if self.gateway.admin.is_none() {
+                return Err(Invalid {
+                    place: Place::Table("cluster"),
+                    error: anyhow!(
+                        "[cluster] needs gateway.admin: cluster apps are deployed through the \
+                         admin API (and kept in the state directory as this node's cache)"
+                    ),
+                });
+            }
+            cluster.validate().map_err(|error| Invalid {
+                place: Place::Table("cluster"),
+                error,
+            })?;
+        }
         Ok(())
     }
 

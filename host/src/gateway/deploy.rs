@@ -61,6 +61,11 @@ impl Gateway {
             self.check_app(&config, Source::Deployed, &slots)
                 .map_err(DeployError::InvalidSettings)?;
         }
+        if self.inner.cluster.get().is_some() {
+            return self
+                .deploy_in_cluster(config, Arc::new(bytes), origin)
+                .await;
+        }
         // Check the component before anything is stored: a refused upload
         // leaves no trace. (The compile lands in the compile cache, so the
         // switch below loads it at once.)
@@ -115,6 +120,9 @@ impl Gateway {
 
     /// Switches app `name` back to its previous version.
     pub async fn rollback(&self, name: &str) -> Result<AppStatus, DeployError> {
+        if self.inner.cluster.get().is_some() {
+            return self.rollback_in_cluster(name).await;
+        }
         let state = self
             .inner
             .state
@@ -167,6 +175,17 @@ impl Gateway {
     /// renewed) and the components no other record needs. A persisted app
     /// that failed to start is removed the same way.
     pub async fn remove(&self, name: &str) -> Result<(), DeployError> {
+        if self.inner.cluster.get().is_some() {
+            let slots = self.inner.slots.lock().await;
+            if slots.get(name).is_some_and(|s| s.source == Source::Config) {
+                return Err(DeployError::OwnedByConfig {
+                    name: name.to_owned(),
+                    change: Change::Remove,
+                });
+            }
+            drop(slots);
+            return self.remove_in_cluster(name).await;
+        }
         let mut slots = self.inner.slots.lock().await;
         let failed = lock(&self.inner.failed).contains_key(name);
         match slots.get(name) {

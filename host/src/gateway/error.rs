@@ -149,6 +149,12 @@ pub enum DeployError {
     #[error(transparent)]
     State(anyhow::Error),
 
+    /// Cluster mode: etcd did not answer, another change of the app won
+    /// the race, or too few nodes hold the new component. Nothing changed
+    /// on any node.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+
     /// A bug in sockgate (a panic while loading or starting the app). The
     /// gateway and the other apps go on; the caller reports it.
     #[error(transparent)]

@@ -40,6 +40,7 @@
 //! - `error.rs`: [`DeployError`], why one of those changed nothing.
 //! - `status.rs`: [`AppStatus`] and the other views operators read.
 
+mod cluster;
 mod deploy;
 mod error;
 mod lazy;
@@ -56,6 +57,7 @@ use std::time::SystemTime;
 use anyhow::Result;
 use tokio::sync::Mutex;
 
+pub use self::cluster::{ClusterNode, ClusterStatus};
 pub use self::deploy::MAX_COMPONENT_BYTES;
 use self::deploy::read_blob;
 pub use self::error::{Change, DeployError};
@@ -117,6 +119,13 @@ struct Inner {
     /// `Alt-Svc` for HTTP apps' HTTP/1.1 and HTTP/2 answers, set once the
     /// QUIC endpoint serves HTTP/3.
     alt_svc: Arc<std::sync::OnceLock<http::HeaderValue>>,
+    /// The cluster this node is in (`[cluster]`), once joined.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Serializes the changes of cluster apps on this node: a change made
+    /// here is applied before the watch's copy of it is looked at.
+    cluster_changes: Mutex<()>,
+    /// Components being fetched from peers ahead of a deploy.
+    fetching: cluster::Fetching,
 }
 
 impl Gateway {
@@ -172,6 +181,9 @@ impl Gateway {
                 cache_hits: AtomicU64::new(0),
                 cache_misses: AtomicU64::new(0),
                 alt_svc: Arc::default(),
+                cluster: std::sync::OnceLock::new(),
+                cluster_changes: Mutex::new(()),
+                fetching: cluster::Fetching::default(),
             }),
         };
         for app in &config.apps {
@@ -211,6 +223,9 @@ impl Gateway {
         }
         gateway.restore().await;
         gateway.collect_unused_blobs_in_background();
+        if let Some(settings) = &config.cluster {
+            gateway.join_cluster(settings).await?;
+        }
         Ok(gateway)
     }
 

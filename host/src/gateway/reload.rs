@@ -54,6 +54,7 @@ pub struct ConfigFile {
     path: PathBuf,
     admin: Option<SocketAddr>,
     state_dir: Option<PathBuf>,
+    cluster: Option<String>,
 }
 
 impl ConfigFile {
@@ -65,7 +66,15 @@ impl ConfigFile {
             path: std::path::absolute(&path).unwrap_or(path),
             admin,
             state_dir,
+            cluster: None,
         }
+    }
+
+    /// With the command line's `--cluster etcd://…`, which wins over the
+    /// file's `cluster.endpoints`.
+    pub fn with_cluster(mut self, url: Option<String>) -> Self {
+        self.cluster = url;
+        self
     }
 
     /// The file's path.
@@ -82,6 +91,16 @@ impl ConfigFile {
         }
         if self.state_dir.is_some() {
             config.gateway.state_dir.clone_from(&self.state_dir);
+        }
+        if let Some(url) = &self.cluster {
+            let Some(cluster) = config.cluster.as_mut() else {
+                anyhow::bail!(
+                    "--cluster {url} needs a [cluster] section in {} (peer_listen, token_file; \
+                     see the README's \"Run a cluster\")",
+                    self.path.display()
+                );
+            };
+            cluster.set_endpoints_from_url(url)?;
         }
         Ok(config)
     }
@@ -395,6 +414,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     compare("[tls]", differs(&old.tls, &new.tls));
     compare("[http]", differs(&old.http, &new.http));
     compare("[quic]", differs(&old.quic, &new.quic));
+    compare("[cluster]", differs(&old.cluster, &new.cluster));
     changed
 }
 

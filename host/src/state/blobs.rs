@@ -26,6 +26,25 @@ impl StateDir {
         Ok(digest)
     }
 
+    /// The digests of every component stored (what a cluster node tells
+    /// its peers it holds).
+    pub(crate) fn blob_digests(&self) -> Result<Vec<String>> {
+        let dir = self.dir.join("blobs");
+        let mut digests = Vec::new();
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+        {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(digest) = name.strip_suffix(".wasm")
+                && digest.len() == 64
+                && digest.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                digests.push(digest.to_owned());
+            }
+        }
+        Ok(digests)
+    }
+
     /// Deletes every blob no app record references (and temporary files
     /// left by a crash); returns how many blobs went. Does nothing when a
     /// record cannot be read: what it references is unknown. The caller

@@ -40,7 +40,8 @@ use crate::base::fsutil::create_private_dir;
 
 /// The state directory, where deployed apps are persisted (see the module
 /// documentation for its layout and why a crash leaves nothing half
-/// written).
+/// written). A path: cheap to clone.
+#[derive(Debug, Clone)]
 pub(crate) struct StateDir {
     dir: PathBuf,
 }

@@ -1,0 +1,151 @@
+//! The keys of a cluster in etcd, under its prefix, built and parsed in one
+//! place:
+//!
+//! ```text
+//! <prefix>apps/<name>            the app's record (JSON): versions, digests, settings
+//! <prefix>nodes/<node>           a live node: how peers reach it (under its lease)
+//! <prefix>held/<sha256>/<node>   this node holds (and compiled) that component (its lease)
+//! ```
+//!
+//! A node's keys live under its lease, so a node that dies disappears from
+//! `nodes/` and from every `held/` after the lease's time to live.
+
+/// The key layout of one cluster (one prefix).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+/// What a key of the cluster's prefix is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Key<'a> {
+    /// `apps/<name>`.
+    App(&'a str),
+    /// `nodes/<node>`.
+    Node(&'a str),
+    /// `held/<digest>/<node>`.
+    Held {
+        /// The component's SHA-256, hex.
+        digest: &'a str,
+        /// The node that holds it.
+        node: &'a str,
+    },
+}
+
+impl Keys {
+    /// The layout under `prefix` (which starts and ends with `/`).
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The whole cluster: what a watch follows.
+    pub(crate) fn all(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Every app record.
+    pub(crate) fn apps(&self) -> String {
+        format!("{}apps/", self.prefix)
+    }
+
+    /// App `name`'s record.
+    pub(crate) fn app(&self, name: &str) -> String {
+        format!("{}apps/{name}", self.prefix)
+    }
+
+    /// Every live node.
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}nodes/", self.prefix)
+    }
+
+    /// Node `node`'s liveness key.
+    pub(crate) fn node(&self, node: &str) -> String {
+        format!("{}nodes/{node}", self.prefix)
+    }
+
+    /// The holders of component `digest`.
+    pub(crate) fn holders(&self, digest: &str) -> String {
+        format!("{}held/{digest}/", self.prefix)
+    }
+
+    /// `node` holds component `digest`.
+    pub(crate) fn held(&self, digest: &str, node: &str) -> String {
+        format!("{}held/{digest}/{node}", self.prefix)
+    }
+
+    /// What `key` is; `None` for a key of the prefix this version does not
+    /// know (a newer node's, say), which is ignored.
+    pub(crate) fn parse<'a>(&self, key: &'a str) -> Option<Key<'a>> {
+        let rest = key.strip_prefix(self.prefix.as_str())?;
+        if let Some(name) = rest.strip_prefix("apps/") {
+            return (!name.is_empty() && !name.contains('/')).then_some(Key::App(name));
+        }
+        if let Some(node) = rest.strip_prefix("nodes/") {
+            return (!node.is_empty() && !node.contains('/')).then_some(Key::Node(node));
+        }
+        let held = rest.strip_prefix("held/")?;
+        let (digest, node) = held.split_once('/')?;
+        let valid = digest.len() == 64
+            && digest.bytes().all(|b| b.is_ascii_hexdigit())
+            && !node.is_empty()
+            && !node.contains('/');
+        valid.then_some(Key::Held { digest, node })
+    }
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's `range_end`).
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn keys_parse_back_to_what_built_them() {
+        let keys = Keys::new("/sockgate/v1/");
+        assert_eq!(keys.parse(&keys.app("echo")), Some(Key::App("echo")));
+        assert_eq!(keys.parse(&keys.node("gw-1")), Some(Key::Node("gw-1")));
+        assert_eq!(
+            keys.parse(&keys.held(DIGEST, "gw-2")),
+            Some(Key::Held {
+                digest: DIGEST,
+                node: "gw-2"
+            })
+        );
+        assert!(keys.holders(DIGEST).starts_with(keys.all()));
+    }
+
+    #[test]
+    fn foreign_and_malformed_keys_are_ignored() {
+        let keys = Keys::new("/sockgate/v1/");
+        for key in [
+            "/other/apps/echo",
+            "/sockgate/v1/apps/",
+            "/sockgate/v1/apps/a/b",
+            "/sockgate/v1/held/abc/gw-1",
+            "/sockgate/v1/held/{DIGEST}",
+            "/sockgate/v1/locks/x",
+        ] {
+            assert_eq!(keys.parse(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn the_prefix_end_is_the_next_key_after_every_key_of_the_prefix() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+}
