@@ -8,8 +8,8 @@
 //! ([`output`]), a gateway started from a configuration and ready when it
 //! says so ([`gateway`] for the tests, [`server`] for the benchmarks, both
 //! on the same spawning and parsing), TLS certificates and clients
-//! ([`tls`]), Pebble for ACME ([`pebble`]), what a process costs
-//! ([`os`]), the message path without sockets ([`in_memory`]) and the
+//! ([`tls`]), Pebble for ACME ([`pebble`]), etcd for cluster mode
+//! ([`etcd`]), what a process costs ([`os`]), the message path without sockets ([`in_memory`]) and the
 //! benchmarks' measurement and reporting ([`bench`]).
 //!
 //! A crate rather than a module tree included by `#[path]`: it is compiled
@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod etcd;
 pub mod gateway;
 pub mod guests;
 pub mod in_memory;

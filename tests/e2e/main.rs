@@ -7,6 +7,7 @@ mod support;
 mod tls_support;
 
 mod chat;
+mod cluster;
 mod compile_cache;
 mod dashboard;
 mod deploy;
