@@ -30,7 +30,6 @@
 //! (100 Rust apps, 5 Python apps). Results are printed and written to
 //! `target/bench-results/density.{md,json}`.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,11 +37,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
-use serde_json::Value;
+use sockgate_testkit::admin::Admin;
 use sockgate_testkit::bench::{publish, quick};
 use sockgate_testkit::guests::{guest, lang_guest};
 use sockgate_testkit::os::process_rss_kib;
-use sockgate_testkit::output::printed_admin;
 use sockgate_testkit::paths::{root, sockgate_binary};
 use sockgate_testkit::server::{Server, write_bench_config};
 use sockgate_testkit::tls::{client_config, connect, dev_ca_root};

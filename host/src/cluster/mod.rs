@@ -12,8 +12,9 @@
 //! reach etcd keeps serving what it last knew, across restarts too.
 //!
 //! **A deploy** (on any node; `gateway/cluster.rs`): the component is
-//! checked and compiled, stored, and announced (`held/<sha>/<node>`);
-//! every live node fetches and compiles it and announces it too; once all
+//! stored and announced (`held/<sha>/<node>`), then checked and compiled
+//! while every live node fetches and compiles it and announces it too (one
+//! compile time for the cluster, not two in a row); once all
 //! have (or `spread_timeout_secs` passed with at least two holders, so a
 //! `kill -9` of the deploying node loses nothing), the record is written in
 //! one transaction guarded by the revision the deploy read — a concurrent

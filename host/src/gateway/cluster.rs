@@ -284,7 +284,8 @@ impl Gateway {
                 if read_blob_at(&path, &digest, 0).ok().is_none() {
                     cluster.fetch_blob(&digest, Some(&node)).await?;
                 }
-                let bytes = read_blob_at(&path, &digest, 0).ok()
+                let bytes = read_blob_at(&path, &digest, 0)
+                    .ok()
                     .context("the component fetched is not in the state directory")?;
                 let runtime = gateway.inner.runtime.clone();
                 let compiled = path.clone();
@@ -337,8 +338,8 @@ impl Gateway {
             )));
         }
         config.component = PathBuf::from(format!("the uploaded component of `{}`", config.name));
-        let loaded = self.load(&config, bytes.clone()).await?;
         let digest = digest_of(&bytes);
+        // etcd first: with etcd down, the deploy fails before any compile.
         let seen = cluster.read_app(config.name.as_str()).await?;
         let stored = bytes.clone();
         let stored_in = state.clone();
@@ -346,7 +347,12 @@ impl Gateway {
             .await
             .map_err(|err| DeployError::Internal(err.into()))?
             .map_err(DeployError::State)?;
+        // Announced before it is compiled here, so that every node fetches
+        // and compiles it while this one does: a deploy costs one compile
+        // time, not two. A component refused here then leaves an unused
+        // blob on the peers, collected with the others.
         cluster.announce(&digest).await?;
+        let loaded = self.load(&config, bytes.clone()).await?;
         cluster.await_spread(&digest).await?;
         config.component = PathBuf::from(format!("sha256:{digest}"));
         let mut record = seen.record.unwrap_or_else(|| AppRecord {
