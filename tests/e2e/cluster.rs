@@ -103,6 +103,8 @@ struct NodeSpec {
     args: Vec<String>,
     /// Extra lines of its `[cluster]` table.
     cluster: &'static str,
+    /// Extra tables of its file (`[tls]`, say), after `[cluster]`.
+    tables: String,
 }
 
 /// The `[cluster]` line of the tests that freeze a node: a frozen node
@@ -204,9 +206,10 @@ impl Cluster {
             let table = format!(
                 "[cluster]\nendpoints = {endpoints:?}\nnode = \"node-{n}\"\n\
                  prefix = \"/sockgate/v1/\"\npeer_listen = \"{ip}:0\"\ntoken_file = {:?}\n\
-                 app_address = \"{ip}\"\n{}",
+                 app_address = \"{ip}\"\n{}\n{}",
                 cluster.token_file.display().to_string(),
-                spec.cluster
+                spec.cluster,
+                spec.tables.replace("{ip}", &ip.to_string()),
             );
             let config = node_dir.join("sockgate.toml");
             std::fs::write(
@@ -921,3 +924,7 @@ fn the_cluster_flag_overrides_the_files_endpoints() {
     cluster.deploy(1, "echo", "echo", &["--listen", &format!("0.0.0.0:{port}")]);
     cluster.wait_serving(2, port, "echo", CONVERGE);
 }
+
+/// Certificates ordered once for the whole cluster (its own file).
+#[path = "cluster_acme.rs"]
+mod acme;

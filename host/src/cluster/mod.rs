@@ -28,14 +28,21 @@
 //! record (a *snapshot*) and applies the difference, so it cannot drift
 //! through a missed event.
 //!
+//! **Certificates** (`acme.rs`) are ordered once per name: the node that
+//! takes the name's lock orders, and every node serves the result, sealed
+//! in etcd with a key derived from the cluster's token (`seal.rs`).
+//!
 //! The files: `mod.rs` the [`Cluster`] handle and its errors; `keys.rs`
 //! the key layout; `store.rs` the reads and guarded writes of records and
 //! holders; `membership.rs` this node's lease and liveness; `watch.rs`
-//! the changes as a stream; `peer.rs` components between nodes.
+//! the changes as a stream; `peer.rs` components between nodes; `acme.rs`
+//! and `seal.rs` certificates shared.
 
+mod acme;
 mod keys;
 mod membership;
 mod peer;
+mod seal;
 mod store;
 mod watch;
 
@@ -124,6 +131,9 @@ pub(crate) struct Cluster {
     serving: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Wakes the membership loop to publish `serving` anew.
     serving_changed: tokio::sync::Notify,
+    /// The id of the ACME CA whose certificates this node shares, once
+    /// set (`acme.rs`): the watch reports that CA's changes only.
+    acme_ca: std::sync::OnceLock<String>,
 }
 
 impl Cluster {
@@ -166,6 +176,7 @@ impl Cluster {
             lease: AtomicI64::new(0),
             serving: std::sync::Mutex::default(),
             serving_changed: tokio::sync::Notify::new(),
+            acme_ca: std::sync::OnceLock::new(),
         });
         tokio::spawn(peer::serve(cluster.clone(), listener));
         tokio::spawn(membership::keep(cluster.clone()));
