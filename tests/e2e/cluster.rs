@@ -928,3 +928,7 @@ fn the_cluster_flag_overrides_the_files_endpoints() {
 /// Certificates ordered once for the whole cluster (its own file).
 #[path = "cluster_acme.rs"]
 mod acme;
+
+/// etcd over TLS with client certificates and a user (its own file).
+#[path = "cluster_etcd_tls.rs"]
+mod etcd_tls;

@@ -130,7 +130,7 @@ fn each_name_is_ordered_once_and_every_node_serves_its_certificate() {
         guest: "echo",
         extra: "",
     };
-    let cluster = acme_cluster("cluster-acme", &pebble, tls_port, &own.toml());
+    let mut cluster = acme_cluster("cluster-acme", &pebble, tls_port, &own.toml());
     for (app, _) in apps {
         deploy_echo(&cluster, app);
     }
@@ -188,6 +188,31 @@ fn each_name_is_ordered_once_and_every_node_serves_its_certificate() {
     // No lock outlives its order.
     let locks = format!("/sockgate/v1/acme/{}/locks/", ca_id(&pebble.directory));
     assert_eq!(cluster.etcd.keys(&locks), Vec::<String>::new());
+
+    // etcd gone: ACME pauses, and a node restarted meanwhile serves the
+    // certificates it cached in its state directory.
+    let name = format!("two.{DOMAIN}");
+    let before = certificate_served(&runtime, 2, tls_port, &name, &config);
+    cluster.etcd.kill(0);
+    cluster.restart(2);
+    assert_eq!(
+        certificate_served(&runtime, 2, tls_port, &name, &config),
+        before
+    );
+    let paused = format!("acme: {name}: the cluster store is unreachable");
+    assert!(
+        cluster
+            .node(2)
+            .running()
+            .stderr
+            .wait_for(CERTIFIED, |t| t.contains(&paused)),
+        "node 2 did not report ACME paused"
+    );
+    assert_eq!(
+        pebble.orders(),
+        apps.len() + 1,
+        "an order while etcd was gone"
+    );
 }
 
 #[test]

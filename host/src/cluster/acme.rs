@@ -94,6 +94,7 @@ impl ClusterAcme {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.cluster.authenticate().await?;
         let response = self
             .cluster
             .client
@@ -164,6 +165,7 @@ impl SharedAcme for ClusterAcme {
     }
 
     async fn try_lock(&self, name: &str) -> Result<OrderLock> {
+        self.cluster.authenticate().await?;
         let lease = self.cluster.registered_lease()?;
         let key = self.key(AcmeKey::Lock, name);
         let free = Compare::create_revision(key.as_str(), CompareOp::Equal, 0);

@@ -118,6 +118,7 @@ async fn follow_once(
     changes: &mpsc::Sender<Change>,
     why: &'static str,
 ) -> Result<Ended, ClusterError> {
+    cluster.authenticate().await?;
     let (records, revision) = cluster.snapshot().await?;
     let mut stream = cluster
         .client
