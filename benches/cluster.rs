@@ -11,6 +11,11 @@
 //! request's own duration is shown too (it includes every node's fetch and
 //! compile: the switch waits for them).
 //!
+//! Three series per guest: one gateway in no cluster (its deploy-to-serving
+//! time is the compile time), three nodes each compiling for itself (the
+//! default), and three nodes with `share_compiled = true` (the deploying
+//! node compiles, the others fetch its compiled code).
+//!
 //! Target (issue 17): p99 ≤ 1 s for the Rust echo; the Python echo (a
 //! 21 MB component) within its compile time + 1 s.
 //!
@@ -44,12 +49,31 @@ fn main() {
         ("Rust echo", &rust, rust_rounds),
         ("Python echo", &python, python_rounds),
     ] {
-        let single = measure(label, bytes, rounds, 1);
-        let cluster = measure(label, bytes, rounds, 3);
-        rows.push((label, bytes.len(), single, cluster));
+        let single = measure(label, bytes, rounds, 1, false);
+        let cluster = measure(label, bytes, rounds, 3, false);
+        let shared = measure(label, bytes, rounds, 3, true);
+        rows.push(Row {
+            label,
+            size: bytes.len(),
+            series: [single, cluster, shared],
+        });
     }
     report(&rows);
 }
+
+/// One guest's figures: [`SERIES`] in order.
+struct Row {
+    label: &'static str,
+    size: usize,
+    series: [Series; 3],
+}
+
+/// The series of a row: their column title and JSON name.
+const SERIES: [(&str, &str); 3] = [
+    ("one gateway", "single"),
+    ("3 nodes", "cluster"),
+    ("3 nodes, share_compiled", "shared"),
+];
 
 /// Figures of one series of deploys.
 struct Series {
@@ -60,16 +84,21 @@ struct Series {
 }
 
 /// `rounds` deploys of fresh variants of `bytes` through node 1 of a
-/// cluster of `nodes` gateways (1: a gateway in no cluster).
-fn measure(label: &str, bytes: &[u8], rounds: usize, nodes: usize) -> Series {
-    let tag = format!("cluster-{}-{nodes}", label.to_lowercase().replace(' ', "-"));
+/// cluster of `nodes` gateways (1: a gateway in no cluster), sharing
+/// compiled code when `share` is set.
+fn measure(label: &str, bytes: &[u8], rounds: usize, nodes: usize, share: bool) -> Series {
+    let tag = format!(
+        "cluster-{}-{nodes}{}",
+        label.to_lowercase().replace(' ', "-"),
+        if share { "-shared" } else { "" }
+    );
     let etcd = (nodes > 1).then(Etcd::start);
     let dir = bench_dir(&tag);
     let token = dir.join("cluster-token");
     std::fs::write(&token, "bench-cluster-token-0123456789abcdefghij").unwrap();
     let port = free_port();
     let gateways: Vec<(Server, Admin)> = (1..=nodes)
-        .map(|node| start_node(&dir, node, etcd.as_ref(), &token))
+        .map(|node| start_node(&dir, node, etcd.as_ref(), &token, share))
         .collect();
     let mut serving_ms = Vec::new();
     let mut request_ms = Vec::new();
@@ -102,7 +131,13 @@ fn measure(label: &str, bytes: &[u8], rounds: usize, nodes: usize) -> Series {
 
 /// Starts node `node` (on 127.0.0.`node`) of the cluster in `etcd`, or a
 /// gateway in no cluster.
-fn start_node(dir: &Path, node: usize, etcd: Option<&Etcd>, token: &Path) -> (Server, Admin) {
+fn start_node(
+    dir: &Path,
+    node: usize,
+    etcd: Option<&Etcd>,
+    token: &Path,
+    share: bool,
+) -> (Server, Admin) {
     let state = dir.join(format!("state-{node}"));
     let _ = std::fs::remove_dir_all(&state);
     // Each node compiles for itself, as on separate machines.
@@ -111,7 +146,8 @@ fn start_node(dir: &Path, node: usize, etcd: Option<&Etcd>, token: &Path) -> (Se
     let cluster = match etcd {
         Some(etcd) => format!(
             "[cluster]\nendpoints = {:?}\nnode = \"node-{node}\"\npeer_listen = \
-             \"127.0.0.{node}:0\"\ntoken_file = {:?}\napp_address = \"127.0.0.{node}\"\n",
+             \"127.0.0.{node}:0\"\ntoken_file = {:?}\napp_address = \"127.0.0.{node}\"\n\
+             share_compiled = {share}\n",
             etcd.endpoints(),
             token.display().to_string()
         ),
@@ -214,39 +250,40 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[index]
 }
 
-fn report(rows: &[(&str, usize, Series, Series)]) {
+fn report(rows: &[Row]) {
     let mut md = String::from(
-        "## cluster: a deploy through node 1 until every node serves it\n\n\
-         | guest | size | deploys | one gateway: serving p50 / p99 | 3 nodes: every node serving \
-         p50 / p99 | 3 nodes: deploy request p50 / p99 |\n|---|---:|---:|---:|---:|---:|\n",
+        "## cluster: a deploy through node 1 until every node serves it\n\n| guest | size | deploys |",
     );
+    for (title, _) in SERIES {
+        md.push_str(&format!(" {title}: serving p50 / p99 (request p50) |"));
+    }
+    md.push_str("\n|---|---:|---:|---:|---:|---:|\n");
     let mut json = Vec::new();
-    for (label, size, single, cluster) in rows {
-        let p = |s: &[f64], q| percentile(s, q);
+    for row in rows {
         md.push_str(&format!(
-            "| {label} | {:.1} MB | {} | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.0} / {:.0} ms |\n",
-            *size as f64 / 1e6,
-            cluster.serving_ms.len(),
-            p(&single.serving_ms, 0.5),
-            p(&single.serving_ms, 0.99),
-            p(&cluster.serving_ms, 0.5),
-            p(&cluster.serving_ms, 0.99),
-            p(&cluster.request_ms, 0.5),
-            p(&cluster.request_ms, 0.99),
+            "| {} | {:.1} MB | {} |",
+            row.label,
+            row.size as f64 / 1e6,
+            row.series[0].serving_ms.len()
         ));
-        json.push(format!(
-            "{{\"guest\":\"{label}\",\"bytes\":{size},\"deploys\":{},\
-             \"single_p50_ms\":{:.1},\"single_p99_ms\":{:.1},\
-             \"cluster_serving_p50_ms\":{:.1},\"cluster_serving_p99_ms\":{:.1},\
-             \"cluster_request_p50_ms\":{:.1},\"cluster_request_p99_ms\":{:.1}}}",
-            cluster.serving_ms.len(),
-            p(&single.serving_ms, 0.5),
-            p(&single.serving_ms, 0.99),
-            p(&cluster.serving_ms, 0.5),
-            p(&cluster.serving_ms, 0.99),
-            p(&cluster.request_ms, 0.5),
-            p(&cluster.request_ms, 0.99),
-        ));
+        let mut fields = vec![
+            format!("\"guest\":\"{}\"", row.label),
+            format!("\"bytes\":{}", row.size),
+            format!("\"deploys\":{}", row.series[0].serving_ms.len()),
+        ];
+        for ((_, key), series) in SERIES.iter().zip(&row.series) {
+            let (p50, p99) = (
+                percentile(&series.serving_ms, 0.5),
+                percentile(&series.serving_ms, 0.99),
+            );
+            let request = percentile(&series.request_ms, 0.5);
+            md.push_str(&format!(" {p50:.0} / {p99:.0} ms ({request:.0}) |"));
+            fields.push(format!(
+                "\"{key}_p50_ms\":{p50:.1},\"{key}_p99_ms\":{p99:.1},\"{key}_request_p50_ms\":{request:.1}"
+            ));
+        }
+        md.push('\n');
+        json.push(format!("{{{}}}", fields.join(",")));
     }
     md.push_str(
         "\nThe time runs from the deploy request to every node reporting the new digest and \

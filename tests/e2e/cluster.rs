@@ -105,6 +105,9 @@ struct NodeSpec {
     cluster: &'static str,
     /// Extra tables of its file (`[tls]`, say), after `[cluster]`.
     tables: String,
+    /// A compile cache of its own (as on another machine) instead of the
+    /// tests' shared one.
+    own_cache: bool,
 }
 
 /// The `[cluster]` line of the tests that freeze a node: a frozen node
@@ -214,7 +217,15 @@ impl Cluster {
             let config = node_dir.join("sockgate.toml");
             std::fs::write(
                 &config,
-                sockgate_testkit::gateway::config_toml(&shared_cache_dir(), &gateway, &table),
+                sockgate_testkit::gateway::config_toml(
+                    &if spec.own_cache {
+                        node_dir.join("cache")
+                    } else {
+                        shared_cache_dir()
+                    },
+                    &gateway,
+                    &table,
+                ),
             )
             .unwrap();
             cluster.nodes.push(Node {
@@ -932,3 +943,7 @@ mod acme;
 /// etcd over TLS with client certificates and a user (its own file).
 #[path = "cluster_etcd_tls.rs"]
 mod etcd_tls;
+
+/// Compiled code shared between nodes (its own file).
+#[path = "cluster_compiled.rs"]
+mod compiled;

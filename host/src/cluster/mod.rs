@@ -53,6 +53,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+pub(crate) use self::peer::CompiledArtifact;
 pub(crate) use self::watch::Change;
 use crate::config::ClusterSettings;
 use crate::state::StateDir;
@@ -134,6 +135,9 @@ pub(crate) struct Cluster {
     /// The id of the ACME CA whose certificates this node shares, once
     /// set (`acme.rs`): the watch reports that CA's changes only.
     acme_ca: std::sync::OnceLock<String>,
+    /// The compile cache's directory, when compiled artifacts are shared
+    /// (`share_compiled`).
+    compiled: Option<std::path::PathBuf>,
     /// The etcd user and password, when etcd's auth is on.
     user: Option<(String, String)>,
     /// Whether the client holds a token for `user` (then renewed by the
@@ -144,7 +148,13 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Prepares the connection to etcd (made lazily: etcd may be down, and
     /// the node still serves its cache) and binds the component server.
-    pub(crate) async fn connect(settings: &ClusterSettings, state: StateDir) -> Result<Arc<Self>> {
+    /// `compiled` is the compile cache's directory, whose artifacts this
+    /// node serves to its peers when `share_compiled` is on.
+    pub(crate) async fn connect(
+        settings: &ClusterSettings,
+        state: StateDir,
+        compiled: std::path::PathBuf,
+    ) -> Result<Arc<Self>> {
         if settings.endpoints.is_empty() {
             anyhow::bail!(
                 "cluster.endpoints is empty: name etcd's client addresses (HOST:PORT), or pass \
@@ -198,11 +208,17 @@ impl Cluster {
             serving_changed: tokio::sync::Notify::new(),
             acme_ca: std::sync::OnceLock::new(),
             user: credentials.user,
+            compiled: settings.share_compiled.then_some(compiled),
             authenticated: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(peer::serve(cluster.clone(), listener));
         tokio::spawn(membership::keep(cluster.clone()));
         Ok(cluster)
+    }
+
+    /// Whether nodes share compiled artifacts (`share_compiled`).
+    pub(crate) fn shares_compiled(&self) -> bool {
+        self.compiled.is_some()
     }
 
     /// This node's name.

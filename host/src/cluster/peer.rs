@@ -2,7 +2,9 @@
 //! `cluster.peer_listen` (`GET /v1/blobs/<sha256>`, HTTP/1.1, the cluster
 //! token as a bearer token) and fetches those it lacks from a node that
 //! announced it. Nothing fetched is trusted: the bytes must have the SHA-256
-//! they were asked by, or they are thrown away.
+//! they were asked by, or they are thrown away. With `share_compiled`, a
+//! node serves its compiled artifacts too (`GET /v1/compiled/<key>`), each
+//! checked against the SHA-256 its compiler published in etcd.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,22 @@ use super::Cluster;
 /// The largest component a peer may send (the gateway's own upload
 /// limit). Threat: a compromised peer filling this node's memory.
 const MAX_BLOB_BYTES: usize = 64 << 20;
+
+/// The largest compiled artifact a peer may send (a 64 MiB component
+/// compiles to a few times its size). Threat: a peer filling this node's
+/// memory.
+const MAX_ARTIFACT_BYTES: usize = 1 << 30;
+
+/// A compiled artifact as a node announces it (the value of its `held/`
+/// key): its compile cache key, which says which engine made it, and the
+/// SHA-256 of the artifact, which a fetched copy must have.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct CompiledArtifact {
+    /// The compile cache key (SHA-256 of engine and component, hex).
+    pub(crate) key: String,
+    /// The artifact's SHA-256, hex.
+    pub(crate) sha256: String,
+}
 
 /// One fetch, connect to last byte. Threat: a peer that stalls a deploy.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,15 +89,24 @@ async fn answer<B>(cluster: &Cluster, request: &Request<B>) -> Response<Full<Byt
     if !authorized {
         return status(StatusCode::UNAUTHORIZED, "the cluster token is required");
     }
-    let digest = request.uri().path().strip_prefix("/v1/blobs/");
-    let Some(digest) = digest.filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
-    else {
-        return status(StatusCode::NOT_FOUND, "GET /v1/blobs/<sha256> only");
-    };
     if request.method() != Method::GET {
         return status(StatusCode::METHOD_NOT_ALLOWED, "GET only");
     }
-    let path = cluster.state.blob_path(digest);
+    let hex64 = |d: &&str| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit());
+    let path = request.uri().path();
+    let path = if let Some(digest) = path.strip_prefix("/v1/blobs/").filter(hex64) {
+        cluster.state.blob_path(digest)
+    } else if let (Some(key), Some(dir)) = (
+        path.strip_prefix("/v1/compiled/").filter(hex64),
+        &cluster.compiled,
+    ) {
+        dir.join(format!("{key}.cwasm"))
+    } else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "GET /v1/blobs/<sha256> or /v1/compiled/<key> only",
+        );
+    };
     match tokio::fs::read(&path).await {
         Ok(bytes) => Response::new(Full::new(Bytes::from(bytes))),
         Err(_) => status(
@@ -129,8 +156,42 @@ impl Cluster {
         )
     }
 
+    /// Fetches compiled artifact `artifact` from node `node` and checks
+    /// its SHA-256.
+    pub(crate) async fn fetch_compiled(
+        &self,
+        node: &str,
+        artifact: &CompiledArtifact,
+    ) -> Result<Vec<u8>> {
+        let nodes = self.live_nodes().await?;
+        let (_, url) = nodes
+            .iter()
+            .find(|(name, _)| name == node)
+            .with_context(|| format!("node {node} is not alive"))?;
+        let path = format!("/v1/compiled/{}", artifact.key);
+        tokio::time::timeout(
+            FETCH_TIMEOUT,
+            self.get_checked(url, &path, &artifact.sha256, MAX_ARTIFACT_BYTES),
+        )
+        .await
+        .map_err(|_| anyhow!("no answer from {node} within {FETCH_TIMEOUT:?}"))?
+    }
+
     /// Fetches component `digest` from the peer at `url` and checks it.
     async fn fetch_from(&self, url: &str, digest: &str) -> Result<Vec<u8>> {
+        self.get_checked(url, &format!("/v1/blobs/{digest}"), digest, MAX_BLOB_BYTES)
+            .await
+    }
+
+    /// `GET path` from the peer at `url`: at most `limit` bytes, which
+    /// must have SHA-256 `digest`.
+    async fn get_checked(
+        &self,
+        url: &str,
+        path: &str,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>> {
         let authority = url
             .strip_prefix("http://")
             .ok_or_else(|| anyhow!("a peer URL must be http://HOST:PORT, not {url}"))?
@@ -142,7 +203,7 @@ impl Cluster {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let request = Request::get(format!("/v1/blobs/{digest}"))
+        let request = Request::get(path)
             .header(http::header::HOST, authority)
             .header(
                 http::header::AUTHORIZATION,
@@ -153,10 +214,10 @@ impl Cluster {
         if response.status() != StatusCode::OK {
             bail!("the peer answered {}", response.status());
         }
-        let body = Limited::new(response.into_body(), MAX_BLOB_BYTES)
+        let body = Limited::new(response.into_body(), limit)
             .collect()
             .await
-            .map_err(|err| anyhow!("reading the component: {err}"))?
+            .map_err(|err| anyhow!("reading {path}: {err}"))?
             .to_bytes();
         let got = crate::state::hex(&Sha256::digest(&body));
         if got != digest {

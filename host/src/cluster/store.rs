@@ -195,6 +195,20 @@ impl Cluster {
     /// Tells the cluster this node holds (and compiled) component `digest`,
     /// under its lease.
     pub(crate) async fn announce(&self, digest: &str) -> Result<(), ClusterError> {
+        self.announce_compiled(digest, None).await
+    }
+
+    /// Like [`announce`](Self::announce), saying where its compiled
+    /// artifact is, for the peers to fetch (`share_compiled`).
+    pub(crate) async fn announce_compiled(
+        &self,
+        digest: &str,
+        compiled: Option<&super::CompiledArtifact>,
+    ) -> Result<(), ClusterError> {
+        let value = match compiled {
+            Some(artifact) => serde_json::to_vec(artifact).map_err(ClusterError::unavailable)?,
+            None => Vec::new(),
+        };
         let lease = self.lease.load(Ordering::Acquire);
         if lease == 0 {
             return Err(ClusterError::unavailable(
@@ -205,7 +219,7 @@ impl Cluster {
             .clone()
             .put(
                 self.keys.held(digest, &self.node),
-                Vec::new(),
+                value,
                 Some(etcd_client::PutOptions::new().with_lease(lease)),
             )
             .await

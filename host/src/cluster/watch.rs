@@ -53,6 +53,8 @@ pub(crate) enum Change {
         digest: String,
         /// The node that announced it.
         node: String,
+        /// Its compiled artifact there, when it shares it.
+        compiled: Option<super::CompiledArtifact>,
     },
     /// A name's certificate, back-off or order lock changed.
     Certificate(String),
@@ -193,6 +195,7 @@ fn change_of(cluster: &Cluster, event: &etcd_client::Event) -> Option<Change> {
         Key::Held { digest, node } if put && node != cluster.node => Some(Change::Held {
             digest: digest.to_owned(),
             node: node.to_owned(),
+            compiled: serde_json::from_slice(kv.value()).ok(),
         }),
         Key::AcmeName { ca, name } if cluster.acme_ca.get().is_some_and(|c| c == ca) => {
             Some(Change::Certificate(name.to_owned()))

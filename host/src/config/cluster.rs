@@ -68,6 +68,16 @@ pub struct ClusterSettings {
     /// fewer) hold it, and the others fetch it as they can.
     #[serde(default = "default_spread_secs")]
     pub spread_timeout_secs: u64,
+    /// Whether nodes fetch a new component's *compiled* code from the node
+    /// that compiled it instead of compiling it again (same gateway build
+    /// and CPU: the compile cache key says so; otherwise each compiles).
+    /// A deploy then costs one compile for the whole cluster. Off by
+    /// default: the nodes then run native code another node made — its
+    /// SHA-256 is checked against the one that node published in etcd, so
+    /// nothing on the way can alter it, but a compromised node could
+    /// publish its own.
+    #[serde(default)]
+    pub share_compiled: bool,
     /// etcd over TLS: the CA (PEM) that signed etcd's server certificate.
     /// Set, endpoints without a scheme are `https://`; an `https://`
     /// endpoint needs it.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 
-use super::deploy::{collect_blobs, read_blob, read_blob_at};
+use super::deploy::{collect_blobs, read_blob};
 use super::error::DeployError;
 use super::{AppStatus, Gateway, Source, digest_of, unix_now};
 use crate::base::locks::lock;
@@ -37,7 +37,8 @@ impl Gateway {
             .state
             .clone()
             .context("[cluster] needs the admin API's state directory")?;
-        let cluster = Cluster::connect(settings, state).await?;
+        let compiled = self.inner.runtime.cache.dir().to_owned();
+        let cluster = Cluster::connect(settings, state, compiled).await?;
         if let Some(acme) = self.acme() {
             // Before the watch starts: it reports this CA's changes only.
             acme.share_through(cluster.acme_store(acme.directory_url()));
@@ -118,7 +119,11 @@ impl Gateway {
                 let _changing = self.inner.cluster_changes.lock().await;
                 self.remove_locally(&name).await;
             }
-            Change::Held { digest, node } => return self.prefetch(digest, node),
+            Change::Held {
+                digest,
+                node,
+                compiled,
+            } => return self.prefetch(digest, node, compiled),
         }
         self.publish_serving().await;
     }
@@ -303,48 +308,7 @@ impl Gateway {
         tracing::info!(app = %name, "cluster: app removed");
     }
 
-    /// Fetches and compiles component `digest`, which `node` announced,
-    /// ahead of the deploy that will name it; then announces it here too.
-    fn prefetch(&self, digest: String, node: String) {
-        let Ok(cluster) = self.cluster() else {
-            return;
-        };
-        let Some(state) = self.inner.state.clone() else {
-            return;
-        };
-        if !lock(&self.inner.fetching).insert(digest.clone()) {
-            return;
-        }
-        let gateway = self.clone();
-        tokio::spawn(async move {
-            let path = state.blob_path(&digest);
-            let fetched = async {
-                if read_blob_at(&path, &digest, 0).ok().is_none() {
-                    cluster.fetch_blob(&digest, Some(&node)).await?;
-                }
-                let bytes = read_blob_at(&path, &digest, 0)
-                    .ok()
-                    .context("the component fetched is not in the state directory")?;
-                let runtime = gateway.inner.runtime.clone();
-                let compiled = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    crate::runtime::load::load_component_bytes(&runtime, &compiled, &bytes)
-                })
-                .await??;
-                cluster.announce(&digest).await?;
-                anyhow::Ok(())
-            };
-            if let Err(err) = fetched.await {
-                tracing::warn!(
-                    digest = %digest,
-                    "cluster: cannot fetch and compile a component {node} announced: {err:#}"
-                );
-            }
-            lock(&gateway.inner.fetching).remove(&digest);
-        });
-    }
-
-    fn cluster(&self) -> Result<Arc<Cluster>, DeployError> {
+    pub(super) fn cluster(&self) -> Result<Arc<Cluster>, DeployError> {
         self.inner
             .cluster
             .get()
@@ -385,12 +349,25 @@ impl Gateway {
             .await
             .map_err(|err| DeployError::Internal(err.into()))?
             .map_err(DeployError::State)?;
-        // Announced before it is compiled here, so that every node fetches
-        // and compiles it while this one does: a deploy costs one compile
-        // time, not two. A component refused here then leaves an unused
-        // blob on the peers, collected with the others.
-        cluster.announce(&digest).await?;
-        let loaded = self.load(&config, bytes.clone()).await?;
+        let loaded = if cluster.shares_compiled() {
+            // Compiled here first, then announced with its artifact, which
+            // every node fetches instead of compiling: one compile for
+            // the cluster.
+            let loaded = self.load(&config, bytes.clone()).await?;
+            let artifact = self.compiled_artifact(&bytes).await;
+            cluster
+                .announce_compiled(&digest, artifact.as_ref())
+                .await?;
+            loaded
+        } else {
+            // Announced before it is compiled here, so that every node
+            // fetches and compiles it while this one does: a deploy costs
+            // one compile time, not two. A component refused here then
+            // leaves an unused blob on the peers, collected with the
+            // others.
+            cluster.announce(&digest).await?;
+            self.load(&config, bytes.clone()).await?
+        };
         cluster.await_spread(&digest).await?;
         config.component = PathBuf::from(format!("sha256:{digest}"));
         let mut record = seen.record.unwrap_or_else(|| AppRecord {

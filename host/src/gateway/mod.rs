@@ -44,6 +44,7 @@ mod cluster;
 mod deploy;
 mod error;
 mod lazy;
+mod peers;
 mod plan;
 mod reload;
 mod status;

@@ -72,6 +72,25 @@ impl CompileCache {
         })
     }
 
+    /// The directory of the artifacts.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the artifact of `key` is (or would be).
+    pub fn artifact_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.cwasm"))
+    }
+
+    /// Stores `artifact` under `key`, as compiled elsewhere: by a node of
+    /// the same cluster with the same engine (the key says so), whose
+    /// artifact's SHA-256 the caller checked against the one that node
+    /// published. wasmtime checks its header against this engine when it
+    /// is loaded, and an unusable one is recompiled.
+    pub fn install(&self, key: &str, artifact: &[u8]) -> Result<()> {
+        Ok(write_atomic(&self.artifact_path(key), artifact, 0o600)?)
+    }
+
     /// The cache key of a component's bytes.
     pub fn key(&self, bytes: &[u8]) -> String {
         let mut digest = Sha256::new();
@@ -104,7 +123,7 @@ impl CompileCache {
         key: &str,
         bytes: &[u8],
     ) -> Result<(Component, CacheOutcome)> {
-        let path = self.dir.join(format!("{key}.cwasm"));
+        let path = self.artifact_path(key);
         let trusted = match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() && crate::base::fsutil::is_own_file(&meta) => true,
             Ok(_) => {

@@ -218,6 +218,41 @@ pub fn load_component_bytes(
     Ok(loaded)
 }
 
+/// The compile cache key of component `bytes` (`path` names them in
+/// errors) and where its compiled artifact is kept: what a cluster node
+/// publishes so that its peers can fetch the artifact instead of
+/// compiling (`[cluster] share_compiled`).
+pub fn compiled_artifact(
+    runtime: &Runtime,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(String, PathBuf), LoadError> {
+    let world = detect_world(path, bytes)?;
+    let cache = compile_cache_of(runtime, path, world)?;
+    let key = cache.key(bytes);
+    let artifact = cache.artifact_path(&key);
+    Ok((key, artifact))
+}
+
+/// Stores a compiled artifact of component `bytes` that a peer made, when
+/// this node's key for `bytes` is `key` (the same engine); returns whether
+/// it was stored. The next load of `bytes` deserializes it.
+pub fn install_compiled(
+    runtime: &Runtime,
+    path: &Path,
+    bytes: &[u8],
+    key: &str,
+    artifact: &[u8],
+) -> anyhow::Result<bool> {
+    let world = detect_world(path, bytes)?;
+    let cache = compile_cache_of(runtime, path, world)?;
+    if cache.key(bytes) != key {
+        return Ok(false);
+    }
+    cache.install(key, artifact)?;
+    Ok(true)
+}
+
 /// The compile cache of the engine that runs `world` (creating that engine
 /// on first use).
 fn compile_cache_of<'r>(
