@@ -29,6 +29,13 @@ impl Gateway {
         let Some(state) = self.inner.state.clone() else {
             return;
         };
+        // Held already (fetched, or deployed here): nothing to do. Every
+        // announcement is a watch event on every other node, so a node
+        // that acted on announcements of what it holds would announce
+        // again, and the nodes would echo each other forever.
+        if state.blob_path(&digest).exists() {
+            return;
+        }
         if !lock(&self.inner.fetching).insert(digest.clone()) {
             return;
         }
@@ -36,9 +43,7 @@ impl Gateway {
         tokio::spawn(async move {
             let path = state.blob_path(&digest);
             let fetched = async {
-                if read_blob_at(&path, &digest, 0).ok().is_none() {
-                    cluster.fetch_blob(&digest, Some(&node)).await?;
-                }
+                cluster.fetch_blob(&digest, Some(&node)).await?;
                 let bytes = read_blob_at(&path, &digest, 0)
                     .ok()
                     .context("the component fetched is not in the state directory")?;
