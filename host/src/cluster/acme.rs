@@ -17,7 +17,6 @@
 //!   [`ANSWERS_SPREAD`], reported).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -64,7 +63,7 @@ impl Cluster {
         let Some(ca) = self.acme_ca.get() else {
             return Ok(());
         };
-        let lease = self.registered_lease()?;
+        let lease = self.registered_lease().await?;
         self.client
             .clone()
             .put(
@@ -75,16 +74,6 @@ impl Cluster {
             .await
             .map_err(ClusterError::unavailable)?;
         Ok(())
-    }
-
-    /// The node's lease, or why there is none.
-    pub(super) fn registered_lease(&self) -> Result<i64, ClusterError> {
-        match self.lease.load(Ordering::Acquire) {
-            0 => Err(ClusterError::unavailable(
-                "this node is not registered in etcd yet",
-            )),
-            lease => Ok(lease),
-        }
     }
 }
 
@@ -166,7 +155,7 @@ impl SharedAcme for ClusterAcme {
 
     async fn try_lock(&self, name: &str) -> Result<OrderLock> {
         self.cluster.authenticate().await?;
-        let lease = self.cluster.registered_lease()?;
+        let lease = self.cluster.registered_lease().await?;
         let key = self.key(AcmeKey::Lock, name);
         let free = Compare::create_revision(key.as_str(), CompareOp::Equal, 0);
         let take = TxnOp::put(
@@ -233,7 +222,7 @@ impl SharedAcme for ClusterAcme {
     }
 
     async fn publish_challenge(&self, answer: &ChallengeAnswer) -> Result<()> {
-        let lease = self.cluster.registered_lease()?;
+        let lease = self.cluster.registered_lease().await?;
         let id = answer.id();
         self.cluster
             .client

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use etcd_client::PutOptions;
 
-use super::Cluster;
+use super::{Cluster, ClusterError};
 use crate::base::backoff::ExponentialBackoff;
 
 /// The lease's time to live (seconds): how long a dead node still counts
@@ -30,6 +30,7 @@ pub(super) async fn keep(cluster: Arc<Cluster>) {
         match register(&cluster).await {
             Ok((lease, mut keeper, mut responses)) => {
                 cluster.lease.store(lease, Ordering::Release);
+                cluster.registered.notify_waiters();
                 tracing::info!(
                     node = %cluster.node,
                     "cluster: registered in etcd (lease {lease:x}, peers fetch from {})",
@@ -147,4 +148,25 @@ pub(crate) struct NodeInfo {
     /// The cluster apps it serves: name → version number.
     #[serde(default)]
     pub(crate) apps: std::collections::BTreeMap<String, u64>,
+}
+
+impl Cluster {
+    /// The node's lease, waiting up to a request's time for a node that
+    /// is registering (just started, or etcd just came back); or why there
+    /// is none.
+    pub(super) async fn registered_lease(&self) -> Result<i64, ClusterError> {
+        let deadline = tokio::time::Instant::now() + super::REQUEST_TIMEOUT;
+        loop {
+            let registered = self.registered.notified();
+            match self.lease.load(Ordering::Acquire) {
+                0 => {}
+                lease => return Ok(lease),
+            }
+            if tokio::time::timeout_at(deadline, registered).await.is_err() {
+                return Err(ClusterError::unavailable(
+                    "this node is not registered in etcd (yet): it retries",
+                ));
+            }
+        }
+    }
 }

@@ -126,6 +126,8 @@ pub(crate) struct Cluster {
     peer_url: String,
     /// The node's current lease (0: not registered, etcd unreachable).
     lease: AtomicI64,
+    /// Signalled when the node registers (a new lease).
+    registered: tokio::sync::Notify,
     /// The cluster apps this node serves, by name: their version numbers,
     /// published in its `nodes/` key so that operators see which version
     /// each node serves.
@@ -204,6 +206,7 @@ impl Cluster {
             token,
             state,
             lease: AtomicI64::new(0),
+            registered: tokio::sync::Notify::new(),
             serving: std::sync::Mutex::default(),
             serving_changed: tokio::sync::Notify::new(),
             acme_ca: std::sync::OnceLock::new(),

@@ -3,7 +3,6 @@
 //! writer read, so that of two concurrent changes of one app exactly one
 //! lands and the other is told ([`ClusterError::Conflict`]).
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
@@ -209,12 +208,7 @@ impl Cluster {
             Some(artifact) => serde_json::to_vec(artifact).map_err(ClusterError::unavailable)?,
             None => Vec::new(),
         };
-        let lease = self.lease.load(Ordering::Acquire);
-        if lease == 0 {
-            return Err(ClusterError::unavailable(
-                "this node is not registered in etcd yet",
-            ));
-        }
+        let lease = self.registered_lease().await?;
         self.client
             .clone()
             .put(
