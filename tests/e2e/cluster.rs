@@ -11,7 +11,8 @@
 //! directory, and everything resumes when etcd is back; a node that was
 //! frozen (SIGSTOP) catches up, across a compaction too; the deploying
 //! node's `kill -9` loses nothing; `--cluster etcd://…` overrides the
-//! file's endpoints.
+//! file's endpoints; node 2's dashboard, in Chromium, shows every node and
+//! the versions they serve.
 //!
 //! Plain `#[test]`s with blocking sockets: the CLI, etcd's faults and the
 //! clients all block, and a thread per client is simpler than a runtime.
@@ -920,4 +921,159 @@ fn the_cluster_flag_overrides_the_files_endpoints() {
     let port = free_port_everywhere();
     cluster.deploy(1, "echo", "echo", &["--listen", &format!("0.0.0.0:{port}")]);
     cluster.wait_serving(2, port, "echo", CONVERGE);
+}
+
+/// How long the cluster panel of a dashboard may take to show a change
+/// (a node publishes what it serves as soon as it switched; the margin is
+/// for a loaded machine).
+const PANEL_SHOWS: Duration = Duration::from_secs(30);
+
+/// What the cluster panel of the page shows, read from its markup
+/// (`host/src/admin/cluster_panel.rs`): `{panel: false}` when there is
+/// none, else this node, etcd's state, one entry per node row (health,
+/// its text, the version cell of each app) and the apps flagged as
+/// differing.
+const READ_PANEL: &str = "(() => {\
+    const s = document.querySelector('section#cluster');\
+    if (!s) return { panel: false, text: document.body.innerText };\
+    const rows = [...s.querySelectorAll('tr[data-node]')];\
+    return {\
+      panel: true,\
+      thisNode: s.querySelector('[data-this-node]').dataset.thisNode,\
+      etcd: s.querySelector('[data-etcd]').dataset.etcd,\
+      nodes: Object.fromEntries(rows.map(r => [r.dataset.node, {\
+        health: r.querySelector('[data-health]').dataset.health,\
+        text: r.innerText,\
+        apps: Object.fromEntries([...r.querySelectorAll('td[data-app]')]\
+          .map(c => [c.dataset.app, c.textContent])),\
+      }])),\
+      differs: [...s.querySelectorAll('[data-differs]')].map(e => e.dataset.differs),\
+      differsText: [...s.querySelectorAll('[data-differs]')].map(e => e.innerText),\
+      pwned: window.pwned === true,\
+      text: s.innerText,\
+    };\
+  })()";
+
+/// Loads node `admin`'s dashboard overview afresh until its cluster panel
+/// satisfies `done` (within [`PANEL_SHOWS`]); returns what the panel
+/// showed. The page is server-rendered, so each look is a new load, told
+/// apart from the last one by its query.
+fn panel_until(
+    browser: &mut crate::browser::Browser,
+    admin: SocketAddr,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    let mut load = 0u32;
+    loop {
+        load += 1;
+        browser.goto(&format!("http://{admin}/?load={load}"));
+        // The TLS heading follows the cluster panel: once it is parsed,
+        // the panel is whole.
+        let panel = browser.wait_for(
+            "the dashboard's overview",
+            &format!(
+                "location.search === '?load={load}' && document.body \
+                 && document.body.innerText.includes('TLS certificates') && {READ_PANEL}"
+            ),
+            crate::browser::LOAD_TIMEOUT,
+        );
+        if done(&panel) {
+            return panel;
+        }
+        assert!(
+            started.elapsed() < PANEL_SHOWS,
+            "node {admin}'s dashboard does not show {what} after {PANEL_SHOWS:?}; it shows:\n\
+             {panel:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Node 2's dashboard, in Debian's headless Chromium: the cluster panel
+/// names node 2 as this node and etcd as reachable, lists all three nodes
+/// with their peer URLs, healthy, each serving version 2 of the app; then
+/// a node key written straight into etcd (a node serving version 1, whose
+/// peer port does not answer, named with markup) shows as unhealthy, its
+/// name as text, and the app flagged as differing between nodes.
+#[test]
+fn the_dashboard_of_node_2_shows_every_node_and_the_versions_they_serve() {
+    let cluster = Cluster::start("cluster-dashboard", 3);
+    let port = free_port_everywhere();
+    cluster.deploy(1, "echo", "echo", &["--listen", &format!("0.0.0.0:{port}")]);
+    cluster.deploy(1, "echo", "hostile", &[]);
+    for n in 1..=3 {
+        cluster.wait_serving(n, port, "hostile", CONVERGE);
+    }
+    let node = cluster.node(2);
+    let mut browser = crate::browser::Browser::start(
+        &cluster.dir.0.join("profile"),
+        &cluster.dir.0.join("chromium.log"),
+        1280,
+        1600,
+    );
+    browser.log_in(node.admin, &node.state);
+
+    let all_at_2 =
+        |panel: &Value| (1..=3).all(|n| panel["nodes"][format!("node-{n}")]["apps"]["echo"] == "2");
+    let panel = panel_until(&mut browser, node.admin, "3 nodes at version 2", all_at_2);
+    assert_eq!(panel["thisNode"], "node-2", "{panel:#}");
+    assert_eq!(panel["etcd"], "reachable", "{panel:#}");
+    let endpoint = cluster.etcd.endpoint(0);
+    assert!(
+        panel["text"].as_str().unwrap().contains(&endpoint),
+        "the panel does not name etcd's endpoint {endpoint}: {panel:#}"
+    );
+    assert_eq!(panel["nodes"].as_object().unwrap().len(), 3, "{panel:#}");
+    for n in 1..=3 {
+        let row = &panel["nodes"][format!("node-{n}")];
+        assert_eq!(row["health"], "true", "node-{n} is not healthy: {panel:#}");
+        let text = row["text"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("http://127.0.0.{n}:")),
+            "node-{n}'s row names no peer URL on its IP: {text}"
+        );
+        assert_eq!(
+            text.contains("(this node)"),
+            n == 2,
+            "node-{n}'s row: {text}"
+        );
+    }
+    assert_eq!(panel["differs"], serde_json::json!([]), "{panel:#}");
+    let shot = crate::dashboard::keep_screenshot(&browser.screenshot(), "dashboard-cluster.png");
+    eprintln!("screenshot: {}", shot.display());
+
+    // A node as etcd holds it: any node may write its own key, so its
+    // name is untrusted text. It serves version 1 and its peer port
+    // (port 1 on loopback) refuses.
+    let stray = "<img src=x onerror=window.pwned=true>";
+    cluster.etcd.put(
+        &format!("/sockgate/v1/nodes/{stray}"),
+        r#"{"peer_url":"http://127.0.0.1:1","sockgate":"0.0.0","apps":{"echo":1}}"#,
+    );
+    let panel = panel_until(&mut browser, node.admin, "the stray node", |panel| {
+        panel["nodes"].get(stray).is_some()
+    });
+    assert!(
+        !panel["pwned"].as_bool().unwrap(),
+        "markup from etcd ran: {panel:#}"
+    );
+    assert_eq!(panel["nodes"][stray]["health"], "false", "{panel:#}");
+    assert!(
+        panel["nodes"][stray]["text"]
+            .as_str()
+            .unwrap()
+            .contains("peer port unreachable"),
+        "{panel:#}"
+    );
+    assert_eq!(panel["differs"], serde_json::json!(["echo"]), "{panel:#}");
+    let flagged = panel["differsText"][0].as_str().unwrap();
+    assert!(
+        flagged.contains("node-1: 2") && flagged.contains(&format!("{stray}: 1")),
+        "the flag does not say which node serves which version: {flagged}"
+    );
+    let shot =
+        crate::dashboard::keep_screenshot(&browser.screenshot(), "dashboard-cluster-differs.png");
+    eprintln!("screenshot: {}", shot.display());
 }
