@@ -11,8 +11,9 @@
 //! directory, and everything resumes when etcd is back; a node that was
 //! frozen (SIGSTOP) catches up, across a compaction too; the deploying
 //! node's `kill -9` loses nothing; `--cluster etcd://…` overrides the
-//! file's endpoints; node 2's dashboard, in Chromium, shows every node and
-//! the versions they serve.
+//! file's endpoints; the etcd leader's `kill -9` (of three members) breaks
+//! no traffic and deploys go on once a new leader is elected; node 2's
+//! dashboard, in Chromium, shows every node and the versions they serve.
 //!
 //! Plain `#[test]`s with blocking sockets: the CLI, etcd's faults and the
 //! clients all block, and a thread per client is simpler than a runtime.
@@ -1076,4 +1077,85 @@ fn the_dashboard_of_node_2_shows_every_node_and_the_versions_they_serve() {
     let shot =
         crate::dashboard::keep_screenshot(&browser.screenshot(), "dashboard-cluster-differs.png");
     eprintln!("screenshot: {}", shot.display());
+}
+
+/// How long a deploy after the etcd leader's death may keep being refused
+/// (exit code 8) while the remaining members elect a new leader and the
+/// nodes' clients leave the dead member.
+const FAILOVER: Duration = Duration::from_secs(60);
+
+/// Three gateways against a three-member etcd, each given all three
+/// endpoints: the leader's `kill -9` never breaks an echo on node 2, and a
+/// deploy of a new version made on node 1 afterwards succeeds (retried
+/// while refused for want of a leader) and is served by nodes 2 and 3.
+#[test]
+fn the_etcd_leaders_kill_9_breaks_no_traffic_and_deploys_go_on() {
+    let etcd = Etcd::start_cluster(3);
+    let endpoints = etcd.endpoints();
+    let mut cluster = Cluster::start_with("cluster-failover", etcd, &vec![NodeSpec::default(); 3]);
+    for n in 1..=3 {
+        let stdout = cluster.node(n).running().stdout.text();
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("cluster: node"))
+            .unwrap_or_else(|| panic!("node {n} printed no cluster line:\n{stdout}"));
+        for endpoint in &endpoints {
+            assert!(
+                line.contains(endpoint.as_str()),
+                "node {n} was not given etcd member {endpoint}: {line}"
+            );
+        }
+    }
+    let port = free_port_everywhere();
+    cluster.deploy(1, "echo", "echo", &["--listen", &format!("0.0.0.0:{port}")]);
+    for n in 1..=3 {
+        cluster.wait_serving(n, port, "echo", CONVERGE);
+    }
+    let prober = Prober::start(Cluster::addr(2, port));
+    prober.wait_for_more(50, CONVERGE);
+
+    let leader = cluster.etcd.wait_leader();
+    cluster.etcd.kill(leader);
+    let killed = Instant::now();
+    eprintln!("killed etcd member {leader}, the leader");
+
+    let hostile = guest("hostile").display().to_string();
+    let mut refusals = 0;
+    loop {
+        let (code, stdout, stderr) = cluster.cli(1, &["deploy", "echo", &hostile]);
+        if code == 0 {
+            break;
+        }
+        assert_eq!(
+            code, EXIT_STORE_UNAVAILABLE,
+            "a deploy after the leader's death failed otherwise than `store unavailable`: \
+             {stdout}{stderr}"
+        );
+        refusals += 1;
+        assert!(
+            killed.elapsed() < FAILOVER,
+            "deploys still refused {FAILOVER:?} after the leader's death ({refusals} \
+             refusals): {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "a deploy worked {} ms after the leader's kill -9 ({refusals} refused before); \
+         member {:?} leads now",
+        killed.elapsed().as_millis(),
+        cluster.etcd.leader()
+    );
+    for n in [2, 3, 1] {
+        let took = cluster.wait_serving(n, port, "hostile", CONVERGE);
+        eprintln!("version 2 served on node {n} {} ms later", took.as_millis());
+        cluster.wait_version(n, "echo", Some(2));
+    }
+    prober.wait_for_more(200, CONVERGE);
+    let (ok, failures) = prober.stop();
+    assert!(
+        failures.is_empty(),
+        "node 2's echo broke across the etcd leader's death ({ok} round trips worked): \
+         {failures:#?}"
+    );
+    eprintln!("node 2 answered {ok} round trips across the failover");
 }
