@@ -13,7 +13,8 @@
 //! node's `kill -9` loses nothing; `--cluster etcd://…` overrides the
 //! file's endpoints; the etcd leader's `kill -9` (of three members) breaks
 //! no traffic and deploys go on once a new leader is elected; node 2's
-//! dashboard, in Chromium, shows every node and the versions they serve.
+//! dashboard, in Chromium, shows every node and the versions they serve;
+//! the ~21.8 MB Python echo deployed on one node is served by all three.
 //!
 //! Plain `#[test]`s with blocking sockets: the CLI, etcd's faults and the
 //! clients all block, and a thread per client is simpler than a runtime.
@@ -105,6 +106,9 @@ struct NodeSpec {
     args: Vec<String>,
     /// Extra lines of its `[cluster]` table.
     cluster: &'static str,
+    /// A compile cache of its own (empty) instead of the tests' shared
+    /// one: the node must compile what it receives, as a new machine does.
+    own_cache: bool,
 }
 
 /// The `[cluster]` line of the tests that freeze a node: a frozen node
@@ -210,10 +214,15 @@ impl Cluster {
                 cluster.token_file.display().to_string(),
                 spec.cluster
             );
+            let cache = if spec.own_cache {
+                node_dir.join("compile-cache")
+            } else {
+                shared_cache_dir()
+            };
             let config = node_dir.join("sockgate.toml");
             std::fs::write(
                 &config,
-                sockgate_testkit::gateway::config_toml(&shared_cache_dir(), &gateway, &table),
+                sockgate_testkit::gateway::config_toml(&cache, &gateway, &table),
             )
             .unwrap();
             cluster.nodes.push(Node {
@@ -322,12 +331,23 @@ impl Cluster {
     /// Waits (bounded) for a CLI process; returns exit code, stdout,
     /// stderr.
     fn finish(&self, child: Child, args: &[&str]) -> (i32, String, String) {
+        self.finish_within(child, args, CLI_TIMEOUT)
+    }
+
+    /// [`Cluster::finish`] with its own bound, for a command known to be
+    /// slow (a large component's deploy).
+    fn finish_within(
+        &self,
+        child: Child,
+        args: &[&str],
+        within: Duration,
+    ) -> (i32, String, String) {
         let pid = child.id();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(child.wait_with_output());
         });
-        match rx.recv_timeout(CLI_TIMEOUT) {
+        match rx.recv_timeout(within) {
             Ok(output) => {
                 let output = output.unwrap();
                 (
@@ -338,7 +358,7 @@ impl Cluster {
             }
             Err(_) => {
                 signal(pid, libc::SIGKILL);
-                panic!("sockgate {args:?} hung for {CLI_TIMEOUT:?}");
+                panic!("sockgate {args:?} hung for {within:?}");
             }
         }
     }
@@ -1158,4 +1178,83 @@ fn the_etcd_leaders_kill_9_breaks_no_traffic_and_deploys_go_on() {
          {failures:#?}"
     );
     eprintln!("node 2 answered {ok} round trips across the failover");
+}
+
+/// How long a deploy of the ~21 MB Python component may take, from the
+/// upload to every node serving it: each node compiles it (about 10 s
+/// alone on 2 cores, the three at once share them).
+const PYTHON_SPREAD: Duration = Duration::from_secs(240);
+
+/// The Python echo (componentize-py, about 21.8 MB: CPython inside)
+/// deployed on node 1 goes to the other nodes through their peer fetches
+/// and is served by all three at the same digest. Each node has a compile
+/// cache of its own, empty, so each compiles it as a new machine would.
+/// The guest is built by
+/// `guests/build-lang.sh python` if need be; a machine that cannot build
+/// it fails this test, saying so.
+#[test]
+fn a_20_mb_python_component_deployed_on_node_1_is_served_by_all_three() {
+    let python = sockgate_testkit::guests::lang_guest("python", "echo");
+    let size = std::fs::metadata(&python).unwrap().len();
+    assert!(
+        size > 15_000_000,
+        "{} is {size} bytes: not the ~21.8 MB componentize-py build this test is about",
+        python.display()
+    );
+    let spec = NodeSpec {
+        own_cache: true,
+        ..NodeSpec::default()
+    };
+    let cluster = Cluster::start_with("cluster-python", Etcd::start(), &vec![spec; 3]);
+    let port = free_port_everywhere();
+    let component = python.display().to_string();
+    let listen = format!("0.0.0.0:{port}");
+    let args = ["deploy", "py-echo", component.as_str(), "--listen", &listen];
+    let started = Instant::now();
+    let child = cluster.cli_command(1, &args).spawn().unwrap();
+    let (code, stdout, stderr) = cluster.finish_within(child, &args, PYTHON_SPREAD);
+    assert_eq!(
+        code, 0,
+        "the Python deploy on node 1 failed: {stdout}{stderr}"
+    );
+    eprintln!(
+        "deploy of {:.1} MB returned after {} ms",
+        size as f64 / 1e6,
+        started.elapsed().as_millis()
+    );
+    for n in 1..=3 {
+        let within = PYTHON_SPREAD.saturating_sub(started.elapsed());
+        cluster.wait_serving(n, port, "echo", within);
+        eprintln!(
+            "node {n} serves the Python echo {} ms after the deploy began",
+            started.elapsed().as_millis()
+        );
+    }
+    let digests: Vec<Value> = (1..=3)
+        .map(|n| cluster.wait_version(n, "py-echo", Some(1)).unwrap()["digest"].clone())
+        .collect();
+    assert!(
+        digests.iter().all(|d| *d == digests[0] && d.is_string()),
+        "the nodes serve different components: {digests:?}"
+    );
+    // Each node compiled it itself: its own cache is no longer empty.
+    for n in 1..=3 {
+        let cache = cluster.dir.0.join(format!("node-{n}/compile-cache"));
+        let entries = std::fs::read_dir(&cache).map_or(0, Iterator::count);
+        assert!(
+            entries > 0,
+            "node {n} serves the Python echo but its compile cache {} is empty",
+            cache.display()
+        );
+    }
+    // A long line through every node: the whole interpreter answers.
+    let line = "x".repeat(10_000);
+    for n in 1..=3 {
+        let stream = TcpStream::connect(Cluster::addr(n, port)).unwrap();
+        assert_eq!(
+            ask_line(&stream, &line).as_deref(),
+            Ok(line.as_str()),
+            "node {n}"
+        );
+    }
 }
