@@ -98,9 +98,31 @@ impl Drop for DataRoot {
     }
 }
 
+/// The TLS files of an etcd serving its clients over TLS and asking them
+/// for a certificate (`--client-cert-auth`): one CA, and one certificate
+/// for `localhost`/127.0.0.1 that etcd serves and its clients present.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA (PEM).
+    pub ca: PathBuf,
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+}
+
+/// How the kit's `etcdctl` reaches the members: TLS files, and the root
+/// user once auth is on.
+#[derive(Debug, Clone, Default)]
+struct Access {
+    tls: Option<EtcdTls>,
+    root: Option<String>,
+}
+
 /// One etcd member: its name, ports, data directory and (while it runs)
 /// its process.
 struct Member {
+    secure: bool,
     name: String,
     client_port: u16,
     peer_port: u16,
@@ -113,7 +135,8 @@ struct Member {
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -148,6 +171,7 @@ impl Member {
 /// dropped. Members are named `a`, `b`, `c`, … and addressed by index.
 pub struct Etcd {
     members: Vec<Member>,
+    access: Access,
     initial_cluster: String,
     cluster_token: String,
     _data: DataRoot,
@@ -163,6 +187,17 @@ impl Etcd {
     /// `size` members forming one cluster, every one healthy when this
     /// returns: for the tests of a member's (or the leader's) loss.
     pub fn start_cluster(size: usize) -> Self {
+        Self::start_with(size, None)
+    }
+
+    /// One member serving its clients over TLS only, and only to clients
+    /// presenting a certificate of `tls`'s CA: for the tests of the
+    /// gateway's etcd TLS settings.
+    pub fn start_tls(tls: EtcdTls) -> Self {
+        Self::start_with(1, Some(tls))
+    }
+
+    fn start_with(size: usize, tls: Option<EtcdTls>) -> Self {
         assert!(size >= 1, "an etcd cluster has at least one member");
         let data = DataRoot::new();
         let ports = free_ports(2 * size);
@@ -170,6 +205,7 @@ impl Etcd {
             .map(|i| {
                 let name = ((b'a' + u8::try_from(i).expect("few members")) as char).to_string();
                 Member {
+                    secure: tls.is_some(),
                     data_dir: data.path().join(&name),
                     name,
                     client_port: ports[2 * i],
@@ -193,6 +229,7 @@ impl Etcd {
             .unwrap_or_else(|| format!("sockgate-etcd-{}", std::process::id()));
         let mut etcd = Self {
             members,
+            access: Access { tls, root: None },
             initial_cluster,
             cluster_token,
             _data: data,
@@ -226,6 +263,16 @@ impl Etcd {
             .args(["--initial-cluster-token", &self.cluster_token])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .args(["--log-level", "warn"]);
+        if let Some(tls) = &self.access.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         let process = Running::spawn(command, None).unwrap_or_else(|err| {
             panic!(
                 "cannot run etcd ({err}): install Debian's `etcd-server` and \
@@ -241,7 +288,7 @@ impl Etcd {
         let deadline = Instant::now() + HEALTHY_WITHIN;
         let endpoint = self.members[i].endpoint();
         loop {
-            let health = etcdctl_on(&endpoint, &["endpoint", "health"]);
+            let health = etcdctl_on(&self.access, &endpoint, &["endpoint", "health"]);
             if health.status.success() {
                 return;
             }
@@ -301,7 +348,11 @@ impl Etcd {
     pub fn leader(&self) -> Option<usize> {
         (0..self.members.len()).find(|&i| {
             self.members[i].process.is_some() && {
-                let status = etcdctl_on(&self.endpoint(i), &["endpoint", "status", "-w", "simple"]);
+                let status = etcdctl_on(
+                    &self.access,
+                    &self.endpoint(i),
+                    &["endpoint", "status", "-w", "simple"],
+                );
                 status.status.success()
                     && String::from_utf8_lossy(&status.stdout)
                         .split(',')
@@ -365,7 +416,35 @@ impl Etcd {
     /// output (successful or not): for what the helpers below do not
     /// cover.
     pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
-        etcdctl_on(&self.endpoints().join(","), args)
+        etcdctl_on(&self.access, &self.endpoints().join(","), args)
+    }
+
+    /// Turns etcd's authentication on with a `root` user and a user
+    /// `user` (password `password`) that may read and write the keys under
+    /// `prefix` only; the kit goes on as root.
+    pub fn enable_auth(&mut self, user: &str, password: &str, prefix: &str) {
+        let root = "root:sockgate-test-root";
+        let role = format!("{user}-role");
+        for args in [
+            vec!["user", "add", root, "--interactive=false"],
+            vec!["role", "add", &role],
+            vec![
+                "role",
+                "grant-permission",
+                &role,
+                "--prefix=true",
+                "readwrite",
+                prefix,
+            ],
+        ] {
+            self.etcdctl_ok(&args);
+        }
+        let user_password = format!("{user}:{password}");
+        self.etcdctl_ok(&["user", "add", &user_password, "--interactive=false"]);
+        self.etcdctl_ok(&["user", "grant-role", user, &role]);
+        self.etcdctl_ok(&["user", "grant-role", "root", "root"]);
+        self.etcdctl_ok(&["auth", "enable"]);
+        self.access.root = Some(root.to_owned());
     }
 
     /// Like [`Etcd::etcdctl`], panicking with etcdctl's stderr unless it
@@ -444,8 +523,18 @@ impl Drop for Etcd {
 
 /// Runs `etcdctl` (API v3) against `endpoints` (comma-separated) with a
 /// short dial and command timeout, returning its output.
-fn etcdctl_on(endpoints: &str, args: &[&str]) -> std::process::Output {
-    Command::new("etcdctl")
+fn etcdctl_on(access: &Access, endpoints: &str, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new("etcdctl");
+    if let Some(tls) = &access.tls {
+        command
+            .env("ETCDCTL_CACERT", &tls.ca)
+            .env("ETCDCTL_CERT", &tls.cert)
+            .env("ETCDCTL_KEY", &tls.key);
+    }
+    if let Some(root) = &access.root {
+        command.env("ETCDCTL_USER", root);
+    }
+    command
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
         .arg(format!("--dial-timeout={ETCDCTL_TIMEOUT}"))
@@ -529,6 +618,7 @@ mod tests {
         let deadline = Instant::now() + HEALTHY_WITHIN;
         loop {
             let out = etcdctl_on(
+                &etcd.access,
                 &etcd.endpoint(follower),
                 &["get", "/kit/paused", "--print-value-only"],
             );

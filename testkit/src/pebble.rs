@@ -42,6 +42,8 @@ fn spawn_collected(mut command: Command) -> (Child, Output) {
 pub struct Pebble {
     pebble: Option<Child>,
     dns: Child,
+    /// pebble-challtestsrv's management API (DNS records per name).
+    dns_management: SocketAddr,
     /// What Pebble printed.
     pub output: Output,
     /// The ACME directory URL.
@@ -62,10 +64,11 @@ impl Pebble {
         let (https_ca, cert, key) =
             make_test_ca(&dir.0, &["localhost"], &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
         let dns_port = free_port();
+        let dns_management = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut dns = Command::new("pebble-challtestsrv");
         dns.args(["-dns01", &format!("127.0.0.1:{dns_port}")])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{}", free_port())])
+            .args(["-management", &dns_management.to_string()])
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]);
         let (dns, dns_output) = spawn_collected(dns);
         assert!(
@@ -88,6 +91,7 @@ impl Pebble {
         Self {
             pebble: Some(pebble),
             dns,
+            dns_management,
             output,
             directory: format!("https://{listen}/dir"),
             https_ca,
@@ -178,6 +182,29 @@ impl Pebble {
             .find("-----BEGIN CERTIFICATE-----")
             .expect("no root PEM");
         CertificateDer::from_pem_slice(text[begin..].as_bytes()).unwrap()
+    }
+
+    /// Makes the CA resolve `name` to `ip` (instead of 127.0.0.1): where it
+    /// validates that name's challenges (a cluster test points each name
+    /// at another node).
+    pub fn resolve(&self, name: &str, ip: IpAddr) {
+        use std::io::{Read, Write};
+        let body = format!(r#"{{"host":"{name}.","addresses":["{ip}"]}}"#);
+        let mut stream = std::net::TcpStream::connect(self.dns_management)
+            .expect("cannot reach pebble-challtestsrv's management API");
+        write!(
+            stream,
+            "POST /add-a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "pebble-challtestsrv refused the A record for {name}: {response}"
+        );
     }
 
     /// Orders Pebble has received so far.

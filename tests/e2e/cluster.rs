@@ -109,6 +109,8 @@ struct NodeSpec {
     /// A compile cache of its own (empty) instead of the tests' shared
     /// one: the node must compile what it receives, as a new machine does.
     own_cache: bool,
+    /// Extra tables of its file (`[tls]`, say), after `[cluster]`.
+    tables: String,
 }
 
 /// The `[cluster]` line of the tests that freeze a node: a frozen node
@@ -210,9 +212,10 @@ impl Cluster {
             let table = format!(
                 "[cluster]\nendpoints = {endpoints:?}\nnode = \"node-{n}\"\n\
                  prefix = \"/sockgate/v1/\"\npeer_listen = \"{ip}:0\"\ntoken_file = {:?}\n\
-                 app_address = \"{ip}\"\n{}",
+                 app_address = \"{ip}\"\n{}\n{}",
                 cluster.token_file.display().to_string(),
-                spec.cluster
+                spec.cluster,
+                spec.tables.replace("{ip}", &ip.to_string()),
             );
             let cache = if spec.own_cache {
                 node_dir.join("compile-cache")
@@ -1258,3 +1261,11 @@ fn a_20_mb_python_component_deployed_on_node_1_is_served_by_all_three() {
         );
     }
 }
+
+/// Certificates ordered once for the whole cluster (its own file).
+#[path = "cluster_acme.rs"]
+mod acme;
+
+/// etcd over TLS with client certificates and a user (its own file).
+#[path = "cluster_etcd_tls.rs"]
+mod etcd_tls;

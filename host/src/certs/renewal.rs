@@ -142,6 +142,16 @@ impl Renewal {
         delay
     }
 
+    /// Takes on another node's back-off (a cluster shares one per name):
+    /// `failures` failed orders, none before `retry_at`. Never shortens
+    /// this node's own wait.
+    pub(crate) fn adopt_backoff(&mut self, failures: u32, retry_at: SystemTime) {
+        self.failures = self.failures.max(failures);
+        if self.retry_at.is_none_or(|own| own < retry_at) {
+            self.retry_at = Some(retry_at);
+        }
+    }
+
     /// Records a successful order: back-off starts over.
     pub(crate) fn succeeded(&mut self) {
         self.failures = 0;

@@ -5,7 +5,15 @@
 //! <prefix>apps/<name>            the app's record (JSON): versions, digests, settings
 //! <prefix>nodes/<node>           a live node: how peers reach it (under its lease)
 //! <prefix>held/<sha256>/<node>   this node holds (and compiled) that component (its lease)
+//! <prefix>acme/<ca>/certs/<name>       a certificate and its key, sealed (`seal.rs`)
+//! <prefix>acme/<ca>/locks/<name>       the node ordering that name (its lease)
+//! <prefix>acme/<ca>/retry/<name>       the name's back-off after a failed order
+//! <prefix>acme/<ca>/challenges/<id>    a challenge answer being validated (orderer's lease)
+//! <prefix>acme/<ca>/seen/<id>/<node>   that node answers it too (its lease)
 //! ```
+//!
+//! `<ca>` tells the certificates of different CAs apart (Let's Encrypt and
+//! its staging): the first 16 hex digits of the directory URL's SHA-256.
 //!
 //! A node's keys live under its lease, so a node that dies disappears from
 //! `nodes/` and from every `held/` after the lease's time to live.
@@ -30,6 +38,44 @@ pub(crate) enum Key<'a> {
         /// The node that holds it.
         node: &'a str,
     },
+    /// `acme/<ca>/{certs,locks,retry}/<name>`: something about a name's
+    /// certificate changed.
+    AcmeName {
+        /// The CA.
+        ca: &'a str,
+        /// The name.
+        name: &'a str,
+    },
+    /// `acme/<ca>/challenges/<id>`.
+    Challenge {
+        /// The CA.
+        ca: &'a str,
+        /// The answer's id.
+        id: &'a str,
+    },
+    /// `acme/<ca>/seen/<id>/<node>`.
+    ChallengeSeen,
+}
+
+/// The kinds of per-name ACME keys.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AcmeKey {
+    /// The sealed certificate.
+    Cert,
+    /// The order lock.
+    Lock,
+    /// The shared back-off.
+    Retry,
+}
+
+impl AcmeKey {
+    fn dir(self) -> &'static str {
+        match self {
+            AcmeKey::Cert => "certs",
+            AcmeKey::Lock => "locks",
+            AcmeKey::Retry => "retry",
+        }
+    }
 }
 
 impl Keys {
@@ -75,6 +121,26 @@ impl Keys {
         format!("{}held/{digest}/{node}", self.prefix)
     }
 
+    /// A per-name ACME key of CA `ca`.
+    pub(crate) fn acme(&self, ca: &str, kind: AcmeKey, name: &str) -> String {
+        format!("{}acme/{ca}/{}/{name}", self.prefix, kind.dir())
+    }
+
+    /// Challenge answer `id` of CA `ca`.
+    pub(crate) fn challenge(&self, ca: &str, id: &str) -> String {
+        format!("{}acme/{ca}/challenges/{id}", self.prefix)
+    }
+
+    /// The nodes answering challenge `id` of CA `ca`.
+    pub(crate) fn challenge_seen_all(&self, ca: &str, id: &str) -> String {
+        format!("{}acme/{ca}/seen/{id}/", self.prefix)
+    }
+
+    /// `node` answers challenge `id` of CA `ca`.
+    pub(crate) fn challenge_seen(&self, ca: &str, id: &str, node: &str) -> String {
+        format!("{}acme/{ca}/seen/{id}/{node}", self.prefix)
+    }
+
     /// What `key` is; `None` for a key of the prefix this version does not
     /// know (a newer node's, say), which is ignored.
     pub(crate) fn parse<'a>(&self, key: &'a str) -> Option<Key<'a>> {
@@ -85,6 +151,9 @@ impl Keys {
         if let Some(node) = rest.strip_prefix("nodes/") {
             return (!node.is_empty() && !node.contains('/')).then_some(Key::Node(node));
         }
+        if let Some(acme) = rest.strip_prefix("acme/") {
+            return parse_acme(acme);
+        }
         let held = rest.strip_prefix("held/")?;
         let (digest, node) = held.split_once('/')?;
         let valid = digest.len() == 64
@@ -92,6 +161,20 @@ impl Keys {
             && !node.is_empty()
             && !node.contains('/');
         valid.then_some(Key::Held { digest, node })
+    }
+}
+
+/// An ACME key after `acme/`.
+fn parse_acme(rest: &str) -> Option<Key<'_>> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    match parts[..] {
+        [ca, "certs" | "locks" | "retry", name] => Some(Key::AcmeName { ca, name }),
+        [ca, "challenges", id] => Some(Key::Challenge { ca, id }),
+        [_, "seen", _, _] => Some(Key::ChallengeSeen),
+        _ => None,
     }
 }
 
@@ -126,6 +209,30 @@ mod tests {
             })
         );
         assert!(keys.holders(DIGEST).starts_with(keys.all()));
+        for kind in [AcmeKey::Cert, AcmeKey::Lock, AcmeKey::Retry] {
+            assert_eq!(
+                keys.parse(&keys.acme("0a1b", kind, "app.example.org")),
+                Some(Key::AcmeName {
+                    ca: "0a1b",
+                    name: "app.example.org"
+                })
+            );
+        }
+        assert_eq!(
+            keys.parse(&keys.challenge("0a1b", "http-01-tok")),
+            Some(Key::Challenge {
+                ca: "0a1b",
+                id: "http-01-tok"
+            })
+        );
+        assert_eq!(
+            keys.parse(&keys.challenge_seen("0a1b", "http-01-tok", "gw-2")),
+            Some(Key::ChallengeSeen)
+        );
+        assert!(
+            keys.challenge_seen("0a1b", "x", "gw-2")
+                .starts_with(&keys.challenge_seen_all("0a1b", "x"))
+        );
     }
 
     #[test]
@@ -138,6 +245,9 @@ mod tests {
             "/sockgate/v1/held/abc/gw-1",
             "/sockgate/v1/held/{DIGEST}",
             "/sockgate/v1/locks/x",
+            "/sockgate/v1/acme/ca/certs/",
+            "/sockgate/v1/acme/ca/other/x",
+            "/sockgate/v1/acme/ca/certs/a/b",
         ] {
             assert_eq!(keys.parse(key), None, "{key}");
         }

@@ -92,6 +92,9 @@ async fn register(
     ),
     etcd_client::Error,
 > {
+    if let Err(err) = cluster.authenticate().await {
+        return Err(etcd_client::Error::InvalidArgs(err.to_string()));
+    }
     let mut client = cluster.client.clone();
     let lease = client.lease_grant(LEASE_TTL, None).await?.id();
     put_node(cluster, lease).await?;

@@ -28,14 +28,21 @@
 //! record (a *snapshot*) and applies the difference, so it cannot drift
 //! through a missed event.
 //!
+//! **Certificates** (`acme.rs`) are ordered once per name: the node that
+//! takes the name's lock orders, and every node serves the result, sealed
+//! in etcd with a key derived from the cluster's token (`seal.rs`).
+//!
 //! The files: `mod.rs` the [`Cluster`] handle and its errors; `keys.rs`
 //! the key layout; `store.rs` the reads and guarded writes of records and
 //! holders; `membership.rs` this node's lease and liveness; `watch.rs`
-//! the changes as a stream; `peer.rs` components between nodes.
+//! the changes as a stream; `peer.rs` components between nodes; `acme.rs`
+//! and `seal.rs` certificates shared.
 
+mod acme;
 mod keys;
 mod membership;
 mod peer;
+mod seal;
 mod store;
 mod watch;
 
@@ -124,6 +131,14 @@ pub(crate) struct Cluster {
     serving: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Wakes the membership loop to publish `serving` anew.
     serving_changed: tokio::sync::Notify,
+    /// The id of the ACME CA whose certificates this node shares, once
+    /// set (`acme.rs`): the watch reports that CA's changes only.
+    acme_ca: std::sync::OnceLock<String>,
+    /// The etcd user and password, when etcd's auth is on.
+    user: Option<(String, String)>,
+    /// Whether the client holds a token for `user` (then renewed by the
+    /// client itself when refused as expired).
+    authenticated: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -146,12 +161,27 @@ impl Cluster {
                 )
             })?;
         let bound: SocketAddr = listener.local_addr()?;
-        let options = etcd_client::ConnectOptions::new()
+        let credentials = settings.etcd_credentials()?;
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
+        if let Some(ca) = &credentials.ca_pem {
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(ca));
+            if let Some((cert, key)) = &credentials.identity {
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(tls);
+        }
+        if credentials.user.is_some() {
+            // The user authenticates once etcd answers (`authenticate`),
+            // not here: a node must start while etcd is down. Tokens of
+            // etcd's auth expire (5 min by default): renewed on refusal.
+            options = options.with_auto_token_refresh(true);
+        }
         let client = etcd_client::Client::connect(&settings.endpoints, Some(options))
             .await
             .with_context(|| format!("cluster.endpoints {:?}", settings.endpoints))?;
@@ -166,6 +196,9 @@ impl Cluster {
             lease: AtomicI64::new(0),
             serving: std::sync::Mutex::default(),
             serving_changed: tokio::sync::Notify::new(),
+            acme_ca: std::sync::OnceLock::new(),
+            user: credentials.user,
+            authenticated: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(peer::serve(cluster.clone(), listener));
         tokio::spawn(membership::keep(cluster.clone()));
@@ -200,6 +233,30 @@ impl Cluster {
             *serving = apps;
             self.serving_changed.notify_one();
         }
+    }
+
+    /// Authenticates as the configured etcd user, once etcd answers (the
+    /// membership and watch loops call it before anything else).
+    pub(crate) async fn authenticate(&self) -> Result<(), ClusterError> {
+        use std::sync::atomic::Ordering;
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        if self.authenticated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.client
+            .clone()
+            .update_user(Some(user.clone()))
+            .await
+            .map_err(|err| {
+                ClusterError::unavailable(format!(
+                    "cannot authenticate to etcd as cluster.etcd_user {:?}: {err}",
+                    user.0
+                ))
+            })?;
+        self.authenticated.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The stream of changes to apply, starting with a snapshot.

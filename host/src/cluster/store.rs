@@ -29,6 +29,9 @@ pub(crate) struct Seen {
 impl Cluster {
     /// App `name`'s record as etcd has it now.
     pub(crate) async fn read_app(&self, name: &str) -> Result<Seen, ClusterError> {
+        // The first request of every change: a node that just started may
+        // not have authenticated yet.
+        self.authenticate().await?;
         let response = self
             .client
             .clone()
@@ -147,6 +150,7 @@ impl Cluster {
 
     /// The nodes alive now, with what each says of itself.
     pub(crate) async fn nodes(&self) -> Result<Vec<(String, NodeInfo)>, ClusterError> {
+        self.authenticate().await?;
         let response = self
             .client
             .clone()

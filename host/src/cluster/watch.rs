@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::keys::Key;
 use super::{Cluster, ClusterError};
 use crate::base::backoff::ExponentialBackoff;
+use crate::certs::acme::ChallengeAnswer;
 use crate::state::AppRecord;
 
 /// A full re-read this often guards against an event the watch lost.
@@ -52,6 +53,15 @@ pub(crate) enum Change {
         digest: String,
         /// The node that announced it.
         node: String,
+    },
+    /// A name's certificate, back-off or order lock changed.
+    Certificate(String),
+    /// A challenge answer was published (`Some`) or withdrawn.
+    Challenge {
+        /// The answer's id.
+        id: String,
+        /// The answer.
+        answer: Option<ChallengeAnswer>,
     },
 }
 
@@ -108,6 +118,7 @@ async fn follow_once(
     changes: &mpsc::Sender<Change>,
     why: &'static str,
 ) -> Result<Ended, ClusterError> {
+    cluster.authenticate().await?;
     let (records, revision) = cluster.snapshot().await?;
     let mut stream = cluster
         .client
@@ -183,6 +194,30 @@ fn change_of(cluster: &Cluster, event: &etcd_client::Event) -> Option<Change> {
             digest: digest.to_owned(),
             node: node.to_owned(),
         }),
-        Key::Held { .. } | Key::Node(_) => None,
+        Key::AcmeName { ca, name } if cluster.acme_ca.get().is_some_and(|c| c == ca) => {
+            Some(Change::Certificate(name.to_owned()))
+        }
+        Key::Challenge { ca, id } if cluster.acme_ca.get().is_some_and(|c| c == ca) => {
+            let answer = if put {
+                match serde_json::from_slice(kv.value()) {
+                    Ok(answer) => Some(answer),
+                    Err(err) => {
+                        tracing::error!("cluster: ignoring a damaged challenge answer: {err}");
+                        return None;
+                    }
+                }
+            } else {
+                None
+            };
+            Some(Change::Challenge {
+                id: id.to_owned(),
+                answer,
+            })
+        }
+        Key::Held { .. }
+        | Key::Node(_)
+        | Key::AcmeName { .. }
+        | Key::Challenge { .. }
+        | Key::ChallengeSeen => None,
     }
 }

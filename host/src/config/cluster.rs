@@ -10,6 +10,12 @@
 //! peer_url = "http://10.0.0.11:9801"  # how peers reach it; default from peer_listen
 //! token_file = "/etc/sockgate/cluster-token"  # the same secret on every node
 //! app_address = "10.0.0.11"      # binds cluster apps' ports on this address
+//! # etcd over TLS, with a client certificate and/or a user (all optional):
+//! etcd_ca_file = "/etc/sockgate/etcd-ca.pem"
+//! etcd_cert_file = "/etc/sockgate/etcd-client.pem"
+//! etcd_key_file = "/etc/sockgate/etcd-client-key.pem"
+//! etcd_user = "sockgate"
+//! etcd_password_file = "/etc/sockgate/etcd-password"
 //! ```
 //!
 //! `sockgate serve --cluster etcd://HOST:PORT[,HOST:PORT…]` sets
@@ -62,6 +68,32 @@ pub struct ClusterSettings {
     /// fewer) hold it, and the others fetch it as they can.
     #[serde(default = "default_spread_secs")]
     pub spread_timeout_secs: u64,
+    /// etcd over TLS: the CA (PEM) that signed etcd's server certificate.
+    /// Set, endpoints without a scheme are `https://`; an `https://`
+    /// endpoint needs it.
+    pub etcd_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd's `--client-cert-auth`, with
+    /// `etcd_key_file`.
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The key (PEM) of `etcd_cert_file`.
+    pub etcd_key_file: Option<PathBuf>,
+    /// An etcd user (etcd's `auth enable`), with `etcd_password_file`.
+    pub etcd_user: Option<String>,
+    /// A file holding `etcd_user`'s password (kept out of the
+    /// configuration file, like the token).
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+/// How this node proves itself to etcd and checks etcd's identity, read
+/// from the files `[cluster]` names.
+#[derive(Default)]
+pub struct EtcdCredentials {
+    /// The CA of etcd's server certificate (PEM): TLS when set.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate and its key (PEM).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// A user and password.
+    pub user: Option<(String, String)>,
 }
 
 fn default_prefix() -> String {
@@ -131,6 +163,52 @@ impl ClusterSettings {
         Ok(token)
     }
 
+    /// Reads the TLS files and the password `[cluster]` names for etcd.
+    pub fn etcd_credentials(&self) -> Result<EtcdCredentials> {
+        let read = |key: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .with_context(|| format!("cannot read cluster.{key} {}", path.display()))
+        };
+        let ca_pem = match &self.etcd_ca_file {
+            Some(path) => Some(read("etcd_ca_file", path)?),
+            None => None,
+        };
+        let identity = match (&self.etcd_cert_file, &self.etcd_key_file) {
+            (Some(cert), Some(key)) => {
+                Some((read("etcd_cert_file", cert)?, read("etcd_key_file", key)?))
+            }
+            _ => None,
+        };
+        let user = match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(user), Some(path)) => {
+                let password = String::from_utf8(read("etcd_password_file", path)?)
+                    .context("cluster.etcd_password_file is not text")?;
+                Some((
+                    user.clone(),
+                    password.trim_end_matches(['\r', '\n']).to_owned(),
+                ))
+            }
+            _ => None,
+        };
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) && ca_pem.is_none() {
+            bail!(
+                "cluster.endpoints has an https:// address but no cluster.etcd_ca_file: name \
+                 the CA (PEM) that signed etcd's server certificate"
+            );
+        }
+        if ca_pem.is_some() && self.endpoints.iter().any(|e| e.starts_with("http://")) {
+            bail!(
+                "cluster.etcd_ca_file is set but an endpoint is http://: write https:// (or \
+                 HOST:PORT alone) for an etcd serving TLS"
+            );
+        }
+        Ok(EtcdCredentials {
+            ca_pem,
+            identity,
+            user,
+        })
+    }
+
     /// Checks what can be checked before anything starts (the endpoints
     /// are checked at start: `--cluster` may give them after the file is
     /// read).
@@ -154,6 +232,24 @@ impl ClusterSettings {
         }
         if self.spread_timeout_secs == 0 {
             bail!("cluster.spread_timeout_secs must be at least 1");
+        }
+        if self.etcd_cert_file.is_some() != self.etcd_key_file.is_some() {
+            bail!(
+                "cluster.etcd_cert_file and cluster.etcd_key_file go together: a client \
+                 certificate needs its key"
+            );
+        }
+        if self.etcd_user.is_some() != self.etcd_password_file.is_some() {
+            bail!(
+                "cluster.etcd_user and cluster.etcd_password_file go together: name the file \
+                 holding the user's password"
+            );
+        }
+        if self.etcd_cert_file.is_some() && self.etcd_ca_file.is_none() {
+            bail!(
+                "cluster.etcd_cert_file needs cluster.etcd_ca_file: a client certificate is \
+                 presented over TLS, which checks etcd's certificate against that CA"
+            );
         }
         self.read_token()?;
         Ok(())

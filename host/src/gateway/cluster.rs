@@ -38,6 +38,10 @@ impl Gateway {
             .clone()
             .context("[cluster] needs the admin API's state directory")?;
         let cluster = Cluster::connect(settings, state).await?;
+        if let Some(acme) = self.acme() {
+            // Before the watch starts: it reports this CA's changes only.
+            acme.share_through(cluster.acme_store(acme.directory_url()));
+        }
         let mut changes = cluster.changes();
         let _ = self.inner.cluster.set(cluster);
         self.publish_serving().await;
@@ -62,9 +66,21 @@ impl Gateway {
         ))
     }
 
+    /// The ACME manager, when certificates come from an ACME CA.
+    fn acme(&self) -> Option<Arc<crate::certs::acme::AcmeManager>> {
+        self.inner.https.get()?.certificates().acme().cloned()
+    }
+
     /// Applies one change seen in etcd.
     async fn apply(&self, change: Change) {
         match change {
+            Change::Certificate(name) => {
+                if let Some(acme) = self.acme() {
+                    acme.shared_changed(&name);
+                }
+                return;
+            }
+            Change::Challenge { id, answer } => return self.answer_challenge(id, answer),
             Change::Snapshot { records, why } => {
                 tracing::info!(
                     "cluster: {why}: {} app(s) in the cluster; reconciling",
@@ -89,6 +105,10 @@ impl Gateway {
                 for name in gone {
                     self.remove_locally(&name).await;
                 }
+                if let Some(acme) = self.acme() {
+                    // Certificate changes may have been missed too.
+                    acme.shared_changed_all();
+                }
             }
             Change::App(record) => {
                 let _changing = self.inner.cluster_changes.lock().await;
@@ -101,6 +121,24 @@ impl Gateway {
             Change::Held { digest, node } => return self.prefetch(digest, node),
         }
         self.publish_serving().await;
+    }
+
+    /// Answers (or stops answering) another node's ACME challenge, and
+    /// tells it this node answers.
+    fn answer_challenge(&self, id: String, answer: Option<crate::certs::acme::ChallengeAnswer>) {
+        let Some(acme) = self.acme() else {
+            return;
+        };
+        let published = answer.is_some();
+        acme.learn_challenge(&id, answer);
+        if let (true, Some(cluster)) = (published, self.inner.cluster.get()) {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                if let Err(err) = cluster.acknowledge_challenge(&id).await {
+                    tracing::warn!("acme: cannot confirm challenge {id} to its orderer: {err}");
+                }
+            });
+        }
     }
 
     /// Tells the cluster which version of each cluster app this node

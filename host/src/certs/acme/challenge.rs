@@ -32,6 +32,28 @@ impl Answers {
         lock(&self.http01).get(token).cloned()
     }
 
+    /// Answers TLS-ALPN-01 for `name` with `cert` (another node's order)
+    /// until [`remove_tls_alpn_01`](Self::remove_tls_alpn_01).
+    pub(super) fn insert_tls_alpn_01(&self, name: &str, cert: CertifiedKey) {
+        lock(&self.tls_alpn).insert(name.to_owned(), Arc::new(cert));
+    }
+
+    /// Stops answering TLS-ALPN-01 for `name`.
+    pub(super) fn remove_tls_alpn_01(&self, name: &str) {
+        lock(&self.tls_alpn).remove(name);
+    }
+
+    /// Answers HTTP-01 `token` (another node's order) until
+    /// [`remove_http_01`](Self::remove_http_01).
+    pub(super) fn insert_http_01(&self, token: &str, key_authorization: String) {
+        lock(&self.http01).insert(token.to_owned(), key_authorization);
+    }
+
+    /// Stops answering HTTP-01 `token`.
+    pub(super) fn remove_http_01(&self, token: &str) {
+        lock(&self.http01).remove(token);
+    }
+
     /// Publishes the TLS-ALPN-01 certificate for `name` until the guard
     /// drops.
     pub(super) fn publish_tls_alpn_01(&self, name: &str, cert: CertifiedKey) -> Published<'_> {

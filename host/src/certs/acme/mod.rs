@@ -13,25 +13,29 @@
 //!
 //! Files: [`settings`] (`[tls.acme]` and its checks), `order` (one order's
 //! flow and its polls), `challenge` (the answers published while the CA
-//! validates), [`problem`] (the CA's problem documents, classified); this
-//! file holds the manager, which serves the certificates, and the renewal
-//! loop of each name.
+//! validates), [`problem`] (the CA's problem documents, classified),
+//! [`shared`] (one order per name for a cluster of gateways, through a
+//! store the cluster floor provides); this file holds the manager, which
+//! serves the certificates, and the renewal loop of each name.
 
 mod challenge;
 mod order;
 pub(crate) mod problem;
 pub(crate) mod settings;
+pub(crate) mod shared;
 
 pub(crate) use settings::{AcmeSettings, Challenge, PreparedAcme};
+pub(crate) use shared::{ChallengeAnswer, OrderLock, SharedAcme, SharedRetry};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
 use rustls::sign::CertifiedKey;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::base::backoff::random_u32;
 use crate::base::locks::{lock, read, write};
@@ -69,6 +73,15 @@ pub struct AcmeManager {
     account_key: tokio::sync::Mutex<Option<Vec<u8>>>,
     /// Bounds the orders running at once ([`CONCURRENT_ORDERS`]).
     orders: Semaphore,
+    /// The cluster's store of this CA's certificates, once joined.
+    shared: OnceLock<Arc<dyn SharedAcme>>,
+    /// Whether a cluster store is coming (renewals wait for it).
+    shared_expected: AtomicBool,
+    /// Signalled when the store is set.
+    shared_ready: Notify,
+    /// Wakes each name's renewal task when the cluster changed its
+    /// certificate, back-off or lock.
+    wakes: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl AcmeManager {
@@ -82,6 +95,10 @@ impl AcmeManager {
             answers: Answers::default(),
             account_key: tokio::sync::Mutex::new(None),
             orders: Semaphore::new(CONCURRENT_ORDERS),
+            shared: OnceLock::new(),
+            shared_expected: AtomicBool::new(false),
+            shared_ready: Notify::new(),
+            wakes: Mutex::default(),
         }
     }
 
@@ -193,83 +210,179 @@ impl AcmeManager {
         self.names.serves(name)
     }
 
-    /// Orders, renews and retries for one name until its app goes away.
+    /// Orders, renews and retries for one name until its app goes away;
+    /// in a cluster, only while it holds the name's lock, and otherwise
+    /// serves what the node that holds it ordered ([`shared`]).
     async fn run(self: Arc<Self>, name: String, mut current: Option<Validity>) {
         let mut renewal = Renewal::new(self.prepared.policy);
+        let wake = self.wake_of(&name);
         if let Some(v) = &current {
             tracing::info!(
                 "acme: renewal of {name} due at {}",
                 format_time(renewal.renew_at(v))
             );
         }
+        let mut paused = false;
         loop {
             if !self.wanted(&name) {
                 tracing::info!("acme: {name} no longer names an app; its renewals stop");
                 lock(&self.managed).remove(&name);
+                lock(&self.wakes).remove(&name);
                 return;
+            }
+            let store = self.shared().await;
+            if let Some(store) = &store {
+                let adopted = self
+                    .adopt_shared(store.as_ref(), &name, &mut current, &mut renewal)
+                    .await;
+                if let Err(err) = adopted {
+                    if !std::mem::replace(&mut paused, true) {
+                        tracing::warn!(
+                            "acme: {name}: the cluster store is unreachable ({}); ordering \
+                             paused, the certificate served stays served",
+                            error_text(&err)
+                        );
+                    }
+                    Self::idle(&wake, shared::store_retry()).await;
+                    continue;
+                }
+                if std::mem::replace(&mut paused, false) {
+                    tracing::info!("acme: {name}: the cluster store answers again");
+                }
             }
             if let Step::Wait(wait) = renewal.next(SystemTime::now(), current.as_ref()) {
-                tokio::time::sleep(wait.min(MAX_SLEEP)).await;
+                Self::idle(&wake, wait.min(MAX_SLEEP)).await;
                 continue;
             }
-            let Ok(_permit) = self.orders.acquire().await else {
+            let Ok(permit) = self.orders.acquire().await else {
                 return;
             };
-            tracing::info!(
-                "acme: ordering a certificate for {name} from {} ({})",
-                self.prepared.directory_url,
-                self.prepared.challenge.as_str()
-            );
-            let result = tokio::time::timeout(ORDER_TIMEOUT, self.order_retrying_bad_nonce(&name))
-                .await
-                .unwrap_or_else(|_| Err(anyhow!("no certificate after {ORDER_TIMEOUT:?}")));
-            match result.and_then(|pem| {
-                let (key, validity) =
-                    certified_key_from_pem(pem.as_bytes()).context("the issued certificate")?;
-                Ok((pem, key, validity))
-            }) {
-                Ok((pem, key, validity)) => {
-                    renewal.succeeded();
-                    current = Some(validity);
-                    self.deploy(&name, key);
-                    let path = self.cert_path(&name);
-                    let saved = {
-                        let path = path.clone();
-                        tokio::task::spawn_blocking(move || write_private(&path, pem.as_bytes()))
-                            .await
-                            .unwrap_or_else(|err| Err(anyhow!("writer panicked: {err}")))
-                    };
-                    match saved {
-                        Ok(()) => tracing::info!(
-                            "acme: certificate for {name} issued (valid until {}), saved to {}; \
-                             renewal due at {}",
-                            format_time(validity.not_after),
-                            path.display(),
-                            format_time(renewal.renew_at(&validity))
-                        ),
-                        Err(err) => tracing::error!(
-                            "acme: certificate for {name} issued and served, but not saved \
-                             ({err:#}): a restart will order it again"
-                        ),
+            let fence = match &store {
+                None => None,
+                Some(store) => match store.try_lock(&name).await {
+                    Ok(OrderLock::Mine(fence)) => Some(fence),
+                    Ok(OrderLock::HeldBy(node)) => {
+                        tracing::info!(
+                            "acme: node {node} orders the certificate for {name}; this node \
+                             serves it once issued"
+                        );
+                        drop(permit);
+                        Self::idle(&wake, shared::holder_recheck()).await;
+                        continue;
                     }
+                    Err(err) => {
+                        tracing::warn!("acme: {name}: cannot take its order lock: {err:#}");
+                        drop(permit);
+                        Self::idle(&wake, shared::store_retry()).await;
+                        continue;
+                    }
+                },
+            };
+            if let (Some(store), Some(fence)) = (&store, fence) {
+                // Inside the lock: the holder before may have just finished.
+                let adopted = self
+                    .adopt_shared(store.as_ref(), &name, &mut current, &mut renewal)
+                    .await;
+                if adopted.is_err()
+                    || renewal.next(SystemTime::now(), current.as_ref()) != Step::Order
+                {
+                    store.unlock(&name, fence).await;
+                    continue;
                 }
-                Err(err) => {
-                    let delay = renewal.failed_with_jitter(SystemTime::now(), random_u32());
-                    let serving = match current.filter(|v| v.contains(SystemTime::now())) {
-                        Some(v) => format!(
-                            "still serving the current certificate (valid until {})",
-                            format_time(v.not_after)
-                        ),
-                        None => "no certificate to serve meanwhile".to_owned(),
-                    };
-                    tracing::warn!(
-                        "acme: order for {name} failed (attempt {}): {}; {serving}; \
-                         retrying in {}s",
-                        renewal.failures(),
-                        error_text(&err),
-                        delay.as_secs()
+            }
+            let outcome = self.order_once(&name, &mut renewal, &mut current).await;
+            if let (Some(store), Some(fence)) = (&store, fence) {
+                let shared = match &outcome {
+                    Ok(pem) => store.store_certificate(&name, pem, fence).await,
+                    Err(retry) => store.store_retry(&name, *retry, fence).await,
+                };
+                if let Err(err) = shared {
+                    tracing::error!(
+                        "acme: {name}: the outcome of this node's order is not shared ({}): \
+                         the other nodes will order again",
+                        error_text(&err)
                     );
                 }
+                store.unlock(&name, fence).await;
+            }
+        }
+    }
+
+    /// One order for `name`, its certificate deployed and saved: the PEM
+    /// issued, or the back-off that follows the failure.
+    async fn order_once(
+        &self,
+        name: &str,
+        renewal: &mut Renewal,
+        current: &mut Option<Validity>,
+    ) -> Result<String, SharedRetry> {
+        tracing::info!(
+            "acme: ordering a certificate for {name} from {} ({})",
+            self.prepared.directory_url,
+            self.prepared.challenge.as_str()
+        );
+        let store = self.shared.get().cloned();
+        let result = tokio::time::timeout(
+            ORDER_TIMEOUT,
+            self.order_retrying_bad_nonce(name, store.as_deref()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("no certificate after {ORDER_TIMEOUT:?}")));
+        match result.and_then(|pem| {
+            let (key, validity) =
+                certified_key_from_pem(pem.as_bytes()).context("the issued certificate")?;
+            Ok((pem, key, validity))
+        }) {
+            Ok((pem, key, validity)) => {
+                renewal.succeeded();
+                *current = Some(validity);
+                self.deploy(name, key);
+                let path = self.cert_path(name);
+                let saved = {
+                    let (path, pem) = (path.clone(), pem.clone());
+                    tokio::task::spawn_blocking(move || write_private(&path, pem.as_bytes()))
+                        .await
+                        .unwrap_or_else(|err| Err(anyhow!("writer panicked: {err}")))
+                };
+                match saved {
+                    Ok(()) => tracing::info!(
+                        "acme: certificate for {name} issued (valid until {}), saved to {}; \
+                         renewal due at {}",
+                        format_time(validity.not_after),
+                        path.display(),
+                        format_time(renewal.renew_at(&validity))
+                    ),
+                    Err(err) => tracing::error!(
+                        "acme: certificate for {name} issued and served, but not saved \
+                         ({err:#}): a restart will order it again"
+                    ),
+                }
+                Ok(pem)
+            }
+            Err(err) => {
+                let now = SystemTime::now();
+                let delay = renewal.failed_with_jitter(now, random_u32());
+                let serving = match current.filter(|v| v.contains(now)) {
+                    Some(v) => format!(
+                        "still serving the current certificate (valid until {})",
+                        format_time(v.not_after)
+                    ),
+                    None => "no certificate to serve meanwhile".to_owned(),
+                };
+                tracing::warn!(
+                    "acme: order for {name} failed (attempt {}): {}; {serving}; \
+                     retrying in {}s",
+                    renewal.failures(),
+                    error_text(&err),
+                    delay.as_secs()
+                );
+                let retry_at = (now + delay)
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                Err(SharedRetry {
+                    failures: renewal.failures(),
+                    retry_at_unix: retry_at.as_secs(),
+                })
             }
         }
     }

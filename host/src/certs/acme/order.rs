@@ -12,7 +12,8 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA25
 use rustls_acme::acme::{Account, AuthStatus, Directory, Order, OrderStatus};
 
 use super::problem::CaProblem;
-use super::{ACCOUNT_KEY_FILE, AcmeManager, Challenge};
+use super::shared::acme_identifier_of;
+use super::{ACCOUNT_KEY_FILE, AcmeManager, Challenge, ChallengeAnswer, SharedAcme};
 use crate::base::backoff::ExponentialBackoff;
 use crate::certs::store::{read_optional, write_private};
 
@@ -34,10 +35,14 @@ impl AcmeManager {
     /// `badNonce`), at most [`BAD_NONCE_RETRIES`] times.
     ///
     /// [`AcmeProblem::retry_at_once`]: super::problem::AcmeProblem::retry_at_once
-    pub(super) async fn order_retrying_bad_nonce(&self, name: &str) -> Result<String> {
+    pub(super) async fn order_retrying_bad_nonce(
+        &self,
+        name: &str,
+        store: Option<&dyn SharedAcme>,
+    ) -> Result<String> {
         let mut attempt = 0;
         loop {
-            match self.order(name).await {
+            match self.order(name, store).await {
                 Err(err)
                     if attempt < BAD_NONCE_RETRIES
                         && CaProblem::in_chain(&err).is_some_and(|p| p.kind.retry_at_once()) =>
@@ -75,8 +80,9 @@ impl AcmeManager {
     }
 
     /// One order for `name`, from the directory to the certificate: PEM of
-    /// the new private key followed by the chain.
-    async fn order(&self, name: &str) -> Result<String> {
+    /// the new private key followed by the chain. In a cluster, `store`
+    /// shares the challenge answers with the other nodes.
+    async fn order(&self, name: &str, store: Option<&dyn SharedAcme>) -> Result<String> {
         let client = &self.prepared.client;
         let url = &self.prepared.directory_url;
         let directory = Directory::discover(client, url)
@@ -91,7 +97,7 @@ impl AcmeManager {
             .await
             .context("the CA refused the order")?;
         for auth_url in &order.authorizations {
-            self.authorize(&account, auth_url, name).await?;
+            self.authorize(&account, auth_url, name, store).await?;
         }
         let mut order = self
             .poll_order(&account, &order_url, |s| *s == OrderStatus::Pending)
@@ -141,8 +147,16 @@ impl AcmeManager {
         bail!("the CA did not finish the order in time")
     }
 
-    /// Has the CA validate `name` for the authorization at `auth_url`.
-    async fn authorize(&self, account: &Account, auth_url: &str, name: &str) -> Result<()> {
+    /// Has the CA validate `name` for the authorization at `auth_url`; in
+    /// a cluster, every live node answers the challenge too, since the CA
+    /// may reach any of them.
+    async fn authorize(
+        &self,
+        account: &Account,
+        auth_url: &str,
+        name: &str,
+        store: Option<&dyn SharedAcme>,
+    ) -> Result<()> {
         let client = &self.prepared.client;
         let auth = account
             .auth(client, auth_url)
@@ -155,26 +169,56 @@ impl AcmeManager {
         }
         // The challenge answer is published for the listeners until this
         // function returns, whatever the outcome.
-        let (challenge_url, _published) = match self.prepared.challenge {
+        let (challenge_url, _published, answer) = match self.prepared.challenge {
             Challenge::TlsAlpn01 => {
                 let (challenge, cert) = account
                     .tls_alpn_01(&auth.challenges, name.to_owned())
                     .context(
                         "the CA offers no tls-alpn-01 challenge (try challenge = \"http-01\")",
                     )?;
+                let answer = ChallengeAnswer::TlsAlpn01 {
+                    name: name.to_owned(),
+                    digest: acme_identifier_of(&cert)?,
+                };
                 let published = self.answers.publish_tls_alpn_01(name, cert);
-                (challenge.url.clone(), published)
+                (challenge.url.clone(), published, answer)
             }
             Challenge::Http01 => {
                 let (challenge, key_auth) = account.http_01(&auth.challenges).context(
                     "the CA offers no http-01 challenge (try challenge = \"tls-alpn-01\")",
                 )?;
+                let answer = ChallengeAnswer::Http01 {
+                    token: challenge.token.clone(),
+                    key_authorization: key_auth.clone(),
+                };
                 let published = self.answers.publish_http_01(&challenge.token, key_auth);
-                (challenge.url.clone(), published)
+                (challenge.url.clone(), published, answer)
             }
         };
+        let Some(store) = store else {
+            return self.validate(account, auth_url, name, &challenge_url).await;
+        };
+        store
+            .publish_challenge(&answer)
+            .await
+            .context("cannot share the challenge answer with the other nodes")?;
+        let validated = self.validate(account, auth_url, name, &challenge_url).await;
+        store.withdraw_challenge(&answer).await;
+        validated
+    }
+
+    /// Asks the CA to validate the challenge at `challenge_url` (its answer
+    /// published) and polls the authorization until it is decided.
+    async fn validate(
+        &self,
+        account: &Account,
+        auth_url: &str,
+        name: &str,
+        challenge_url: &str,
+    ) -> Result<()> {
+        let client = &self.prepared.client;
         account
-            .challenge(client, &challenge_url)
+            .challenge(client, challenge_url)
             .await
             .context("the CA refused to start the challenge")?;
         for attempt in 0..POLL_ATTEMPTS {

@@ -173,6 +173,9 @@ pub(crate) struct PreparedAcme {
     pub(super) client: Arc<ClientConfig>,
     /// This CA's state directory (`acme/<directory>/`).
     pub(super) dir: PathBuf,
+    /// Whether the gateway joins a cluster, which then orders each name
+    /// once for every node ([`super::shared`]).
+    pub(super) clustered: bool,
 }
 
 impl PreparedAcme {
@@ -221,13 +224,26 @@ impl PreparedAcme {
             policy: settings.policy(),
             client: Arc::new(client),
             dir,
+            clustered: false,
         })
+    }
+
+    /// Marks the gateway as joining a cluster: no order before the
+    /// cluster's store is set ([`AcmeManager::share_through`]).
+    pub(crate) fn in_cluster(mut self, clustered: bool) -> Self {
+        self.clustered = clustered;
+        self
     }
 
     /// Starts managing certificates for the names `names` serves (see
     /// [`AcmeManager::manage`]).
     pub(crate) fn start(self, names: Arc<dyn ServedNames>) -> Arc<AcmeManager> {
-        Arc::new(AcmeManager::new(self, names))
+        let clustered = self.clustered;
+        let manager = Arc::new(AcmeManager::new(self, names));
+        if clustered {
+            manager.expect_shared();
+        }
+        manager
     }
 }
 

@@ -57,7 +57,11 @@ pub(crate) async fn prepare(config: &Config) -> Result<Option<PreparedTls>> {
         ),
         CertSource::Acme => (
             None,
-            Some(PreparedAcme::new(&settings.acme, &state).context("tls.acme")?),
+            Some(
+                PreparedAcme::new(&settings.acme, &state)
+                    .context("tls.acme")?
+                    .in_cluster(config.cluster.is_some()),
+            ),
         ),
         CertSource::Files => (None, None),
     };
