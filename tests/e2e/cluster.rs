@@ -377,6 +377,42 @@ impl Cluster {
         stdout
     }
 
+    /// `sockgate deploy NAME GUEST EXTRA…` on node `n` just after an etcd
+    /// member's loss: retried while refused with exit code 8 (no leader
+    /// yet, or `leader changed`) for up to `within`, any other failure
+    /// failing the test; returns how many tries were refused.
+    fn deploy_once_etcd_leads(
+        &self,
+        n: usize,
+        name: &str,
+        guest_name: &str,
+        extra: &[&str],
+        within: Duration,
+    ) -> usize {
+        let component = guest(guest_name).display().to_string();
+        let mut args = vec!["deploy", name, component.as_str()];
+        args.extend_from_slice(extra);
+        let started = Instant::now();
+        let mut refusals = 0;
+        loop {
+            let (code, stdout, stderr) = self.cli(n, &args);
+            if code == 0 {
+                return refusals;
+            }
+            assert_eq!(
+                code, EXIT_STORE_UNAVAILABLE,
+                "deploy on node {n} failed otherwise than `store unavailable`: {stdout}{stderr}"
+            );
+            refusals += 1;
+            assert!(
+                started.elapsed() < within,
+                "deploys on node {n} still refused after {within:?} ({refusals} refusals): \
+                 {stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `sockgate ls --json` on node `n`.
     fn ls(&self, n: usize) -> Vec<Value> {
         let (code, stdout, stderr) = self.cli(n, &["ls", "--json"]);
@@ -872,7 +908,9 @@ fn a_node_whose_watch_fell_behind_a_compaction_resyncs() {
     let late_port = free_port_everywhere();
     cluster.freeze(3);
     cluster.etcd.kill(2);
-    cluster.deploy(1, "svc", "hostile", &[]);
+    // Member c may have been the leader: the first deploy waits out the
+    // election.
+    cluster.deploy_once_etcd_leads(1, "svc", "hostile", &[], FAILOVER);
     cluster.deploy(
         1,
         "late",
@@ -1142,26 +1180,7 @@ fn the_etcd_leaders_kill_9_breaks_no_traffic_and_deploys_go_on() {
     let killed = Instant::now();
     eprintln!("killed etcd member {leader}, the leader");
 
-    let hostile = guest("hostile").display().to_string();
-    let mut refusals = 0;
-    loop {
-        let (code, stdout, stderr) = cluster.cli(1, &["deploy", "echo", &hostile]);
-        if code == 0 {
-            break;
-        }
-        assert_eq!(
-            code, EXIT_STORE_UNAVAILABLE,
-            "a deploy after the leader's death failed otherwise than `store unavailable`: \
-             {stdout}{stderr}"
-        );
-        refusals += 1;
-        assert!(
-            killed.elapsed() < FAILOVER,
-            "deploys still refused {FAILOVER:?} after the leader's death ({refusals} \
-             refusals): {stderr}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let refusals = cluster.deploy_once_etcd_leads(1, "echo", "hostile", &[], FAILOVER);
     eprintln!(
         "a deploy worked {} ms after the leader's kill -9 ({refusals} refused before); \
          member {:?} leads now",
