@@ -11,7 +11,10 @@
 //! directory, and everything resumes when etcd is back; a node that was
 //! frozen (SIGSTOP) catches up, across a compaction too; the deploying
 //! node's `kill -9` loses nothing; `--cluster etcd://…` overrides the
-//! file's endpoints.
+//! file's endpoints; the etcd leader's `kill -9` (of three members) breaks
+//! no traffic and deploys go on once a new leader is elected; node 2's
+//! dashboard, in Chromium, shows every node and the versions they serve;
+//! the ~21.8 MB Python echo deployed on one node is served by all three.
 //!
 //! Plain `#[test]`s with blocking sockets: the CLI, etcd's faults and the
 //! clients all block, and a thread per client is simpler than a runtime.
@@ -103,11 +106,11 @@ struct NodeSpec {
     args: Vec<String>,
     /// Extra lines of its `[cluster]` table.
     cluster: &'static str,
+    /// A compile cache of its own (empty) instead of the tests' shared
+    /// one: the node must compile what it receives, as a new machine does.
+    own_cache: bool,
     /// Extra tables of its file (`[tls]`, say), after `[cluster]`.
     tables: String,
-    /// A compile cache of its own (as on another machine) instead of the
-    /// tests' shared one.
-    own_cache: bool,
 }
 
 /// The `[cluster]` line of the tests that freeze a node: a frozen node
@@ -214,18 +217,15 @@ impl Cluster {
                 spec.cluster,
                 spec.tables.replace("{ip}", &ip.to_string()),
             );
+            let cache = if spec.own_cache {
+                node_dir.join("compile-cache")
+            } else {
+                shared_cache_dir()
+            };
             let config = node_dir.join("sockgate.toml");
             std::fs::write(
                 &config,
-                sockgate_testkit::gateway::config_toml(
-                    &if spec.own_cache {
-                        node_dir.join("cache")
-                    } else {
-                        shared_cache_dir()
-                    },
-                    &gateway,
-                    &table,
-                ),
+                sockgate_testkit::gateway::config_toml(&cache, &gateway, &table),
             )
             .unwrap();
             cluster.nodes.push(Node {
@@ -334,12 +334,23 @@ impl Cluster {
     /// Waits (bounded) for a CLI process; returns exit code, stdout,
     /// stderr.
     fn finish(&self, child: Child, args: &[&str]) -> (i32, String, String) {
+        self.finish_within(child, args, CLI_TIMEOUT)
+    }
+
+    /// [`Cluster::finish`] with its own bound, for a command known to be
+    /// slow (a large component's deploy).
+    fn finish_within(
+        &self,
+        child: Child,
+        args: &[&str],
+        within: Duration,
+    ) -> (i32, String, String) {
         let pid = child.id();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(child.wait_with_output());
         });
-        match rx.recv_timeout(CLI_TIMEOUT) {
+        match rx.recv_timeout(within) {
             Ok(output) => {
                 let output = output.unwrap();
                 (
@@ -350,7 +361,7 @@ impl Cluster {
             }
             Err(_) => {
                 signal(pid, libc::SIGKILL);
-                panic!("sockgate {args:?} hung for {CLI_TIMEOUT:?}");
+                panic!("sockgate {args:?} hung for {within:?}");
             }
         }
     }
@@ -364,6 +375,42 @@ impl Cluster {
         let (code, stdout, stderr) = self.cli(n, &args);
         assert_eq!(code, 0, "deploy on node {n} failed: {stdout}{stderr}");
         stdout
+    }
+
+    /// `sockgate deploy NAME GUEST EXTRA…` on node `n` just after an etcd
+    /// member's loss: retried while refused with exit code 8 (no leader
+    /// yet, or `leader changed`) for up to `within`, any other failure
+    /// failing the test; returns how many tries were refused.
+    fn deploy_once_etcd_leads(
+        &self,
+        n: usize,
+        name: &str,
+        guest_name: &str,
+        extra: &[&str],
+        within: Duration,
+    ) -> usize {
+        let component = guest(guest_name).display().to_string();
+        let mut args = vec!["deploy", name, component.as_str()];
+        args.extend_from_slice(extra);
+        let started = Instant::now();
+        let mut refusals = 0;
+        loop {
+            let (code, stdout, stderr) = self.cli(n, &args);
+            if code == 0 {
+                return refusals;
+            }
+            assert_eq!(
+                code, EXIT_STORE_UNAVAILABLE,
+                "deploy on node {n} failed otherwise than `store unavailable`: {stdout}{stderr}"
+            );
+            refusals += 1;
+            assert!(
+                started.elapsed() < within,
+                "deploys on node {n} still refused after {within:?} ({refusals} refusals): \
+                 {stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// `sockgate ls --json` on node `n`.
@@ -861,7 +908,9 @@ fn a_node_whose_watch_fell_behind_a_compaction_resyncs() {
     let late_port = free_port_everywhere();
     cluster.freeze(3);
     cluster.etcd.kill(2);
-    cluster.deploy(1, "svc", "hostile", &[]);
+    // Member c may have been the leader: the first deploy waits out the
+    // election.
+    cluster.deploy_once_etcd_leads(1, "svc", "hostile", &[], FAILOVER);
     cluster.deploy(
         1,
         "late",
@@ -934,6 +983,302 @@ fn the_cluster_flag_overrides_the_files_endpoints() {
     let port = free_port_everywhere();
     cluster.deploy(1, "echo", "echo", &["--listen", &format!("0.0.0.0:{port}")]);
     cluster.wait_serving(2, port, "echo", CONVERGE);
+}
+
+/// How long the cluster panel of a dashboard may take to show a change
+/// (a node publishes what it serves as soon as it switched; the margin is
+/// for a loaded machine).
+const PANEL_SHOWS: Duration = Duration::from_secs(30);
+
+/// What the cluster panel of the page shows, read from its markup
+/// (`host/src/admin/cluster_panel.rs`): `{panel: false}` when there is
+/// none, else this node, etcd's state, one entry per node row (health,
+/// its text, the version cell of each app) and the apps flagged as
+/// differing.
+const READ_PANEL: &str = "(() => {\
+    const s = document.querySelector('section#cluster');\
+    if (!s) return { panel: false, text: document.body.innerText };\
+    const rows = [...s.querySelectorAll('tr[data-node]')];\
+    return {\
+      panel: true,\
+      thisNode: s.querySelector('[data-this-node]').dataset.thisNode,\
+      etcd: s.querySelector('[data-etcd]').dataset.etcd,\
+      nodes: Object.fromEntries(rows.map(r => [r.dataset.node, {\
+        health: r.querySelector('[data-health]').dataset.health,\
+        text: r.innerText,\
+        apps: Object.fromEntries([...r.querySelectorAll('td[data-app]')]\
+          .map(c => [c.dataset.app, c.textContent])),\
+      }])),\
+      differs: [...s.querySelectorAll('[data-differs]')].map(e => e.dataset.differs),\
+      differsText: [...s.querySelectorAll('[data-differs]')].map(e => e.innerText),\
+      pwned: window.pwned === true,\
+      text: s.innerText,\
+    };\
+  })()";
+
+/// Loads node `admin`'s dashboard overview afresh until its cluster panel
+/// satisfies `done` (within [`PANEL_SHOWS`]); returns what the panel
+/// showed. The page is server-rendered, so each look is a new load, told
+/// apart from the last one by its query.
+fn panel_until(
+    browser: &mut crate::browser::Browser,
+    admin: SocketAddr,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    let mut load = 0u32;
+    loop {
+        load += 1;
+        browser.goto(&format!("http://{admin}/?load={load}"));
+        // The TLS heading follows the cluster panel: once it is parsed,
+        // the panel is whole.
+        let panel = browser.wait_for(
+            "the dashboard's overview",
+            &format!(
+                "location.search === '?load={load}' && document.body \
+                 && document.body.innerText.includes('TLS certificates') && {READ_PANEL}"
+            ),
+            crate::browser::LOAD_TIMEOUT,
+        );
+        if done(&panel) {
+            return panel;
+        }
+        assert!(
+            started.elapsed() < PANEL_SHOWS,
+            "node {admin}'s dashboard does not show {what} after {PANEL_SHOWS:?}; it shows:\n\
+             {panel:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Node 2's dashboard, in Debian's headless Chromium: the cluster panel
+/// names node 2 as this node and etcd as reachable, lists all three nodes
+/// with their peer URLs, healthy, each serving version 2 of the app; then
+/// a node key written straight into etcd (a node serving version 1, whose
+/// peer port does not answer, named with markup) shows as unhealthy, its
+/// name as text, and the app flagged as differing between nodes.
+#[test]
+fn the_dashboard_of_node_2_shows_every_node_and_the_versions_they_serve() {
+    let cluster = Cluster::start("cluster-dashboard", 3);
+    let port = free_port_everywhere();
+    cluster.deploy(1, "echo", "echo", &["--listen", &format!("0.0.0.0:{port}")]);
+    cluster.deploy(1, "echo", "hostile", &[]);
+    for n in 1..=3 {
+        cluster.wait_serving(n, port, "hostile", CONVERGE);
+    }
+    let node = cluster.node(2);
+    let mut browser = crate::browser::Browser::start(
+        &cluster.dir.0.join("profile"),
+        &cluster.dir.0.join("chromium.log"),
+        1280,
+        1600,
+    );
+    browser.log_in(node.admin, &node.state);
+
+    let all_at_2 =
+        |panel: &Value| (1..=3).all(|n| panel["nodes"][format!("node-{n}")]["apps"]["echo"] == "2");
+    let panel = panel_until(&mut browser, node.admin, "3 nodes at version 2", all_at_2);
+    assert_eq!(panel["thisNode"], "node-2", "{panel:#}");
+    assert_eq!(panel["etcd"], "reachable", "{panel:#}");
+    let endpoint = cluster.etcd.endpoint(0);
+    assert!(
+        panel["text"].as_str().unwrap().contains(&endpoint),
+        "the panel does not name etcd's endpoint {endpoint}: {panel:#}"
+    );
+    assert_eq!(panel["nodes"].as_object().unwrap().len(), 3, "{panel:#}");
+    for n in 1..=3 {
+        let row = &panel["nodes"][format!("node-{n}")];
+        assert_eq!(row["health"], "true", "node-{n} is not healthy: {panel:#}");
+        let text = row["text"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("http://127.0.0.{n}:")),
+            "node-{n}'s row names no peer URL on its IP: {text}"
+        );
+        assert_eq!(
+            text.contains("(this node)"),
+            n == 2,
+            "node-{n}'s row: {text}"
+        );
+    }
+    assert_eq!(panel["differs"], serde_json::json!([]), "{panel:#}");
+    let shot = crate::dashboard::keep_screenshot(&browser.screenshot(), "dashboard-cluster.png");
+    eprintln!("screenshot: {}", shot.display());
+
+    // A node as etcd holds it: any node may write its own key, so its
+    // name is untrusted text. It serves version 1 and its peer port
+    // (port 1 on loopback) refuses.
+    let stray = "<img src=x onerror=window.pwned=true>";
+    cluster.etcd.put(
+        &format!("/sockgate/v1/nodes/{stray}"),
+        r#"{"peer_url":"http://127.0.0.1:1","sockgate":"0.0.0","apps":{"echo":1}}"#,
+    );
+    let panel = panel_until(&mut browser, node.admin, "the stray node", |panel| {
+        panel["nodes"].get(stray).is_some()
+    });
+    assert!(
+        !panel["pwned"].as_bool().unwrap(),
+        "markup from etcd ran: {panel:#}"
+    );
+    assert_eq!(panel["nodes"][stray]["health"], "false", "{panel:#}");
+    assert!(
+        panel["nodes"][stray]["text"]
+            .as_str()
+            .unwrap()
+            .contains("peer port unreachable"),
+        "{panel:#}"
+    );
+    assert_eq!(panel["differs"], serde_json::json!(["echo"]), "{panel:#}");
+    let flagged = panel["differsText"][0].as_str().unwrap();
+    assert!(
+        flagged.contains("node-1: 2") && flagged.contains(&format!("{stray}: 1")),
+        "the flag does not say which node serves which version: {flagged}"
+    );
+    let shot =
+        crate::dashboard::keep_screenshot(&browser.screenshot(), "dashboard-cluster-differs.png");
+    eprintln!("screenshot: {}", shot.display());
+}
+
+/// How long a deploy after the etcd leader's death may keep being refused
+/// (exit code 8) while the remaining members elect a new leader and the
+/// nodes' clients leave the dead member.
+const FAILOVER: Duration = Duration::from_secs(60);
+
+/// Three gateways against a three-member etcd, each given all three
+/// endpoints: the leader's `kill -9` never breaks an echo on node 2, and a
+/// deploy of a new version made on node 1 afterwards succeeds (retried
+/// while refused for want of a leader) and is served by nodes 2 and 3.
+#[test]
+fn the_etcd_leaders_kill_9_breaks_no_traffic_and_deploys_go_on() {
+    let etcd = Etcd::start_cluster(3);
+    let endpoints = etcd.endpoints();
+    let mut cluster = Cluster::start_with("cluster-failover", etcd, &vec![NodeSpec::default(); 3]);
+    for n in 1..=3 {
+        let stdout = cluster.node(n).running().stdout.text();
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("cluster: node"))
+            .unwrap_or_else(|| panic!("node {n} printed no cluster line:\n{stdout}"));
+        for endpoint in &endpoints {
+            assert!(
+                line.contains(endpoint.as_str()),
+                "node {n} was not given etcd member {endpoint}: {line}"
+            );
+        }
+    }
+    let port = free_port_everywhere();
+    cluster.deploy(1, "echo", "echo", &["--listen", &format!("0.0.0.0:{port}")]);
+    for n in 1..=3 {
+        cluster.wait_serving(n, port, "echo", CONVERGE);
+    }
+    let prober = Prober::start(Cluster::addr(2, port));
+    prober.wait_for_more(50, CONVERGE);
+
+    let leader = cluster.etcd.wait_leader();
+    cluster.etcd.kill(leader);
+    let killed = Instant::now();
+    eprintln!("killed etcd member {leader}, the leader");
+
+    let refusals = cluster.deploy_once_etcd_leads(1, "echo", "hostile", &[], FAILOVER);
+    eprintln!(
+        "a deploy worked {} ms after the leader's kill -9 ({refusals} refused before); \
+         member {:?} leads now",
+        killed.elapsed().as_millis(),
+        cluster.etcd.leader()
+    );
+    for n in [2, 3, 1] {
+        let took = cluster.wait_serving(n, port, "hostile", CONVERGE);
+        eprintln!("version 2 served on node {n} {} ms later", took.as_millis());
+        cluster.wait_version(n, "echo", Some(2));
+    }
+    prober.wait_for_more(200, CONVERGE);
+    let (ok, failures) = prober.stop();
+    assert!(
+        failures.is_empty(),
+        "node 2's echo broke across the etcd leader's death ({ok} round trips worked): \
+         {failures:#?}"
+    );
+    eprintln!("node 2 answered {ok} round trips across the failover");
+}
+
+/// How long a deploy of the ~21 MB Python component may take, from the
+/// upload to every node serving it: each node compiles it (about 10 s
+/// alone on 2 cores, the three at once share them).
+const PYTHON_SPREAD: Duration = Duration::from_secs(240);
+
+/// The Python echo (componentize-py, about 21.8 MB: CPython inside)
+/// deployed on node 1 goes to the other nodes through their peer fetches
+/// and is served by all three at the same digest. Each node has a compile
+/// cache of its own, empty, so each compiles it as a new machine would.
+/// The guest is built by
+/// `guests/build-lang.sh python` if need be; a machine that cannot build
+/// it fails this test, saying so.
+#[test]
+fn a_20_mb_python_component_deployed_on_node_1_is_served_by_all_three() {
+    let python = sockgate_testkit::guests::lang_guest("python", "echo");
+    let size = std::fs::metadata(&python).unwrap().len();
+    assert!(
+        size > 15_000_000,
+        "{} is {size} bytes: not the ~21.8 MB componentize-py build this test is about",
+        python.display()
+    );
+    let spec = NodeSpec {
+        own_cache: true,
+        ..NodeSpec::default()
+    };
+    let cluster = Cluster::start_with("cluster-python", Etcd::start(), &vec![spec; 3]);
+    let port = free_port_everywhere();
+    let component = python.display().to_string();
+    let listen = format!("0.0.0.0:{port}");
+    let args = ["deploy", "py-echo", component.as_str(), "--listen", &listen];
+    let started = Instant::now();
+    let child = cluster.cli_command(1, &args).spawn().unwrap();
+    let (code, stdout, stderr) = cluster.finish_within(child, &args, PYTHON_SPREAD);
+    assert_eq!(
+        code, 0,
+        "the Python deploy on node 1 failed: {stdout}{stderr}"
+    );
+    eprintln!(
+        "deploy of {:.1} MB returned after {} ms",
+        size as f64 / 1e6,
+        started.elapsed().as_millis()
+    );
+    for n in 1..=3 {
+        let within = PYTHON_SPREAD.saturating_sub(started.elapsed());
+        cluster.wait_serving(n, port, "echo", within);
+        eprintln!(
+            "node {n} serves the Python echo {} ms after the deploy began",
+            started.elapsed().as_millis()
+        );
+    }
+    let digests: Vec<Value> = (1..=3)
+        .map(|n| cluster.wait_version(n, "py-echo", Some(1)).unwrap()["digest"].clone())
+        .collect();
+    assert!(
+        digests.iter().all(|d| *d == digests[0] && d.is_string()),
+        "the nodes serve different components: {digests:?}"
+    );
+    // Each node compiled it itself: its own cache is no longer empty.
+    for n in 1..=3 {
+        let cache = cluster.dir.0.join(format!("node-{n}/compile-cache"));
+        let entries = std::fs::read_dir(&cache).map_or(0, Iterator::count);
+        assert!(
+            entries > 0,
+            "node {n} serves the Python echo but its compile cache {} is empty",
+            cache.display()
+        );
+    }
+    // A long line through every node: the whole interpreter answers.
+    let line = "x".repeat(10_000);
+    for n in 1..=3 {
+        let stream = TcpStream::connect(Cluster::addr(n, port)).unwrap();
+        assert_eq!(
+            ask_line(&stream, &line).as_deref(),
+            Ok(line.as_str()),
+            "node {n}"
+        );
+    }
 }
 
 /// Certificates ordered once for the whole cluster (its own file).

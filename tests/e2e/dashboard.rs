@@ -31,8 +31,9 @@ fn ask(conn: &mut TcpStream, line: &str) -> String {
     reply.trim_end().to_owned()
 }
 
-/// Writes `png` as artefact `name` and checks that it is a real PNG.
-fn keep_screenshot(png: &[u8], name: &str) -> PathBuf {
+/// Writes `png` as artefact `name` and checks that it is a real PNG (the
+/// cluster's dashboard test keeps its screenshots the same way).
+pub(crate) fn keep_screenshot(png: &[u8], name: &str) -> PathBuf {
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
         "{name}: not a real screenshot ({} bytes)",

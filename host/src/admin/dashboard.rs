@@ -1,7 +1,8 @@
 //! The dashboard's overview page: server-rendered HTML, readable in any
 //! browser and in a terminal browser alike, with the gateway's CPU and
 //! memory charts drawn live by `assets/dashboard.js` where scripts run
-//! (see [`super::live`]). Each app has its own page ([`super::app_page`]).
+//! (see [`super::live`]). Each app has its own page ([`super::app_page`]);
+//! a cluster node shows its cluster ([`super::cluster_panel`]).
 
 use std::fmt::Write;
 
@@ -18,7 +19,7 @@ table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding
 text-align:left}th{background:#f3f3f3}h2{margin-top:2rem}pre{background:#f7f7f7;padding:.5rem;\
 overflow-x:auto;max-height:14rem}.muted{color:#777}\
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1rem}\
-.chart{min-height:220px}.stats td{font-family:monospace}";
+.chart{min-height:220px}.stats td{font-family:monospace}.bad{color:#b00020;font-weight:bold}";
 
 /// The `<head>` of a dashboard page titled `title` (escaped here), with
 /// the charting library, the dashboard's script and the session's CSRF
@@ -174,6 +175,9 @@ pub(crate) async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body
         }
         html.push_str("</table>");
     }
+    // The cluster, if any: its nodes and the versions each serves.
+    let cluster = gateway.cluster_status().await;
+    html.push_str(&super::cluster_panel::panel(cluster.as_ref()));
     html.push_str("<h2>TLS certificates</h2>");
     let certificates = super::certificate_status(gateway, &apps);
     if certificates.is_empty() {

@@ -6,8 +6,8 @@
 //! (`gateway.allow_remote_admin`).
 //!
 //! - [`api`] serves the `/v1/…` endpoints,
-//! - [`dashboard`] the overview page at `/`, [`app_page`] each app's page
-//!   at `/apps/NAME`,
+//! - [`dashboard`] the overview page at `/` (with [`cluster_panel`] on a
+//!   cluster node), [`app_page`] each app's page at `/apps/NAME`,
 //! - [`live`] the charts' live streams (`/live/…`) and the static files
 //!   (`/assets/…`), fed by [`timeline`], the one sampler of the last hour,
 //! - [`metrics`] the Prometheus text at `/metrics`,
@@ -33,6 +33,7 @@
 
 pub mod api;
 pub(crate) mod app_page;
+pub(crate) mod cluster_panel;
 pub(crate) mod dashboard;
 pub(crate) mod live;
 pub(crate) mod metrics;

@@ -172,17 +172,24 @@ impl Gateway {
             Ok(nodes) => ("reachable".to_owned(), nodes),
             Err(err) => (format!("unreachable: {err}"), Vec::new()),
         };
+        // Every node's peer port probed at once: the lease says a node is
+        // alive to etcd, the probe that this node can fetch from it.
+        let health =
+            futures::future::join_all(nodes.iter().map(|(_, info)| peer_health(&info.peer_url)))
+                .await;
         Some(ClusterStatus {
             node: cluster.node().to_owned(),
             endpoints: cluster.endpoints().to_vec(),
             etcd,
             nodes: nodes
                 .into_iter()
-                .map(|(name, info)| ClusterNode {
+                .zip(health)
+                .map(|((name, info), health)| ClusterNode {
                     name,
                     peer_url: info.peer_url,
                     sockgate: info.sockgate,
                     apps: info.apps,
+                    health,
                 })
                 .collect(),
         })
@@ -479,6 +486,29 @@ pub struct ClusterNode {
     pub sockgate: String,
     /// The cluster apps it serves: name → version number.
     pub apps: std::collections::BTreeMap<String, u64>,
+    /// `ok` when its peer port takes a connection from this node within
+    /// [`PEER_PROBE`], otherwise why not: a node can hold its lease (be
+    /// live in etcd) while peers cannot fetch components from it, and an
+    /// operator needs to see that before a deploy waits on it.
+    pub health: String,
+}
+
+/// How long the probe of a node's peer port may take.
+const PEER_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether this node reaches the peer port at `peer_url`
+/// (`http://HOST:PORT`): `ok`, or why not.
+async fn peer_health(peer_url: &str) -> String {
+    let rest = peer_url
+        .strip_prefix("http://")
+        .or_else(|| peer_url.strip_prefix("https://"))
+        .unwrap_or(peer_url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match tokio::time::timeout(PEER_PROBE, tokio::net::TcpStream::connect(authority)).await {
+        Ok(Ok(_)) => "ok".to_owned(),
+        Ok(Err(err)) => format!("peer port unreachable: {err}"),
+        Err(_) => format!("peer port unreachable: no answer within {PEER_PROBE:?}"),
+    }
 }
 
 /// The components being fetched ahead, so that one announced twice is
