@@ -721,7 +721,7 @@ fn print_cluster(cluster: &Value) {
         printable(&text(&cluster["etcd"]))
     );
     let mut rows = vec![
-        ["NODE", "PEER", "SOCKGATE", "APPS (VERSION SERVED)"]
+        ["NODE", "PEER", "HEALTH", "SOCKGATE", "APPS (VERSION SERVED)"]
             .map(String::from)
             .to_vec(),
     ];
@@ -736,6 +736,7 @@ fn print_cluster(cluster: &Value) {
         rows.push(vec![
             text(&node["name"]),
             text(&node["peer_url"]),
+            text(&node["health"]),
             text(&node["sockgate"]),
             if apps.is_empty() {
                 "-".to_owned()
