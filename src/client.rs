@@ -721,9 +721,15 @@ fn print_cluster(cluster: &Value) {
         printable(&text(&cluster["etcd"]))
     );
     let mut rows = vec![
-        ["NODE", "PEER", "HEALTH", "SOCKGATE", "APPS (VERSION SERVED)"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "NODE",
+            "PEER",
+            "HEALTH",
+            "SOCKGATE",
+            "APPS (VERSION SERVED)",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for node in cluster["nodes"].as_array().into_iter().flatten() {
         let apps = node["apps"]
