@@ -19,7 +19,7 @@
 //! Target (issue 17): p99 ≤ 1 s for the Rust echo; the Python echo (a
 //! 21 MB component) within its compile time + 1 s.
 //!
-//! Run: `cargo bench --bench cluster` (20 Rust and 5 Python deploys) or
+//! Run: `cargo bench --bench cluster` (20 Rust and 20 Python deploys) or
 //! `SOCKGATE_BENCH_QUICK=1 cargo bench --bench cluster` (5 and 1).
 //! Results: `target/bench-results/cluster.{md,json}`.
 
@@ -41,7 +41,7 @@ use sockgate_testkit::server::Server;
 const PATIENCE: Duration = Duration::from_secs(180);
 
 fn main() {
-    let (rust_rounds, python_rounds) = if quick() { (5, 1) } else { (20, 5) };
+    let (rust_rounds, python_rounds) = if quick() { (5, 1) } else { (20, 20) };
     let rust = std::fs::read(guest("echo")).expect("no Rust echo guest");
     let python = std::fs::read(lang_guest("python", "echo")).expect("no Python echo guest");
     let mut rows = Vec::new();

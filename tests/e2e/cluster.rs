@@ -10,7 +10,9 @@
 //! `cluster store unavailable`), a restarted node serves from its state
 //! directory, and everything resumes when etcd is back; a node that was
 //! frozen (SIGSTOP) catches up, across a compaction too; the deploying
-//! node's `kill -9` loses nothing; `--cluster etcd://…` overrides the
+//! node's `kill -9` loses nothing; an etcd frozen by SIGSTOP (its port
+//! accepting, nothing answering) refuses deploys within a bounded time
+//! while the apps keep serving; `--cluster etcd://…` overrides the
 //! file's endpoints; the etcd leader's `kill -9` (of three members) breaks
 //! no traffic and deploys go on once a new leader is elected; node 2's
 //! dashboard, in Chromium, shows every node and the versions they serve;
@@ -823,6 +825,61 @@ fn with_etcd_down_apps_keep_serving_deploys_are_refused_and_all_resumes_when_it_
         cluster.wait_serving(n, port, "hostile", CONVERGE);
         cluster.wait_version(n, "echo", Some(2));
     }
+}
+
+#[test]
+fn with_etcd_frozen_apps_keep_serving_and_deploys_are_refused_in_bounded_time() {
+    let cluster = Cluster::start("cluster-etcd-frozen", 3);
+    let port = free_port_everywhere();
+    cluster.deploy(1, "echo", "echo", &["--listen", &format!("0.0.0.0:{port}")]);
+    for n in 1..=3 {
+        cluster.wait_serving(n, port, "echo", CONVERGE);
+    }
+    let prober = Prober::start(Cluster::addr(3, port));
+
+    // SIGSTOP: etcd's port still accepts, and nothing answers.
+    cluster.etcd.pause(0);
+    let asked = Instant::now();
+    let hostile = guest("hostile").display().to_string();
+    let (code, stdout, stderr) = cluster.cli(1, &["deploy", "echo", &hostile]);
+    let answered = asked.elapsed();
+    eprintln!(
+        "a deploy with etcd frozen answered in {} ms",
+        answered.as_millis()
+    );
+    assert_eq!(
+        code, EXIT_STORE_UNAVAILABLE,
+        "deploy with etcd frozen: {stdout}{stderr}"
+    );
+    assert!(
+        answered < Duration::from_secs(20),
+        "a deploy waited {answered:?} on a frozen etcd"
+    );
+    assert_eq!(served_by(Cluster::addr(1, port)), Ok("echo"));
+    prober.wait_for_more(200, CONVERGE);
+
+    cluster.etcd.resume(0);
+    let back = Instant::now();
+    loop {
+        let (code, stdout, stderr) = cluster.cli(1, &["deploy", "echo", &hostile]);
+        if code == 0 {
+            break;
+        }
+        assert_eq!(code, EXIT_STORE_UNAVAILABLE, "{stdout}{stderr}");
+        assert!(
+            back.elapsed() < ETCD_BACK,
+            "deploys still refused {ETCD_BACK:?} after etcd was resumed: {stderr}",
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for n in 1..=3 {
+        cluster.wait_serving(n, port, "hostile", CONVERGE);
+    }
+    let (ok, failures) = prober.stop();
+    assert!(
+        failures.is_empty(),
+        "node 3's echo failed around the frozen etcd ({ok} round trips worked): {failures:#?}"
+    );
 }
 
 #[test]
