@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::{Response, StatusCode};
 
-use super::dashboard::{charts, escape, head};
+use super::dashboard::{charts, head};
+use super::html::escape;
 use super::{Body, error, respond};
 use crate::certs::format_time;
 use crate::gateway::Gateway;

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use super::dashboard::escape;
+use super::html::escape;
 use crate::gateway::ClusterStatus;
 
 /// The panel for `status`; for a gateway in no cluster (`None`), one line

@@ -8,6 +8,7 @@ use std::fmt::Write;
 
 use hyper::{Response, StatusCode};
 
+use super::html::escape;
 use super::{Body, respond};
 use crate::gateway::Gateway;
 
@@ -233,20 +234,4 @@ pub(crate) async fn page(gateway: &Gateway, csrf: Option<&str>) -> Response<Body
     }
     html.push_str("</body></html>");
     respond(StatusCode::OK, "text/html; charset=utf-8", html)
-}
-
-/// Escapes text for HTML.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }

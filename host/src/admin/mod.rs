@@ -35,6 +35,7 @@ pub mod api;
 pub(crate) mod app_page;
 pub(crate) mod cluster_panel;
 pub(crate) mod dashboard;
+pub(crate) mod html;
 pub(crate) mod live;
 pub(crate) mod metrics;
 pub(crate) mod session;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::apps::dormant::{Dormant, LoadTrigger, Queued};
+use crate::apps::dormant::{Dormant, LoadTrigger, LoadedApp, Queued};
 use crate::base::backoff::Backoff;
 use crate::base::conn::Connection;
 use crate::limits::AppLimits;
@@ -63,7 +63,7 @@ enum Serving {
     },
     /// Not loaded yet (lazy start): connections queue until the gateway
     /// has loaded it and replaced this app in the router.
-    Dormant(Dormant),
+    Dormant(Dormant<App>),
 }
 
 /// What every connection task of a `conn-handler-sync` app shares.
@@ -191,7 +191,7 @@ impl App {
     }
 
     /// The dormant state of an app not loaded yet (lazy start).
-    pub fn as_dormant(&self) -> Option<&Dormant> {
+    pub fn as_dormant(&self) -> Option<&Dormant<App>> {
         match &self.serving {
             Serving::Dormant(dormant) => Some(dormant),
             _ => None,
@@ -373,6 +373,23 @@ impl App {
             },
         );
         Refused::InstancesFull
+    }
+}
+
+/// A dormant app's queued connections go to the version loaded for it as
+/// any new connection would.
+impl LoadedApp for App {
+    fn dispatch(&self, conn: Connection) -> Result<(), Refused> {
+        App::dispatch(self, conn)
+    }
+
+    fn dispatch_h3(
+        &self,
+        conn: quinn::Connection,
+        info: crate::base::conn::ConnInfo,
+        closer: crate::base::conn::Closer,
+    ) -> Result<(), Refused> {
+        App::dispatch_h3(self, conn, info, closer)
     }
 }
 

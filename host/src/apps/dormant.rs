@@ -22,7 +22,6 @@
 
 use std::sync::Arc;
 
-use crate::apps::app::App;
 use crate::base::conn::{Closer, ConnInfo, Connection};
 use crate::base::locks::lock;
 use crate::runtime::load::World;
@@ -32,11 +31,26 @@ use crate::tenant::conns::Refused;
 /// and returns at once).
 pub type LoadTrigger = Box<dyn FnOnce() + Send>;
 
+/// What the queued connections go to once the app is loaded: the
+/// version that serves it (the gateway's app). A trait, so that the
+/// dormant state knows nothing else of it.
+pub trait LoadedApp: Send + Sync {
+    /// Takes a TCP, TLS or QUIC-stream connection, as any new one.
+    fn dispatch(&self, conn: Connection) -> Result<(), Refused>;
+    /// Takes a QUIC connection that negotiated `h3`, as any new one.
+    fn dispatch_h3(
+        &self,
+        conn: quinn::Connection,
+        info: ConnInfo,
+        closer: Closer,
+    ) -> Result<(), Refused>;
+}
+
 /// A connection waiting for its app to be loaded.
 pub enum Queued {
-    /// A TCP, TLS or QUIC-stream connection, for [`App::dispatch`].
+    /// A TCP, TLS or QUIC-stream connection, for [`LoadedApp::dispatch`].
     Conn(Connection),
-    /// A QUIC connection that negotiated `h3`, for [`App::dispatch_h3`].
+    /// A QUIC connection that negotiated `h3`, for [`LoadedApp::dispatch_h3`].
     H3 {
         /// The QUIC connection.
         conn: quinn::Connection,
@@ -47,16 +61,17 @@ pub enum Queued {
     },
 }
 
-/// The dormant state of one app; see the module documentation.
-pub struct Dormant {
+/// The dormant state of one app, which is loaded as an `A`; see the
+/// module documentation.
+pub struct Dormant<A: ?Sized> {
     world: World,
     /// The most connections queued (the app's `limits.max_connections`).
     capacity: usize,
-    state: std::sync::Mutex<State>,
+    state: std::sync::Mutex<State<A>>,
 }
 
 /// Where the dormant app stands.
-enum State {
+enum State<A: ?Sized> {
     /// Not loaded yet: the trigger (until the first connection fires it)
     /// and the connections waiting.
     Waiting {
@@ -64,10 +79,10 @@ enum State {
         queue: Vec<Queued>,
     },
     /// Over: the version that serves instead, or none.
-    Resolved(Option<Arc<App>>),
+    Resolved(Option<Arc<A>>),
 }
 
-impl Dormant {
+impl<A: LoadedApp + ?Sized> Dormant<A> {
     /// A dormant app of world `world` that queues at most `capacity`
     /// connections and calls `trigger` on the first one.
     pub fn new(world: World, capacity: usize, trigger: LoadTrigger) -> Self {
@@ -126,7 +141,7 @@ impl Dormant {
     /// Ends the dormant state: the queued connections (and any that
     /// arrive later through this app) go to `serving`, or are closed when
     /// there is none. Only the first call counts.
-    pub fn resolve(&self, serving: Option<Arc<App>>) {
+    pub fn resolve(&self, serving: Option<Arc<A>>) {
         let queue = {
             let mut state = lock(&self.state);
             match std::mem::replace(&mut *state, State::Resolved(serving.clone())) {
@@ -145,7 +160,7 @@ impl Dormant {
 
 /// Hands a connection to the app that serves now, or closes it (the app
 /// failed to load or was removed: not a refusal at a limit).
-fn hand_on(serving: Option<&App>, queued: Queued) -> Result<(), Refused> {
+fn hand_on<A: LoadedApp + ?Sized>(serving: Option<&A>, queued: Queued) -> Result<(), Refused> {
     let Some(app) = serving else {
         close(queued);
         return Ok(());
@@ -219,7 +234,7 @@ mod tests {
         let trigger: LoadTrigger = Box::new(move || {
             counter.fetch_add(1, Ordering::Relaxed);
         });
-        let dormant = Dormant::new(World::ConnHandler, 2, trigger);
+        let dormant = Dormant::<dyn LoadedApp>::new(World::ConnHandler, 2, trigger);
         let full = || Refused::AppFull;
         let (a, mut client_a) = conn();
         let (b, mut client_b) = conn();

@@ -57,17 +57,16 @@ impl InstanceSettings {
             0 => self.pre.initial_memory().max(FIRST_START_ESTIMATE),
             held => held,
         };
-        match self.tracker.memory().make_room(shard, need).await {
+        match self.tracker.memory().make_room(&**shard, need).await {
             Ok(asked) => {
-                if !asked.is_empty() {
+                if asked > 0 {
                     self.log.event(
                         Some(index),
                         EventKind::LimitHit {
                             limit: "max_guest_memory_mb",
                             detail: format!(
-                                "asked {} idle instances (least recently used first) to \
+                                "asked {asked} idle instances (least recently used first) to \
                                  hibernate, to make room for this one",
-                                asked.len()
                             ),
                         },
                     );

