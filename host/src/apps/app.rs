@@ -4,10 +4,11 @@
 //! ([`crate::runtime::per_connection`]).
 //!
 //! Each shard is a task that runs one instance at a time
-//! ([`run_instance`]); when the instance traps, the shard records why and
-//! starts a fresh one, after a delay if it keeps crashing ([`Backoff`](crate::base::backoff::Backoff)).
-//! A shard whose instance hibernated (the app's `hibernate_after_secs`)
-//! waits for the next connection and then starts a fresh one.
+//! ([`run_instance`]) on the loop every world shares ([`run_shard`]): when
+//! the instance traps, the shard records why and starts a fresh one,
+//! after a delay if it keeps crashing. A shard whose instance hibernated
+//! (the app's `hibernate_after_secs`) waits for the next connection and
+//! then starts a fresh one.
 //! A new connection is admitted against the gateway's, the app's and the
 //! per-IP caps ([`crate::tenant::conns`]), then goes to the shard with the fewest
 //! active connections, or is refused when every shard is at its cap.
@@ -16,10 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::apps::dormant::{Dormant, LoadTrigger, LoadedApp, Queued};
-use crate::base::backoff::Backoff;
 use crate::base::conn::Connection;
 use crate::limits::AppLimits;
 use crate::runtime::events::run_events_instance;
@@ -28,6 +27,7 @@ use crate::runtime::http::serving::{HttpApp, HttpSite, Workers};
 use crate::runtime::instance::{Assigned, Ended, InstanceSettings, run_instance};
 use crate::runtime::load::{GuestPre, World};
 use crate::runtime::per_connection::serve_connection;
+use crate::runtime::shard::{InstanceEnd, ShardSide, run_shard};
 use crate::runtime::sync_bindings::ConnHandlerSyncPre;
 use crate::tenant::conns::{Admission, AppAccount, ConnTracker, Refused, ShardLoad, admit};
 use crate::tenant::logs::{AppLog, EventKind};
@@ -150,7 +150,7 @@ impl App {
                 let asleep = Arc::new(AtomicBool::new(false));
                 let shard = ShardSide {
                     index,
-                    active: active.clone(),
+                    load: active.clone(),
                     asleep: asleep.clone(),
                     requeue: tx.downgrade(),
                 };
@@ -393,68 +393,32 @@ impl LoadedApp for App {
     }
 }
 
-/// What a shard's loop holds of its shard.
-struct ShardSide {
-    index: u32,
-    active: Arc<ShardLoad>,
-    asleep: Arc<AtomicBool>,
-    /// Puts the connection that woke the shard back in its channel, for the
-    /// fresh instance (weak: the app's end still closes the channel).
-    requeue: mpsc::WeakSender<Assigned>,
-}
-
-/// Runs instance after instance for one shard until the app is dropped.
-/// An instance that hibernated is followed by the next one only when a
-/// connection arrives: the loop waits on the channel, where connections
-/// queue meanwhile (none is refused), and the first one wakes the shard —
-/// once, whatever arrives during the wake (single flight).
+/// Runs instance after instance for one shard until the app is dropped
+/// ([`run_shard`]), each in the app's world: the event world's runner, or
+/// the stream worlds' one.
 async fn shard_loop(
     settings: Arc<InstanceSettings>,
-    shard: ShardSide,
-    mut rx: mpsc::Receiver<Assigned>,
+    shard: ShardSide<Assigned>,
+    rx: mpsc::Receiver<Assigned>,
 ) {
-    let ShardSide {
-        index,
-        active,
-        asleep,
-        requeue,
-    } = shard;
-    let mut backoff = Backoff::default();
-    let mut woke = None;
-    settings.offer_for_hibernation(&active);
-    loop {
-        if !settings.room_to_start(index, &active, &mut rx).await {
-            woke = settings
-                .sleep_until_woken(index, &mut rx, &requeue, &asleep)
-                .await;
-            if woke.is_none() {
-                return;
-            }
-            continue;
+    let (index, active) = (shard.index, shard.load.clone());
+    let runner = settings.clone();
+    run_shard(settings, shard, rx, move |rx, woke| {
+        let (settings, active) = (runner.clone(), active.clone());
+        async move {
+            let (outcome, rx) = if let GuestPre::Events(_) = &*settings.pre {
+                run_events_instance(settings.clone(), index, rx, woke).await
+            } else {
+                run_instance(settings.clone(), index, rx, active, woke).await
+            };
+            let end = outcome.map(|ended| match ended {
+                Ended::Closed => InstanceEnd::Closed,
+                Ended::Hibernate => InstanceEnd::Hibernated,
+            });
+            (end, rx)
         }
-        let started = Instant::now();
-        let (outcome, returned) = if let GuestPre::Events(_) = &*settings.pre {
-            run_events_instance(settings.clone(), index, rx, woke.take()).await
-        } else {
-            run_instance(settings.clone(), index, rx, active.clone(), woke.take()).await
-        };
-        rx = returned;
-        match outcome {
-            Ok(Ended::Closed) => return,
-            Ok(Ended::Hibernate) => {
-                woke = settings
-                    .sleep_until_woken(index, &mut rx, &requeue, &asleep)
-                    .await;
-                if woke.is_none() {
-                    return;
-                }
-            }
-            Err(err) => {
-                err.record_and_back_off(&settings, index, started.elapsed(), &mut backoff)
-                    .await
-            }
-        }
-    }
+    })
+    .await;
 }
 
 /// Gives an admitted connection its place in `active` (a shard's or the

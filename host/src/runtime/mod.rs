@@ -77,6 +77,7 @@ mod load_error;
 pub(crate) mod name_lookup;
 pub mod per_connection;
 pub(crate) mod pump;
+pub(crate) mod shard;
 pub mod slow_lane;
 pub mod supervisor;
 pub(crate) mod sync_bindings;

@@ -1,5 +1,6 @@
 //! The long-lived instances of a `wasi:http/service` (WASI 0.3) app: a
-//! task per instance runs one store after another ([`instance_loop`]),
+//! task per instance runs one store after another ([`instance_loop`], on
+//! [`crate::runtime::shard::run_shard`]),
 //! each serving the jobs [`super::serving`] dispatches to it until the
 //! channel closes, it must be recycled (too many lingering calls), it
 //! hibernates (idle for the app's `hibernate_after_secs`: the next one
@@ -8,7 +9,6 @@
 //! queued when a store ends are not lost: they go to the next one.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use tokio::sync::mpsc;
 use wasmtime::Store;
@@ -19,6 +19,7 @@ use crate::runtime::host_state::{HostState, bound_store, http_view};
 use crate::runtime::instance::dispose_after_trap;
 use crate::runtime::instance::{InstanceError, InstanceSettings};
 use crate::runtime::load::GuestPre;
+use crate::runtime::shard::{InstanceEnd, ShardSide, run_shard};
 use crate::runtime::slow_lane;
 use crate::runtime::supervisor::IoProgress;
 use crate::runtime::supervisor::supervise;
@@ -41,81 +42,42 @@ pub(super) const MAX_LINGERING_CALLS: usize = 64;
 /// streams) runs more `instances`.
 pub(super) const MAX_REQUESTS_IN_STORE: usize = 1024;
 
-/// What an instance's loop holds of its worker.
-pub(super) struct WorkerSide {
-    /// The instance's index in the app.
-    pub index: u32,
-    /// Requests assigned to it.
-    pub load: Arc<ShardLoad>,
-    /// Set while the worker hibernates (no instance).
-    pub asleep: Arc<AtomicBool>,
-    /// Puts the job that woke the worker back in its channel, for the
-    /// fresh instance (weak: the app's end still closes the channel).
-    pub requeue: mpsc::WeakSender<HttpJob>,
-}
-
 /// Runs instance after instance of a WASI 0.3 app until the app is
-/// dropped, with the crash-loop back-off of `conn-handler` apps. After an
-/// instance hibernated, the next one starts when a job arrives (jobs
-/// queue in the channel meanwhile; one wake, whatever arrives during it).
+/// dropped ([`run_shard`]: hibernation, wakes and the crash-loop back-off
+/// of every world). An instance with too many calls past their deadline
+/// is replaced at once, with an event that says so.
 pub(super) async fn instance_loop(
     settings: Arc<InstanceSettings>,
-    worker: WorkerSide,
-    mut jobs: mpsc::Receiver<HttpJob>,
+    worker: ShardSide<HttpJob>,
+    jobs: mpsc::Receiver<HttpJob>,
 ) {
-    let WorkerSide {
-        index,
-        load,
-        asleep,
-        requeue,
-    } = worker;
-    let log = settings.log.clone();
-    let mut backoff = crate::base::backoff::Backoff::default();
-    let mut woke = None;
-    settings.offer_for_hibernation(&load);
-    loop {
-        if !settings.room_to_start(index, &load, &mut jobs).await {
-            woke = settings
-                .sleep_until_woken(index, &mut jobs, &requeue, &asleep)
-                .await;
-            if woke.is_none() {
-                return;
-            }
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let (outcome, returned) =
-            run_instance(settings.clone(), index, jobs, load.clone(), woke.take()).await;
-        jobs = returned;
-        match outcome {
-            Ok(ServiceEnd::Closed) => return,
-            Ok(ServiceEnd::Hibernate) => {
-                woke = settings
-                    .sleep_until_woken(index, &mut jobs, &requeue, &asleep)
-                    .await;
-                if woke.is_none() {
-                    return;
+    let (index, load) = (worker.index, worker.load.clone());
+    let runner = settings.clone();
+    run_shard(settings, worker, jobs, move |jobs, woke| {
+        let (settings, load) = (runner.clone(), load.clone());
+        async move {
+            let (outcome, jobs) = run_instance(settings.clone(), index, jobs, load, woke).await;
+            let end = outcome.map(|end| match end {
+                ServiceEnd::Closed => InstanceEnd::Closed,
+                ServiceEnd::Hibernate => InstanceEnd::Hibernated,
+                ServiceEnd::Recycle { lingering } => {
+                    settings.log.event(
+                        Some(index),
+                        EventKind::LimitHit {
+                            limit: "http_request_timeout_ms",
+                            detail: format!(
+                                "{lingering} requests went on past their deadline (answered \
+                                 504): the instance is replaced by a fresh one"
+                            ),
+                        },
+                    );
+                    InstanceEnd::Replace
                 }
-            }
-            Ok(ServiceEnd::Recycle { lingering }) => {
-                log.event(
-                    Some(index),
-                    EventKind::LimitHit {
-                        limit: "http_request_timeout_ms",
-                        detail: format!(
-                            "{lingering} requests went on past their deadline (answered 504): \
-                             the instance is replaced by a fresh one"
-                        ),
-                    },
-                );
-                continue;
-            }
-            Err(err) => {
-                err.record_and_back_off(&settings, index, started.elapsed(), &mut backoff)
-                    .await
-            }
+            });
+            (end, jobs)
         }
-    }
+    })
+    .await;
 }
 
 /// One WASI 0.3 instance: created, supervised, serving jobs until the

@@ -39,7 +39,7 @@ use super::HttpPre;
 use super::bodies::{from_wasi, to_wasi};
 use super::per_request::serve_on_new_instance;
 use super::service::{HttpJob, InFlight, JobError};
-use super::service_instance::{WorkerSide, instance_loop};
+use super::service_instance::instance_loop;
 use crate::base::conn::Transport;
 use crate::http::front::Deadline;
 use crate::http::server::{self, Mode};
@@ -48,6 +48,7 @@ use crate::http::{ConnMeta, Exchange, Front, Origin, Protocol, Refusal, Served};
 use crate::runtime::host_state::HostState;
 use crate::runtime::instance::{Assigned, InstanceSettings};
 use crate::runtime::load::GuestPre;
+use crate::runtime::shard::ShardSide;
 use crate::tenant::conns::ShardLoad;
 
 /// Re-exported where callers have always found them.
@@ -115,7 +116,7 @@ impl HttpApp {
                             let load = Arc::new(ShardLoad::default());
                             let index = u32::try_from(index).unwrap_or(u32::MAX);
                             let asleep = Arc::new(AtomicBool::new(false));
-                            let side = WorkerSide {
+                            let side = ShardSide {
                                 index,
                                 load: load.clone(),
                                 asleep: asleep.clone(),
