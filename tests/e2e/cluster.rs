@@ -1206,6 +1206,8 @@ const FAILOVER: Duration = Duration::from_secs(60);
 /// endpoints: the leader's `kill -9` never breaks an echo on node 2, and a
 /// deploy of a new version made on node 1 afterwards succeeds (retried
 /// while refused for want of a leader) and is served by nodes 2 and 3.
+/// Every node sets the dead member aside (before, requests kept landing on
+/// it and deploys were refused for as long as it was down).
 #[test]
 fn the_etcd_leaders_kill_9_breaks_no_traffic_and_deploys_go_on() {
     let etcd = Etcd::start_cluster(3);
@@ -1244,6 +1246,18 @@ fn the_etcd_leaders_kill_9_breaks_no_traffic_and_deploys_go_on() {
         killed.elapsed().as_millis(),
         cluster.etcd.leader()
     );
+    // Each node set the dead member aside: requests go to the others.
+    let aside = format!("etcd member {} refuses connections", endpoints[leader]);
+    for n in 1..=3 {
+        assert!(
+            cluster
+                .node(n)
+                .running()
+                .stderr
+                .wait_for(CONVERGE, |t| t.contains(&aside)),
+            "node {n} did not set the dead member aside ({aside})"
+        );
+    }
     for n in [2, 3, 1] {
         let took = cluster.wait_serving(n, port, "hostile", CONVERGE);
         eprintln!("version 2 served on node {n} {} ms later", took.as_millis());
@@ -1349,3 +1363,83 @@ mod etcd_tls;
 /// Compiled code shared between nodes (its own file).
 #[path = "cluster_compiled.rs"]
 mod compiled;
+
+/// `kill -9` of the deploying node in the middle of a deploy: after node 2
+/// fetched and compiled the new component, while node 1 still waits for
+/// node 3 (frozen, so the deploy stays open for as long as node 3's lease
+/// lives) and before any record changed. The deploy fails on the client,
+/// the old version keeps serving on the other nodes with no failed round
+/// trip, nothing of the new one is recorded, and the cluster takes the
+/// next deploy, which the restarted node serves too.
+#[test]
+fn kill_9_of_the_deploying_node_mid_deploy_leaves_the_old_version_serving() {
+    use sha2::{Digest, Sha256};
+
+    let mut cluster = Cluster::start("cluster-kill-mid", 3);
+    let port = free_port_everywhere();
+    cluster.deploy(1, "app", "echo", &["--listen", &format!("0.0.0.0:{port}")]);
+    for n in 1..=3 {
+        cluster.wait_serving(n, port, "echo", CONVERGE);
+    }
+    let prober = Prober::start(Cluster::addr(2, port));
+
+    let hostile = guest("hostile");
+    let digest: String = Sha256::digest(std::fs::read(&hostile).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    cluster.freeze(3);
+    let component = hostile.display().to_string();
+    let args = ["deploy", "app", component.as_str()];
+    let deploy = cluster.cli_command(1, &args).spawn().unwrap();
+    // Node 2 holds the new component; node 1 waits for node 3.
+    let held_by_2 = format!("/sockgate/v1/held/{digest}/node-2");
+    let started = Instant::now();
+    while cluster.etcd.get(&held_by_2).is_none() {
+        assert!(
+            started.elapsed() < CLI_TIMEOUT,
+            "node 2 never announced the new component ({held_by_2})"
+        );
+        std::thread::sleep(POLL);
+    }
+    cluster.kill(1);
+    cluster.thaw(3);
+    let (code, stdout, stderr) = cluster.finish(deploy, &args);
+    assert_ne!(
+        code, 0,
+        "a deploy whose node was killed succeeded: {stdout}"
+    );
+    eprintln!("the interrupted deploy exited {code}: {stderr}");
+
+    // Nothing of the new version was recorded: nodes 2 and 3 serve
+    // version 1, as etcd says.
+    let record = cluster.etcd.get("/sockgate/v1/apps/app").unwrap();
+    let record: Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["current"], 1, "{record}");
+    assert_eq!(
+        record["versions"].as_array().map(Vec::len),
+        Some(1),
+        "{record}"
+    );
+    for n in [2, 3] {
+        assert_eq!(cluster.version(n, "app"), Some(1));
+        assert_eq!(served_by(Cluster::addr(n, port)), Ok("echo"));
+    }
+    prober.wait_for_more(100, CONVERGE);
+    let (ok, failures) = prober.stop();
+    assert!(
+        failures.is_empty(),
+        "node 2's echo failed around the kill ({ok} round trips worked): {failures:#?}"
+    );
+
+    // The next deploy goes through once node 1's lease has ended, and the
+    // restarted node 1 serves it.
+    let (code, stdout, stderr) = cluster.cli(2, &["deploy", "app", &component]);
+    assert_eq!(code, 0, "the deploy after the kill: {stdout}{stderr}");
+    for n in [2, 3] {
+        cluster.wait_serving(n, port, "hostile", CONVERGE);
+    }
+    cluster.launch(1);
+    cluster.wait_serving(1, port, "hostile", CONVERGE);
+    assert_eq!(cluster.version(1, "app"), Some(2));
+}

@@ -36,9 +36,11 @@
 //! the key layout; `store.rs` the reads and guarded writes of records and
 //! holders; `membership.rs` this node's lease and liveness; `watch.rs`
 //! the changes as a stream; `peer.rs` components between nodes; `acme.rs`
-//! and `seal.rs` certificates shared.
+//! and `seal.rs` certificates shared; `endpoints.rs` keeps requests off
+//! etcd members that refuse connections.
 
 mod acme;
+mod endpoints;
 mod keys;
 mod membership;
 mod peer;
@@ -197,6 +199,11 @@ impl Cluster {
         let client = etcd_client::Client::connect(&settings.endpoints, Some(options))
             .await
             .with_context(|| format!("cluster.endpoints {:?}", settings.endpoints))?;
+        tokio::spawn(endpoints::keep_live(
+            client.clone(),
+            settings.endpoints.clone(),
+            credentials.ca_pem.is_some(),
+        ));
         let cluster = Arc::new(Self {
             client,
             node: settings.node_name(),
