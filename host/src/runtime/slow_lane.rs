@@ -420,7 +420,13 @@ impl SlowLane {
     }
 }
 
-/// The process's slow lane: one thread per core, started on first use;
+/// The process's slow lane: one thread fewer than the cores (one on a
+/// single core), started on first use, so that a core is always left to
+/// the tokio workers. With a thread per core, spinning guests held every
+/// core and each wake-up of a worker had to preempt one of them: the
+/// `supervision` bench's neighbour p99 under attack was 2.7–3.0× idle, and
+/// 1.3–1.4× with a core left free (two runs, same machine, same run each).
+/// The price: demoted guests compute on fewer cores (half on two);
 /// `None` if no thread could be started (guests then yield on the tokio
 /// workers, which still share them, less well).
 fn slow_lane() -> Option<&'static SlowLane> {
@@ -432,7 +438,9 @@ fn slow_lane() -> Option<&'static SlowLane> {
         }));
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1);
+            .unwrap_or(1)
+            .saturating_sub(1)
+            .max(1);
         let mut started = 0;
         for _ in 0..threads {
             match std::thread::Builder::new()
