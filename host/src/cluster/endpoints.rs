@@ -43,11 +43,7 @@ impl Member {
         } else {
             format!("http://{given}")
         };
-        let address = uri
-            .split_once("://")
-            .map_or(uri.as_str(), |(_, rest)| rest)
-            .trim_end_matches('/')
-            .to_owned();
+        let address = authority_of(&uri).to_owned();
         Self {
             given: given.to_owned(),
             uri,
@@ -56,10 +52,25 @@ impl Member {
     }
 
     async fn accepts(&self) -> bool {
-        matches!(
-            tokio::time::timeout(CONNECT_WITHIN, TcpStream::connect(&self.address)).await,
-            Ok(Ok(_))
-        )
+        tcp_reachable(&self.address, CONNECT_WITHIN).await.is_ok()
+    }
+}
+
+/// The `host:port` of a URL (`http://host:port/…`) or of a bare
+/// `host:port`.
+pub(crate) fn authority_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Whether `authority` (`host:port`) takes a TCP connection within
+/// `within`; otherwise why not. One probe for every "is it up" the
+/// cluster asks: etcd members here, peers on the dashboard.
+pub(crate) async fn tcp_reachable(authority: &str, within: Duration) -> Result<(), String> {
+    match tokio::time::timeout(within, TcpStream::connect(authority)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {within:?}")),
     }
 }
 

@@ -55,6 +55,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+pub(crate) use self::endpoints::{authority_of, tcp_reachable};
 pub(crate) use self::peer::CompiledArtifact;
 pub(crate) use self::watch::Change;
 use crate::config::ClusterSettings;

@@ -499,15 +499,10 @@ const PEER_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Whether this node reaches the peer port at `peer_url`
 /// (`http://HOST:PORT`): `ok`, or why not.
 async fn peer_health(peer_url: &str) -> String {
-    let rest = peer_url
-        .strip_prefix("http://")
-        .or_else(|| peer_url.strip_prefix("https://"))
-        .unwrap_or(peer_url);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    match tokio::time::timeout(PEER_PROBE, tokio::net::TcpStream::connect(authority)).await {
-        Ok(Ok(_)) => "ok".to_owned(),
-        Ok(Err(err)) => format!("peer port unreachable: {err}"),
-        Err(_) => format!("peer port unreachable: no answer within {PEER_PROBE:?}"),
+    let authority = crate::cluster::authority_of(peer_url);
+    match crate::cluster::tcp_reachable(authority, PEER_PROBE).await {
+        Ok(()) => "ok".to_owned(),
+        Err(why) => format!("peer port unreachable: {why}"),
     }
 }
 
