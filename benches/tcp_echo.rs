@@ -83,8 +83,20 @@ fn main() {
         let events_result = measure(&gateway, connections, duration);
         drop(gateway);
         if let Some(binary) = &compare {
-            let other = Server::sockgate_bin(binary, &echo, &cache, pinned);
-            compared.push((connections, measure(&other, connections, duration)));
+            // A-B-B-A: the compared build is measured twice between two
+            // more measurements of this build, so neither build always
+            // runs first (a warm cache or a busy neighbour favours one
+            // order), and each side's figure is the mean of two.
+            let other_first = measure_bin(binary, &echo, &cache, pinned, connections, duration);
+            let other_second = measure_bin(binary, &echo, &cache, pinned, connections, duration);
+            let gateway = Server::sockgate(&echo, &cache, pinned);
+            let this_again = measure(&gateway, connections, duration);
+            drop(gateway);
+            compared.push((
+                connections,
+                mean(&gateway_result, &this_again),
+                mean(&other_first, &other_second),
+            ));
         }
         rows.push((connections, gateway_result, native_result));
         event_rows.push((connections, events_result, native_result));
@@ -100,12 +112,13 @@ fn main() {
     );
     if let Some(binary) = &compare {
         md.push_str(&format!(
-            "\nThe same rows with `{}` (SOCKGATE_BENCH_COMPARE_BIN), measured in the same run:\n\n\
+            "\nThe same rows with `{}` (SOCKGATE_BENCH_COMPARE_BIN), measured in the same run \
+             in the order this, compared, compared, this (each figure the mean of its two):\n\n\
              | connections | this build rt/s | compared build rt/s | this / compared | \
              this CPU µs/rt | compared CPU µs/rt |\n|---:|---:|---:|---:|---:|---:|\n",
             binary.display()
         ));
-        for ((connections, this, _), (_, other)) in rows.iter().zip(&compared) {
+        for (connections, this, other) in &compared {
             md.push_str(&format!(
                 "| {connections} | {:.0} | {:.0} | {:.2}× | {:.2} | {:.2} |\n",
                 this.round_trips_per_sec,
@@ -159,6 +172,29 @@ fn main() {
 /// per connection (mostly untouched, so little of it is resident), which
 /// for 10 000 connections is more address space than the default 128 MiB
 /// memory limit: the limit is raised so the instance does not trap.
+/// One round-trip measurement of another sockgate binary serving `guest`.
+fn measure_bin(
+    binary: &Path,
+    guest: &Path,
+    cache: &Path,
+    pinned: bool,
+    connections: usize,
+    duration: Duration,
+) -> Measured {
+    let server = Server::sockgate_bin(binary, guest, cache, pinned);
+    measure(&server, connections, duration)
+}
+
+/// The mean of two measurements of the same server.
+fn mean(a: &Measured, b: &Measured) -> Measured {
+    Measured {
+        round_trips_per_sec: (a.round_trips_per_sec + b.round_trips_per_sec) / 2.0,
+        server_cpu_us_per_round_trip: (a.server_cpu_us_per_round_trip
+            + b.server_cpu_us_per_round_trip)
+            / 2.0,
+    }
+}
+
 fn idle_gateway(echo: &Path, connections: usize, pinned: bool) -> Server {
     let cap = connections + 100;
     let memory_mb = (64 + cap * 20 / 1024).max(128);
