@@ -19,7 +19,8 @@
 //! Run: `cargo bench --bench boundary` (`SOCKGATE_BENCH_QUICK=1` for a short
 //! run). Results also go to `target/bench-results/boundary.{md,json}`.
 //! `SOCKGATE_BOUNDARY_PROFILE=N` runs N guest round trips and nothing else,
-//! for a profiler.
+//! for a profiler; with `SOCKGATE_BOUNDARY_PROFILE_BATCH=B`, N batches of B
+//! messages through the event world instead.
 
 use sockgate_testkit::bench::{Samples, criterion, publish};
 use sockgate_testkit::guests::guest;
@@ -94,6 +95,22 @@ fn main() {
         .ok()
         .and_then(|n| n.parse::<u64>().ok())
     {
+        // `SOCKGATE_BOUNDARY_PROFILE_BATCH=B`: the event world instead, B
+        // connections per batch (so `count` batches of B messages).
+        if let Some(batch) = std::env::var("SOCKGATE_BOUNDARY_PROFILE_BATCH")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            let mut conns: Vec<_> = (0..batch).map(|_| connect(&events_app)).collect();
+            let started = Instant::now();
+            runtime.block_on(async {
+                for _ in 0..count {
+                    batch_round_trip(&mut conns).await;
+                }
+            });
+            eprintln!("{count} event-world batches of {batch} in {:?}", started.elapsed());
+            return;
+        }
         let (mut rd, mut wr) = connect(&app);
         let started = Instant::now();
         runtime.block_on(async {

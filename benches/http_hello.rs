@@ -1,5 +1,5 @@
-//! HTTP/1.1 hello: the same small page from three servers under the same
-//! load generator (`wrk -t1 -c50`, keep-alive):
+//! HTTP hello: the same small page from several servers, keep-alive,
+//! 50 connections:
 //!
 //! - sockgate serving the `http-hello` guest (raw TCP; the guest parses
 //!   HTTP/1.1 itself) on its long-lived instances;
@@ -12,10 +12,12 @@
 //! - sockgate serving the `wasi:http` hello as an HTTP app, WASI 0.3
 //!   (`wasi-http-hello-p3`, long-lived instances) and WASI 0.2
 //!   (`wasi-http-hello`, the component `wasmtime serve` runs; an instance
-//!   per request), over HTTP/1.1 (wrk) and HTTP/2 by prior knowledge
-//!   (`h2load -c50 -m10`, Debian `nghttp2-client`; skipped with a message
-//!   without it) on the app's cleartext port. (HTTP/1.1 and HTTP/2 over
-//!   TLS: not yet.)
+//!   per request), each on one gateway: HTTP/1.1 on the app's cleartext
+//!   port (`wrk -t1`, like the rows above), h2c there (`h2load -m10`), and
+//!   HTTP/1.1 and HTTP/2 over TLS on the TLS listener (`h2load --h1` and
+//!   `h2load -m10`, ALPN, SNI `hello.bench.test`). A last table sets h2
+//!   beside h1; over TLS one load generator drives both. The h2load rows
+//!   are skipped with a message without Debian's `nghttp2-client`.
 //!
 //! The server is pinned to CPU 1 and wrk to CPU 0 (when `taskset` is
 //! there); server CPU per request comes from /proc/<pid>/stat.
@@ -34,8 +36,9 @@ use sockgate_testkit::bench::{publish, quick};
 use sockgate_testkit::guests::guest;
 use sockgate_testkit::net::free_port;
 use sockgate_testkit::os::{has_command, has_taskset, pin, process_cpu};
-use sockgate_testkit::paths::bench_cache_dir;
-use sockgate_testkit::server::Server;
+use sockgate_testkit::paths::{bench_cache_dir, bench_dir, sockgate_binary};
+use sockgate_testkit::server::{Server, write_bench_config};
+use sockgate_testkit::tls::{make_test_chain, tls_files_table};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -55,6 +58,11 @@ use tokio::net::TcpListener;
 const PAGE: &str = "<!doctype html>\n<html><head><title>Hello from sockgate</title></head>\
 <body><h1>Hello from sockgate</h1><p>Served by a WebAssembly component.</p></body></html>\n";
 const CONNECTIONS: usize = 50;
+/// The domain of the benchmark gateway's TLS listener; the app is
+/// [`TLS_NAME`] there.
+const TLS_DOMAIN: &str = "bench.test";
+/// The name the TLS rows reach the `wasi:http` app by (SNI and authority).
+const TLS_NAME: &str = "hello.bench.test";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -73,54 +81,65 @@ fn main() {
     let wasi_http_p3 = guest("wasi-http-hello-p3");
     let cache = bench_cache_dir();
 
-    let mut rows: Vec<(&str, Option<Wrk>)> = Vec::new();
+    let mut rows: Vec<(String, Option<Wrk>)> = Vec::new();
     let native = {
         let mut command = Command::new(std::env::current_exe().expect("no current exe"));
         command.arg("native-hyper-server");
         Server::spawn(command, pinned, " listening on tcp ")
     };
     rows.push((
-        "native hyper, 1 tokio worker",
+        "native hyper, 1 tokio worker".into(),
         Some(wrk(native.addr, native.pid(), duration, pinned)),
     ));
     drop(native);
 
     let gateway = Server::sockgate(&hello, &cache, pinned);
     rows.push((
-        "sockgate + http-hello guest",
+        "sockgate + http-hello guest".into(),
         Some(wrk(gateway.addr, gateway.pid(), duration, pinned)),
     ));
     drop(gateway);
 
     // HTTP apps: the `wasi:http` hello, 0.3 (long-lived instances) and 0.2
-    // (an instance per request), on the app's cleartext port: HTTP/1.1
-    // (wrk) and HTTP/2 by prior knowledge (h2load, when installed).
+    // (an instance per request), each on one gateway serving it on its
+    // cleartext port (HTTP/1.1 by wrk, h2c by h2load) and on the TLS
+    // listener at `hello.bench.test` (HTTP/1.1 and HTTP/2 by ALPN, both by
+    // h2load, so that pair compares the protocols with one load generator).
     let h2load = has_command("h2load", "--version");
     if !h2load {
         println!(
-            "http_hello: h2 rows skipped: `h2load` is not installed (Debian package \
+            "http_hello: h2 and TLS rows skipped: `h2load` is not installed (Debian package \
              `nghttp2-client`)"
         );
     }
+    let dir = bench_dir("http_hello");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("cannot create the benchmark directory");
+    let (cert, key) = make_test_chain(&dir, TLS_NAME);
     for (component, world) in [(&wasi_http_p3, "0.3"), (&wasi_http, "0.2")] {
-        let gateway = Server::sockgate(component, &cache, pinned);
-        let h1 = wrk(gateway.addr, gateway.pid(), duration, pinned);
-        let h2 = h2load.then(|| h2load_run(gateway.addr, gateway.pid(), duration, pinned));
-        drop(gateway);
-        let (h1_name, h2_name) = match world {
-            "0.3" => (
-                "sockgate + wasi:http 0.3 hello, h1 cleartext",
-                "sockgate + wasi:http 0.3 hello, h2c (h2load)",
-            ),
-            _ => (
-                "sockgate + wasi:http 0.2 hello, h1 cleartext",
-                "sockgate + wasi:http 0.2 hello, h2c (h2load)",
-            ),
-        };
-        rows.push((h1_name, Some(h1)));
-        if let Some(h2) = h2 {
-            rows.push((h2_name, Some(h2)));
+        let (gateway, tls) = http_app(&dir, component, world, &cert, &key, pinned);
+        let pid = gateway.pid();
+        let cleartext = format!("http://{}/", gateway.addr);
+        let over_tls = format!("https://{TLS_NAME}:{}/", tls.port());
+        let connect_to = format!("--connect-to=127.0.0.1:{}", tls.port());
+        let h1 = wrk(gateway.addr, pid, duration, pinned);
+        rows.push((row_name(world, "h1 cleartext (wrk)"), Some(h1)));
+        if h2load {
+            let runs = [
+                ("h2c (h2load -m10)", &cleartext, vec!["-m10"]),
+                (
+                    "h1 over TLS (h2load --h1)",
+                    &over_tls,
+                    vec!["--h1", "-m1", &connect_to],
+                ),
+                ("h2 over TLS (h2load -m10)", &over_tls, vec!["-m10", &connect_to]),
+            ];
+            for (name, url, args) in runs {
+                let row = h2load_run(url, &args, pid, duration, pinned);
+                rows.push((row_name(world, name), Some(row)));
+            }
         }
+        drop(gateway);
     }
 
     let wasmtime = find_wasmtime();
@@ -147,7 +166,7 @@ fn main() {
             let server = WasmtimeServe::start(wasmtime, component, p3, pinned);
             wrk(server.addr, server.child.id(), duration, pinned)
         });
-        rows.push((name, row));
+        rows.push((name.into(), row));
     }
     report(&rows, duration, pinned);
 }
@@ -222,21 +241,18 @@ fn wrk(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
     }
 }
 
-/// Runs `h2load -c50 -m10` (HTTP/2 by prior knowledge) against `addr`
-/// for `seconds` (after a warm-up) and reads the server's CPU.
-fn h2load_run(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
-    let url = format!("http://{addr}/");
+/// Runs `h2load -c50 ARGS URL` against the server `pid` for `seconds`
+/// (after a warm-up) and reads the server's CPU. `ARGS` choose the
+/// protocol (`-m10` for HTTP/2 with ten streams per connection, `--h1 -m1`
+/// for HTTP/1.1) and, over TLS, `--connect-to` the gateway's address while
+/// the URL names the app (SNI).
+fn h2load_run(url: &str, args: &[&str], pid: u32, seconds: u64, pinned: bool) -> Wrk {
     let run = |seconds: u64| {
         let mut command = load_generator("h2load", pinned);
-        command.args([
-            "-c",
-            &CONNECTIONS.to_string(),
-            "-m",
-            "10",
-            "-D",
-            &seconds.to_string(),
-            &url,
-        ]);
+        command
+            .args(["-c", &CONNECTIONS.to_string(), "-D", &seconds.to_string()])
+            .args(args)
+            .arg(url);
         let output = command.output().expect("cannot run h2load");
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
@@ -271,7 +287,41 @@ fn h2load_run(addr: SocketAddr, pid: u32, seconds: u64, pinned: bool) -> Wrk {
     }
 }
 
-fn report(rows: &[(&str, Option<Wrk>)], seconds: u64, pinned: bool) {
+/// The name of a `wasi:http` row.
+fn row_name(world: &str, how: &str) -> String {
+    format!("sockgate + wasi:http {world} hello, {how}")
+}
+
+/// `sockgate serve` with the `wasi:http` hello as app `hello`: its
+/// cleartext port is the server's `addr`; returned beside it, the TLS
+/// listener's address, where it is `hello.bench.test` (a certificate from
+/// a test CA; h2load does not verify it).
+fn http_app(
+    dir: &Path,
+    component: &Path,
+    world: &str,
+    cert: &Path,
+    key: &Path,
+    pinned: bool,
+) -> (Server, SocketAddr) {
+    let state = dir.join(format!("state-{world}"));
+    let config = write_bench_config(
+        "http_hello",
+        &format!("state_dir = {:?}", state.display().to_string()),
+        &format!(
+            "{}\n[[app]]\nname = \"hello\"\ncomponent = {:?}\nlisten = \"127.0.0.1:0\"\n",
+            tls_files_table(TLS_DOMAIN, cert, key),
+            component.display().to_string(),
+        ),
+    );
+    let server = Server::serve(&sockgate_binary(), &config, pinned, Stdio::inherit());
+    let tls = server
+        .printed("tls listening on ")
+        .expect("sockgate printed no TLS address");
+    (server, tls)
+}
+
+fn report(rows: &[(String, Option<Wrk>)], seconds: u64, pinned: bool) {
     let native = rows[0].1.expect("the native row always runs");
     // Each `wasi:http` row is compared with `wasmtime serve` running the
     // same world's component.
@@ -282,7 +332,9 @@ fn report(rows: &[(&str, Option<Wrk>)], seconds: u64, pinned: bool) {
     };
     let world_of = |name: &str| ["0.3", "0.2"].into_iter().find(|w| name.contains(w));
     let mut md = format!(
-        "HTTP/1.1 hello ({} bytes), `wrk -t1 -c{CONNECTIONS}` for {seconds} s, {}\n\n\
+        "HTTP hello ({} bytes), {seconds} s per row with {CONNECTIONS} connections: `wrk -t1` \
+         for HTTP/1.1 in cleartext, `h2load` for h2c and for HTTP/1.1 and HTTP/2 over TLS \
+         (ALPN); {}\n\n\
          | server | req/s | vs native hyper | vs wasmtime serve | server CPU µs/req |\n\
          |---|---:|---:|---:|---:|\n",
         PAGE.len(),
@@ -316,6 +368,25 @@ fn report(rows: &[(&str, Option<Wrk>)], seconds: u64, pinned: bool) {
                 json.push(format!("{{\"server\":\"{name}\",\"skipped\":true}}"));
             }
         }
+    }
+    // h2 beside h1 on the same gateway: over TLS one load generator
+    // drives both, so that ratio compares the protocols.
+    md.push_str("\n| world | h2c / h1 cleartext (wrk) | h2 / h1 over TLS (h2load both) |\n|---|---:|---:|\n");
+    for world in ["0.3", "0.2"] {
+        let rate = |how: &str| {
+            rows.iter()
+                .find(|(name, _)| *name == row_name(world, how))
+                .and_then(|(_, row)| row.map(|row| row.requests_per_sec))
+        };
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}×", a / b),
+            _ => "—".into(),
+        };
+        md.push_str(&format!(
+            "| {world} | {} | {} |\n",
+            ratio(rate("h2c (h2load -m10)"), rate("h1 cleartext (wrk)")),
+            ratio(rate("h2 over TLS (h2load -m10)"), rate("h1 over TLS (h2load --h1)")),
+        ));
     }
     publish("http_hello", &md, &json);
 }
