@@ -108,7 +108,10 @@ fn main() {
                     batch_round_trip(&mut conns).await;
                 }
             });
-            eprintln!("{count} event-world batches of {batch} in {:?}", started.elapsed());
+            eprintln!(
+                "{count} event-world batches of {batch} in {:?}",
+                started.elapsed()
+            );
             return;
         }
         let (mut rd, mut wr) = connect(&app);

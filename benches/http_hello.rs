@@ -132,7 +132,11 @@ fn main() {
                     &over_tls,
                     vec!["--h1", "-m1", &connect_to],
                 ),
-                ("h2 over TLS (h2load -m10)", &over_tls, vec!["-m10", &connect_to]),
+                (
+                    "h2 over TLS (h2load -m10)",
+                    &over_tls,
+                    vec!["-m10", &connect_to],
+                ),
             ];
             for (name, url, args) in runs {
                 let row = h2load_run(url, &args, pid, duration, pinned);
@@ -385,7 +389,10 @@ fn report(rows: &[(String, Option<Wrk>)], seconds: u64, pinned: bool) {
         md.push_str(&format!(
             "| {world} | {} | {} |\n",
             ratio(rate("h2c (h2load -m10)"), rate("h1 cleartext (wrk)")),
-            ratio(rate("h2 over TLS (h2load -m10)"), rate("h1 over TLS (h2load --h1)")),
+            ratio(
+                rate("h2 over TLS (h2load -m10)"),
+                rate("h1 over TLS (h2load --h1)")
+            ),
         ));
     }
     publish("http_hello", &md, &json);

@@ -88,16 +88,19 @@ const TABLE_ELEMENTS: usize = 100_000;
 /// Largest per-instance runtime metadata (`VMContext`) of a component or a
 /// core module; StarlingMonkey's is large (many functions and imports).
 const INSTANCE_METADATA_BYTES: usize = 4 << 20;
-/// Bytes of each pooled linear memory reset by rewriting the pages an
-/// instance dirtied (found with Linux's `PAGEMAP_SCAN`, 6.7+) rather than
-/// by `madvise`, which unmaps them: the next instance in the slot then
+/// Dirty bytes of each pooled linear memory reset by rewriting them (the
+/// pages an instance wrote, found with Linux's `PAGEMAP_SCAN`, 6.7+) rather
+/// than by `madvise`, which unmaps them: the next instance in the slot then
 /// takes no page faults and no TLB shootdown on the pages a request
-/// touches, which were most of an instance-per-request's cost (5 faults
-/// and a `madvise` per `wasi:http/proxy` request). Memory above this, and
-/// all of it where `PAGEMAP_SCAN` is missing, is reset as before. Only
-/// pages an instance dirtied stay resident, so a slot holds what its last
-/// instance used, at most this much.
-const MEMORY_KEEP_RESIDENT: usize = 1 << 20;
+/// touches, which were most of an instance-per-request's cost (5 faults and
+/// an `madvise` per `wasi:http/proxy` request: 61 µs of CPU per request
+/// before, 33 µs after). Dirty pages past this, and all of them where
+/// `PAGEMAP_SCAN` is missing, are unmapped as before. The price: a slot
+/// keeps what its last instance wrote resident, at most this much per
+/// memory, so after a burst that used many slots the pool holds up to
+/// slots × memories × this (the pool reuses the same few slots under
+/// steady load).
+const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
 /// The same for each pooled table (8 bytes an element).
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
