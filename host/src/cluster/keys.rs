@@ -131,6 +131,11 @@ impl Keys {
         format!("{}acme/{ca}/challenges/{id}", self.prefix)
     }
 
+    /// Every challenge answer of CA `ca`.
+    pub(crate) fn challenges(&self, ca: &str) -> String {
+        format!("{}acme/{ca}/challenges/", self.prefix)
+    }
+
     /// The nodes answering challenge `id` of CA `ca`.
     pub(crate) fn challenge_seen_all(&self, ca: &str, id: &str) -> String {
         format!("{}acme/{ca}/seen/{id}/", self.prefix)

@@ -12,6 +12,10 @@ use super::membership::NodeInfo;
 use super::{Cluster, ClusterError};
 use crate::state::AppRecord;
 
+/// How often a deploy waiting for its holders announces its component
+/// again ([`Cluster::await_spread`]).
+const REANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+
 /// Records read per request of a snapshot (tonic decodes at most 4 MiB a
 /// message; a record is a few KiB).
 const PAGE: i64 = 256;
@@ -98,11 +102,55 @@ impl Cluster {
     /// the next one misses nothing). Records that cannot be parsed are
     /// reported and left out.
     pub(crate) async fn snapshot(&self) -> Result<(Vec<AppRecord>, i64), ClusterError> {
-        let prefix = self.keys.apps();
-        let end = prefix_end(&prefix);
         let mut records = Vec::new();
-        let mut from = prefix.clone().into_bytes();
-        let mut revision = 0;
+        let revision = self
+            .scan(&self.keys.apps(), None, |kv| {
+                match serde_json::from_slice::<AppRecord>(kv.value()) {
+                    Ok(record) => records.push(record),
+                    Err(err) => tracing::error!(
+                        key = %String::from_utf8_lossy(kv.key()),
+                        "skipping a damaged app record in etcd: {err}"
+                    ),
+                }
+            })
+            .await?;
+        Ok((records, revision))
+    }
+
+    /// The challenge answers of this node's CA that stood at `revision`:
+    /// a watch from `revision + 1` shows only later ones, and a node that
+    /// joined (or resynced) just after an answer was published must serve
+    /// it too, since the CA may reach any node. (Announcements of held
+    /// components are not replayed: a joining node would fetch and compile
+    /// every component any peer holds, old versions included. A deploy
+    /// that waits for its holders announces again instead, see
+    /// [`Cluster::await_spread`].)
+    pub(crate) async fn standing_challenges(
+        &self,
+        revision: i64,
+    ) -> Result<Vec<etcd_client::KeyValue>, ClusterError> {
+        let mut standing = Vec::new();
+        if let Some(ca) = self.acme_ca.get() {
+            self.scan(&self.keys.challenges(ca), Some(revision), |kv| {
+                standing.push(kv.clone())
+            })
+            .await?;
+        }
+        Ok(standing)
+    }
+
+    /// Reads every key under `prefix` page by page, all at one revision
+    /// (`at`, or the first page's), giving each to `each`; returns that
+    /// revision.
+    async fn scan(
+        &self,
+        prefix: &str,
+        at: Option<i64>,
+        mut each: impl FnMut(&etcd_client::KeyValue),
+    ) -> Result<i64, ClusterError> {
+        let end = prefix_end(prefix);
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = at.unwrap_or(0);
         loop {
             let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
             if revision != 0 {
@@ -118,13 +166,7 @@ impl Cluster {
                 revision = response.header().map_or(0, |h| h.revision());
             }
             for kv in response.kvs() {
-                match serde_json::from_slice::<AppRecord>(kv.value()) {
-                    Ok(record) => records.push(record),
-                    Err(err) => tracing::error!(
-                        key = %String::from_utf8_lossy(kv.key()),
-                        "skipping a damaged app record in etcd: {err}"
-                    ),
-                }
+                each(kv);
             }
             match response.kvs().last() {
                 Some(last) if response.more() => {
@@ -134,7 +176,7 @@ impl Cluster {
                 _ => break,
             }
         }
-        Ok((records, revision))
+        Ok(revision)
     }
 
     /// The nodes alive now: name and where peers reach it.
@@ -197,6 +239,33 @@ impl Cluster {
         self.announce_compiled(digest, None).await
     }
 
+    /// Writes this node's announcement of `digest` again, as it is, so
+    /// that the watches of every node show it once more.
+    async fn announce_again(&self, digest: &str) -> Result<(), ClusterError> {
+        let key = self.keys.held(digest, &self.node);
+        let response = self
+            .client
+            .clone()
+            .get(key.clone(), None)
+            .await
+            .map_err(ClusterError::unavailable)?;
+        let Some(kv) = response.kvs().first() else {
+            return Ok(());
+        };
+        let value = kv.value().to_vec();
+        let lease = self.registered_lease().await?;
+        self.client
+            .clone()
+            .put(
+                key,
+                value,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(ClusterError::unavailable)?;
+        Ok(())
+    }
+
     /// Like [`announce`](Self::announce), saying where its compiled
     /// artifact is, for the peers to fetch (`share_compiled`).
     pub(crate) async fn announce_compiled(
@@ -224,9 +293,16 @@ impl Cluster {
     /// Waits until every live node holds component `digest`, or until
     /// `spread_timeout_secs`; fails when fewer than two nodes (or every
     /// node, when fewer are alive) hold it by then.
+    ///
+    /// While some live node lacks it, the announcement is written again
+    /// every [`REANNOUNCE_EVERY`]: a node that registered just before the
+    /// deploy but took its first snapshot after the announcement never
+    /// saw it (its watch starts after that snapshot), and would otherwise
+    /// never fetch the component this deploy waits for.
     pub(crate) async fn await_spread(&self, digest: &str) -> Result<(), ClusterError> {
         let started = Instant::now();
         let patience = Duration::from_secs(self.settings.spread_timeout_secs);
+        let mut announced = Instant::now();
         loop {
             let live = self.live_nodes().await?;
             let holders = self.holders(digest).await?;
@@ -234,6 +310,10 @@ impl Cluster {
             let needed = live.len().clamp(1, 2);
             if all && holders.len() >= needed {
                 return Ok(());
+            }
+            if announced.elapsed() >= REANNOUNCE_EVERY {
+                self.announce_again(digest).await?;
+                announced = Instant::now();
             }
             if started.elapsed() >= patience {
                 if holders.len() >= needed {

@@ -143,6 +143,16 @@ async fn follow_once(
     {
         return Ok(Ended::GatewayGone);
     }
+    // Challenge answers published before the snapshot: the watch shows
+    // only what comes after it.
+    for kv in cluster.standing_challenges(revision).await? {
+        let Some(change) = change_of_kv(cluster, &kv, true) else {
+            continue;
+        };
+        if changes.send(change).await.is_err() {
+            return Ok(Ended::GatewayGone);
+        }
+    }
     let reconcile = tokio::time::sleep(RECONCILE_EVERY);
     tokio::pin!(reconcile);
     loop {
@@ -180,9 +190,12 @@ async fn follow_once(
 
 /// What one watch event means for this node, if anything.
 fn change_of(cluster: &Cluster, event: &etcd_client::Event) -> Option<Change> {
-    let kv = event.kv()?;
+    change_of_kv(cluster, event.kv()?, event.event_type() == EventType::Put)
+}
+
+/// What key-value `kv`, written (`put`) or deleted, means for this node.
+fn change_of_kv(cluster: &Cluster, kv: &etcd_client::KeyValue, put: bool) -> Option<Change> {
     let key = cluster.keys.parse(kv.key_str().ok()?)?;
-    let put = event.event_type() == EventType::Put;
     match key {
         Key::App(name) if put => match serde_json::from_slice(kv.value()) {
             Ok(record) => Some(Change::App(record)),

@@ -146,12 +146,18 @@ fn entry<'t, 'i>(
 mod tests {
     use super::*;
 
+    /// The refusal of `text` as a configuration file, with the file's
+    /// directory (one per call, removed after) cut from the message.
     fn refusal(text: &str) -> String {
-        let dir = std::env::temp_dir().join(format!("sockgate-cfg-file-{}", std::process::id()));
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("sockgate-cfg-file-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.wasm"), b"").unwrap();
         let path = dir.join("sockgate.toml");
         let err = parse(&path, text).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
         format!("{err:#}").replace(
             &format!("invalid configuration file {}/", dir.display()),
             "",
