@@ -31,6 +31,7 @@ use sockgate_host::runtime::Runtime;
 use sockgate_host::runtime::bindings::ConnHandlerPre;
 use sockgate_host::runtime::cache::CompileCache;
 use sockgate_host::runtime::engine::Supervision;
+use sockgate_host::runtime::engine::{MEMORY_KEEP_RESIDENT, TABLE_KEEP_RESIDENT};
 use sockgate_host::runtime::host_state::HostState;
 use sockgate_host::runtime::instance::InstanceSettings;
 use sockgate_host::runtime::load::GuestPre;
@@ -42,10 +43,6 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 /// The issue's target for one instantiation.
 const TARGET_US: f64 = 10.0;
-/// Bytes of each memory and table slot reset with `memset` rather than
-/// returned to the kernel (`linear_memory_keep_resident`,
-/// `table_keep_resident`): a reused slot then takes no page faults there.
-const KEEP_RESIDENT: usize = 1 << 20;
 
 fn main() {
     let echo = guest("echo");
@@ -54,8 +51,8 @@ fn main() {
         .build()
         .unwrap();
 
-    let pooled = settings(&pooling_engine(0), &echo);
-    let resident = settings(&pooling_engine(KEEP_RESIDENT), &echo);
+    let pooled = settings(&pooling_engine(false), &echo);
+    let resident = settings(&pooling_engine(true), &echo);
     let gateway = Runtime::new(bench_cache_dir()).unwrap();
     let on_demand = settings(&gateway.engine, &echo);
 
@@ -65,7 +62,8 @@ fn main() {
     for (name, settings) in [
         ("pooling allocator + InstancePre", &pooled),
         (
-            "pooling allocator, 1 MiB kept resident per slot + InstancePre",
+            "pooling allocator, dirty pages rewritten in place (PAGEMAP_SCAN, as the gateway's \
+             per-connection pool) + InstancePre",
             &resident,
         ),
         (
@@ -119,13 +117,19 @@ fn main() {
 }
 
 /// An engine configured as the gateway's (component model async,
-/// epochs) plus the pooling allocator, sized for a benchmark, keeping
-/// `keep_resident` bytes of each slot resident between instances.
-fn pooling_engine(keep_resident: usize) -> Engine {
+/// epochs) plus the pooling allocator, sized for a benchmark. With
+/// `resident`, a slot is reset as the gateway's per-connection pool resets
+/// it (where the kernel has `PAGEMAP_SCAN`): the pages an instance dirtied
+/// are rewritten, up to the gateway's keep-resident sizes, instead of
+/// returned to the kernel, so a reused slot takes no page faults there.
+fn pooling_engine(resident: bool) -> Engine {
     let mut pool = PoolingAllocationConfig::default();
-    pool.linear_memory_keep_resident(keep_resident)
-        .table_keep_resident(keep_resident)
-        .total_component_instances(64)
+    if resident && PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+            .table_keep_resident(TABLE_KEEP_RESIDENT);
+    }
+    pool.total_component_instances(64)
         .total_core_instances(512)
         .total_memories(128)
         .total_tables(512)

@@ -246,24 +246,14 @@ impl Cluster {
         let response = self
             .client
             .clone()
-            .get(key.clone(), None)
+            .get(key, None)
             .await
             .map_err(ClusterError::unavailable)?;
         let Some(kv) = response.kvs().first() else {
             return Ok(());
         };
         let value = kv.value().to_vec();
-        let lease = self.registered_lease().await?;
-        self.client
-            .clone()
-            .put(
-                key,
-                value,
-                Some(etcd_client::PutOptions::new().with_lease(lease)),
-            )
-            .await
-            .map_err(ClusterError::unavailable)?;
-        Ok(())
+        self.put_held(digest, value).await
     }
 
     /// Like [`announce`](Self::announce), saying where its compiled
@@ -277,6 +267,13 @@ impl Cluster {
             Some(artifact) => serde_json::to_vec(artifact).map_err(ClusterError::unavailable)?,
             None => Vec::new(),
         };
+        self.put_held(digest, value).await
+    }
+
+    /// Writes this node's announcement that it holds component `digest`
+    /// (`value`: where its compiled artifact is, or empty), under the
+    /// node's lease, so it goes when the node does.
+    async fn put_held(&self, digest: &str, value: Vec<u8>) -> Result<(), ClusterError> {
         let lease = self.registered_lease().await?;
         self.client
             .clone()

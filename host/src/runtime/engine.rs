@@ -100,9 +100,9 @@ const INSTANCE_METADATA_BYTES: usize = 4 << 20;
 /// memory, so after a burst that used many slots the pool holds up to
 /// slots × memories × this (the pool reuses the same few slots under
 /// steady load).
-const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
+pub const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
 /// The same for each pooled table (8 bytes an element).
-const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+pub const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
 impl Runtime {
     /// Creates the engine and linker with full supervision; `cache_dir`

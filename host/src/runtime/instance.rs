@@ -27,7 +27,7 @@ use super::load::GuestPre;
 use super::pump::{ClientReader, ClientWriter, ConnGuard};
 use super::slow_lane;
 use super::supervisor::IoProgress;
-use super::supervisor::{Supervision, TrapCause, explain_trap, supervise};
+use super::supervisor::{Activation, Supervision, TrapCause, explain_trap, supervise_activations};
 use crate::base::conn::{ByteReader, ByteWriter, ConnInfo};
 use crate::limits::AppLimits;
 use crate::tenant::conns::{AppAccount, ConnTracker, ShardLoad};
@@ -112,10 +112,27 @@ impl InstanceSettings {
         engine: &wasmtime::Engine,
         index: u32,
     ) -> (Store<HostState>, IoProgress, Arc<super::supervisor::Meter>) {
+        self.supervised_store_with(engine, index, Activation::EventLoop)
+    }
+
+    /// Like [`InstanceSettings::supervised_store`], with the activation
+    /// rule `activation` of the instance's world (the event world's driver
+    /// starts each call's activation itself: [`Activation::PerCall`]).
+    pub(crate) fn supervised_store_with(
+        &self,
+        engine: &wasmtime::Engine,
+        index: u32,
+        activation: fn(IoProgress) -> Activation,
+    ) -> (Store<HostState>, IoProgress, Arc<super::supervisor::Meter>) {
         let mut store = Store::new(engine, HostState::new(self.inputs(), index));
         super::host_state::bound_store(&mut store, self.limits.max_connections_per_instance);
         let progress = IoProgress::default();
-        let meter = supervise(&mut store, self.supervision, &self.limits, progress.clone());
+        let meter = supervise_activations(
+            &mut store,
+            self.supervision,
+            &self.limits,
+            activation(progress.clone()),
+        );
         (store, progress, meter)
     }
 

@@ -108,6 +108,15 @@ pub enum Activation {
     /// imports that return at once (a non-blocking read with nothing to
     /// read, the clock) never sets it, and traps at its CPU budget.
     HostWait(IoProgress),
+    /// The `conn-events` world: one plain call of the guest's handler per
+    /// batch, and each call is one activation, started by the driver that
+    /// makes it ([`Meter::start_call`]) rather than by a call hook. A hook
+    /// would fire for every entry into wasm, and lowering a batch enters
+    /// the guest once per list it carries (its `cabi_realloc`, one per
+    /// received message), reading the clock each time. The flag is
+    /// [`Activation::EventLoop`]'s: set when the driver moved bytes, so a
+    /// busy instance's budgets are renewed as in that world.
+    PerCall(IoProgress),
 }
 
 /// One store's supervision state, shared by its call hook, its epoch
@@ -168,6 +177,14 @@ impl Meter {
         self.baseline_ns.store(NO_BASELINE, Ordering::Relaxed);
         self.slice_started_ns
             .store(precise_now_ns(), Ordering::Relaxed);
+    }
+
+    /// The driver of a [`Activation::PerCall`] store is about to call the
+    /// guest: an activation starts, and the next epoch tick comes back to
+    /// the supervisor.
+    pub(crate) fn start_call(&self, store: &mut Store<HostState>) {
+        self.start_activation();
+        store.set_epoch_deadline(1);
     }
 
     /// The guest did I/O inside its activation ([`Activation::EventLoop`]):
@@ -335,7 +352,7 @@ pub fn supervise_activations(
     store.set_epoch_deadline(1);
     let ticked = meter.clone();
     let moved_bytes = match &activation {
-        Activation::EventLoop(progress) => Some(progress.clone()),
+        Activation::EventLoop(progress) | Activation::PerCall(progress) => Some(progress.clone()),
         Activation::HostWait(_) => None,
     };
     store.epoch_deadline_callback(move |_store| {
@@ -347,6 +364,9 @@ pub fn supervise_activations(
         }
         ticked.tick(budget, moved)
     });
+    if matches!(activation, Activation::PerCall(_)) {
+        return meter;
+    }
     let hooked = meter.clone();
     store.call_hook(move |mut store, hook| {
         let starts = match hook {
@@ -355,7 +375,7 @@ pub fn supervise_activations(
             // An import returns after the guest waited for it.
             CallHook::ReturningFromHost => match &activation {
                 Activation::HostWait(progress) => progress.swap(false, Ordering::Relaxed),
-                Activation::EventLoop(_) => false,
+                Activation::EventLoop(_) | Activation::PerCall(_) => false,
             },
             _ => false,
         };

@@ -14,6 +14,9 @@ wasmtime::component::bindgen!({
     require_store_data_send: true,
 });
 
+/// The guest's `handler` export, as the driver calls it.
+pub(crate) use exports::sockgate::events::handler::Guest as Handler;
+
 /// The fully qualified name of the interface an event-world guest exports.
 pub(crate) const EVENTS_HANDLER_EXPORT: &str = "sockgate:events/handler@0.1.0";
 

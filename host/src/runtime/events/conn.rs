@@ -169,6 +169,38 @@ impl EventConn {
 
     /// Reads once into `buf` (when reading is wanted).
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> ReadOutcome {
+        self.read_with(|reader, cx| {
+            let mut read_buf = ReadBuf::new(buf);
+            reader
+                .poll_read(cx, &mut read_buf)
+                .map_ok(|()| read_buf.filled().len())
+        })
+    }
+
+    /// Reads once, appending to `into` up to its capacity (when reading is
+    /// wanted): a busy connection's bytes go straight into the event that
+    /// carries them, with no copy through a scratch buffer.
+    pub(crate) fn read_appending(&mut self, into: &mut Vec<u8>) -> ReadOutcome {
+        self.read_with(|reader, cx| {
+            let mut spare = into.spare_capacity_mut().len();
+            if spare == 0 {
+                into.reserve(READ_CHUNK);
+                spare = READ_CHUNK;
+            }
+            let mut limited = bytes::BufMut::limit(into, spare);
+            tokio_util::io::poll_read_buf(reader, cx, &mut limited)
+        })
+    }
+
+    /// One read with `poll` (which gives the bytes read), and what it
+    /// means for the connection.
+    fn read_with(
+        &mut self,
+        poll: impl FnOnce(
+            Pin<&mut (dyn tokio::io::AsyncRead + Send + Sync)>,
+            &mut Context<'_>,
+        ) -> Poll<std::io::Result<usize>>,
+    ) -> ReadOutcome {
         if !self.wants_read() {
             return ReadOutcome::Nothing;
         }
@@ -176,10 +208,8 @@ impl EventConn {
             return ReadOutcome::Nothing;
         };
         let mut cx = Context::from_waker(&self.std_waker);
-        let mut read_buf = ReadBuf::new(buf);
-        match reader.as_mut().poll_read(&mut cx, &mut read_buf) {
-            Poll::Ready(Ok(())) => {
-                let n = read_buf.filled().len();
+        match poll(reader.as_mut(), &mut cx) {
+            Poll::Ready(Ok(n)) => {
                 if n == 0 {
                     self.receive_done = true;
                     self.reader = None;

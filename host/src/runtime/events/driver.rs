@@ -21,17 +21,16 @@ use tokio::sync::mpsc;
 use wasmtime::Store;
 
 use super::bindings::{
-    Action, CloseReason, Closed, ConnEvents, ConnectFailed, Connected, Event, Received,
-    WitConnInfo, WitTransport, event_conn, received_bytes, wit_info,
+    Action, CloseReason, Closed, ConnectFailed, Event, Handler, Received, event_conn,
+    received_bytes, wit_info,
 };
 use super::conn::{ConnWaker, EventConn, READ_CHUNK, ReadOutcome};
-use super::outbound::{self, ConnectRefused};
+use super::outbound::ConnectRefused;
 use super::ready::ReadyList;
 use super::timers::Timers;
-use crate::base::conn::next_conn_id;
 use crate::runtime::host_state::HostState;
 use crate::runtime::instance::{Assigned, Ended};
-use crate::runtime::supervisor::IoProgress;
+use crate::runtime::supervisor::{IoProgress, Meter};
 use crate::tenant::guest_budget::SocketLease;
 use crate::tenant::hibernation::{next_check, quiet_since};
 use crate::tenant::logs::{AppLog, EventKind};
@@ -51,6 +50,11 @@ const MAX_TURN_BYTES: usize = 64 * 1024;
 /// re-queueing their connections), so it yields on its own.
 const BATCHES_BEFORE_YIELD: u32 = 8;
 
+/// The instance's connections by id. The ids are the gateway's own (a
+/// counter): only the gateway inserts keys, so a fast fixed-seed hash is
+/// safe (a guest naming other ids in its actions only looks them up); SipHash was 2 % of a message's cost at batch 64.
+type ConnMap = HashMap<u64, EventConn, foldhash::fast::FixedState>;
+
 /// A connect in progress: the guest's token and the outcome.
 type Connecting =
     Pin<Box<dyn Future<Output = (u64, Result<(TcpStream, SocketLease), ConnectRefused>)> + Send>>;
@@ -64,6 +68,15 @@ enum Step {
     Done,
 }
 
+/// The guest a [`Driver`] serves: its handler, and the meter whose
+/// activations the driver starts, one per call
+/// ([`crate::runtime::supervisor::Activation::PerCall`]; `None` when guests
+/// are not supervised).
+pub(crate) struct Guest<'a> {
+    pub(crate) calls: Option<&'a Meter>,
+    pub(crate) handler: &'a Handler,
+}
+
 /// The instance's connections, timers and connects, and the batch being
 /// gathered.
 pub(crate) struct Driver {
@@ -72,7 +85,7 @@ pub(crate) struct Driver {
     /// How long connections may go on once the channel closed.
     drain: Duration,
     index: u32,
-    conns: HashMap<u64, EventConn>,
+    conns: ConnMap,
     ready: Arc<ReadyList>,
     /// Ids taken from the ready list this turn.
     woken: Vec<u64>,
@@ -114,7 +127,7 @@ impl Driver {
             policy,
             drain,
             index,
-            conns: HashMap::new(),
+            conns: ConnMap::default(),
             ready: Arc::new(ReadyList::default()),
             woken: Vec::new(),
             carry: Vec::new(),
@@ -136,11 +149,11 @@ impl Driver {
     pub(crate) async fn serve(
         mut self,
         store: &mut Store<HostState>,
-        guest: &ConnEvents,
+        guest: Guest<'_>,
         rx: &mut mpsc::Receiver<Assigned>,
         hibernate_after: Option<Duration>,
     ) -> Result<Ended, (wasmtime::Error, usize)> {
-        let handler = guest.sockgate_events_handler();
+        let Guest { calls, handler } = guest;
         let mut in_a_row = 0;
         // One timer per instance, reset when it fires; a batch is traffic.
         let idle_check = tokio::time::sleep(hibernate_after.unwrap_or(Duration::MAX / 4));
@@ -175,6 +188,9 @@ impl Driver {
             let Some(batch) = batch else {
                 return Ok(Ended::Closed);
             };
+            if let Some(meter) = calls {
+                meter.start_call(store);
+            }
             let actions = handler
                 .call_handle(&mut *store, &batch)
                 .await
@@ -327,9 +343,26 @@ impl Driver {
         let mut got: Vec<u8> = Vec::new();
         let mut ended = None;
         loop {
-            match conn.read(&mut self.buf) {
+            // A small read is copied out of the scratch buffer into bytes
+            // of its exact size. One that fills it means more is waiting:
+            // the event's bytes get room for the connection's share of the
+            // turn, and the next reads go straight into them.
+            let direct = got.len() < got.capacity();
+            let outcome = if direct {
+                conn.read_appending(&mut got)
+            } else {
+                conn.read(&mut self.buf)
+            };
+            match outcome {
                 ReadOutcome::Bytes(n) => {
-                    got.extend_from_slice(&self.buf[..n]);
+                    if !direct {
+                        if got.is_empty() && n == self.buf.len() {
+                            let share = MAX_TURN_BYTES
+                                .min(MAX_BATCH_BYTES.saturating_sub(self.batch_bytes));
+                            got.reserve_exact(share.max(n));
+                        }
+                        got.extend_from_slice(&self.buf[..n]);
+                    }
                     if got.len() >= MAX_TURN_BYTES
                         || self.batch_bytes + got.len() >= MAX_BATCH_BYTES
                     {
@@ -491,81 +524,6 @@ impl Driver {
         );
     }
 
-    /// Starts an outbound connect, holding one of the app's outbound
-    /// sockets from now (so pending connects are bounded by that budget).
-    fn connect(&mut self, token: u64, host: String, port: u16) {
-        let policy = self.policy.clone();
-        let lease = match policy.budget().open_socket() {
-            Ok(lease) => lease,
-            Err(refusal) => {
-                self.connect_failed(
-                    token,
-                    ConnectRefused {
-                        reason: format!("refused: {refusal}"),
-                        limit: Some(refusal.limit()),
-                    },
-                );
-                return;
-            }
-        };
-        self.connects.push(Box::pin(async move {
-            let outcome = outbound::connect(policy, host, port)
-                .await
-                .map(|stream| (stream, lease));
-            (token, outcome)
-        }));
-    }
-
-    /// An outbound connect finished.
-    fn connected(&mut self, token: u64, outcome: Result<(TcpStream, SocketLease), ConnectRefused>) {
-        let (stream, lease) = match outcome {
-            Ok(opened) => opened,
-            Err(refused) => return self.connect_failed(token, refused),
-        };
-        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-            return self.connect_failed(
-                token,
-                ConnectRefused {
-                    reason: "the connection closed as it opened".to_owned(),
-                    limit: None,
-                },
-            );
-        };
-        let id = next_conn_id();
-        let (reader, writer) = stream.into_split();
-        let waker = ConnWaker::new(id, self.ready.clone());
-        let conn = EventConn::new(Box::pin(reader), Box::pin(writer), None, Some(lease), waker);
-        self.conns.insert(id, conn);
-        self.carry.push(id);
-        let info = WitConnInfo {
-            id,
-            transport: WitTransport::Outbound,
-            peer: peer.to_string(),
-            local: local.to_string(),
-            server_name: None,
-            alpn: None,
-            quic: None,
-        };
-        self.events
-            .push(Event::Connected(Connected { token, info }));
-    }
-
-    fn connect_failed(&mut self, token: u64, refused: ConnectRefused) {
-        if let Some(limit) = refused.limit {
-            self.log.event(
-                Some(self.index),
-                EventKind::LimitHit {
-                    limit,
-                    detail: refused.reason.clone(),
-                },
-            );
-        }
-        self.events.push(Event::ConnectFailed(ConnectFailed {
-            token,
-            reason: refused.reason,
-        }));
-    }
-
     /// The drain deadline passed: close what is left.
     fn end_drain(&mut self) {
         let closed = self.conns.len();
@@ -578,5 +536,6 @@ impl Driver {
 }
 
 mod batch;
+mod connects;
 #[cfg(test)]
 mod tests;

@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::driver::Driver;
+use super::driver::{Driver, Guest};
 use crate::runtime::instance::{
     Assigned, Ended, InstanceError, InstanceSettings, dispose_after_trap,
 };
 use crate::runtime::load::GuestPre;
 use crate::runtime::slow_lane;
+use crate::runtime::supervisor::Activation;
 
 /// Creates event-world instance `index` and serves connections from `rx`
 /// on it until the channel closes and its connections drained
@@ -32,7 +33,10 @@ pub async fn run_events_instance(
         return (Err(InstanceError::Instantiate(error)), rx);
     };
     let pre = pre.clone();
-    let (mut store, progress, meter) = settings.supervised_store(pre.engine(), index);
+    let (mut store, progress, meter) =
+        settings.supervised_store_with(pre.engine(), index, Activation::PerCall);
+    // The driver starts each call's activation (when guests are supervised).
+    let calls = settings.supervision.epoch().then(|| meter.clone());
     // The store and the connections move into one future: it may go on in
     // the slow lane, on another thread, while the guest computes.
     let serving = {
@@ -49,7 +53,11 @@ pub async fn run_events_instance(
                         progress,
                     );
                     let after = settings.hibernate_after;
-                    Ok(driver.serve(&mut store, &guest, &mut rx, after).await)
+                    let guest = Guest {
+                        calls: calls.as_deref(),
+                        handler: guest.sockgate_events_handler(),
+                    };
+                    Ok(driver.serve(&mut store, guest, &mut rx, after).await)
                 }
                 Err(error) => Err(error),
             };

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::base::conn::{ConnInfo, Transport};
+use crate::base::conn::{ConnInfo, Transport, next_conn_id};
 use crate::limits::AppLimits;
 use crate::runtime::events::bindings::sockgate::events::types::{Connect, Send};
 use crate::runtime::events::conn::SEND_HARD_CAP;
