@@ -13,14 +13,17 @@
 //! A second table does the same at batch sizes 1, 8 and 64 — that many
 //! connections each send a message before any reply is read — for the
 //! event world (`events-echo`, `conn-events`: one guest call per batch of
-//! socket events), the stream world (`echo`) and native tokio tasks, so
-//! what batching saves per message is seen beside what it costs without.
+//! socket events; and `events-echo-v2`, the same on the contract's 0.2.0,
+//! a batch's bytes in one buffer), the stream world (`echo`) and native
+//! tokio tasks, so what batching saves per message is seen beside what it
+//! costs without.
 //!
 //! Run: `cargo bench --bench boundary` (`SOCKGATE_BENCH_QUICK=1` for a short
 //! run). Results also go to `target/bench-results/boundary.{md,json}`.
 //! `SOCKGATE_BOUNDARY_PROFILE=N` runs N guest round trips and nothing else,
 //! for a profiler; with `SOCKGATE_BOUNDARY_PROFILE_BATCH=B`, N batches of B
-//! messages through the event world instead.
+//! messages through the event world instead (its 0.2.0 with
+//! `SOCKGATE_BOUNDARY_PROFILE_V2=1`).
 
 use sockgate_testkit::bench::{Samples, criterion, publish};
 use sockgate_testkit::guests::guest;
@@ -87,6 +90,21 @@ fn main() {
         let _entered = runtime.enter();
         App::start("events-echo", events_settings, 1)
     };
+    // The same echo on the event world's 0.2.0 (a batch's bytes in one
+    // buffer).
+    let packed_loaded = load_component(&gateway, &guest("events-echo-v2")).unwrap();
+    let packed_settings = InstanceSettings::new(
+        "events-echo-v2",
+        packed_loaded.pre,
+        AppLimits::default(),
+        OutboundPolicy::default(),
+        gateway.supervision,
+        ConnTracker::new(1000),
+    );
+    let packed_app = {
+        let _entered = runtime.enter();
+        App::start("events-echo-v2", packed_settings, 1)
+    };
 
     // For profilers (`valgrind --tool=callgrind`, `perf`): a fixed number
     // of guest round trips and nothing else, so two runs with different
@@ -101,7 +119,12 @@ fn main() {
             .ok()
             .and_then(|n| n.parse::<usize>().ok())
         {
-            let mut conns: Vec<_> = (0..batch).map(|_| connect(&events_app)).collect();
+            // `SOCKGATE_BOUNDARY_PROFILE_V2=1`: the 0.2.0 echo.
+            let app = match std::env::var_os("SOCKGATE_BOUNDARY_PROFILE_V2") {
+                Some(_) => &packed_app,
+                None => &events_app,
+            };
+            let mut conns: Vec<_> = (0..batch).map(|_| connect(app)).collect();
             let started = Instant::now();
             runtime.block_on(async {
                 for _ in 0..count {
@@ -166,6 +189,7 @@ fn main() {
             ("native", Path::Native),
             ("conn-handler", Path::Guest(&app)),
             ("conn-events", Path::Guest(&events_app)),
+            ("conn-events 0.2.0", Path::Guest(&packed_app)),
         ] {
             let samples = Samples::default();
             let mut conns: Vec<_> = (0..batch)
@@ -212,20 +236,24 @@ fn main() {
         "\nPer {MESSAGE}-byte message at batch sizes (that many connections each send one \
          message before the replies are read), ns per message; target for the event world: \
          ≤ 300 ns at batch 64 (the original design: {MARK_NS:.0} ns)\n\n\
-         | batch | conn-events | conn-handler | native tokio | events vs native | events vs \
-         conn-handler |\n|---:|---:|---:|---:|---:|---:|\n"
+         | batch | conn-events 0.1.0 | conn-events 0.2.0 | conn-handler | native tokio | 0.1.0 vs \
+         native | 0.2.0 vs native | 0.1.0 vs conn-handler |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n"
     ));
     for (batch, row) in &batched {
-        let [native, streams, events] = row[..] else {
+        let [native, streams, events, packed] = row[..] else {
             continue;
         };
         md.push_str(&format!(
-            "| {batch} | {events:.0} | {streams:.0} | {native:.0} | {:.2}× | {:.2}× |\n",
+            "| {batch} | {events:.0} | {packed:.0} | {streams:.0} | {native:.0} | {:.2}× | {:.2}× \
+             | {:.2}× |\n",
             events / native,
+            packed / native,
             events / streams,
         ));
         json.push(format!(
-            "{{\"batch\":{batch},\"events_ns_per_msg\":{events:.1},\"streams_ns_per_msg\":{streams:.1},\
+            "{{\"batch\":{batch},\"events_ns_per_msg\":{events:.1},\
+             \"events_v2_ns_per_msg\":{packed:.1},\"streams_ns_per_msg\":{streams:.1},\
              \"native_ns_per_msg\":{native:.1}}}"
         ));
     }

@@ -3,7 +3,9 @@
 //! echo guest of every language, and of both worlds: `rust_sync`,
 //! `starlingmonkey` and `go_sync` are `conn-handler-sync` guests, served one
 //! instance per connection; `rust_events`, `c_events`, `python_events` and
-//! `js_events` are `conn-events` guests, called with batches of socket events.
+//! `js_events` are `conn-events` guests, called with batches of socket
+//! events, and `rust_events_v2` one of the event world's 0.2.0 (a batch's
+//! bytes in one buffer).
 
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ language_tests! {
         go_sync: GoSync,
         ts: Ts,
         rust_events: RustEvents,
+        rust_events_v2: RustEventsV2,
         c_events: CEvents,
         python_events: PythonEvents,
         js_events: JsEvents,

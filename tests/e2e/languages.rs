@@ -35,6 +35,9 @@ pub enum Lang {
     /// Crates `guests/events-<name>`: Rust for the event world
     /// `conn-events` (one call per batch of socket events).
     RustEvents,
+    /// Crates `guests/events-<name>-v2`: Rust for version 0.2.0 of the
+    /// event world (`wit/events-0.2/`: a batch's bytes in one buffer).
+    RustEventsV2,
     /// `guests/c/events-<name>`: C for the event world.
     CEvents,
     /// `guests/python/events-<name>`: Python (componentize-py) for the
@@ -61,6 +64,7 @@ impl Lang {
             Lang::GoSync => format!("go/sync-{name}"),
             Lang::Ts => format!("ts/{name}"),
             Lang::RustEvents => format!("events-{name}"),
+            Lang::RustEventsV2 => format!("events-{name}-v2"),
             Lang::CEvents => format!("c/events-{name}"),
             Lang::PythonEvents => format!("python/events-{name}"),
             Lang::JsEvents => format!("js/events-{name}"),
@@ -84,6 +88,9 @@ impl Lang {
             Lang::JsEvents => "js",
             Lang::RustSync | Lang::StarlingMonkey | Lang::GoSync => {
                 unreachable!("`sockgate new` has no templates for the WASI 0.2 world")
+            }
+            Lang::RustEventsV2 => {
+                unreachable!("`sockgate new` has no template for the event world's 0.2.0 yet")
             }
         }
     }

@@ -208,11 +208,16 @@ impl EventsRuntime {
             .map_err(anyhow::Error::from)
             .context("cannot add WASI 0.2 to the event world's linker")?;
         super::guest_sockets::add_p2_to_linker(&mut linker)?;
-        // `handler` uses the types-only interface `types`.
-        linker
-            .instance(super::events::bindings::EVENTS_TYPES_IMPORT)
-            .map_err(anyhow::Error::from)
-            .context("cannot add sockgate:events/types to the linker")?;
+        // `handler` uses the types-only interface `types` (of either version).
+        for types in [
+            super::events::bindings::EVENTS_TYPES_IMPORT,
+            super::events::bindings_v2::EVENTS_TYPES_IMPORT_V2,
+        ] {
+            linker
+                .instance(types)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot add {types} to the linker"))?;
+        }
         let cache = CompileCache::open_labeled(cache_dir, &engine, "events")?;
         super::supervisor::start_ticker(&engine);
         Ok(Self {

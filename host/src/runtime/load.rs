@@ -8,8 +8,8 @@
 //! right engine): `sockgate:gateway/handler` means `conn-handler` (one
 //! long-lived instance serves many connections), `sockgate:gateway/sync-handler`
 //! means `conn-handler-sync` (WASI 0.2, one instance per connection),
-//! `sockgate:events/handler` means `conn-events` (one call per batch of
-//! socket events, on long-lived instances).
+//! `sockgate:events/handler` (0.1.0 or 0.2.0) means `conn-events` (one
+//! call per batch of socket events, on long-lived instances).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +21,12 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use super::Runtime;
 use super::bindings::{CONNECTION_IMPORT, ConnHandlerPre, HANDLER_EXPORT, TYPES_IMPORT};
 use super::cache::{CacheOutcome, CompileCache};
-use super::events::ConnEventsPre;
+use super::events::bindings::ConnEventsPre;
 use super::events::bindings::{EVENTS_HANDLER_EXPORT, EVENTS_TYPES_IMPORT};
+use super::events::bindings_v2::{
+    ConnEventsPre as ConnEventsPreV2, EVENTS_HANDLER_EXPORT_V2, EVENTS_TYPES_IMPORT_V2,
+};
+use super::events::contract::EventsPre;
 use super::host_state::HostState;
 use super::http::{self, Detected, HttpPre, HttpWorld};
 pub use super::load_error::LoadError;
@@ -45,7 +49,7 @@ const PROVIDED_INTERFACES: &[&str] = &[TYPES_IMPORT, CONNECTION_IMPORT];
 /// Non-WASI interfaces the gateway provides to `conn-handler-sync` guests.
 const PROVIDED_SYNC_INTERFACES: &[&str] = &[SYNC_TYPES_IMPORT];
 /// Non-WASI interfaces the gateway provides to `conn-events` guests.
-const PROVIDED_EVENTS_INTERFACES: &[&str] = &[EVENTS_TYPES_IMPORT];
+const PROVIDED_EVENTS_INTERFACES: &[&str] = &[EVENTS_TYPES_IMPORT, EVENTS_TYPES_IMPORT_V2];
 
 /// The WIT world a component implements, which decides how it is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -99,9 +103,9 @@ pub enum GuestPre {
     PerConnection(ConnHandlerSyncPre<HostState>),
     /// A `wasi:http` component (either world).
     Http(HttpPre<HostState>),
-    /// A `conn-events` component: long-lived instances, each driven by
-    /// one event loop.
-    Events(ConnEventsPre<HostState>),
+    /// A `conn-events` component (either version of the contract):
+    /// long-lived instances, each driven by one event loop.
+    Events(EventsPre),
 }
 
 impl GuestPre {
@@ -113,7 +117,7 @@ impl GuestPre {
         let component = match self {
             GuestPre::Shared(pre) => pre.instance_pre().component(),
             GuestPre::PerConnection(pre) => pre.instance_pre().component(),
-            GuestPre::Events(pre) => pre.instance_pre().component(),
+            GuestPre::Events(pre) => pre.component(),
             GuestPre::Http(HttpPre::Service(pre)) => pre.instance_pre().component(),
             GuestPre::Http(HttpPre::Proxy(pre)) => pre.instance_pre().component(),
         };
@@ -288,7 +292,13 @@ pub(crate) fn detect_world(path: &Path, bytes: &[u8]) -> Result<World, LoadError
     // A component the parser cannot read goes to the main engine, whose
     // compiler explains.
     Ok(match top_level_exports(bytes) {
-        Ok(exports) if exports.iter().any(|e| e == EVENTS_HANDLER_EXPORT) => World::ConnEvents,
+        Ok(exports)
+            if exports
+                .iter()
+                .any(|e| e == EVENTS_HANDLER_EXPORT || e == EVENTS_HANDLER_EXPORT_V2) =>
+        {
+            World::ConnEvents
+        }
         Ok(exports)
             if !exports
                 .iter()
@@ -433,14 +443,22 @@ fn load_events(
     })?;
     let engine = (&events.engine, &events.cache, &events.linker);
     let linked = Linked::new(engine, &path, (bytes, key), world)?;
-    let pre = ConnEventsPre::new(linked.instance_pre.clone()).map_err(|err| {
-        wrong_export(
-            &path,
-            EVENTS_HANDLER_EXPORT,
-            "wit/events/conn-events.wit",
-            err,
-        )
-    })?;
+    // Either version of the contract, by the interface it exports.
+    let instance_pre = linked.instance_pre.clone();
+    let v2 = instance_pre
+        .component()
+        .get_export_index(None, EVENTS_HANDLER_EXPORT_V2)
+        .is_some();
+    let pre = if v2 {
+        ConnEventsPreV2::new(instance_pre).map(EventsPre::V2)
+    } else {
+        ConnEventsPre::new(instance_pre).map(EventsPre::V1)
+    };
+    let (export, wit) = match v2 {
+        true => (EVENTS_HANDLER_EXPORT_V2, "wit/events-0.2/conn-events.wit"),
+        false => (EVENTS_HANDLER_EXPORT, "wit/events/conn-events.wit"),
+    };
+    let pre = pre.map_err(|err| wrong_export(&path, export, wit, err))?;
     Ok(linked.loaded(GuestPre::Events(pre), world, bytes.len()))
 }
 
@@ -501,6 +519,8 @@ fn check_exports_and_imports(
     let export = match world {
         World::ConnHandler => Some(HANDLER_EXPORT),
         World::ConnHandlerSync => Some(SYNC_HANDLER_EXPORT),
+        // Either version of the contract.
+        World::ConnEvents if ty.get_export(engine, EVENTS_HANDLER_EXPORT_V2).is_some() => None,
         World::ConnEvents => Some(EVENTS_HANDLER_EXPORT),
         World::HttpService | World::HttpProxy => None,
     };
@@ -570,29 +590,4 @@ fn is_provided(import: &str, world: World) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn provided_packages_are_recognised() {
-        let w = World::ConnHandler;
-        assert!(is_provided("wasi:sockets/types@0.3.0", w));
-        assert!(is_provided("wasi:io/streams@0.2.6", w));
-        assert!(!is_provided("wasi:http/types@0.3.0", w));
-        assert!(!is_provided("acme:db/query", w));
-        assert!(is_provided("sockgate:gateway/types@0.1.0", w));
-        assert!(!is_provided("sockgate:gateway/admin@0.1.0", w));
-        assert!(!is_provided("sockgate:gateway/sync-types@0.1.0", w));
-        let w = World::ConnHandlerSync;
-        assert!(is_provided("sockgate:gateway/sync-types@0.1.0", w));
-        assert!(is_provided("wasi:io/streams@0.2.12", w));
-        assert!(!is_provided("sockgate:gateway/connection@0.1.0", w));
-        assert!(!is_provided("wasi:http/types@0.2.12", w));
-        assert!(is_provided("wasi:http/types@0.2.12", World::HttpProxy));
-        assert!(is_provided("wasi:http/client@0.3.0", World::HttpService));
-        assert!(!is_provided(
-            "sockgate:gateway/types@0.1.0",
-            World::HttpService
-        ));
-    }
-}
+mod tests;

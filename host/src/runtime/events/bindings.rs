@@ -24,8 +24,9 @@ pub(crate) const EVENTS_HANDLER_EXPORT: &str = "sockgate:events/handler@0.1.0";
 pub(crate) const EVENTS_TYPES_IMPORT: &str = "sockgate:events/types@0.1.0";
 
 pub(crate) use sockgate::events::types::{
-    Action, CloseReason, Closed, ConnInfo as WitConnInfo, ConnectFailed, Connected, Event,
-    QuicStream, Received, Transport as WitTransport,
+    Action, CloseReason, Closed, ConnInfo as WitConnInfo, Connect as WitConnect, ConnectFailed,
+    Connected, Event, QuicStream, Received, Send as WitSend, Timer as WitTimer,
+    Transport as WitTransport,
 };
 
 /// The connection an event is about, if one is: `opened` and

@@ -21,10 +21,11 @@ use tokio::sync::mpsc;
 use wasmtime::Store;
 
 use super::bindings::{
-    Action, CloseReason, Closed, ConnectFailed, Event, Handler, Received, event_conn,
-    received_bytes, wit_info,
+    Action, CloseReason, Closed, ConnectFailed, Event, Received, event_conn, received_bytes,
+    wit_info,
 };
 use super::conn::{ConnWaker, EventConn, READ_CHUNK, ReadOutcome};
+use super::contract::Contract;
 use super::outbound::ConnectRefused;
 use super::ready::ReadyList;
 use super::timers::Timers;
@@ -68,13 +69,13 @@ enum Step {
     Done,
 }
 
-/// The guest a [`Driver`] serves: its handler, and the meter whose
-/// activations the driver starts, one per call
-/// ([`crate::runtime::supervisor::Activation::PerCall`]; `None` when guests
-/// are not supervised).
+/// The guest a [`Driver`] serves: its handler (by the version of the
+/// contract it speaks), and the meter whose activations the driver starts,
+/// one per call ([`crate::runtime::supervisor::Activation::PerCall`];
+/// `None` when guests are not supervised).
 pub(crate) struct Guest<'a> {
     pub(crate) calls: Option<&'a Meter>,
-    pub(crate) handler: &'a Handler,
+    pub(crate) contract: Contract<'a>,
 }
 
 /// The instance's connections, timers and connects, and the batch being
@@ -153,7 +154,10 @@ impl Driver {
         rx: &mut mpsc::Receiver<Assigned>,
         hibernate_after: Option<Duration>,
     ) -> Result<Ended, (wasmtime::Error, usize)> {
-        let Guest { calls, handler } = guest;
+        let Guest {
+            calls,
+            mut contract,
+        } = guest;
         let mut in_a_row = 0;
         // One timer per instance, reset when it fires; a batch is traffic.
         let idle_check = tokio::time::sleep(hibernate_after.unwrap_or(Duration::MAX / 4));
@@ -185,14 +189,14 @@ impl Driver {
                 in_a_row = 0;
                 tokio::task::yield_now().await;
             }
-            let Some(batch) = batch else {
+            let Some(mut batch) = batch else {
                 return Ok(Ended::Closed);
             };
             if let Some(meter) = calls {
                 meter.start_call(store);
             }
-            let actions = handler
-                .call_handle(&mut *store, &batch)
+            let actions = contract
+                .call(&mut *store, &mut batch)
                 .await
                 .map_err(|error| (error, self.conns.len()))?;
             self.recycle(batch);

@@ -42,7 +42,7 @@ pub async fn run_events_instance(
     let serving = {
         let settings = settings.clone();
         async move {
-            let served = match pre.instantiate_async(&mut store).await {
+            let served = match pre.instantiate(&mut store).await {
                 Ok(guest) => {
                     settings.started(index, woke);
                     let driver = Driver::new(
@@ -55,7 +55,7 @@ pub async fn run_events_instance(
                     let after = settings.hibernate_after;
                     let guest = Guest {
                         calls: calls.as_deref(),
-                        handler: guest.sockgate_events_handler(),
+                        contract: guest.contract(),
                     };
                     Ok(driver.serve(&mut store, guest, &mut rx, after).await)
                 }
