@@ -64,47 +64,16 @@ fn main() {
         _ => Supervision::On,
     };
     let gateway = Runtime::with_supervision(bench_cache_dir(), supervision).unwrap();
-    let loaded = load_component(&gateway, &echo).unwrap();
-    let settings = InstanceSettings::new(
-        "echo",
-        loaded.pre,
-        AppLimits::default(),
-        OutboundPolicy::default(),
-        gateway.supervision,
-        ConnTracker::new(1000),
-    );
-    let app = {
-        let _entered = runtime.enter();
-        App::start("echo", settings, 1)
-    };
-    let events_loaded = load_component(&gateway, &guest("events-echo")).unwrap();
-    let events_settings = InstanceSettings::new(
-        "events-echo",
-        events_loaded.pre,
-        AppLimits::default(),
-        OutboundPolicy::default(),
-        gateway.supervision,
-        ConnTracker::new(1000),
-    );
-    let events_app = {
-        let _entered = runtime.enter();
-        App::start("events-echo", events_settings, 1)
-    };
+    let app = start_app(&gateway, &runtime, "echo", &echo);
+    let events_app = start_app(&gateway, &runtime, "events-echo", &guest("events-echo"));
     // The same echo on the event world's 0.2.0 (a batch's bytes in one
     // buffer).
-    let packed_loaded = load_component(&gateway, &guest("events-echo-v2")).unwrap();
-    let packed_settings = InstanceSettings::new(
+    let packed_app = start_app(
+        &gateway,
+        &runtime,
         "events-echo-v2",
-        packed_loaded.pre,
-        AppLimits::default(),
-        OutboundPolicy::default(),
-        gateway.supervision,
-        ConnTracker::new(1000),
+        &guest("events-echo-v2"),
     );
-    let packed_app = {
-        let _entered = runtime.enter();
-        App::start("events-echo-v2", packed_settings, 1)
-    };
 
     // For profilers (`valgrind --tool=callgrind`, `perf`): a fixed number
     // of guest round trips and nothing else, so two runs with different
@@ -314,4 +283,25 @@ fn native_echo(
 /// Hands the app one end of an in-memory duplex; returns the other.
 fn connect(app: &App) -> (ReadHalf<DuplexStream>, WriteHalf<DuplexStream>) {
     tokio::io::split(connect_in_memory(app, DUPLEX_BUFFER))
+}
+
+/// Loads the guest at `path` and starts app `name` on it (one instance,
+/// the gateway's default limits and supervision) inside `runtime`.
+fn start_app(
+    gateway: &Runtime,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    path: &std::path::Path,
+) -> std::sync::Arc<App> {
+    let loaded = load_component(gateway, path).unwrap();
+    let settings = InstanceSettings::new(
+        name,
+        loaded.pre,
+        AppLimits::default(),
+        OutboundPolicy::default(),
+        gateway.supervision,
+        ConnTracker::new(1000),
+    );
+    let _entered = runtime.enter();
+    App::start(name, settings, 1)
 }
