@@ -25,8 +25,7 @@ pub(crate) const EVENTS_TYPES_IMPORT: &str = "sockgate:events/types@0.1.0";
 
 pub(crate) use sockgate::events::types::{
     Action, CloseReason, Closed, ConnInfo as WitConnInfo, Connect as WitConnect, ConnectFailed,
-    Connected, Event, QuicStream, Received, Send as WitSend, Timer as WitTimer,
-    Transport as WitTransport,
+    Connected, Event, QuicStream, Received, Timer as WitTimer, Transport as WitTransport,
 };
 
 /// The connection an event is about, if one is: `opened` and

@@ -2,8 +2,8 @@
 //! (`wit/events-0.2/`), where the bytes of a batch travel in one buffer,
 //! and the two conversions between it and the driver, which gathers and
 //! carries out 0.1.0's events and actions for both versions: [`pack`] lays
-//! a batch out as 0.2.0 has it, [`unpack`] turns a reply back into
-//! actions. The generated items are documented in
+//! a batch out as 0.2.0 has it, [`unpack`] goes through a reply's actions
+//! with each send's bytes borrowed from its data. The generated items are documented in
 //! `wit/events-0.2/conn-events.wit`.
 #![allow(missing_docs)]
 
@@ -30,8 +30,9 @@ pub(crate) use v2::{Batch, Reply};
 
 /// Moves the driver's `events` (emptied) into `into`, whose buffers are
 /// reused from call to call: each `received` event's bytes go to the end of
-/// `into.data`, and the event keeps only their length.
-pub(crate) fn pack(events: &mut Vec<v1::Event>, into: &mut Batch) {
+/// `into.data`, and the event keeps only their length; the buffer they
+/// came in goes to `spent`.
+pub(crate) fn pack(events: &mut Vec<v1::Event>, into: &mut Batch, mut spent: impl FnMut(Vec<u8>)) {
     into.events.clear();
     into.data.clear();
     into.events.reserve(events.len());
@@ -39,10 +40,12 @@ pub(crate) fn pack(events: &mut Vec<v1::Event>, into: &mut Batch) {
         let packed = match event {
             v1::Event::Received(received) => {
                 into.data.extend_from_slice(&received.bytes);
+                // A turn reads at most `MAX_TURN_BYTES` per event.
+                let len = u32::try_from(received.bytes.len()).unwrap_or(u32::MAX);
+                spent(received.bytes);
                 v2::Event::Received(v2::Received {
                     conn: received.conn,
-                    // A turn reads at most `MAX_TURN_BYTES` per event.
-                    len: u32::try_from(received.bytes.len()).unwrap_or(u32::MAX),
+                    len,
                 })
             }
             v1::Event::Opened(info) => v2::Event::Opened(conn_info(info)),
@@ -66,41 +69,49 @@ pub(crate) fn pack(events: &mut Vec<v1::Event>, into: &mut Batch) {
     }
 }
 
-/// The actions of a guest's `reply`, each `send` with its bytes taken from
-/// the reply's data in order. A guest whose sends add up to more than its
-/// data holds is wrong; the sends past the end carry what is left (none
-/// at all, past the last byte), which the driver ignores as empty.
-pub(crate) fn unpack(reply: Reply) -> Vec<v1::Action> {
+/// One action of a 0.2.0 reply, as the driver carries it out.
+pub(crate) enum Unpacked<'a> {
+    /// A send, its bytes borrowed from the reply's data.
+    Send { conn: u64, bytes: &'a [u8] },
+    /// Any other action, as 0.1.0 has it.
+    Other(v1::Action),
+}
+
+/// Gives `each` the actions of a guest's `reply` in order, each `send` with
+/// its bytes taken from the reply's data in order. A guest whose sends add
+/// up to more than its data holds is wrong; the sends past the end carry
+/// what is left (none at all, past the last byte), which the driver
+/// ignores as empty.
+pub(crate) fn unpack(reply: Reply, mut each: impl FnMut(Unpacked<'_>)) {
     let Reply { actions, data } = reply;
     let mut taken = 0usize;
-    actions
-        .into_iter()
-        .map(|action| match action {
+    for action in actions {
+        each(match action {
             v2::Action::Send(send) => {
                 let start = taken;
                 let len = usize::try_from(send.len).unwrap_or(usize::MAX);
                 taken = start.saturating_add(len).min(data.len());
-                v1::Action::Send(v1::WitSend {
+                Unpacked::Send {
                     conn: send.conn,
-                    bytes: data[start..taken].to_vec(),
-                })
+                    bytes: &data[start..taken],
+                }
             }
-            v2::Action::Shutdown(id) => v1::Action::Shutdown(id),
-            v2::Action::Close(id) => v1::Action::Close(id),
-            v2::Action::Pause(id) => v1::Action::Pause(id),
-            v2::Action::Resume(id) => v1::Action::Resume(id),
-            v2::Action::SetTimer(timer) => v1::Action::SetTimer(v1::WitTimer {
+            v2::Action::Shutdown(id) => Unpacked::Other(v1::Action::Shutdown(id)),
+            v2::Action::Close(id) => Unpacked::Other(v1::Action::Close(id)),
+            v2::Action::Pause(id) => Unpacked::Other(v1::Action::Pause(id)),
+            v2::Action::Resume(id) => Unpacked::Other(v1::Action::Resume(id)),
+            v2::Action::SetTimer(timer) => Unpacked::Other(v1::Action::SetTimer(v1::WitTimer {
                 token: timer.token,
                 after_ms: timer.after_ms,
-            }),
-            v2::Action::CancelTimer(token) => v1::Action::CancelTimer(token),
-            v2::Action::Connect(connect) => v1::Action::Connect(v1::WitConnect {
+            })),
+            v2::Action::CancelTimer(token) => Unpacked::Other(v1::Action::CancelTimer(token)),
+            v2::Action::Connect(connect) => Unpacked::Other(v1::Action::Connect(v1::WitConnect {
                 token: connect.token,
                 host: connect.host,
                 port: connect.port,
-            }),
-        })
-        .collect()
+            })),
+        });
+    }
 }
 
 /// An empty batch, whose buffers [`pack`] fills.
@@ -151,13 +162,13 @@ mod tests {
             actions: vec![send(1, 3), v2::Action::Shutdown(1), send(2, 2), send(3, 9)],
             data: b"abcdef".to_vec(),
         };
-        let sent: Vec<(u64, Vec<u8>)> = unpack(reply)
-            .into_iter()
-            .filter_map(|action| match action {
-                v1::Action::Send(send) => Some((send.conn, send.bytes)),
-                _ => None,
-            })
-            .collect();
+        let mut sent: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut others = 0;
+        unpack(reply, |action| match action {
+            Unpacked::Send { conn, bytes } => sent.push((conn, bytes.to_vec())),
+            Unpacked::Other(_) => others += 1,
+        });
+        assert_eq!(others, 1);
         assert_eq!(
             sent,
             vec![
@@ -185,8 +196,10 @@ mod tests {
         batch
             .data
             .extend_from_slice(b"left over from the last call");
-        pack(&mut events, &mut batch);
+        let mut spent = Vec::new();
+        pack(&mut events, &mut batch, |bytes| spent.push(bytes));
         assert!(events.is_empty());
+        assert_eq!(spent, vec![b"hello".to_vec(), b"!".to_vec()]);
         assert_eq!(batch.data, b"hello!");
         let lens: Vec<(u64, u32)> = batch
             .events

@@ -5,6 +5,7 @@
 //! one task serves every connection of the instance and touches only
 //! those that are ready.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -110,12 +111,15 @@ pub(crate) enum ReadOutcome {
     Nothing,
 }
 
-/// What writing the queue gave.
+/// What writing the queue (or sending) gave.
+#[derive(Default)]
 pub(crate) struct Flushed {
     /// The queue came back below half the high-water mark after passing it.
     pub(crate) writable: bool,
     /// Writing failed: the connection is gone.
     pub(crate) failed: Option<CloseReason>,
+    /// The queue passed [`SEND_HARD_CAP`] (only when sending).
+    pub(crate) over_cap: bool,
 }
 
 impl EventConn {
@@ -249,18 +253,47 @@ impl EventConn {
         }
     }
 
-    /// Queues bytes the guest sent. Returns `false` when the queue passed
-    /// the hard cap (the caller closes the connection).
-    pub(crate) fn enqueue(&mut self, bytes: Vec<u8>) -> bool {
+    /// Sends bytes the guest sent: written at once when nothing is queued
+    /// before them and the transport takes them (no copy, no turn's wait),
+    /// and what it does not take is queued. [`Flushed::over_cap`] when the
+    /// queue passed the hard cap (the caller closes the connection).
+    pub(crate) fn send(&mut self, bytes: Cow<'_, [u8]>) -> Flushed {
+        let mut sent = Flushed::default();
         if self.shutdown_asked || self.send_done || bytes.is_empty() {
-            return true;
+            return sent;
         }
-        self.queued += bytes.len();
-        self.queue.push_back(bytes);
-        if self.queued >= SEND_HIGH_WATER {
-            self.above_high_water = true;
+        let mut taken = 0;
+        if self.queue.is_empty()
+            && let Some(writer) = self.writer.as_mut()
+        {
+            let mut cx = Context::from_waker(&self.std_waker);
+            let wrote = write_slice(writer.as_mut(), &mut cx, &bytes, self.guard.as_deref())
+                .and_then(|n| {
+                    taken = n;
+                    self.flushing |= n > 0;
+                    poll_flush(writer.as_mut(), &mut cx, &mut self.flushing)
+                });
+            if let Err(err) = wrote {
+                self.fail_sending(&err, &mut sent);
+                return sent;
+            }
         }
-        self.queued < SEND_HARD_CAP
+        if taken < bytes.len() {
+            let rest = match bytes {
+                Cow::Owned(owned) if taken == 0 => owned,
+                Cow::Owned(mut owned) => {
+                    owned.drain(..taken);
+                    owned
+                }
+                Cow::Borrowed(slice) => slice[taken..].to_vec(),
+            };
+            self.queued += rest.len();
+            self.queue.push_back(rest);
+            // Above the mark only by what the transport did not take.
+            self.above_high_water |= self.queued >= SEND_HIGH_WATER;
+            sent.over_cap = self.queued >= SEND_HARD_CAP;
+        }
+        sent
     }
 
     /// The guest asked to finish sending once the queue is out.
@@ -276,10 +309,7 @@ impl EventConn {
     /// Writes as much of the queue as the transport takes now, flushes,
     /// and shuts the sending side down once asked and the queue is out.
     pub(crate) fn flush(&mut self) -> Flushed {
-        let mut flushed = Flushed {
-            writable: false,
-            failed: None,
-        };
+        let mut flushed = Flushed::default();
         if self.send_done {
             return flushed;
         }
@@ -296,9 +326,7 @@ impl EventConn {
             &mut self.flushing,
             self.guard.as_deref(),
         ) {
-            self.send_done = true;
-            self.writer = None;
-            flushed.failed = Some(CloseReason::Aborted(format!("writing failed: {err}")));
+            self.fail_sending(&err, &mut flushed);
             return flushed;
         }
         if self.above_high_water && self.queued < SEND_HIGH_WATER / 2 {
@@ -315,6 +343,14 @@ impl EventConn {
             }
         }
         flushed
+    }
+
+    /// Writing failed with `err`: the sending side is gone, and so is the
+    /// connection.
+    fn fail_sending(&mut self, err: &std::io::Error, flushed: &mut Flushed) {
+        self.send_done = true;
+        self.writer = None;
+        flushed.failed = Some(CloseReason::Aborted(format!("writing failed: {err}")));
     }
 
     /// Aborts the transport in both directions (the guest's `close`, a
@@ -338,26 +374,51 @@ fn write_queue(
     guard: Option<&crate::tenant::conns::ActiveConn>,
 ) -> std::io::Result<()> {
     while let Some(front) = queue.front() {
-        match writer.as_mut().poll_write(cx, &front[*written..]) {
+        let n = write_slice(writer.as_mut(), cx, &front[*written..], guard)?;
+        *written += n;
+        *queued -= n;
+        *flushing |= n > 0;
+        if *written < front.len() {
+            break;
+        }
+        queue.pop_front();
+        *written = 0;
+    }
+    poll_flush(writer, cx, flushing)
+}
+
+/// Writes `bytes` until the transport would block; the bytes it took.
+fn write_slice(
+    mut writer: Pin<&mut (dyn tokio::io::AsyncWrite + Send + Sync)>,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+    guard: Option<&crate::tenant::conns::ActiveConn>,
+) -> std::io::Result<usize> {
+    let mut taken = 0;
+    while taken < bytes.len() {
+        match writer.as_mut().poll_write(cx, &bytes[taken..]) {
             Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
             Poll::Ready(Ok(n)) => {
-                *written += n;
-                *queued -= n;
-                *flushing = true;
+                taken += n;
                 if let Some(guard) = guard {
                     guard.sent(n);
-                }
-                if *written == front.len() {
-                    queue.pop_front();
-                    *written = 0;
                 }
             }
             Poll::Ready(Err(err)) => return Err(err),
             Poll::Pending => break,
         }
     }
+    Ok(taken)
+}
+
+/// Flushes when a write went out since the last flush finished.
+fn poll_flush(
+    writer: Pin<&mut (dyn tokio::io::AsyncWrite + Send + Sync)>,
+    cx: &mut Context<'_>,
+    flushing: &mut bool,
+) -> std::io::Result<()> {
     if *flushing {
-        match writer.as_mut().poll_flush(cx) {
+        match writer.poll_flush(cx) {
             Poll::Ready(Ok(())) => *flushing = false,
             Poll::Ready(Err(err)) => return Err(err),
             Poll::Pending => {}
@@ -365,3 +426,6 @@ fn write_queue(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

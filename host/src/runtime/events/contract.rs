@@ -10,6 +10,7 @@ use super::bindings::{Action, ConnEvents, ConnEventsPre, Event, Handler};
 use super::bindings_v2::{
     self, Batch, ConnEvents as ConnEventsV2, ConnEventsPre as ConnEventsPreV2, HandlerV2,
 };
+use super::spare::SpareBuffers;
 use crate::runtime::host_state::HostState;
 
 /// A loaded event-world component, ready to instantiate, by the version of
@@ -80,20 +81,28 @@ pub(crate) enum Contract<'a> {
     },
 }
 
+/// A guest's actions, in the version of the contract it speaks.
+pub(crate) enum Reply {
+    V1(Vec<Action>),
+    /// Sends' bytes still in the reply's data, so the driver writes them
+    /// from there ([`bindings_v2::unpack`]).
+    V2(bindings_v2::Reply),
+}
+
 impl Contract<'_> {
     /// Calls the guest with `events` (emptied for 0.2.0, whose batch takes
-    /// them) and returns its actions.
+    /// them, their buffers given to `spare`) and returns its reply.
     pub(crate) async fn call(
         &mut self,
         store: &mut Store<HostState>,
         events: &mut Vec<Event>,
-    ) -> wasmtime::Result<Vec<Action>> {
+        spare: &mut SpareBuffers,
+    ) -> wasmtime::Result<Reply> {
         match self {
-            Contract::V1(handler) => handler.call_handle(store, events).await,
+            Contract::V1(handler) => Ok(Reply::V1(handler.call_handle(store, events).await?)),
             Contract::V2 { handler, batch } => {
-                bindings_v2::pack(events, batch);
-                let reply = handler.call_handle(store, batch).await?;
-                Ok(bindings_v2::unpack(reply))
+                bindings_v2::pack(events, batch, |bytes| spare.give(bytes));
+                Ok(Reply::V2(handler.call_handle(store, batch).await?))
             }
         }
     }

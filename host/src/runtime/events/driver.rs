@@ -6,6 +6,7 @@
 //! returns. No task per connection and no channel hop per message: a
 //! message costs a read, its share of one call into the guest, and a write.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,10 +25,12 @@ use super::bindings::{
     Action, CloseReason, Closed, ConnectFailed, Event, Received, event_conn, received_bytes,
     wit_info,
 };
+use super::bindings_v2::{self, Unpacked};
 use super::conn::{ConnWaker, EventConn, READ_CHUNK, ReadOutcome};
-use super::contract::Contract;
+use super::contract::{Contract, Reply};
 use super::outbound::ConnectRefused;
 use super::ready::ReadyList;
+use super::spare::SpareBuffers;
 use super::timers::Timers;
 use crate::runtime::host_state::HostState;
 use crate::runtime::instance::{Assigned, Ended};
@@ -103,6 +106,8 @@ pub(crate) struct Driver {
     fired: Vec<u64>,
     connects: FuturesUnordered<Connecting>,
     buf: Box<[u8]>,
+    /// Buffers of `received` events the guest was given, for the next.
+    spare: SpareBuffers,
     progress: IoProgress,
     /// Once the channel closed: the drain deadline.
     draining: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -138,6 +143,7 @@ impl Driver {
             fired: Vec::new(),
             connects: FuturesUnordered::new(),
             buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            spare: SpareBuffers::default(),
             progress,
             draining: None,
             timers_refused: false,
@@ -195,12 +201,12 @@ impl Driver {
             if let Some(meter) = calls {
                 meter.start_call(store);
             }
-            let actions = contract
-                .call(&mut *store, &mut batch)
+            let reply = contract
+                .call(&mut *store, &mut batch, &mut self.spare)
                 .await
                 .map_err(|error| (error, self.conns.len()))?;
             self.recycle(batch);
-            self.apply(actions);
+            self.apply_reply(reply);
         }
     }
 
@@ -345,13 +351,14 @@ impl Driver {
             return;
         }
         let mut got: Vec<u8> = Vec::new();
+        // Reading straight into `got` (a busy connection's share).
+        let mut direct = false;
         let mut ended = None;
         loop {
-            // A small read is copied out of the scratch buffer into bytes
-            // of its exact size. One that fills it means more is waiting:
-            // the event's bytes get room for the connection's share of the
-            // turn, and the next reads go straight into them.
-            let direct = got.len() < got.capacity();
+            // A small read is copied out of the scratch buffer into a
+            // spare buffer. One that fills the scratch buffer means more
+            // is waiting: the event's bytes get room for the connection's
+            // share of the turn, and the next reads go straight into them.
             let outcome = if direct {
                 conn.read_appending(&mut got)
             } else {
@@ -362,8 +369,12 @@ impl Driver {
                     if !direct {
                         if got.is_empty() && n == self.buf.len() {
                             let share = MAX_TURN_BYTES
-                                .min(MAX_BATCH_BYTES.saturating_sub(self.batch_bytes));
-                            got.reserve_exact(share.max(n));
+                                .min(MAX_BATCH_BYTES.saturating_sub(self.batch_bytes))
+                                .max(n);
+                            got.reserve_exact(share);
+                            direct = share > n;
+                        } else if got.capacity() == 0 {
+                            got = self.spare.take();
                         }
                         got.extend_from_slice(&self.buf[..n]);
                     }
@@ -418,30 +429,52 @@ impl Driver {
 
     /// Carries out the guest's actions, in order: what a hostile guest
     /// controls entirely (the fuzz target calls it with any list).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn apply(&mut self, actions: Vec<Action>) {
+        self.apply_reply(Reply::V1(actions));
+    }
+
+    /// Carries out a guest's reply, in order, whichever version of the
+    /// contract it came in: a 0.2.0 reply's sends are written from its
+    /// data without a copy each.
+    fn apply_reply(&mut self, reply: Reply) {
         let mut closed = Vec::new();
-        for action in actions {
-            match action {
-                Action::Send(send) => self.send(send.conn, send.bytes),
-                Action::Shutdown(id) => self.touch(id, EventConn::shutdown),
-                Action::Close(id) => {
-                    if let Some(conn) = self.conns.remove(&id) {
-                        conn.abort();
-                    }
-                    closed.push(id);
+        match reply {
+            Reply::V1(actions) => {
+                for action in actions {
+                    self.act(action, &mut closed);
                 }
-                Action::Pause(id) => self.touch(id, |conn| conn.set_paused(true)),
-                Action::Resume(id) => self.touch(id, |conn| conn.set_paused(false)),
-                Action::SetTimer(timer) => {
-                    if !self.timers.set(timer.token, timer.after_ms) {
-                        self.refuse_timer();
-                    }
-                }
-                Action::CancelTimer(token) => self.timers.cancel(token),
-                Action::Connect(connect) => self.connect(connect.token, connect.host, connect.port),
             }
+            Reply::V2(reply) => bindings_v2::unpack(reply, |action| match action {
+                Unpacked::Send { conn, bytes } => self.send(conn, Cow::Borrowed(bytes)),
+                Unpacked::Other(action) => self.act(action, &mut closed),
+            }),
         }
         self.forget_events_of(&closed);
+    }
+
+    /// Carries out one action; a connection the guest closed joins
+    /// `closed`.
+    fn act(&mut self, action: Action, closed: &mut Vec<u64>) {
+        match action {
+            Action::Send(send) => self.send(send.conn, Cow::Owned(send.bytes)),
+            Action::Shutdown(id) => self.touch(id, EventConn::shutdown),
+            Action::Close(id) => {
+                if let Some(conn) = self.conns.remove(&id) {
+                    conn.abort();
+                }
+                closed.push(id);
+            }
+            Action::Pause(id) => self.touch(id, |conn| conn.set_paused(true)),
+            Action::Resume(id) => self.touch(id, |conn| conn.set_paused(false)),
+            Action::SetTimer(timer) => {
+                if !self.timers.set(timer.token, timer.after_ms) {
+                    self.refuse_timer();
+                }
+            }
+            Action::CancelTimer(token) => self.timers.cancel(token),
+            Action::Connect(connect) => self.connect(connect.token, connect.host, connect.port),
+        }
     }
 
     /// The guest closed connections `closed`: events of them still
@@ -480,13 +513,20 @@ impl Driver {
         }
     }
 
-    /// Queues the guest's bytes; a connection past the hard cap is closed.
-    fn send(&mut self, id: u64, bytes: Vec<u8>) {
+    /// Sends the guest's bytes (written now when the transport takes
+    /// them, else queued); a connection past the hard cap is closed. Not
+    /// serviced next turn for it: what is left is written when the
+    /// transport wakes the connection.
+    fn send(&mut self, id: u64, bytes: Cow<'_, [u8]>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if conn.enqueue(bytes) {
-            self.carry.push(id);
+        let sent = conn.send(bytes);
+        if let Some(reason) = sent.failed {
+            self.remove(id, reason);
+            return;
+        }
+        if !sent.over_cap {
             return;
         }
         if let Some(conn) = self.conns.remove(&id) {

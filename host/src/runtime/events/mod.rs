@@ -9,6 +9,7 @@
 //! - [`conn`]: one connection's state: its send queue, backpressure and
 //!   the flags that decide whether the gateway reads from it.
 //! - [`ready`]: which connections woke since the last turn.
+//! - [`spare`]: `received` buffers kept from batch to batch.
 //! - [`timers`]: the guest's timers, behind one sleep.
 //! - [`outbound`]: outbound connects, checked against the app's policy.
 //! - [`instance`]: creating, supervising and disposing of an instance.
@@ -21,6 +22,7 @@ pub(crate) mod driver;
 pub(crate) mod instance;
 pub(crate) mod outbound;
 pub(crate) mod ready;
+pub(crate) mod spare;
 pub(crate) mod timers;
 
 pub use instance::run_events_instance;

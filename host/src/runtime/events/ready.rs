@@ -17,10 +17,19 @@ pub(crate) struct ReadyList {
 }
 
 impl ReadyList {
-    /// Connection `id` is ready: queue it and wake the task.
+    /// Connection `id` is ready: queue it and wake the task. Only the push
+    /// onto an empty list wakes it: a list with ids has been (or is being)
+    /// woken for already, and the task registers before it takes the list,
+    /// so the next push after a take finds the list empty and wakes again.
     pub(crate) fn push(&self, id: u64) {
-        lock(&self.ids).push(id);
-        self.task.wake();
+        let first = {
+            let mut ids = lock(&self.ids);
+            ids.push(id);
+            ids.len() == 1
+        };
+        if first {
+            self.task.wake();
+        }
     }
 
     /// The task that services the list is polled with `waker`.

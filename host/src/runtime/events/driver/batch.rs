@@ -20,11 +20,16 @@ impl Driver {
         batch
     }
 
-    /// Keeps the allocation of a batch the guest was given for the next
-    /// one, when no events wait already.
+    /// Keeps the allocations of a batch the guest was given for the next
+    /// one: its `received` buffers (a 0.2.0 batch gave them already), and
+    /// the list itself when no events wait already.
     pub(super) fn recycle(&mut self, mut batch: Vec<Event>) {
+        for event in batch.drain(..) {
+            if let Event::Received(received) = event {
+                self.spare.give(received.bytes);
+            }
+        }
         if self.events.is_empty() {
-            batch.clear();
             self.events = batch;
         }
     }
