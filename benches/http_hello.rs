@@ -35,7 +35,7 @@
 use sockgate_testkit::bench::{publish, quick};
 use sockgate_testkit::guests::guest;
 use sockgate_testkit::net::free_port;
-use sockgate_testkit::os::{has_command, has_taskset, pin, process_cpu};
+use sockgate_testkit::os::{has_command, has_taskset, pin_at_exec, process_cpu};
 use sockgate_testkit::paths::{bench_cache_dir, bench_dir, sockgate_binary};
 use sockgate_testkit::server::{Server, write_bench_config};
 use sockgate_testkit::tls::{make_test_chain, tls_files_table};
@@ -429,6 +429,9 @@ impl WasmtimeServe {
         if p3 {
             command.args(["-Sp3", "-Wcomponent-model-async=y"]);
         }
+        if pinned {
+            pin_at_exec(&mut command, 1);
+        }
         let child = command
             .args(["--addr", &addr.to_string()])
             .arg(component)
@@ -438,9 +441,6 @@ impl WasmtimeServe {
             .stderr(Stdio::null())
             .spawn()
             .expect("cannot start wasmtime serve");
-        if pinned {
-            pin(child.id(), "1");
-        }
         let started = Instant::now();
         while std::net::TcpStream::connect(addr).is_err() {
             assert!(
@@ -448,11 +448,6 @@ impl WasmtimeServe {
                 "wasmtime serve did not listen on {addr} within 60 s"
             );
             std::thread::sleep(Duration::from_millis(20));
-        }
-        // Threads started after the first pinning (wasmtime's runtime)
-        // are pinned too.
-        if pinned {
-            pin(child.id(), "1");
         }
         Self { child, addr }
     }

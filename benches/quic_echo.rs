@@ -18,7 +18,10 @@
 //! load generator to CPU 0. The baseline server is this benchmark binary
 //! itself, started again with `--quinn-echo-server`.
 //!
-//! Run: `cargo bench --bench quic_echo` (5 s per row, 256 MiB) or
+//! Each server is measured twice (quinn, conn-handler, conn-events, then
+//! the same backwards) and each figure is the mean of the two.
+//!
+//! Run: `cargo bench --bench quic_echo` (5 s per row, 512 MiB) or
 //! `SOCKGATE_BENCH_QUICK=1 cargo bench --bench quic_echo` (1 s, 16 MiB).
 //! Results are printed and written to `target/bench-results/quic_echo.{md,json}`.
 
@@ -52,7 +55,7 @@ fn main() {
     }
     let quick = quick();
     let duration = Duration::from_secs(if quick { 1 } else { 5 });
-    let bulk_bytes: u64 = if quick { 16 << 20 } else { 256 << 20 };
+    let bulk_bytes: u64 = if quick { 16 << 20 } else { 512 << 20 };
     let pinned = has_taskset();
     if pinned {
         pin(std::process::id(), "0");
@@ -68,34 +71,31 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut rows = Vec::new();
-    {
-        let sockgate = sockgate(&dir, &echo, &cert, &key, pinned);
-        rows.push(runtime.block_on(Row::measure(
-            "sockgate + echo guest (conn-handler)",
-            &sockgate,
-            duration,
-            bulk_bytes,
-        )));
-    }
-    {
-        let sockgate = sockgate(&dir, &events_echo, &cert, &key, pinned);
-        rows.push(runtime.block_on(Row::measure(
+    // Each server is measured twice, in the order quinn, conn-handler,
+    // conn-events, conn-events, conn-handler, quinn, each on a fresh
+    // server, and each figure is the mean of its two: single runs on
+    // loopback drift by a third from one to the next, and whichever
+    // server ran first or last would otherwise carry the drift.
+    let servers: [(&'static str, Option<&Path>); 3] = [
+        ("plain quinn echo", None),
+        ("sockgate + echo guest (conn-handler)", Some(&echo)),
+        (
             "sockgate + events-echo guest (conn-events)",
-            &sockgate,
-            duration,
-            bulk_bytes,
-        )));
+            Some(&events_echo),
+        ),
+    ];
+    let mut runs: Vec<Vec<Row>> = servers.iter().map(|_| Vec::new()).collect();
+    for which in [0, 1, 2, 2, 1, 0] {
+        let (name, guest) = servers[which];
+        let server = match guest {
+            Some(guest) => sockgate(&dir, guest, &cert, &key, pinned),
+            None => quinn(&cert, &key, pinned),
+        };
+        runs[which].push(runtime.block_on(Row::measure(name, &server, duration, bulk_bytes)));
     }
-    {
-        let quinn = quinn(&cert, &key, pinned);
-        rows.push(runtime.block_on(Row::measure(
-            "plain quinn echo",
-            &quinn,
-            duration,
-            bulk_bytes,
-        )));
-    }
+    let mut rows: Vec<Row> = runs.iter().map(|two| Row::mean(two)).collect();
+    // The table lists the sockgate rows first.
+    rows.rotate_left(1);
     report(&rows, duration, bulk_bytes, pinned);
 }
 
@@ -128,6 +128,7 @@ fn quinn(cert: &Path, key: &Path, pinned: bool) -> Server {
 }
 
 /// One server's figures.
+#[derive(Clone, Copy)]
 struct Row {
     server: &'static str,
     bulk_mb_per_s: f64,
@@ -137,6 +138,19 @@ struct Row {
 }
 
 impl Row {
+    /// The mean of a server's runs.
+    fn mean(runs: &[Row]) -> Row {
+        let n = runs.len() as f64;
+        let mean = |figure: fn(&Row) -> f64| runs.iter().map(figure).sum::<f64>() / n;
+        Row {
+            server: runs[0].server,
+            bulk_mb_per_s: mean(|r| r.bulk_mb_per_s),
+            bulk_cpu_ms_per_gb: mean(|r| r.bulk_cpu_ms_per_gb),
+            streams_per_s: mean(|r| r.streams_per_s),
+            stream_cpu_us: mean(|r| r.stream_cpu_us),
+        }
+    }
+
     async fn measure(
         server: &'static str,
         under_test: &Server,
@@ -268,7 +282,8 @@ fn cpu(pids: &[u32]) -> Duration {
 fn report(rows: &[Row], duration: Duration, bulk_bytes: u64, pinned: bool) {
     let mut md = format!(
         "QUIC echo; one stream echoing {} MiB; {STREAM_CLIENTS} concurrent 64-byte streams on \
-         one connection for {} s; {}\n\n",
+         one connection for {} s; {}; each figure the mean of two runs on fresh servers, in the \
+         order quinn, conn-handler, conn-events, conn-events, conn-handler, quinn\n\n",
         bulk_bytes >> 20,
         duration.as_secs(),
         if pinned {

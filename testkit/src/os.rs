@@ -137,6 +137,30 @@ pub fn has_taskset() -> bool {
         && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }
 
+/// Pins the process `command` starts, and every thread it will start, to
+/// CPU `cpu` from its first instruction: a runtime that sizes its thread
+/// pool by the CPUs it may use (tokio's, Go's) sees one, as it would on a
+/// one-CPU machine. Pinned after the start instead ([`pin`]), such a
+/// server keeps a worker per CPU of the machine, all fighting over one
+/// CPU, each hand-off between them a context switch — and whether it
+/// does depends on how far it got before the pinning.
+pub fn pin_at_exec(command: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // one system call (sched_setaffinity, async-signal-safe) on a set
+    // built on its own stack.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Pins every thread of process `pid` to `cpus` (a taskset CPU list).
 pub fn pin(pid: u32, cpus: &str) {
     let _ = Command::new("taskset")

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::gateway::{START_TIMEOUT, config_toml};
-use crate::os::pin;
+use crate::os::pin_at_exec;
 use crate::output::{Output, Running, app_addrs, printed_addr};
 use crate::paths::{bench_cache_dir, bench_dir, sockgate_binary};
 
@@ -102,11 +102,10 @@ impl Server {
 
     fn start(mut command: Command, pinned: bool, stderr: Stdio) -> Running {
         command.env_remove("RUST_BACKTRACE");
-        let running = Running::spawn(command, Some(stderr)).expect("cannot start server");
         if pinned {
-            pin(running.pid(), "1");
+            pin_at_exec(&mut command, 1);
         }
-        running
+        Running::spawn(command, Some(stderr)).expect("cannot start server")
     }
 
     /// The server's process id.
