@@ -1,5 +1,6 @@
-//! QUIC: sockgate serving the Rust echo guests of the stream world (`echo`)
-//! and of the event world (`events-echo`) over QUIC, next to a plain
+//! QUIC: sockgate serving the Rust echo guests of the stream worlds
+//! (`echo`, WASI 0.3; `sync-echo`, WASI 0.2) and of the event world
+//! (`events-echo`) over QUIC, next to a plain
 //! quinn echo server (the same quinn version, the same certificate and
 //! transport limits, no WebAssembly) measured in the same run with the
 //! same quinn client.
@@ -18,8 +19,9 @@
 //! load generator to CPU 0. The baseline server is this benchmark binary
 //! itself, started again with `--quinn-echo-server`.
 //!
-//! Each server is measured twice (quinn, conn-handler, conn-events, then
-//! the same backwards) and each figure is the mean of the two.
+//! Each server is measured twice (quinn, conn-handler, conn-handler-sync,
+//! conn-events, then the same backwards) and each figure is the mean of
+//! the two.
 //!
 //! Run: `cargo bench --bench quic_echo` (5 s per row, 512 MiB) or
 //! `SOCKGATE_BENCH_QUICK=1 cargo bench --bench quic_echo` (1 s, 16 MiB).
@@ -66,26 +68,31 @@ fn main() {
     let (cert, key) = make_test_chain(&dir, SERVER_NAME);
     let echo = guest("echo");
     let events_echo = guest("events-echo");
+    let sync_echo = guest("sync-echo");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     // Each server is measured twice, in the order quinn, conn-handler,
-    // conn-events, conn-events, conn-handler, quinn, each on a fresh
+    // conn-handler-sync, conn-events, then backwards, each on a fresh
     // server, and each figure is the mean of its two: single runs on
     // loopback drift by a third from one to the next, and whichever
     // server ran first or last would otherwise carry the drift.
-    let servers: [(&'static str, Option<&Path>); 3] = [
+    let servers: [(&'static str, Option<&Path>); 4] = [
         ("plain quinn echo", None),
         ("sockgate + echo guest (conn-handler)", Some(&echo)),
+        (
+            "sockgate + sync-echo guest (conn-handler-sync)",
+            Some(&sync_echo),
+        ),
         (
             "sockgate + events-echo guest (conn-events)",
             Some(&events_echo),
         ),
     ];
     let mut runs: Vec<Vec<Row>> = servers.iter().map(|_| Vec::new()).collect();
-    for which in [0, 1, 2, 2, 1, 0] {
+    for which in [0, 1, 2, 3, 3, 2, 1, 0] {
         let (name, guest) = servers[which];
         let server = match guest {
             Some(guest) => sockgate(&dir, guest, &cert, &key, pinned),
@@ -283,7 +290,7 @@ fn report(rows: &[Row], duration: Duration, bulk_bytes: u64, pinned: bool) {
     let mut md = format!(
         "QUIC echo; one stream echoing {} MiB; {STREAM_CLIENTS} concurrent 64-byte streams on \
          one connection for {} s; {}; each figure the mean of two runs on fresh servers, in the \
-         order quinn, conn-handler, conn-events, conn-events, conn-handler, quinn\n\n",
+         order quinn, conn-handler, conn-handler-sync, conn-events, then backwards\n\n",
         bulk_bytes >> 20,
         duration.as_secs(),
         if pinned {
@@ -316,8 +323,12 @@ fn report(rows: &[Row], duration: Duration, bulk_bytes: u64, pinned: bool) {
             row.stream_cpu_us
         ));
     }
-    if let [streams, events, quinn] = rows {
-        for (world, row) in [("conn-handler", streams), ("conn-events", events)] {
+    if let [streams, sync, events, quinn] = rows {
+        for (world, row) in [
+            ("conn-handler", streams),
+            ("conn-handler-sync", sync),
+            ("conn-events", events),
+        ] {
             md.push_str(&format!(
                 "\nsockgate (`{world}`) / quinn: {:.2}× single-stream throughput, {:.2}× streams \
                  per second\n",

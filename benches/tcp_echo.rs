@@ -11,6 +11,9 @@
 //!   server has taken it on) and left idle; the server's RSS growth per
 //!   connection.
 //!
+//! Each round-trip row measures every server twice (native, conn-handler,
+//! conn-events, then backwards) and prints the means.
+//!
 //! Both servers run as separate processes; when `taskset` is available the
 //! server is pinned to CPU 1 and the load generator to CPU 0, so the
 //! figures compare one server core each. Server CPU and RSS come from the
@@ -73,15 +76,20 @@ fn main() {
     let mut event_rows = Vec::new();
     let mut compared = Vec::new();
     for connections in [1, 50, 500] {
-        let native = native_server(pinned);
-        let native_result = measure(&native, connections, duration);
-        drop(native);
-        let gateway = Server::sockgate(&echo, &cache, pinned);
-        let gateway_result = measure(&gateway, connections, duration);
-        drop(gateway);
-        let gateway = Server::sockgate(&events_echo, &cache, pinned);
-        let events_result = measure(&gateway, connections, duration);
-        drop(gateway);
+        // Each server twice, in the order native, conn-handler,
+        // conn-events, then backwards, each figure the mean of its two:
+        // one run of a row drifts by a quarter from the next, and
+        // whichever server ran first would otherwise carry the drift.
+        let mut runs: [Vec<Measured>; 3] = Default::default();
+        for which in [0, 1, 2, 2, 1, 0] {
+            let server = match which {
+                0 => native_server(pinned),
+                1 => Server::sockgate(&echo, &cache, pinned),
+                _ => Server::sockgate(&events_echo, &cache, pinned),
+            };
+            runs[which].push(measure(&server, connections, duration));
+        }
+        let [native_result, gateway_result, events_result] = runs.map(|two| mean(&two[0], &two[1]));
         if let Some(binary) = &compare {
             // A-B-B-A: the compared build is measured twice between two
             // more measurements of this build, so neither build always
@@ -225,7 +233,8 @@ fn report_round_trips(
     world: &str,
 ) {
     md.push_str(&format!(
-        "TCP echo round trips, world `{world}`, {MESSAGE}-byte messages, {} s per row, {}\n\n",
+        "TCP echo round trips, world `{world}`, {MESSAGE}-byte messages, {} s per run, each \
+         figure the mean of two runs (native, conn-handler, conn-events, then backwards), {}\n\n",
         duration.as_secs(),
         if pinned {
             "server pinned to CPU 1, load generator to CPU 0"
