@@ -128,9 +128,8 @@ struct Harness {
     timers_set: HashSet<u64>,
     timer_ranges: Vec<(u64, u64)>,
     /// Connections the driver dropped while carrying out `send`s: each
-    /// must be reported closed, with a limit reason (the send cap) or as
-    /// a failed write (a send is written at once, and the peer may have
-    /// reset the connection).
+    /// must be reported closed at the send cap (`limit`) or on a failed
+    /// write (sends are written at once; the peer may have reset it).
     limit_closed: HashSet<u64>,
     /// Bytes the guest sent per id, and bytes its peer read.
     sent: HashMap<u64, usize>,
@@ -435,14 +434,11 @@ impl Harness {
                 let id = closed.conn;
                 self.live(id, "closed");
                 if self.limit_closed.remove(&id) {
+                    let why = &closed.reason;
                     assert!(
-                        match &closed.reason {
-                            CloseReason::Limit(_) => true,
-                            CloseReason::Aborted(why) => why.starts_with("writing failed"),
-                            _ => false,
-                        },
-                        "connection {id}, dropped while sending, closed with {:?}",
-                        closed.reason
+                        matches!(why, CloseReason::Limit(_))
+                            || matches!(why, CloseReason::Aborted(w) if w.starts_with("writing failed")),
+                        "connection {id}, dropped while sending, closed with {why:?}"
                     );
                 }
                 self.gone_conn(id);
