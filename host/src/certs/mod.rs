@@ -110,10 +110,19 @@ impl Certificates {
     /// Makes sure `name` (an app's name under a base domain, or a custom
     /// domain) has a certificate or is getting one: starts its ACME order
     /// and renewals, or issues it from the dev CA. Names a static file
-    /// covers need nothing.
+    /// covers need nothing. Call it once the name selects a running app: a
+    /// name that does not is refused here, as ACME's renewal task would
+    /// stop on it at once (and the dev CA must not issue it).
     pub fn prepare(&self, name: &str) {
         let name = normalize_name(name);
         if self.files.covers(&name) {
+            return;
+        }
+        if !self.serves(&name) && self.source != CertSource::Files {
+            tracing::error!(
+                "certificates: {name} was prepared before it selects a running app (a bug in \
+                 the caller); it gets its certificate at its first TLS handshake"
+            );
             return;
         }
         match self.source {

@@ -91,6 +91,9 @@ impl Gateway {
             self.load_trigger(&name),
         );
         self.inner.router.insert(&name, app.clone());
+        if let Some(https) = self.inner.https.get() {
+            https.prepare_certificates(&config);
+        }
         let (tcp, accept_task) = match listener {
             Some((listener, bound)) => {
                 self.inner.own_ports.insert(bound.port());

@@ -318,6 +318,9 @@ impl Gateway {
         let version = version_number(version, persisted);
         // The switch: from here on new connections get the new version.
         self.inner.router.insert(&name, app.clone());
+        if let Some(https) = self.inner.https.get() {
+            https.prepare_certificates(&config);
+        }
         lock(&self.inner.failed).remove(&name);
         let old = slots.remove(&name);
         if let Some(dormant) = old.as_ref().and_then(|old| old.app.as_dormant()) {

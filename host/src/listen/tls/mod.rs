@@ -170,10 +170,11 @@ impl Https {
     }
 
     /// Serves `app` over TLS: routes its custom domains (replacing the
-    /// ones it had), sets its ALPN protocols, and gets certificates for its
-    /// names (ordering them from ACME). Call it for an app added while the
-    /// gateway runs, once the gateway checked who owns its domains
-    /// ([`crate::base::names::NamePolicy`]). Nothing changes when it fails.
+    /// ones it had) and sets its ALPN protocols. Call it for an app added
+    /// while the gateway runs, once the gateway checked who owns its domains
+    /// ([`crate::base::names::NamePolicy`]), then
+    /// [`prepare_certificates`](Self::prepare_certificates) once the router
+    /// selects the app. Nothing changes when it fails.
     pub fn add_app(&self, app: &AppConfig) -> Result<()> {
         app.check_alpn()?;
         let config = if app.alpn.is_empty() {
@@ -192,12 +193,19 @@ impl Https {
             Some(config) => configs.insert(app.name.to_string(), config),
         };
         drop(configs);
-        let names = self.names_of(app);
-        for name in &names {
-            self.ctx.certs.prepare(name);
-        }
-        write(&self.served).insert(app.name.to_string(), names);
+        write(&self.served).insert(app.name.to_string(), self.names_of(app));
         Ok(())
+    }
+
+    /// Gets certificates for `app`'s names (orders them from ACME, issues
+    /// them from the dev CA). Only once the router selects the app: a name
+    /// that selects no running app gets no certificate, and an ACME
+    /// renewal task started before the app routes would find its name
+    /// unserved and stop for good.
+    pub fn prepare_certificates(&self, app: &AppConfig) {
+        for name in self.names_of(app) {
+            self.ctx.certs.prepare(&name);
+        }
     }
 
     /// Stops serving app `name` over TLS: its custom domains stop routing

@@ -163,6 +163,7 @@ impl PreparedTls {
         });
         for app in apps {
             https.add_app(app)?;
+            https.prepare_certificates(app);
         }
         tokio::spawn(super::handshake::serve(self.tls, ctx));
         if let Some(listener) = self.http {
