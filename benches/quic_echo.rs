@@ -14,6 +14,11 @@
 //!
 //! `SOCKGATE_BENCH_STREAM_CLIENTS=N` changes the number of concurrent
 //! stream tasks (default 32), to see how latency, not CPU, bounds the rate.
+//! `SOCKGATE_BENCH_ONLY=TEXT` measures only the servers whose row names
+//! contain TEXT (`quinn`, `conn-events`, …), prints what the client's
+//! connection counted (datagrams and frames: does a server pack its
+//! answers as well as quinn?) and publishes nothing: to profile one server
+//! (`perf record -C 1` while it runs, the servers being on CPU 1).
 //!
 //! When `taskset` is available the servers are pinned to CPU 1 and the
 //! load generator to CPU 0. The baseline server is this benchmark binary
@@ -91,14 +96,33 @@ fn main() {
             Some(&events_echo),
         ),
     ];
+    let only = std::env::var("SOCKGATE_BENCH_ONLY").ok();
     let mut runs: Vec<Vec<Row>> = servers.iter().map(|_| Vec::new()).collect();
     for which in [0, 1, 2, 3, 3, 2, 1, 0] {
         let (name, guest) = servers[which];
+        if only.as_deref().is_some_and(|only| !name.contains(only)) {
+            continue;
+        }
         let server = match guest {
             Some(guest) => sockgate(&dir, guest, &cert, &key, pinned),
             None => quinn(&cert, &key, pinned),
         };
         runs[which].push(runtime.block_on(Row::measure(name, &server, duration, bulk_bytes)));
+    }
+    if only.is_some() {
+        for row in runs.iter().filter(|two| !two.is_empty()) {
+            let row = Row::mean(row);
+            println!(
+                "{}: {:.0} MB/s single-stream ({:.0} ms CPU/GB), {:.0} streams/s ({:.1} µs \
+                 CPU/stream)",
+                row.server,
+                row.bulk_mb_per_s,
+                row.bulk_cpu_ms_per_gb,
+                row.streams_per_s,
+                row.stream_cpu_us
+            );
+        }
+        return;
     }
     let mut rows: Vec<Row> = runs.iter().map(|two| Row::mean(two)).collect();
     // The table lists the sockgate rows first.
@@ -172,7 +196,21 @@ impl Row {
             .expect("QUIC handshake failed");
         let pid = [under_test.pid()];
         let (bulk_mb_per_s, bulk_cpu_ms_per_gb) = bulk_echo(&conn, &pid, bulk).await;
+        let before = conn.stats();
         let (streams_per_s, stream_cpu_us) = streams(&conn, &pid, duration).await;
+        if std::env::var_os("SOCKGATE_BENCH_ONLY").is_some() {
+            let after = conn.stats();
+            println!(
+                "{server}: the client received {} datagrams, {} ACK frames, {} MAX_STREAMS \
+                 frames, {} STREAM frames; sent {} datagrams, {} ACK frames",
+                after.udp_rx.datagrams - before.udp_rx.datagrams,
+                after.frame_rx.acks - before.frame_rx.acks,
+                after.frame_rx.max_streams_bidi - before.frame_rx.max_streams_bidi,
+                after.frame_rx.stream - before.frame_rx.stream,
+                after.udp_tx.datagrams - before.udp_tx.datagrams,
+                after.frame_tx.acks - before.frame_tx.acks,
+            );
+        }
         conn.close(VarInt::from_u32(0), b"done");
         client.wait_idle().await;
         Row {

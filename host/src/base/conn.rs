@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,10 +39,12 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The gateway's address the client connected to.
     pub local: SocketAddr,
-    /// TLS SNI, when there was one.
-    pub server_name: Option<String>,
-    /// Negotiated ALPN protocol, when there was one.
-    pub alpn: Option<String>,
+    /// TLS SNI, when there was one. Shared, not copied, by every stream
+    /// of a QUIC connection and by the connection's record.
+    pub server_name: Option<Arc<str>>,
+    /// Negotiated ALPN protocol, when there was one (shared as
+    /// `server_name` is).
+    pub alpn: Option<Arc<str>>,
     /// QUIC connection and stream, for QUIC streams.
     pub quic: Option<QuicStream>,
 }
@@ -112,3 +115,61 @@ pub struct Connection {
 /// Aborts a connection's transport from outside (both directions), so a
 /// connection can be closed even while its guest is not reading or writing.
 pub type Closer = Box<dyn Fn() + Send + Sync>;
+
+/// `addr` as text, as `Display` writes it (`203.0.113.7:443`,
+/// `[2001:db8::1]:443`). An IPv4 address is written digit by digit: guests
+/// get their peer's and their own address as text with every connection
+/// (and every QUIC stream), where `Display`'s formatting machinery cost
+/// more than the rest of the connection's description.
+pub fn socket_addr_text(addr: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else {
+        return addr.to_string();
+    };
+    let mut text = String::with_capacity(21);
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        push_decimal(&mut text, u32::from(octet));
+    }
+    text.push(':');
+    push_decimal(&mut text, u32::from(v4.port()));
+    text
+}
+
+/// Appends `n` in decimal, without leading zeros.
+fn push_decimal(text: &mut String, n: u32) {
+    if n < 10 {
+        text.push(char::from(b'0' + n as u8));
+    } else {
+        push_decimal(text, n / 10);
+        text.push(char::from(b'0' + (n % 10) as u8));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn addresses_as_text_are_what_display_writes() {
+        let mut samples: Vec<SocketAddr> = vec![
+            "0.0.0.0:0".parse().unwrap(),
+            "255.255.255.255:65535".parse().unwrap(),
+            "[2001:db8::1]:443".parse().unwrap(),
+            "[::ffff:10.0.0.1]:8080".parse().unwrap(),
+        ];
+        for octet in [0u8, 1, 9, 10, 99, 100, 109, 199, 200, 250, 255] {
+            for port in [0u16, 7, 10, 80, 443, 1000, 9999, 10000, 65535] {
+                samples.push(SocketAddr::from(([octet, 10, 100, octet], port)));
+            }
+        }
+        for addr in samples {
+            let mut expected = String::new();
+            write!(expected, "{addr}").unwrap();
+            assert_eq!(socket_addr_text(addr), expected);
+        }
+    }
+}

@@ -50,8 +50,8 @@ macro_rules! wit_conn_info {
             },
             peer: info.peer.into(),
             local: info.local.into(),
-            server_name: info.server_name.clone(),
-            alpn: info.alpn.clone(),
+            server_name: info.server_name.as_deref().map(str::to_owned),
+            alpn: info.alpn.as_deref().map(str::to_owned),
             quic: info.quic.map(|q| wit::QuicStream {
                 connection_id: q.connection_id,
                 stream_id: q.stream_id,

@@ -108,7 +108,9 @@ pub(super) async fn serve_connection(
     }
     let quic_id = next_conn_id();
     let local = SocketAddr::new(local_ip.unwrap_or(ctx.local.ip()), ctx.local.port());
-    if alpn == crate::http::h3::ALPN_H3
+    // Shared by the descriptions of every stream of the connection.
+    let (server_name, alpn): (Arc<str>, Arc<str>) = (server_name.into(), alpn.into());
+    if *alpn == *crate::http::h3::ALPN_H3
         && let Some(app) = ctx.router.get(&app_name).filter(|app| app.is_http())
     {
         // HTTP/3: the app's HTTP side takes the whole connection (its
@@ -140,8 +142,13 @@ pub(super) async fn serve_connection(
         drop(slot);
         return;
     }
+    // Made once: a stream of its own is accepted only to close the
+    // connection for it.
+    let uni = conn.accept_uni();
+    tokio::pin!(uni);
     loop {
         let (send, recv) = tokio::select! {
+            biased;
             accepted = conn.accept_bi() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -149,7 +156,7 @@ pub(super) async fn serve_connection(
                     return;
                 }
             },
-            uni = conn.accept_uni() => {
+            uni = &mut uni => {
                 if uni.is_ok() {
                     close(
                         &conn,

@@ -43,14 +43,14 @@ struct Half<S> {
 }
 
 impl<S> Half<S> {
-    fn new(stream: S) -> Arc<Mutex<Self>> {
-        Arc::new(Mutex::new(Self {
+    fn new(stream: S) -> Mutex<Self> {
+        Mutex::new(Self {
             stream,
             killed: false,
             waker: None,
             used: false,
             done: false,
-        }))
+        })
     }
 
     fn remember(&mut self, cx: &Context<'_>) {
@@ -69,20 +69,29 @@ fn killed_error() -> io::Error {
     )
 }
 
+/// Both halves of a stream, in one allocation shared by the reader, the
+/// writer and the closer (a stream is opened per request by some clients).
+struct Halves {
+    recv: Mutex<Half<RecvStream>>,
+    send: Mutex<Half<SendStream>>,
+}
+
 /// Splits a stream into the reader, the writer and the closer.
 pub(super) fn split(
     send: SendStream,
     recv: RecvStream,
 ) -> (QuicReader, QuicWriter, Box<dyn Fn() + Send + Sync>) {
-    let recv = Half::new(recv);
-    let send = Half::new(send);
+    let halves = Arc::new(Halves {
+        recv: Half::new(recv),
+        send: Half::new(send),
+    });
     let closer = {
-        let (recv, send) = (recv.clone(), send.clone());
+        let halves = halves.clone();
         Box::new(move || {
             let code = VarInt::from_u32(codes::CLOSED_BY_GATEWAY);
             for waker in [
-                kill(&recv, |s| s.stop(code)),
-                kill(&send, |s| s.reset(code)),
+                kill(&halves.recv, |s| s.stop(code)),
+                kill(&halves.send, |s| s.reset(code)),
             ]
             .into_iter()
             .flatten()
@@ -91,7 +100,7 @@ pub(super) fn split(
             }
         }) as Box<dyn Fn() + Send + Sync>
     };
-    (QuicReader(recv), QuicWriter(send), closer)
+    (QuicReader(halves.clone()), QuicWriter(halves), closer)
 }
 
 /// Marks a half killed, aborting its stream; returns the waker to wake.
@@ -113,7 +122,7 @@ fn kill<S, T, E>(
 
 /// The client-to-gateway half of a QUIC stream. A `RESET_STREAM` from the
 /// client reads as an error carrying [`StreamReset`].
-pub(super) struct QuicReader(Arc<Mutex<Half<RecvStream>>>);
+pub(super) struct QuicReader(Arc<Halves>);
 
 impl AsyncRead for QuicReader {
     fn poll_read(
@@ -121,7 +130,7 @@ impl AsyncRead for QuicReader {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut half = lock(&self.0);
+        let mut half = lock(&self.0.recv);
         if half.killed {
             return Poll::Ready(Err(killed_error()));
         }
@@ -154,7 +163,7 @@ impl Drop for QuicReader {
     /// Tells the client to stop sending what nobody will read: with
     /// [`codes::REFUSED`] if the stream was never served.
     fn drop(&mut self) {
-        let mut half = lock(&self.0);
+        let mut half = lock(&self.0.recv);
         if half.done {
             return;
         }
@@ -165,7 +174,7 @@ impl Drop for QuicReader {
 }
 
 /// The gateway-to-client half of a QUIC stream; shutting it down sends FIN.
-pub(super) struct QuicWriter(Arc<Mutex<Half<SendStream>>>);
+pub(super) struct QuicWriter(Arc<Halves>);
 
 impl AsyncWrite for QuicWriter {
     fn poll_write(
@@ -173,7 +182,7 @@ impl AsyncWrite for QuicWriter {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut half = lock(&self.0);
+        let mut half = lock(&self.0.send);
         if half.killed {
             return Poll::Ready(Err(killed_error()));
         }
@@ -187,7 +196,7 @@ impl AsyncWrite for QuicWriter {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut half = lock(&self.0);
+        let mut half = lock(&self.0.send);
         if half.killed {
             return Poll::Ready(Err(killed_error()));
         }
@@ -205,7 +214,7 @@ impl Drop for QuicWriter {
     /// or abandoned: reset rather than let quinn send a FIN that would look
     /// like a complete answer.
     fn drop(&mut self) {
-        let mut half = lock(&self.0);
+        let mut half = lock(&self.0.send);
         if half.done {
             return;
         }

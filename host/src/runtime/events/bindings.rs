@@ -5,7 +5,7 @@
 //! `wit/events/conn-events.wit`.
 #![allow(missing_docs)]
 
-use crate::base::conn::{ConnInfo, Transport};
+use crate::base::conn::{ConnInfo, Transport, socket_addr_text};
 
 wasmtime::component::bindgen!({
     path: "../wit/events",
@@ -59,10 +59,10 @@ pub(crate) fn wit_info(info: &ConnInfo) -> WitConnInfo {
             Transport::Tls => WitTransport::Tls,
             Transport::Quic => WitTransport::Quic,
         },
-        peer: info.peer.to_string(),
-        local: info.local.to_string(),
-        server_name: info.server_name.clone(),
-        alpn: info.alpn.clone(),
+        peer: socket_addr_text(info.peer),
+        local: socket_addr_text(info.local),
+        server_name: info.server_name.as_deref().map(str::to_owned),
+        alpn: info.alpn.as_deref().map(str::to_owned),
         quic: info.quic.map(|q| QuicStream {
             connection_id: q.connection_id,
             stream_id: q.stream_id,

@@ -210,7 +210,11 @@ impl HttpApp {
         let meta = ConnMeta {
             peer: info.peer,
             local: info.local,
-            server_name: if tls { info.server_name.clone() } else { None },
+            server_name: if tls {
+                info.server_name.as_deref().map(str::to_owned)
+            } else {
+                None
+            },
             protocol: if mode == Mode::Http2 {
                 Protocol::Http2
             } else {
@@ -281,7 +285,7 @@ impl HttpApp {
         let meta = ConnMeta {
             peer: info.peer,
             local: info.local,
-            server_name: info.server_name.clone(),
+            server_name: info.server_name.as_deref().map(str::to_owned),
             protocol: Protocol::Http3,
         };
         let origin: Arc<dyn Origin> = self.clone();

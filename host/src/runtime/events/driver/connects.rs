@@ -6,7 +6,7 @@
 use tokio::net::TcpStream;
 
 use super::Driver;
-use crate::base::conn::next_conn_id;
+use crate::base::conn::{next_conn_id, socket_addr_text};
 use crate::runtime::events::bindings::{
     ConnectFailed, Connected, Event, WitConnInfo, WitTransport,
 };
@@ -69,8 +69,8 @@ impl Driver {
         let info = WitConnInfo {
             id,
             transport: WitTransport::Outbound,
-            peer: peer.to_string(),
-            local: local.to_string(),
+            peer: socket_addr_text(peer),
+            local: socket_addr_text(local),
             server_name: None,
             alpn: None,
             quic: None,
