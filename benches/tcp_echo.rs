@@ -11,8 +11,11 @@
 //!   server has taken it on) and left idle; the server's RSS growth per
 //!   connection.
 //!
-//! Each round-trip row measures every server twice (native, conn-handler,
-//! conn-events, then backwards) and prints the means.
+//! Each round-trip row and the bulk row measure every server twice
+//! (native, conn-handler, conn-events, then backwards) and print the means.
+//!
+//! `SOCKGATE_BENCH_ONLY=round-trips|bulk|idle` runs that part alone and
+//! publishes nothing (to profile or compare one part).
 //!
 //! Both servers run as separate processes; when `taskset` is available the
 //! server is pinned to CPU 1 and the load generator to CPU 0, so the
@@ -72,10 +75,17 @@ fn main() {
     let mut json = Vec::new();
 
     let compare = std::env::var_os("SOCKGATE_BENCH_COMPARE_BIN").map(std::path::PathBuf::from);
+    let only = std::env::var("SOCKGATE_BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|only| only == name);
     let mut rows = Vec::new();
     let mut event_rows = Vec::new();
     let mut compared = Vec::new();
-    for connections in [1, 50, 500] {
+    let connection_counts: &[usize] = if part("round-trips") {
+        &[1, 50, 500]
+    } else {
+        &[]
+    };
+    for &connections in connection_counts {
         // Each server twice, in the order native, conn-handler,
         // conn-events, then backwards, each figure the mean of its two:
         // one run of a row drifts by a quarter from the next, and
@@ -138,23 +148,31 @@ fn main() {
         }
     }
 
-    let native = native_server(pinned);
-    let native_bulk = bulk(&native, bulk_bytes);
-    drop(native);
-    let gateway = Server::sockgate(&echo, &cache, pinned);
-    let gateway_bulk = bulk(&gateway, bulk_bytes);
-    drop(gateway);
-    let gateway = Server::sockgate(&events_echo, &cache, pinned);
-    let events_bulk = bulk(&gateway, bulk_bytes);
-    drop(gateway);
-    report_bulk(
-        bulk_bytes,
-        &[("conn-handler", gateway_bulk), ("conn-events", events_bulk)],
-        native_bulk,
-        &mut md,
-        &mut json,
-    );
-
+    if part("bulk") {
+        // Twice each, in the order native, conn-handler, conn-events, then
+        // backwards, as the round trips.
+        let mut runs: [Vec<Bulk>; 3] = Default::default();
+        for which in [0, 1, 2, 2, 1, 0] {
+            let server = match which {
+                0 => native_server(pinned),
+                1 => Server::sockgate(&echo, &cache, pinned),
+                _ => Server::sockgate(&events_echo, &cache, pinned),
+            };
+            runs[which].push(bulk(&server, bulk_bytes));
+        }
+        let [native_bulk, gateway_bulk, events_bulk] = runs.map(|two| Bulk::mean(&two[0], &two[1]));
+        report_bulk(
+            bulk_bytes,
+            &[("conn-handler", gateway_bulk), ("conn-events", events_bulk)],
+            native_bulk,
+            &mut md,
+            &mut json,
+        );
+    }
+    if !part("idle") {
+        print!("{md}");
+        return;
+    }
     let native = native_server(pinned);
     let native_idle = idle(&native, idle_conns);
     drop(native);
@@ -171,7 +189,10 @@ fn main() {
         &mut md,
         &mut json,
     );
-
+    if only.is_some() {
+        print!("{md}");
+        return;
+    }
     publish("tcp_echo", &md, &json);
 }
 
@@ -271,6 +292,16 @@ struct Bulk {
     server_cpu_s_per_gib: f64,
 }
 
+impl Bulk {
+    /// The mean of two transfers through the same server.
+    fn mean(a: &Bulk, b: &Bulk) -> Bulk {
+        Bulk {
+            gib_per_sec: (a.gib_per_sec + b.gib_per_sec) / 2.0,
+            server_cpu_s_per_gib: (a.server_cpu_s_per_gib + b.server_cpu_s_per_gib) / 2.0,
+        }
+    }
+}
+
 /// Streams `bytes` through `server` on one connection, writing and reading
 /// back concurrently.
 fn bulk(server: &Server, bytes: u64) -> Bulk {
@@ -319,7 +350,8 @@ fn report_bulk(
     json: &mut Vec<String>,
 ) {
     md.push_str(&format!(
-        "\nBulk stream: {} MiB echoed over one connection (written and read back concurrently)\n\n\
+        "\nBulk stream: {} MiB echoed over one connection (written and read back concurrently), \
+         each figure the mean of two runs (native, conn-handler, conn-events, then backwards)\n\n\
          | server | GiB/s | ratio | server CPU s/GiB |\n|---|---:|---:|---:|\n",
         bytes >> 20,
     ));
