@@ -161,6 +161,15 @@ fn each_name_is_ordered_once_and_every_node_serves_its_certificate() {
         validated.push((name, ordered_by[0], target));
     }
     eprintln!("name, ordered by node, validated against node: {validated:?}");
+    // Every node prepared each deployed name once the name routed to its
+    // app: none was prepared before (the gateway refuses and says so), and
+    // no renewal stopped for a name still served.
+    for n in 1..=3 {
+        let log = cluster.node(n).stderr();
+        for wrong in ["before it selects a running app", "no longer names an app"] {
+            assert!(!log.contains(wrong), "node {n} logged `{wrong}`:\n{log}");
+        }
+    }
     // Node 1's own app: ordered there, validated at node 3, which answered
     // from what node 1 published in etcd.
     let name = format!("own.{DOMAIN}");
