@@ -85,21 +85,20 @@ fn main() {
     } else {
         &[]
     };
+    // The servers compared: native (0), conn-handler (1), conn-events (2).
+    let start = |which: usize| match which {
+        0 => native_server(pinned),
+        1 => Server::sockgate(&echo, &cache, pinned),
+        _ => Server::sockgate(&events_echo, &cache, pinned),
+    };
     for &connections in connection_counts {
         // Each server twice, in the order native, conn-handler,
         // conn-events, then backwards, each figure the mean of its two:
         // one run of a row drifts by a quarter from the next, and
         // whichever server ran first would otherwise carry the drift.
-        let mut runs: [Vec<Measured>; 3] = Default::default();
-        for which in [0, 1, 2, 2, 1, 0] {
-            let server = match which {
-                0 => native_server(pinned),
-                1 => Server::sockgate(&echo, &cache, pinned),
-                _ => Server::sockgate(&events_echo, &cache, pinned),
-            };
-            runs[which].push(measure(&server, connections, duration));
-        }
-        let [native_result, gateway_result, events_result] = runs.map(|two| mean(&two[0], &two[1]));
+        let [native_result, gateway_result, events_result] =
+            twice_each(&start, |server| measure(server, connections, duration))
+                .map(|two| mean(&two[0], &two[1]));
         if let Some(binary) = &compare {
             // A-B-B-A: the compared build is measured twice between two
             // more measurements of this build, so neither build always
@@ -151,16 +150,9 @@ fn main() {
     if part("bulk") {
         // Twice each, in the order native, conn-handler, conn-events, then
         // backwards, as the round trips.
-        let mut runs: [Vec<Bulk>; 3] = Default::default();
-        for which in [0, 1, 2, 2, 1, 0] {
-            let server = match which {
-                0 => native_server(pinned),
-                1 => Server::sockgate(&echo, &cache, pinned),
-                _ => Server::sockgate(&events_echo, &cache, pinned),
-            };
-            runs[which].push(bulk(&server, bulk_bytes));
-        }
-        let [native_bulk, gateway_bulk, events_bulk] = runs.map(|two| Bulk::mean(&two[0], &two[1]));
+        let [native_bulk, gateway_bulk, events_bulk] =
+            twice_each(&start, |server| bulk(server, bulk_bytes))
+                .map(|two| Bulk::mean(&two[0], &two[1]));
         report_bulk(
             bulk_bytes,
             &[("conn-handler", gateway_bulk), ("conn-events", events_bulk)],
@@ -212,6 +204,18 @@ fn measure_bin(
 ) -> Measured {
     let server = Server::sockgate_bin(binary, guest, cache, pinned);
     measure(&server, connections, duration)
+}
+
+/// Measures each of the three servers `start` gives twice, each on a fresh
+/// server, in the order 0, 1, 2, then backwards: returns each server's two
+/// results.
+fn twice_each<T>(start: &impl Fn(usize) -> Server, run: impl Fn(&Server) -> T) -> [Vec<T>; 3] {
+    let mut runs: [Vec<T>; 3] = Default::default();
+    for which in [0, 1, 2, 2, 1, 0] {
+        let server = start(which);
+        runs[which].push(run(&server));
+    }
+    runs
 }
 
 /// The mean of two measurements of the same server.
