@@ -130,7 +130,7 @@ struct Harness {
     /// Connections the driver dropped while carrying out `send`s: each
     /// must be reported closed at the send cap (`limit`) or on a failed
     /// write (sends are written at once; the peer may have reset it).
-    limit_closed: HashSet<u64>,
+    dropped_while_sending: HashSet<u64>,
     /// Bytes the guest sent per id, and bytes its peer read.
     sent: HashMap<u64, usize>,
     read: HashMap<u64, usize>,
@@ -216,7 +216,7 @@ impl Harness {
             connecting: HashMap::new(),
             timers_set: HashSet::new(),
             timer_ranges: Vec::new(),
-            limit_closed: HashSet::new(),
+            dropped_while_sending: HashSet::new(),
             sent: HashMap::new(),
             read: HashMap::new(),
             budget: MAX_INPUT_BYTES,
@@ -260,9 +260,9 @@ impl Harness {
             waited += 1;
         }
         assert!(
-            self.limit_closed.is_empty(),
+            self.dropped_while_sending.is_empty(),
             "connections dropped while sending without a `closed` event: {:?}",
-            self.limit_closed
+            self.dropped_while_sending
         );
         if self.driver.pending_connects() == 0 {
             let unanswered: Vec<_> = self.connecting.iter().filter(|(_, n)| **n > 0).collect();
@@ -433,7 +433,7 @@ impl Harness {
             Event::Closed(closed) => {
                 let id = closed.conn;
                 self.live(id, "closed");
-                if self.limit_closed.remove(&id) {
+                if self.dropped_while_sending.remove(&id) {
                     let why = &closed.reason;
                     assert!(
                         matches!(why, CloseReason::Limit(_))
@@ -581,7 +581,7 @@ impl Harness {
         }
         for id in before.difference(&after) {
             if !closing.contains(id) {
-                self.limit_closed.insert(*id);
+                self.dropped_while_sending.insert(*id);
             }
         }
         assert!(
