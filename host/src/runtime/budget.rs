@@ -1,8 +1,8 @@
 //! The supervisor's policy for one store, as a plain struct: how much CPU
 //! time and wall-clock time the current *activation* has used, when the
 //! guest must hand its thread back for a moment (a time slice), and when
-//! it has used up a budget. It is driven by samples — the thread's CPU
-//! clock and the coarse wall clock, read on epoch ticks — so tests drive it
+//! it has used up a budget. It is driven by samples — the thread's clocks
+//! ([`ThreadSample`]) and the coarse wall clock, read on epoch ticks — so tests drive it
 //! without wasm, threads or sockets; [`super::supervisor`] takes the samples
 //! and carries the verdicts out.
 //!
@@ -46,10 +46,16 @@
 //!
 //! # Counting wall-clock time
 //! Wall-clock time runs from the activation's start, less the time the
-//! guest spent waiting for its next slice after a yield: that wait is the
-//! gateway's scheduling (the slow lane takes the guests it holds in turn),
-//! and with many guests computing at once on a busy machine it would grow
-//! with their number, not with what any one of them does.
+//! guest spent waiting for its next slice after a yield, and less the time
+//! its thread waited, runnable, for a core while it held the guest (the
+//! kernel's run-queue delay, counted between samples like the CPU time).
+//! Both waits are the gateway's scheduling — the slow lane takes the
+//! guests it holds in turn, at a priority below everything else — and on a
+//! busy machine they grow with the load, not with what the guest does: a
+//! spinning guest would be stopped by the wall clock before it had used
+//! its CPU budget, and reported as `wall-clock`. What the wall clock
+//! counts is the time the guest ran or was blocked in an import: the
+//! latter is what the CPU budget cannot see.
 
 use std::time::Duration;
 
@@ -72,14 +78,27 @@ impl Budget {
     }
 }
 
+/// What the supervisor reads of the thread that runs the guest
+/// ([`super::thread_clock::sample`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ThreadSample {
+    /// The thread's CPU clock, in nanoseconds.
+    pub cpu_ns: u64,
+    /// How long the thread has waited, runnable, for a core, in
+    /// nanoseconds (0 where the kernel does not say).
+    pub waiting_ns: u64,
+}
+
 /// Where the current activation stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Accounting {
-    /// The thread's CPU clock at the last sample, while the store has held
+    /// The thread's clocks at the last sample, while the store has held
     /// the thread since; `None` when it may not have.
-    pub baseline_ns: Option<u64>,
+    pub baseline: Option<ThreadSample>,
     /// CPU time the activation has used, counted at samples.
     pub used_ns: u64,
+    /// Time the activation's thread waited for a core, counted at samples.
+    pub waited_ns: u64,
     /// The coarse clock (ms) when the activation started.
     pub started_ms: u64,
     /// The precise clock ([`crate::base::clock::precise_now_ns`]) when
@@ -119,13 +138,15 @@ pub enum Exceeded {
     },
     /// The wall-clock budget (`limits.wall_budget_ms`).
     #[error(
-        "wall-clock budget exceeded: the guest ran for {ran_ms} ms without waiting for I/O \
-         or handing control back to the gateway, over its {budget_ms} ms budget \
-         (limits.wall_budget_ms)"
+        "wall-clock budget exceeded: the guest ran for {ran_ms} ms ({computed_ms} ms of it \
+         computing) without waiting for I/O or handing control back to the gateway, over its \
+         {budget_ms} ms budget (limits.wall_budget_ms)"
     )]
     Wall {
         /// Wall-clock time the activation had run, in ms.
         ran_ms: u64,
+        /// CPU time it had used, in ms.
+        computed_ms: u64,
         /// The budget, in ms.
         budget_ms: u64,
     },
@@ -146,8 +167,9 @@ impl Accounting {
     #[cfg(test)]
     pub(crate) fn start_activation(&mut self, now_ms: u64, now_ns: u64) {
         self.used_ns = 0;
+        self.waited_ns = 0;
         self.started_ms = now_ms;
-        self.baseline_ns = None;
+        self.baseline = None;
         self.slice_started_ns = now_ns;
     }
 
@@ -157,8 +179,9 @@ impl Accounting {
     /// CPU time before this point is not counted.
     pub(crate) fn renew_budgets(&mut self, now_ms: u64) {
         self.used_ns = 0;
+        self.waited_ns = 0;
         self.started_ms = now_ms;
-        self.baseline_ns = None;
+        self.baseline = None;
     }
 
     /// The store's task is polled: the thread may have run anything since
@@ -166,45 +189,51 @@ impl Accounting {
     /// at precise time `now_ns`.
     #[cfg(test)]
     pub(crate) fn polled(&mut self, now_ns: u64) {
-        self.baseline_ns = None;
+        self.baseline = None;
         self.slice_started_ns = now_ns;
     }
 
-    /// The guest resumes after a yield, with the thread's CPU clock at
-    /// `cpu_ns`, having waited `queued_ms` for its next slice: a slice
+    /// The guest resumes after a yield, with the thread's clocks at
+    /// `thread`, having waited `queued_ms` for its next slice: a slice
     /// begins at precise time `now_ns`, counted from here. The wait is the gateway's scheduling (the
     /// slow lane's turn of every guest it holds, or the tokio worker's other
     /// tasks), not the guest's doing, so the wall-clock budget does not
     /// count it: the activation's start moves forward by that much.
-    pub(crate) fn resumed(&mut self, cpu_ns: u64, queued_ms: u64, now_ns: u64) {
-        self.baseline_ns = Some(cpu_ns);
+    pub(crate) fn resumed(&mut self, thread: ThreadSample, queued_ms: u64, now_ns: u64) {
+        self.baseline = Some(thread);
         self.slice_started_ns = now_ns;
         self.started_ms = self.started_ms.saturating_add(queued_ms);
     }
 
-    /// An epoch tick found the guest running; the thread's CPU clock reads
-    /// `cpu_ns`, the coarse clock `now_ms` and the precise clock `now_ns`.
+    /// An epoch tick found the guest running; the thread's clocks read
+    /// `thread`, the coarse clock `now_ms` and the precise clock `now_ns`.
     pub(crate) fn tick(
         &mut self,
-        cpu_ns: u64,
+        thread: ThreadSample,
         now_ms: u64,
         now_ns: u64,
         budget: Budget,
     ) -> Verdict {
-        if let Some(baseline) = self.baseline_ns {
-            self.used_ns = self.used_ns.saturating_add(cpu_ns.saturating_sub(baseline));
+        if let Some(baseline) = self.baseline {
+            let cpu = thread.cpu_ns.saturating_sub(baseline.cpu_ns);
+            let waited = thread.waiting_ns.saturating_sub(baseline.waiting_ns);
+            self.used_ns = self.used_ns.saturating_add(cpu);
+            self.waited_ns = self.waited_ns.saturating_add(waited);
         }
-        self.baseline_ns = Some(cpu_ns);
+        self.baseline = Some(thread);
         if self.used_ns >= budget.cpu_ns {
             return Verdict::Exceeded(Exceeded::Cpu {
                 used: Duration::from_nanos(self.used_ns),
                 budget_ms: budget.cpu_ns / 1_000_000,
             });
         }
-        let ran_ms = now_ms.saturating_sub(self.started_ms);
+        let ran_ms = now_ms
+            .saturating_sub(self.started_ms)
+            .saturating_sub(self.waited_ns / 1_000_000);
         if ran_ms > budget.wall_ms {
             return Verdict::Exceeded(Exceeded::Wall {
                 ran_ms,
+                computed_ms: self.used_ns / 1_000_000,
                 budget_ms: budget.wall_ms,
             });
         }
@@ -226,6 +255,14 @@ mod tests {
     const MS: u64 = 1_000_000;
     const US: u64 = 1_000;
 
+    /// A sample of a thread that never waited for a core.
+    fn on_cpu(cpu_ns: u64) -> ThreadSample {
+        ThreadSample {
+            cpu_ns,
+            waiting_ns: 0,
+        }
+    }
+
     fn budget(cpu_ms: u64, wall_ms: u64) -> Budget {
         Budget {
             cpu_ns: cpu_ms * MS,
@@ -246,19 +283,19 @@ mod tests {
         // the first sample is not counted, and the slice goes on.
         let mut cpu = 7 * MS + MS / 3;
         let mut now = MS / 3;
-        assert_eq!(a.tick(cpu, 0, now, budget), Verdict::Watch);
+        assert_eq!(a.tick(on_cpu(cpu), 0, now, budget), Verdict::Watch);
         let mut yields = 0;
         let verdict = loop {
             cpu += MS;
             now += MS;
-            match a.tick(cpu, now / MS, now, budget) {
+            match a.tick(on_cpu(cpu), now / MS, now, budget) {
                 Verdict::Continue | Verdict::Watch => {}
                 Verdict::Yield => {
                     yields += 1;
                     cpu += 3 * MS;
                     now += 3 * MS;
                     a.polled(now);
-                    a.resumed(cpu, 3, now);
+                    a.resumed(on_cpu(cpu), 3, now);
                 }
                 exceeded => break exceeded,
             }
@@ -285,7 +322,7 @@ mod tests {
         for n in 1..100 {
             a.start_activation(n, n * MS);
             assert_eq!(
-                a.tick(n * MS, n, n * MS + 20 * US, budget),
+                a.tick(on_cpu(n * MS), n, n * MS + 20 * US, budget),
                 Verdict::Continue
             );
         }
@@ -300,11 +337,17 @@ mod tests {
         let budget = budget(50, 1000);
         let mut a = Accounting::default();
         a.start_activation(0, 0);
-        assert_eq!(a.tick(0, 4, 4 * MS, budget), Verdict::Yield);
-        a.resumed(0, 0, 4 * MS);
-        assert_eq!(a.tick(0, 4, 4 * MS + 100 * US, budget), Verdict::Continue);
-        assert_eq!(a.tick(0, 4, 4 * MS + 300 * US, budget), Verdict::Watch);
-        assert_eq!(a.tick(0, 5, 5 * MS, budget), Verdict::Yield);
+        assert_eq!(a.tick(on_cpu(0), 4, 4 * MS, budget), Verdict::Yield);
+        a.resumed(on_cpu(0), 0, 4 * MS);
+        assert_eq!(
+            a.tick(on_cpu(0), 4, 4 * MS + 100 * US, budget),
+            Verdict::Continue
+        );
+        assert_eq!(
+            a.tick(on_cpu(0), 4, 4 * MS + 300 * US, budget),
+            Verdict::Watch
+        );
+        assert_eq!(a.tick(on_cpu(0), 5, 5 * MS, budget), Verdict::Yield);
     }
 
     #[test]
@@ -312,16 +355,19 @@ mod tests {
         let budget = budget(10, 1000);
         let mut a = Accounting::default();
         a.start_activation(0, 0);
-        assert_eq!(a.tick(100 * MS, 0, 100 * US, budget), Verdict::Continue);
+        assert_eq!(
+            a.tick(on_cpu(100 * MS), 0, 100 * US, budget),
+            Verdict::Continue
+        );
         // The task returned to the executor and was polled again, maybe on
         // another thread whose clock reads anything.
         a.polled(2 * MS);
         assert_eq!(
-            a.tick(5 * MS, 2, 2 * MS + 100 * US, budget),
+            a.tick(on_cpu(5 * MS), 2, 2 * MS + 100 * US, budget),
             Verdict::Continue
         );
         assert_eq!(a.used_ns, 0);
-        assert_eq!(a.tick(6 * MS, 3, 3 * MS, budget), Verdict::Yield);
+        assert_eq!(a.tick(on_cpu(6 * MS), 3, 3 * MS, budget), Verdict::Yield);
         assert_eq!(a.used_ns, MS);
     }
 
@@ -339,11 +385,11 @@ mod tests {
             if now % 3 == 0 {
                 a.renew_budgets(now);
             }
-            match a.tick(cpu, now, now * MS, budget) {
+            match a.tick(on_cpu(cpu), now, now * MS, budget) {
                 Verdict::Exceeded(e) => panic!("stopped a guest doing I/O: {e}"),
                 Verdict::Yield => {
                     yields += 1;
-                    a.resumed(cpu, 0, now * MS);
+                    a.resumed(on_cpu(cpu), 0, now * MS);
                 }
                 Verdict::Continue | Verdict::Watch => {}
             }
@@ -356,38 +402,42 @@ mod tests {
         let budget = budget(10, 1000);
         let mut a = Accounting::default();
         a.start_activation(0, 0);
-        a.tick(0, 0, 100 * US, budget);
-        a.tick(9 * MS, 0, 200 * US, budget);
+        a.tick(on_cpu(0), 0, 100 * US, budget);
+        a.tick(on_cpu(9 * MS), 0, 200 * US, budget);
         assert_eq!(a.used_ns, 9 * MS);
         a.start_activation(2, 2 * MS);
         assert_eq!(a.used_ns, 0);
         // The baseline went with the old activation, and a slice began.
         assert_eq!(
-            a.tick(30 * MS, 2, 2 * MS + 100 * US, budget),
+            a.tick(on_cpu(30 * MS), 2, 2 * MS + 100 * US, budget),
             Verdict::Continue
         );
         assert_eq!(a.used_ns, 0);
-        assert_eq!(a.tick(31 * MS, 3, 3 * MS, budget), Verdict::Yield);
+        assert_eq!(a.tick(on_cpu(31 * MS), 3, 3 * MS, budget), Verdict::Yield);
         assert_eq!(a.used_ns, MS);
     }
 
     /// A guest that holds its activation without computing (blocked in an
-    /// import, or starved of CPU) is stopped by the wall-clock budget.
+    /// import) is stopped by the wall-clock budget.
     #[test]
     fn the_wall_clock_budget_counts_time_not_cpu() {
         let budget = budget(50, 200);
         let mut a = Accounting::default();
         a.start_activation(1000, 1000 * MS);
         assert_eq!(
-            a.tick(0, 1000, 1000 * MS + 100 * US, budget),
+            a.tick(on_cpu(0), 1000, 1000 * MS + 100 * US, budget),
             Verdict::Continue
         );
-        assert_eq!(a.tick(MS / 10, 1200, 1200 * MS, budget), Verdict::Yield);
-        a.resumed(MS / 10, 0, 1200 * MS);
         assert_eq!(
-            a.tick(MS / 5, 1201, 1201 * MS, budget),
+            a.tick(on_cpu(MS / 10), 1200, 1200 * MS, budget),
+            Verdict::Yield
+        );
+        a.resumed(on_cpu(MS / 10), 0, 1200 * MS);
+        assert_eq!(
+            a.tick(on_cpu(MS / 5), 1201, 1201 * MS, budget),
             Verdict::Exceeded(Exceeded::Wall {
                 ran_ms: 201,
+                computed_ms: 0,
                 budget_ms: 200
             })
         );
@@ -396,7 +446,7 @@ mod tests {
     /// Two hundred guests computing at once take turns in the slow lane:
     /// each waits for its next slice far longer than it runs. The wait is
     /// not the guest's, and must not spend its wall-clock budget; the time
-    /// it holds a thread (computing, blocked, or preempted) does.
+    /// it holds a thread (computing, or blocked in an import) does.
     #[test]
     fn waiting_for_the_next_slice_is_not_counted_as_wall_time() {
         let budget = budget(1000, 1000);
@@ -407,30 +457,92 @@ mod tests {
             cpu += MS;
             now += 1;
             assert_eq!(
-                a.tick(cpu, now, now * MS - 300 * US, budget),
+                a.tick(on_cpu(cpu), now, now * MS - 300 * US, budget),
                 Verdict::Watch
             );
             cpu += MS;
             now += 1;
-            assert_eq!(a.tick(cpu, now, now * MS, budget), Verdict::Yield);
+            assert_eq!(a.tick(on_cpu(cpu), now, now * MS, budget), Verdict::Yield);
             // 100 ms in the queue behind the other guests.
             now += 100;
-            a.resumed(cpu, 100, now * MS);
+            a.resumed(on_cpu(cpu), 100, now * MS);
         }
         // 10.2 s have passed, 200 ms of them holding a thread.
         assert_eq!(now - a.started_ms, 200);
         // Held without a break, the same activation is stopped on time.
         assert_eq!(
-            a.tick(cpu, now + 700, (now + 700) * MS, budget),
+            a.tick(on_cpu(cpu), now + 700, (now + 700) * MS, budget),
             Verdict::Yield
         );
-        a.resumed(cpu, 0, (now + 700) * MS);
+        a.resumed(on_cpu(cpu), 0, (now + 700) * MS);
         assert_eq!(
-            a.tick(cpu, now + 801, (now + 801) * MS, budget),
+            a.tick(on_cpu(cpu), now + 801, (now + 801) * MS, budget),
             Verdict::Exceeded(Exceeded::Wall {
                 ran_ms: 1001,
+                computed_ms: 199,
                 budget_ms: 1000
             })
+        );
+    }
+
+    /// Ticks an activation once a millisecond, the thread's clocks moving
+    /// by `each_ms` each time, until a budget stops it: the verdict, and
+    /// when (ms).
+    fn tick_until_stopped(budget: Budget, each_ms: ThreadSample) -> (Verdict, u64) {
+        let mut a = Accounting::default();
+        a.start_activation(0, 0);
+        let mut thread = on_cpu(0);
+        a.resumed(thread, 0, 0);
+        (1..)
+            .find_map(|now| {
+                thread.cpu_ns += each_ms.cpu_ns;
+                thread.waiting_ns += each_ms.waiting_ns;
+                match a.tick(thread, now, now * MS, budget) {
+                    Verdict::Yield => {
+                        a.resumed(thread, 0, now * MS);
+                        None
+                    }
+                    Verdict::Continue | Verdict::Watch => None,
+                    exceeded => Some((exceeded, now)),
+                }
+            })
+            .unwrap()
+    }
+
+    /// A spinning guest in the slow lane on a busy machine: the kernel runs
+    /// its low-priority thread a twentieth of the time and keeps it waiting
+    /// for a core the rest. The wait is not counted as wall time, so the
+    /// guest is stopped at its CPU budget (and reported as computing, which
+    /// demotes its app), not by the wall clock 20 times earlier.
+    #[test]
+    fn waiting_for_a_core_is_not_counted_as_wall_time() {
+        let budget = budget(50, 1000);
+        let starved = ThreadSample {
+            cpu_ns: 50 * US,
+            waiting_ns: 950 * US,
+        };
+        assert_eq!(
+            tick_until_stopped(budget, starved),
+            (
+                Verdict::Exceeded(Exceeded::Cpu {
+                    used: Duration::from_millis(50),
+                    budget_ms: 50
+                }),
+                1000
+            )
+        );
+        // A guest blocked in an import (10 µs on a core each millisecond,
+        // not waiting for one the rest) is stopped by the wall clock.
+        assert_eq!(
+            tick_until_stopped(budget, on_cpu(10 * US)),
+            (
+                Verdict::Exceeded(Exceeded::Wall {
+                    ran_ms: 1001,
+                    computed_ms: 10,
+                    budget_ms: 1000
+                }),
+                1001
+            )
         );
     }
 
@@ -438,8 +550,8 @@ mod tests {
     fn a_clock_going_backwards_counts_nothing() {
         let budget = budget(10, 1000);
         let mut a = Accounting::default();
-        a.resumed(50 * MS, 0, 0);
-        assert_eq!(a.tick(40 * MS, 0, 0, budget), Verdict::Continue);
+        a.resumed(on_cpu(50 * MS), 0, 0);
+        assert_eq!(a.tick(on_cpu(40 * MS), 0, 0, budget), Verdict::Continue);
         assert_eq!(a.used_ns, 0);
     }
 }

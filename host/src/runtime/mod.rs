@@ -19,6 +19,8 @@
 //! - [`supervisor`]: time slices, CPU and wall-clock budgets (the epoch
 //!   ticker), memory limits.
 //! - [`budget`]: the budgets' policy, a plain struct driven by samples.
+//! - [`thread_clock`]: the samples: a thread's CPU time and its wait for a
+//!   core.
 //! - [`ticker`]: the epoch ticker thread and the coarse clock.
 //! - [`slow_lane`]: the low-priority threads where guests that compute for
 //!   more than a time slice go on.
@@ -82,6 +84,7 @@ pub mod slow_lane;
 pub mod supervisor;
 pub(crate) mod sync_bindings;
 pub(crate) mod sync_streams;
+pub(crate) mod thread_clock;
 pub(crate) mod ticker;
 pub(crate) mod trap;
 

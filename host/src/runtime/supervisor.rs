@@ -13,7 +13,8 @@
 //!   ([`super::budget`]): `limits.cpu_budget_ms` of the thread's CPU time
 //!   (sampled from `CLOCK_THREAD_CPUTIME_ID`, whatever the shape of the
 //!   guest's loop, imports included) and `limits.wall_budget_ms` of wall
-//!   time holding a thread (not the time waiting for its next slice). A guest that spends one traps, with [`Exceeded`] as the cause.
+//!   time holding a thread (not the time waiting for its next slice, nor
+//!   for a core: [`super::thread_clock`]). A guest that spends one traps, with [`Exceeded`] as the cause.
 //!
 //! A budget is per activation — from the gateway handing control to the
 //! guest to the guest handing it back — so a guest that keeps doing I/O
@@ -24,15 +25,14 @@
 //!
 //! Memory is bounded by a store limiter ([`GuestLimiter`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use wasmtime::{CallHook, Store, UpdateDeadline};
 
-use super::budget::{Accounting, Budget, Verdict};
+use super::budget::{Accounting, Budget, ThreadSample, Verdict};
 use super::host_state::HostState;
-use super::ticker;
+use super::{thread_clock, ticker};
 use crate::limits::AppLimits;
 
 pub use super::budget::Exceeded;
@@ -125,9 +125,12 @@ pub enum Activation {
 /// thread running the store touches them, one at a time), and whether the
 /// guest is yielding its time slice.
 pub struct Meter {
-    /// [`Accounting::baseline_ns`], [`NO_BASELINE`] for `None`.
-    baseline_ns: AtomicU64,
+    /// [`Accounting::baseline`]'s CPU clock, [`NO_BASELINE`] for `None`.
+    baseline_cpu_ns: AtomicU64,
+    /// [`Accounting::baseline`]'s wait for a core.
+    baseline_waiting_ns: AtomicU64,
     used_ns: AtomicU64,
+    waited_ns: AtomicU64,
     started_ms: AtomicU64,
     slice_started_ns: AtomicU64,
     /// Set while the guest waits in [`Meter::next_slice`].
@@ -136,14 +139,16 @@ pub struct Meter {
     yielded_ms: AtomicU64,
 }
 
-/// [`Meter::baseline_ns`] when there is no baseline.
+/// [`Meter::baseline_cpu_ns`] when there is no baseline.
 const NO_BASELINE: u64 = u64::MAX;
 
 impl Meter {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
-            baseline_ns: AtomicU64::new(NO_BASELINE),
+            baseline_cpu_ns: AtomicU64::new(NO_BASELINE),
+            baseline_waiting_ns: AtomicU64::new(0),
             used_ns: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
             started_ms: AtomicU64::new(coarse_now_ms()),
             slice_started_ns: AtomicU64::new(precise_now_ns()),
             yielding: AtomicBool::new(false),
@@ -162,7 +167,7 @@ impl Meter {
     /// The store's task is polled: it has a thread from now on, which may
     /// have run anything since ([`Accounting::polled`]).
     pub fn polled(&self) {
-        self.baseline_ns.store(NO_BASELINE, Ordering::Relaxed);
+        self.baseline_cpu_ns.store(NO_BASELINE, Ordering::Relaxed);
         self.slice_started_ns
             .store(precise_now_ns(), Ordering::Relaxed);
     }
@@ -173,8 +178,9 @@ impl Meter {
     fn start_activation(&self) {
         ticker::guest_active();
         self.used_ns.store(0, Ordering::Relaxed);
+        self.waited_ns.store(0, Ordering::Relaxed);
         self.started_ms.store(coarse_now_ms(), Ordering::Relaxed);
-        self.baseline_ns.store(NO_BASELINE, Ordering::Relaxed);
+        self.baseline_cpu_ns.store(NO_BASELINE, Ordering::Relaxed);
         self.slice_started_ns
             .store(precise_now_ns(), Ordering::Relaxed);
     }
@@ -196,21 +202,32 @@ impl Meter {
     }
 
     fn load(&self) -> Accounting {
-        let baseline = self.baseline_ns.load(Ordering::Relaxed);
+        let baseline_cpu_ns = self.baseline_cpu_ns.load(Ordering::Relaxed);
         Accounting {
-            baseline_ns: (baseline != NO_BASELINE).then_some(baseline),
+            baseline: (baseline_cpu_ns != NO_BASELINE).then(|| ThreadSample {
+                cpu_ns: baseline_cpu_ns,
+                waiting_ns: self.baseline_waiting_ns.load(Ordering::Relaxed),
+            }),
             used_ns: self.used_ns.load(Ordering::Relaxed),
+            waited_ns: self.waited_ns.load(Ordering::Relaxed),
             started_ms: self.started_ms.load(Ordering::Relaxed),
             slice_started_ns: self.slice_started_ns.load(Ordering::Relaxed),
         }
     }
 
     fn save(&self, accounting: &Accounting) {
-        self.baseline_ns.store(
-            accounting.baseline_ns.unwrap_or(NO_BASELINE),
+        let baseline = accounting.baseline;
+        self.baseline_cpu_ns.store(
+            baseline.map_or(NO_BASELINE, |sample| sample.cpu_ns),
+            Ordering::Relaxed,
+        );
+        self.baseline_waiting_ns.store(
+            baseline.map_or(0, |sample| sample.waiting_ns),
             Ordering::Relaxed,
         );
         self.used_ns.store(accounting.used_ns, Ordering::Relaxed);
+        self.waited_ns
+            .store(accounting.waited_ns, Ordering::Relaxed);
         self.started_ms
             .store(accounting.started_ms, Ordering::Relaxed);
         self.slice_started_ns
@@ -230,7 +247,12 @@ impl Meter {
     ) -> wasmtime::Result<UpdateDeadline> {
         ticker::guest_active();
         let mut accounting = self.load();
-        let verdict = accounting.tick(thread_cpu_ns(), coarse_now_ms(), precise_now_ns(), budget);
+        let verdict = accounting.tick(
+            thread_clock::sample(),
+            coarse_now_ms(),
+            precise_now_ns(),
+            budget,
+        );
         self.save(&accounting);
         match verdict {
             Verdict::Continue => Ok(UpdateDeadline::Continue(1)),
@@ -295,30 +317,9 @@ impl Meter {
     fn resumed(&self) {
         let queued_ms = coarse_now_ms().saturating_sub(self.yielded_ms.load(Ordering::Relaxed));
         let mut accounting = self.load();
-        accounting.resumed(thread_cpu_ns(), queued_ms, precise_now_ns());
+        accounting.resumed(thread_clock::sample(), queued_ms, precise_now_ns());
         self.save(&accounting);
     }
-}
-
-/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), in
-/// nanoseconds: a system call, so read only on epoch ticks and when a
-/// yielded guest resumes. Falls back to the monotonic clock (counting
-/// wall time, so budgets are met early rather than never) where the
-/// thread clock is not available.
-pub fn thread_cpu_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given, nothing else.
-    let read = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    if read == 0 {
-        let secs = u64::try_from(now.tv_sec).unwrap_or(0);
-        let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
-        return secs.saturating_mul(1_000_000_000).saturating_add(nanos);
-    }
-    static START: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(START.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Applies the budgets of `limits` (as far as `supervision` enables them)

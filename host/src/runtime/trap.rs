@@ -163,11 +163,13 @@ mod tests {
         assert!(text.contains("limits.cpu_budget_ms"), "{text}");
         let wall = wasmtime::Error::new(Exceeded::Wall {
             ran_ms: 1001,
+            computed_ms: 3,
             budget_ms: 1000,
         })
         .context("while serving");
         let (cause, text) = explain_trap(&wall, Some(1 << 30), &limits);
         assert_eq!(cause, TrapCause::WallClock);
+        assert!(text.contains("1001 ms (3 ms of it computing)"), "{text}");
         assert!(text.contains("limits.wall_budget_ms"), "{text}");
     }
 
