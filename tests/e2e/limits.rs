@@ -143,7 +143,8 @@ fn computed_ms(log: &str) -> u64 {
 
 /// With a CPU budget larger than the wall-clock budget, the wall clock
 /// stops a guest first: it bounds the time an activation holds its
-/// instance, whatever it spends it on.
+/// instance, running or blocked in imports (only its waits for a slice or
+/// a core are left out).
 #[tokio::test]
 async fn a_guest_spinning_on_an_import_is_stopped_by_the_wall_clock_budget() {
     let gateway = Gateway::start(&[TestApp {
