@@ -118,11 +118,11 @@ async fn a_spinning_guest_is_stopped_within_its_budget_while_another_app_keeps_a
         gateway.stderr.text()
     );
     assert!(gateway.stderr.text().contains("limits.cpu_budget_ms"));
-    // Stopped at its budget, to within a tick or two, however long it
-    // waited for a core.
+    // Stopped at its budget, to within a few ticks (late ones too, on a
+    // loaded machine), however long it waited for a core.
     let computed_ms = computed_ms(&gateway.stderr.text());
     assert!(
-        (50..60).contains(&computed_ms),
+        (50..80).contains(&computed_ms),
         "stopped after {computed_ms} ms of CPU time, on a 50 ms budget"
     );
     // The spinner's app is served again by a fresh instance.
