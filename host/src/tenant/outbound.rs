@@ -284,14 +284,7 @@ fn parse_rule(rule: &str) -> Result<Rule> {
     } else if let Some((network, prefix)) = host.split_once('/') {
         let network: IpAddr = network.parse().context("invalid CIDR network")?;
         let prefix: u8 = prefix.parse().context("invalid CIDR prefix")?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            bail!("CIDR prefix longer than {max}");
-        }
-        HostPattern::Network {
-            network: canonical(network),
-            prefix,
-        }
+        network_pattern(network, prefix)?
     } else if let Ok(ip) = host.parse::<IpAddr>() {
         let ip = canonical(ip);
         HostPattern::Network {
@@ -310,6 +303,34 @@ fn parse_rule(rule: &str) -> Result<Rule> {
     Ok(Rule { host, ports })
 }
 
+/// A CIDR range as [`OutboundPolicy::allows_connect`] judges addresses: an
+/// IPv4-mapped IPv6 range (`[::ffff:10.0.0.0/104]`) is the IPv4 range it
+/// carries (`10.0.0.0/8`), since every address connected to is judged as
+/// the IPv4 address it carries. (Its prefix once stayed 104 beside the
+/// IPv4 network: the mask's shift underflowed, and in a release build the
+/// rule matched every IPv4 address, loopback and metadata included.)
+fn network_pattern(network: IpAddr, prefix: u8) -> Result<HostPattern> {
+    let max = if network.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        bail!("CIDR prefix longer than {max}");
+    }
+    if let IpAddr::V6(v6) = network
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        let Some(v4_prefix) = prefix.checked_sub(96) else {
+            bail!(
+                "an IPv4-mapped range needs a prefix of 96 or more (::ffff:0:0/96 is all \
+                 of IPv4): write the IPv4 range instead, as `{v4}/N`"
+            );
+        };
+        return Ok(HostPattern::Network {
+            network: IpAddr::V4(v4),
+            prefix: v4_prefix,
+        });
+    }
+    Ok(HostPattern::Network { network, prefix })
+}
+
 /// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -323,13 +344,19 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 fn in_network(ip: IpAddr, network: IpAddr, prefix: u8) -> bool {
     match (ip, network) {
+        // A prefix longer than the address matches nothing (the parser
+        // makes none: this is a second lock, not the first).
         (IpAddr::V4(ip), IpAddr::V4(net)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            u32::from(ip) & mask == u32::from(net) & mask
+            32_u32.checked_sub(prefix.into()).is_some_and(|host_bits| {
+                let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(net) & mask
+            })
         }
         (IpAddr::V6(ip), IpAddr::V6(net)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            u128::from(ip) & mask == u128::from(net) & mask
+            128_u32.checked_sub(prefix.into()).is_some_and(|host_bits| {
+                let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
+                u128::from(ip) & mask == u128::from(net) & mask
+            })
         }
         _ => false,
     }
@@ -405,6 +432,41 @@ mod tests {
         assert!(!p.allows_connect(addr("11.0.0.1:5432")));
         assert!(p.allows_connect(addr("[::1]:7005")));
         assert!(!p.allows_connect(addr("[::1]:7011")));
+    }
+
+    /// An IPv4-mapped range is the IPv4 range it carries: the fuzzer's
+    /// find (`[::ffff:…/104]` kept its IPv6 prefix beside an IPv4 network;
+    /// the mask's shift underflowed, and a release build let the rule
+    /// match every IPv4 address).
+    #[test]
+    fn an_ipv4_mapped_range_is_the_ipv4_range_it_carries() {
+        let p = policy(&["[::ffff:10.0.0.0/104]:*", "[::ffff:192.168.1.7/128]:80"]);
+        assert!(p.allows_connect(addr("10.200.3.4:5432")));
+        assert!(p.allows_connect(addr("[::ffff:10.1.2.3]:22")));
+        assert!(p.allows_connect(addr("192.168.1.7:80")));
+        for outside in [
+            "11.0.0.1:5432",
+            "127.0.0.1:443",
+            "169.254.169.254:80",
+            "192.168.1.8:80",
+            "[::ffff:127.0.0.1]:443",
+        ] {
+            assert!(!p.allows_connect(addr(outside)), "{outside} allowed");
+        }
+        let wider = OutboundPolicy::parse(&["[::ffff:10.0.0.0/95]:*".to_owned()]);
+        let error = format!("{:#}", wider.expect_err("a mapped range wider than IPv4"));
+        assert!(
+            error.contains("prefix of 96 or more") && error.contains("10.0.0.0/N"),
+            "{error}"
+        );
+        // The second lock: a prefix longer than the address matches nothing.
+        let ten: IpAddr = "10.0.0.0".parse().unwrap();
+        assert!(!in_network("10.0.0.1".parse().unwrap(), ten, 104));
+        assert!(!in_network(
+            "::1".parse().unwrap(),
+            "::".parse().unwrap(),
+            200
+        ));
     }
 
     #[test]
