@@ -286,11 +286,8 @@ fn parse_rule(rule: &str) -> Result<Rule> {
         let prefix: u8 = prefix.parse().context("invalid CIDR prefix")?;
         network_pattern(network, prefix)?
     } else if let Ok(ip) = host.parse::<IpAddr>() {
-        let ip = canonical(ip);
-        HostPattern::Network {
-            network: ip,
-            prefix: if ip.is_ipv4() { 32 } else { 128 },
-        }
+        // One address is the range of its full prefix.
+        network_pattern(ip, if ip.is_ipv4() { 32 } else { 128 })?
     } else {
         let (name, wildcard) = match host.strip_prefix("*.") {
             Some(rest) => (rest, true),
@@ -303,10 +300,11 @@ fn parse_rule(rule: &str) -> Result<Rule> {
     Ok(Rule { host, ports })
 }
 
-/// A CIDR range as [`OutboundPolicy::allows_connect`] judges addresses: an
-/// IPv4-mapped IPv6 range (`[::ffff:10.0.0.0/104]`) is the IPv4 range it
-/// carries (`10.0.0.0/8`), since every address connected to is judged as
-/// the IPv4 address it carries. (Its prefix once stayed 104 beside the
+/// A CIDR range (or one address, its full prefix) as
+/// [`OutboundPolicy::allows_connect`] judges addresses: an IPv4-mapped IPv6
+/// range (`[::ffff:10.0.0.0/104]`) is the IPv4 range it carries
+/// (`10.0.0.0/8`), since every address connected to is judged as the IPv4
+/// address it carries. (Its prefix once stayed 104 beside the
 /// IPv4 network: the mask's shift underflowed, and in a release build the
 /// rule matched every IPv4 address, loopback and metadata included.)
 fn network_pattern(network: IpAddr, prefix: u8) -> Result<HostPattern> {
